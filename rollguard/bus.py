@@ -1,0 +1,277 @@
+"""Kafka plumbing in one place: clients, topic provisioning, dead letters.
+
+Control producers use ``acks="all"`` explicitly (aiokafka's default is 1) and are idempotent
+unless the broker cannot do it (the embedded broker). Consumers that cause effects never
+auto-commit; they commit ``offset + 1`` after the effect is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import orjson
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
+from pydantic import TypeAdapter, ValidationError
+
+from rollguard import topics
+from rollguard.errors import BrokerUnavailable, ConfigError
+from rollguard.events import DeadLetter, Event
+from rollguard.logs import get_logger
+from rollguard.settings import RollguardSettings
+
+log = get_logger("rollguard.bus")
+
+
+def client_options(settings: RollguardSettings) -> dict[str, Any]:
+    """Connection options every aiokafka client gets: bootstrap, TLS and SASL."""
+    if settings.kafka_bootstrap is None:
+        raise ConfigError("ROLLGUARD_KAFKA_BOOTSTRAP is not set and no embedded broker is running")
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        opts["ssl_context"] = create_ssl_context(
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None,
+            certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+            keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+            password=settings.ssl_password.get_secret_value() if settings.ssl_password else None,
+        )
+    if settings.security_protocol.startswith("SASL"):
+        if not (settings.sasl_mechanism and settings.sasl_username and settings.sasl_password):
+            raise ConfigError(
+                "ROLLGUARD_SECURITY_PROTOCOL is SASL_*: set ROLLGUARD_SASL_MECHANISM, "
+                "ROLLGUARD_SASL_USERNAME and ROLLGUARD_SASL_PASSWORD"
+            )
+        opts["sasl_mechanism"] = settings.sasl_mechanism
+        opts["sasl_plain_username"] = settings.sasl_username
+        opts["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return opts
+
+
+def make_producer(settings: RollguardSettings, *, control: bool) -> AIOKafkaProducer:
+    """A producer for control events (acks=all, idempotent where possible) or data events."""
+    if control:
+        return AIOKafkaProducer(
+            **client_options(settings),
+            acks="all",
+            enable_idempotence=settings.enable_idempotence,
+            linger_ms=0,
+        )
+    return AIOKafkaProducer(
+        **client_options(settings), acks=1, enable_idempotence=False, linger_ms=5
+    )
+
+
+def make_consumer(
+    settings: RollguardSettings,
+    *topic_names: str,
+    group_id: str | None,
+    control: bool,
+    **overrides: Any,
+) -> AIOKafkaConsumer:
+    """A consumer that never auto-commits; control consumers wait at most a few ms per fetch."""
+    opts: dict[str, Any] = {
+        **client_options(settings),
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "rebalance_timeout_ms": settings.rebalance_timeout_ms,
+    }
+    if control:
+        opts["fetch_max_wait_ms"] = settings.control_fetch_max_wait_ms
+    opts.update(overrides)
+    return AIOKafkaConsumer(*topic_names, **opts)
+
+
+async def wait_for_broker(settings: RollguardSettings, timeout_s: float = 15.0) -> None:
+    """Return once the broker answers a metadata request; BrokerUnavailable after timeout."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    last: Exception | None = None
+    while loop.time() < deadline:
+        admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=2_000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaError, OSError) as exc:
+            last = exc
+            await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
+    raise BrokerUnavailable(
+        f"no Kafka broker answered at {settings.kafka_bootstrap} within {timeout_s:.0f}s"
+        f" ({type(last).__name__ if last else 'timeout'})"
+    )
+
+
+async def provision_topics(
+    settings: RollguardSettings, specs: Iterable[topics.TopicSpec] = topics.ALL
+) -> list[str]:
+    """Create the topics that are missing, with explicit partitions; returns the ones created.
+
+    Existing topics are left alone, but a partition count that differs from the settings is an
+    error: the decider's tables need every control topic co-partitioned by model_id.
+    """
+    admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=10_000)
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    try:
+        existing = set(await admin.list_topics())
+        wanted = {settings.topic(s.name): s for s in specs}
+        new = [
+            NewTopic(
+                name,
+                num_partitions=settings.partitions,
+                replication_factor=settings.replication_factor,
+                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+            )
+            for name, spec in wanted.items()
+            if name not in existing
+        ]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another process won the race; the check below still applies
+        described = await admin.describe_topics(list(wanted))
+        for desc in described:
+            count = len(desc.get("partitions", []))
+            if count and count != settings.partitions:
+                raise ConfigError(
+                    f"topic {desc['topic']} has {count} partitions, settings say "
+                    f"{settings.partitions} (ROLLGUARD_PARTITIONS)"
+                )
+        return [t.name for t in new]
+    finally:
+        await admin.close()
+
+
+class SourceRecord(Protocol):
+    """What a dead letter needs of a consumed message (aiokafka and faust messages have it)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: Any
+    value: Any
+
+
+Send = Callable[[str, bytes, bytes | None], Awaitable[object]]
+
+
+def producer_send(producer: AIOKafkaProducer) -> Send:
+    async def send(topic: str, value: bytes, key: bytes | None) -> object:
+        return await producer.send_and_wait(topic, value, key=key)
+
+    return send
+
+
+class DeadLetterSink:
+    """Sends what a consumer cannot accept to the dead-letter topic, and counts it by kind."""
+
+    def __init__(self, settings: RollguardSettings, send: Send, consumer: str) -> None:
+        self._topic = settings.topic(topics.DEADLETTER.name)
+        self._send = send
+        self._consumer = consumer
+        self.counts: Counter[str] = Counter()
+
+    async def send(self, record: SourceRecord, error: str, kind: str) -> None:
+        raw = record.value if isinstance(record.value, bytes) else b""
+        key = record.key if isinstance(record.key, bytes) else None
+        letter = DeadLetter(
+            model_id=key.decode(errors="replace") if key else None,
+            source_topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            consumer=self._consumer,
+            error=f"{kind}: {error}"[:4000],
+            raw_b64=base64.b64encode(raw).decode(),
+        )
+        self.counts[kind] += 1
+        log.warning(
+            "dead_lettered",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            kind=kind,
+            error=error[:300],
+        )
+        await self._send(self._topic, letter.encode(), key)
+
+    async def reject_all(self, rejected: Iterable[Rejected]) -> None:
+        for r in rejected:
+            await self.send(r.record, r.error, r.kind)
+
+_E = TypeVar("_E", bound=Event)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record that did not become an event, and why (``kind``: malformed / invalid)."""
+
+    record: ConsumerRecord[Any, Any]
+    kind: str
+    error: str
+
+
+def decode_batch(
+    records: list[ConsumerRecord[Any, Any]], cls: type[_E]
+) -> tuple[list[tuple[ConsumerRecord[Any, Any], _E]], list[Rejected]]:
+    """Parse a batch with orjson and validate it in one pydantic call.
+
+    Only when the batch as a whole fails is each record validated on its own, so one bad
+    record costs one batch its fast path and never takes good records down with it.
+    """
+    parsed: list[tuple[ConsumerRecord[Any, Any], Any]] = []
+    rejected: list[Rejected] = []
+    for record in records:
+        try:
+            parsed.append((record, orjson.loads(record.value)))
+        except (orjson.JSONDecodeError, TypeError) as exc:
+            rejected.append(Rejected(record, "malformed", str(exc)))
+    adapter = _batch_adapter(cls)
+    try:
+        events = adapter.validate_python([doc for _, doc in parsed])
+        return [(rec, e) for (rec, _), e in zip(parsed, events, strict=True)], rejected
+    except ValidationError:
+        pass
+    good: list[tuple[ConsumerRecord[Any, Any], _E]] = []
+    for record, doc in parsed:
+        try:
+            good.append((record, cls.model_validate(doc)))
+        except ValidationError as exc:
+            rejected.append(Rejected(record, "invalid", _first_error(exc)))
+    return good, rejected
+
+
+def _first_error(exc: ValidationError) -> str:
+    errs = exc.errors()
+    first = errs[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "(event)"
+    more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
+    return f"{loc}: {first['msg']}{more}"
+
+
+_ADAPTERS: dict[type[Event], TypeAdapter[Any]] = {}
+
+
+def _batch_adapter(cls: type[Event]) -> TypeAdapter[Any]:
+    adapter = _ADAPTERS.get(cls)
+    if adapter is None:
+        adapter = _ADAPTERS[cls] = TypeAdapter(list[cls])  # type: ignore[valid-type]
+    return adapter

@@ -1,0 +1,311 @@
+"""`rollguard demo`: a bad deployment detected and rolled back end to end, shown live.
+
+Everything goes through the broker: the router serves v1, then v2 (20 % errors) goes live,
+the detector publishes a breach, the decider a decision and a signed command, the executor
+moves the live pointer back and acknowledges, the router follows, the ledger records it all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from aiokafka import TopicPartition
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from rollguard import topics
+from rollguard.bus import make_consumer, make_producer
+from rollguard.events import (
+    Breach,
+    CommandAck,
+    Components,
+    Decision,
+    Event,
+    RollbackCommand,
+    SystemManifest,
+)
+from rollguard.runner import SERVICES, ensure_keys, kafka, run_services
+from rollguard.settings import RollguardSettings
+
+MODEL_ID = "demo-model"
+GOOD, BAD = "v1", "v2"
+
+
+@dataclass
+class DemoReport:
+    rollback_applied: bool = False
+    bad_version: str = BAD
+    restored_version: str | None = None
+    mttd_s: float | None = None
+    time_to_decision_s: float | None = None
+    time_to_rollback_s: float | None = None
+    blast_radius_requests: int = 0
+    ledger_entries: int = 0
+    ledger_verified: bool = False
+    rollback_level: int | None = None
+    command_id: str | None = None
+    router_switch_ms: float | None = None
+    requests_served: dict[str, int] = field(default_factory=dict)
+    served_by_restored_after_rollback: int = 0
+    dead_letters: int = 0
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def manifest(version: str, system_version: str, status: str) -> SystemManifest:
+    return SystemManifest(
+        model_id=MODEL_ID,
+        model_version=version,
+        system_version=system_version,
+        components=Components(
+            model=version, feature_pipeline="fp-7", config="cfg-3", infra="k8s-1"
+        ),
+        status=status,  # type: ignore[arg-type]
+    )
+
+
+class Observer:
+    """Reads the control topics like any other consumer, to show and time what happens."""
+
+    WATCHED = (topics.DEPLOYMENTS, topics.BREACHES, topics.DECISIONS, topics.COMMANDS, topics.ACKS)
+
+    def __init__(self, settings: RollguardSettings) -> None:
+        self.settings = settings
+        self.events: list[Event] = []
+        self.timeline: list[tuple[float, str]] = []
+        self._t0 = time.monotonic()
+
+    def note(self, text: str) -> None:
+        self.timeline.append((time.monotonic() - self._t0, text))
+
+    def first(self, cls: type[Any], **match: Any) -> Any:
+        for e in self.events:
+            if isinstance(e, cls) and all(getattr(e, k) == v for k, v in match.items()):
+                return e
+        return None
+
+    async def run(self) -> None:
+        consumer = make_consumer(self.settings, group_id=None, control=True)
+        await consumer.start()
+        try:
+            await consumer.topics()
+            parts = [
+                TopicPartition(self.settings.topic(t.name), p)
+                for t in self.WATCHED
+                for p in sorted(consumer.partitions_for_topic(self.settings.topic(t.name)) or ())
+            ]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning()
+            by_topic = {self.settings.topic(t.name): t.event for t in self.WATCHED}
+            while True:
+                batches = await consumer.getmany(timeout_ms=100)
+                for tp, records in batches.items():
+                    for record in records:
+                        with contextlib.suppress(ValueError):
+                            event = by_topic[tp.topic].model_validate_json(record.value)
+                            self.events.append(event)
+                            self.note(describe(event))
+        finally:
+            await consumer.stop()
+
+
+def describe(event: Event) -> str:
+    if isinstance(event, SystemManifest):
+        return f"deployment  {event.system_version} (model {event.model_version}) → {event.status}"
+    if isinstance(event, Breach):
+        return (
+            f"breach      {event.detector}: {event.statistic}={event.value:.3f} > "
+            f"{event.threshold:g} over n={event.n} [{event.tier}] on {event.model_version}"
+        )
+    if isinstance(event, Decision):
+        codes = ", ".join(r.code for r in event.reasons)
+        level = f" level {event.level}" if event.level else ""
+        return f"decision    {event.action}{level} → {event.target_system_version or '-'} ({codes})"
+    if isinstance(event, RollbackCommand):
+        return (
+            f"command     {event.command_id[:12]} signed by key {event.key_id}: "
+            f"{event.from_manifest.system_version} → {event.to_manifest.system_version}"
+        )
+    if isinstance(event, CommandAck):
+        return f"ack         {event.status} by {event.executor_id}: {event.detail}"
+    return type(event).__name__
+
+
+def _render(observer: Observer, router: Any, phase: str) -> Group:
+    table = Table(show_header=True, header_style="bold", expand=False)
+    table.add_column("t (s)", justify="right")
+    table.add_column("what happened")
+    for t, text in observer.timeline[-18:]:
+        table.add_row(f"{t:6.2f}", text)
+    served = ", ".join(f"{v}: {n}" for v, n in sorted(router.served.items())) or "-"
+    status = Text.assemble(
+        ("phase: ", "bold"), phase, "   ", ("live: ", "bold"), str(router.live),
+        "   ", ("served: ", "bold"), served,
+    )
+    return Group(status, table)
+
+
+async def run_demo(
+    base: RollguardSettings,
+    *,
+    console: Console,
+    live_display: bool,
+    rate_rps: float = 200.0,
+    warmup_s: float = 3.0,
+    timeout_s: float = 30.0,
+) -> DemoReport:
+    demo_dir = base.state_dir / "demo"
+    shutil.rmtree(demo_dir, ignore_errors=True)
+    demo_dir.mkdir(parents=True)
+    updates: dict[str, Any] = {
+        "ledger_url": f"sqlite:///{demo_dir / 'ledger.db'}",
+        "executor_db_url": f"sqlite:///{demo_dir / 'executor.db'}",
+    }
+    if not base.embedded:  # a real Kafka keeps old topics: give this run its own
+        updates["topic_prefix"] = f"{base.topic_prefix}demo-{int(time.time())}."
+    base = base.model_copy(update=updates)
+    report = DemoReport()
+    ensure_keys(base)
+
+    async with kafka(base, demo_dir / "broker.log") as settings:
+        from services.router.app import RouterService
+        from services.router.settings import RouterSettings
+
+        router_service = RouterService(settings, RouterSettings(model_id=MODEL_ID, rate_rps=rate_rps))
+        services = [router_service] + [SERVICES[n](settings) for n in ("detector", "decider", "executor", "ledger")]
+        observer = Observer(settings)
+        router = router_service.router
+        phase = "starting services"
+        observer.note(f"broker ready at {settings.kafka_bootstrap}; topics provisioned")
+
+        async def display() -> None:
+            if not live_display:
+                return
+            with Live(_render(observer, router, phase), console=console, refresh_per_second=8) as lv:
+                while True:
+                    await asyncio.sleep(0.125)
+                    lv.update(_render(observer, router, phase))
+
+        producer = make_producer(settings, control=True)
+        await producer.start()
+        deploy_topic = settings.topic(topics.DEPLOYMENTS.name)
+        background = [
+            asyncio.create_task(run_services(services), name="services"),
+            asyncio.create_task(observer.run(), name="observer"),
+            asyncio.create_task(display(), name="display"),
+        ]
+
+        async def until(check: Any, timeout_s: float, why: str) -> None:
+            deadline = time.monotonic() + timeout_s
+            while not check():
+                for task in background:
+                    if task.done() and not task.cancelled() and task.exception():
+                        raise DemoFailed(f"{task.get_name()} failed: {task.exception()!r}")
+                if time.monotonic() > deadline:
+                    raise DemoFailed(why)
+                await asyncio.sleep(0.05)
+
+        def applied() -> CommandAck | None:
+            ack: CommandAck | None = observer.first(CommandAck, status="applied")
+            return ack
+
+        try:
+            await until(lambda: all(s.ready.is_set() for s in services), 60, "services not ready")
+            observer.note("services ready: router, detector, decider (faust), executor, ledger")
+
+            phase = f"serving {GOOD} (known good)"
+            good = manifest(GOOD, "sys-1", "known_good")
+            await producer.send_and_wait(deploy_topic, good.encode(), key=good.key)
+            await until(lambda: router.live == GOOD, 15, "router never served v1")
+            await asyncio.sleep(warmup_s)
+
+            phase = f"deploying {BAD}"
+            bad = manifest(BAD, "sys-2", "live")
+            await producer.send_and_wait(deploy_topic, bad.encode(), key=bad.key)
+            deployed = bad.ts
+            phase = f"{BAD} live: waiting for detection and rollback"
+            await until(lambda: applied() is not None, timeout_s, "no rollback was applied")
+            await until(
+                lambda: router.live == GOOD and router.switches[-1].first_served_at is not None,
+                10,
+                "router did not switch back",
+            )
+            served_before = router.served[GOOD]
+            phase = f"rolled back to {GOOD}: confirming"
+            await asyncio.sleep(1.0)
+            report.served_by_restored_after_rollback = router.served[GOOD] - served_before
+            router_service.rate_rps = 0
+
+            breach = observer.first(Breach, model_version=BAD)
+            decision = observer.first(Decision, action="rollback")
+            ack = applied()
+            assert ack is not None
+            report.rollback_applied = True
+            report.restored_version = router.live
+            report.command_id = ack.command_id
+            report.rollback_level = decision.level if decision else None
+            report.mttd_s = _secs(breach.ts, deployed) if breach else None
+            report.time_to_decision_s = _secs(decision.ts, deployed) if decision else None
+            report.time_to_rollback_s = _secs(ack.ts, deployed)
+            report.blast_radius_requests = router.served[BAD]
+            report.router_switch_ms = router.switches[-1].switch_ms
+
+            phase = "waiting for the ledger to catch up"
+            await until(
+                lambda: _ledger_count(settings) >= len(observer.events),
+                15,
+                "ledger did not record every control event",
+            )
+        except DemoFailed as exc:
+            report.reason = str(exc)
+        finally:
+            report.requests_served = dict(router.served)
+            report.dead_letters = sum(
+                getattr(s, "counts", {}).get("dead_letters", 0) for s in services
+            )
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await producer.stop()
+
+    from services.ledger.store import LedgerStore
+
+    store = LedgerStore(settings.resolved_ledger_url)
+    try:
+        verdict = store.verify()
+        report.ledger_entries = verdict.entries
+        report.ledger_verified = verdict.ok
+        if not verdict.ok and not report.reason:
+            report.reason = f"ledger does not verify at seq {verdict.first_bad_seq}: {verdict.reason}"
+    finally:
+        store.close()
+    return report
+
+
+class DemoFailed(Exception):
+    pass
+
+
+def _secs(a: datetime, b: datetime) -> float:
+    return round((a - b).total_seconds(), 3)
+
+
+def _ledger_count(settings: RollguardSettings) -> int:
+    from services.ledger.store import LedgerStore
+
+    store = LedgerStore(settings.resolved_ledger_url)
+    try:
+        return store.count()
+    finally:
+        store.close()
+

@@ -1,0 +1,283 @@
+"""Event contracts: one frozen pydantic model per event, shared by producers and consumers.
+
+``schemas/*.json`` is generated from these models (``rollguard schemas export``); a test
+fails when the two differ. Every event carries a ``schema`` tag ``<Name>/v<N>`` so a consumer
+can refuse a version it does not know.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+import orjson
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+Tier = Literal["immediate", "rapid", "delayed"]
+ManifestStatus = Literal["candidate", "live", "known_good", "rolled_back"]
+DecisionAction = Literal["rollback", "investigate", "hold"]
+AckStatus = Literal["received", "applied", "verified", "failed", "rejected"]
+RollbackLevel = Annotated[int, Field(ge=1, le=4)]
+Scalar = float | str | None
+
+# A day in milliseconds: anything slower is a broken clock or a unit error, not a latency.
+MAX_LATENCY_MS = 86_400_000.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Event(BaseModel):
+    """Fields every event has. Subclasses set ``SCHEMA`` and a matching ``schema`` literal."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    SCHEMA: ClassVar[str] = ""
+
+    event_id: str = Field(default_factory=new_id, min_length=1, max_length=128)
+    ts: AwareDatetime = Field(default_factory=utcnow, description="Event time, UTC.")
+
+    def encode(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", by_alias=True))
+
+
+class ModelEvent(Event):
+    """An event about one model version; ``model_id`` is the Kafka message key."""
+
+    model_id: str = Field(min_length=1, max_length=256)
+    model_version: str = Field(min_length=1, max_length=256)
+    system_version: str | None = Field(default=None, max_length=256)
+
+    @property
+    def key(self) -> bytes:
+        return self.model_id.encode()
+
+
+def _tag(name: str, version: int = 1) -> Any:
+    tag = f"{name}/v{version}"
+    return Field(default=tag, alias="schema", description=f"Schema tag, always {tag!r}.")
+
+
+class PredictionEvent(ModelEvent):
+    SCHEMA: ClassVar[str] = "PredictionEvent/v1"
+    schema_tag: Literal["PredictionEvent/v1"] = _tag("PredictionEvent")
+    request_id: str = Field(min_length=1, max_length=256)
+    prediction: float | str = Field(description="A number (regression, score) or a label.")
+    score: float | None = None
+    features: dict[str, Scalar] | None = None
+
+
+class LatencyEvent(ModelEvent):
+    SCHEMA: ClassVar[str] = "LatencyEvent/v1"
+    schema_tag: Literal["LatencyEvent/v1"] = _tag("LatencyEvent")
+    request_id: str = Field(min_length=1, max_length=256)
+    latency_ms: float = Field(ge=0.0, le=MAX_LATENCY_MS, allow_inf_nan=False)
+    status: Literal["ok", "error"]
+    error_kind: str | None = Field(default=None, max_length=256)
+
+
+class BusinessMetricEvent(ModelEvent):
+    SCHEMA: ClassVar[str] = "BusinessMetricEvent/v1"
+    schema_tag: Literal["BusinessMetricEvent/v1"] = _tag("BusinessMetricEvent")
+    metric: str = Field(min_length=1, max_length=128, description="ctr, conversion, revenue, ...")
+    value: float | None = Field(default=None, allow_inf_nan=False)
+    numerator: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    denominator: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _value_or_ratio(self) -> BusinessMetricEvent:
+        has_ratio = self.numerator is not None and self.denominator is not None
+        if self.value is None and not has_ratio:
+            raise ValueError("set value, or both numerator and denominator")
+        return self
+
+
+class HealthCheckEvent(ModelEvent):
+    SCHEMA: ClassVar[str] = "HealthCheckEvent/v1"
+    schema_tag: Literal["HealthCheckEvent/v1"] = _tag("HealthCheckEvent")
+    ok: bool
+    detail: str = Field(default="", max_length=4096)
+
+
+class OutcomeEvent(ModelEvent):
+    SCHEMA: ClassVar[str] = "OutcomeEvent/v1"
+    schema_tag: Literal["OutcomeEvent/v1"] = _tag("OutcomeEvent")
+    request_id: str = Field(min_length=1, max_length=256)
+    outcome: float | str = Field(description="Ground truth for request_id; arrives late.")
+
+
+class Components(BaseModel):
+    """The versions that together make one system version, restored together at level 2."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(min_length=1)
+    feature_pipeline: str = Field(min_length=1)
+    config: str = Field(min_length=1)
+    infra: str = Field(min_length=1)
+
+
+class SystemManifest(ModelEvent):
+    """A fact about one system version of a model: registered, live, known good or rolled back.
+
+    Status ``live`` or ``known_good`` means this system version serves traffic from ``ts`` on.
+    """
+
+    SCHEMA: ClassVar[str] = "SystemManifest/v1"
+    schema_tag: Literal["SystemManifest/v1"] = _tag("SystemManifest")
+    system_version: str = Field(min_length=1, max_length=256)  # type: ignore[assignment]
+    components: Components
+    status: ManifestStatus
+    note: str = Field(default="", max_length=4096)
+
+    @model_validator(mode="after")
+    def _model_matches(self) -> SystemManifest:
+        if self.components.model != self.model_version:
+            raise ValueError(
+                f"model_version {self.model_version!r} differs from components.model "
+                f"{self.components.model!r}"
+            )
+        return self
+
+    @property
+    def serving(self) -> bool:
+        return self.status in ("live", "known_good")
+
+
+class BaselineSnapshot(ModelEvent):
+    SCHEMA: ClassVar[str] = "BaselineSnapshot/v1"
+    schema_tag: Literal["BaselineSnapshot/v1"] = _tag("BaselineSnapshot")
+    signal: str = Field(min_length=1, max_length=256)
+    n: int = Field(ge=0)
+    reference: list[float] = Field(default_factory=list, description="Capped reference sample.")
+    bin_edges: list[float] = Field(default_factory=list, description="Quantile bin edges.")
+    counts: list[int] = Field(default_factory=list)
+    categories: dict[str, float] = Field(default_factory=dict, description="Category frequencies.")
+    rates: dict[str, float] = Field(default_factory=dict, description="error_rate, ctr, ...")
+    checksum: str = Field(default="", description="SHA-256 of the canonical snapshot body.")
+
+
+class Breach(ModelEvent):
+    SCHEMA: ClassVar[str] = "Breach/v1"
+    schema_tag: Literal["Breach/v1"] = _tag("Breach")
+    detector: str = Field(min_length=1)
+    signal: str = Field(min_length=1)
+    statistic: str = Field(min_length=1, description="Name of the statistic, e.g. wilson_lower")
+    value: float
+    p_value: float | None = Field(default=None, ge=0.0, le=1.0)
+    threshold: float
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    n: int = Field(ge=0)
+    tier: Tier
+    evidence: dict[str, float | int | str] = Field(default_factory=dict)
+
+
+class Reason(BaseModel):
+    """One machine-readable reason behind a decision (``code``) with words for people."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: str = Field(min_length=1)
+    detail: str = ""
+
+
+class Decision(ModelEvent):
+    SCHEMA: ClassVar[str] = "Decision/v1"
+    schema_tag: Literal["Decision/v1"] = _tag("Decision")
+    action: DecisionAction
+    level: RollbackLevel | None = None
+    tier: Tier | None = None
+    reasons: list[Reason] = Field(min_length=1)
+    breach_ids: list[str] = Field(default_factory=list)
+    target_system_version: str | None = None
+    command_id: str | None = None
+    approvals_needed: int = Field(default=0, ge=0)
+    approvals_given: list[str] = Field(default_factory=list)
+    metrics: dict[str, float] = Field(
+        default_factory=dict, description="mttd_s, time_to_decision_s, ... in seconds."
+    )
+
+
+class RollbackCommand(ModelEvent):
+    """A signed instruction to make ``to_manifest`` live again; ``command_id`` is idempotent."""
+
+    SCHEMA: ClassVar[str] = "RollbackCommand/v1"
+    schema_tag: Literal["RollbackCommand/v1"] = _tag("RollbackCommand")
+    command_id: str = Field(min_length=1, max_length=128)
+    decision_id: str = Field(min_length=1)
+    from_manifest: SystemManifest
+    to_manifest: SystemManifest
+    level: RollbackLevel
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+    nonce: str = Field(min_length=16)
+    key_id: str = Field(min_length=1)
+    signature: str = Field(default="", description="Base64 Ed25519 over the canonical bytes.")
+
+
+class CommandAck(ModelEvent):
+    SCHEMA: ClassVar[str] = "CommandAck/v1"
+    schema_tag: Literal["CommandAck/v1"] = _tag("CommandAck")
+    command_id: str = Field(min_length=1, max_length=128)
+    status: AckStatus
+    executor_id: str = Field(min_length=1)
+    detail: str = ""
+    retriable: bool = False
+    component: str | None = None
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds.")
+
+
+class OutputInvalidation(ModelEvent):
+    SCHEMA: ClassVar[str] = "OutputInvalidation/v1"
+    schema_tag: Literal["OutputInvalidation/v1"] = _tag("OutputInvalidation")
+    bad_versions: list[str] = Field(min_length=1)
+    valid_from: AwareDatetime = Field(description="Start of the interval whose outputs are bad.")
+    valid_to: AwareDatetime = Field(description="End of the interval (rollback applied).")
+    command_id: str = Field(min_length=1)
+
+
+class DeadLetter(Event):
+    """An input a consumer could not accept, kept with where it came from and why."""
+
+    SCHEMA: ClassVar[str] = "DeadLetter/v1"
+    schema_tag: Literal["DeadLetter/v1"] = _tag("DeadLetter")
+    model_id: str | None = None
+    source_topic: str
+    partition: int
+    offset: int
+    consumer: str
+    error: str
+    raw_b64: str = Field(description="The raw message value, base64.")
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    PredictionEvent,
+    LatencyEvent,
+    BusinessMetricEvent,
+    HealthCheckEvent,
+    OutcomeEvent,
+    SystemManifest,
+    BaselineSnapshot,
+    Breach,
+    Decision,
+    RollbackCommand,
+    CommandAck,
+    OutputInvalidation,
+    DeadLetter,
+)
+
+E = TypeVar("E", bound=Event)
+
+
+def decode(cls: type[E], raw: bytes | None) -> E:
+    """Parse one message value into ``cls``; raises pydantic.ValidationError or ValueError."""
+    if raw is None:
+        raise ValueError("message has no value (tombstone)")
+    return cls.model_validate_json(raw)

@@ -1,0 +1,121 @@
+"""Builds services by name and runs them together: what `up`, `run` and the demo share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+from rollguard.broker import EmbeddedBroker
+from rollguard.bus import provision_topics, wait_for_broker
+from rollguard.errors import UsageError
+from rollguard.logs import get_logger
+from rollguard.policy import resolve_policy
+from rollguard.service import Service
+from rollguard.settings import RollguardSettings
+from rollguard.signing import generate_keypair, load_signer
+
+log = get_logger("rollguard.runner")
+
+
+def _router(settings: RollguardSettings) -> Service:
+    from services.router.app import RouterService
+
+    return RouterService(settings)
+
+
+def _detector(settings: RollguardSettings) -> Service:
+    from services.detector.app import Detector
+
+    return Detector(settings, resolve_policy(settings.policy_file))
+
+
+def _decider(settings: RollguardSettings) -> Service:
+    from services.decider.app import Decider
+
+    return Decider(
+        settings,
+        resolve_policy(settings.policy_file),
+        load_signer(settings.resolved_signing_key_file),
+    )
+
+
+def _executor(settings: RollguardSettings) -> Service:
+    from services.executor.app import Executor
+
+    return Executor(settings)
+
+
+def _ledger(settings: RollguardSettings) -> Service:
+    from services.ledger.app import Ledger
+
+    return Ledger(settings)
+
+
+#: Every service `rollguard run` knows, by the name docker-compose uses.
+SERVICES: dict[str, Callable[[RollguardSettings], Service]] = {
+    "router": _router,
+    "detector": _detector,
+    "decider": _decider,
+    "executor": _executor,
+    "ledger": _ledger,
+}
+
+#: What `rollguard up` runs; the router is the reference integration, opt-in outside the demo.
+CORE_SERVICES = ("ledger", "executor", "decider", "detector")
+
+
+def build_service(name: str, settings: RollguardSettings) -> Service:
+    try:
+        factory = SERVICES[name]
+    except KeyError:
+        raise UsageError(f"unknown service {name!r}; known: {', '.join(SERVICES)}") from None
+    return factory(settings)
+
+
+def ensure_keys(settings: RollguardSettings) -> None:
+    """Create the decider's key pair on first use of the default key location."""
+    path = settings.resolved_signing_key_file
+    if settings.signing_key_file is None and not path.exists():
+        kid = generate_keypair(path, settings.resolved_trusted_keys_dir)
+        log.info("generated_signing_key", path=str(path), key_id=kid)
+
+
+@contextlib.asynccontextmanager
+async def kafka(
+    settings: RollguardSettings, broker_log: Path | None = None
+) -> AsyncIterator[RollguardSettings]:
+    """Settings pointing at a reachable broker with every topic provisioned.
+
+    Without ROLLGUARD_KAFKA_BOOTSTRAP an embedded broker is started for the duration.
+    """
+    broker: EmbeddedBroker | None = None
+    if settings.embedded:
+        broker = EmbeddedBroker(broker_log or settings.state_dir / "broker.log")
+        await asyncio.to_thread(broker.start)
+        settings = settings.model_copy(
+            update={"kafka_bootstrap": broker.bootstrap, "enable_idempotence": False}
+        )
+        log.info("embedded_broker", bootstrap=broker.bootstrap, log=str(broker.log_path))
+    try:
+        await wait_for_broker(settings)
+        created = await provision_topics(settings)
+        log.info("topics", bootstrap=settings.kafka_bootstrap, created=created)
+        yield settings
+    finally:
+        if broker is not None:
+            await asyncio.to_thread(broker.stop)
+
+
+async def run_services(services: Sequence[Service]) -> None:
+    """Run services until one fails or the caller cancels; a failure stops them all."""
+    async with asyncio.TaskGroup() as tasks:
+        for service in services:
+            tasks.create_task(service.run(), name=service.name)
+
+
+async def wait_ready(services: Sequence[Service], timeout_s: float = 60.0) -> None:
+    await asyncio.wait_for(
+        asyncio.gather(*(s.ready.wait() for s in services)), timeout=timeout_s
+    )

@@ -1,0 +1,88 @@
+"""Settings shared by every service: where Kafka is, how to reach it, where state lives.
+
+Read from ``ROLLGUARD_*`` environment variables once, at the entrypoint; library code takes
+the frozen object as an argument and never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class RollguardSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ROLLGUARD_", frozen=True, extra="ignore")
+
+    kafka_bootstrap: str | None = Field(
+        default=None,
+        description="host:port[,host:port]. Unset: start the embedded broker (rollguard up/demo).",
+    )
+    topic_prefix: str = Field(default="rollguard.", pattern=r"^[A-Za-z0-9._-]*$")
+    partitions: int = Field(default=3, ge=1, le=1000)
+    replication_factor: int = Field(default=1, ge=1, le=7)
+    enable_idempotence: bool = Field(
+        default=True, description="Idempotent control producers; forced off on the embedded broker."
+    )
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(default=1_000, ge=100)
+    rebalance_timeout_ms: int = Field(default=5_000, ge=500)
+    control_fetch_max_wait_ms: int = Field(default=10, ge=0, le=1_000)
+
+    state_dir: Path = Path(".rollguard")
+    ledger_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite under state_dir."
+    )
+    executor_db_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the executor inbox; default sqlite."
+    )
+    signing_key_file: Path | None = Field(
+        default=None, description="Ed25519 private key (PEM) of the decider; default under state_dir."
+    )
+    trusted_keys_dir: Path | None = Field(
+        default=None, description="Directory of trusted public keys (*.pub PEM) for executors."
+    )
+    policy_file: Path | None = Field(
+        default=None,
+        description="Policy YAML; default ./policies/default.yaml when present, else built-in defaults.",
+    )
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @property
+    def embedded(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def resolved_ledger_url(self) -> str:
+        return self.ledger_url or f"sqlite:///{self.state_dir / 'ledger.db'}"
+
+    @property
+    def resolved_executor_db_url(self) -> str:
+        return self.executor_db_url or f"sqlite:///{self.state_dir / 'executor.db'}"
+
+    @property
+    def resolved_signing_key_file(self) -> Path:
+        return self.signing_key_file or self.state_dir / "keys" / "signing.pem"
+
+    @property
+    def resolved_trusted_keys_dir(self) -> Path:
+        return self.trusted_keys_dir or self.state_dir / "keys" / "trusted"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"

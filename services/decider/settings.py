@@ -1,0 +1,16 @@
+"""Decider settings (ROLLGUARD_DECIDER_*)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DeciderSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ROLLGUARD_DECIDER_", frozen=True, extra="ignore")
+
+    app_id: str = Field(default="decider", description="faust app id, after the topic prefix.")
+    store: str = Field(
+        default="memory://",
+        description="faust table store; tables are rebuilt from their changelog topics.",
+    )

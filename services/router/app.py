@@ -1,0 +1,103 @@
+"""Router service: serves synthetic traffic with the live version and follows the live pointer.
+
+It reads rollguard.deployments from the beginning without a consumer group (every router
+instance needs every pointer change), and emits prediction and latency events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import ValidationError
+
+from rollguard import topics
+from rollguard.bus import make_consumer, make_producer
+from rollguard.events import SystemManifest, decode
+from rollguard.logs import get_logger
+from rollguard.settings import RollguardSettings
+from services.router.serving import Router
+from services.router.settings import RouterSettings
+
+log = get_logger("rollguard.router")
+
+
+class RouterService:
+    name = "router"
+
+    def __init__(
+        self, settings: RollguardSettings, router_settings: RouterSettings | None = None
+    ) -> None:
+        self.settings = settings
+        self.svc = router_settings or RouterSettings()
+        self.ready = asyncio.Event()
+        self.router = Router(
+            self.svc.model_id, dict(self.svc.versions), np.random.default_rng(self.svc.seed)
+        )
+        self.counts: Counter[str] = Counter()
+        #: Traffic can be paused (rate 0) without stopping the pointer follower.
+        self.rate_rps = self.svc.rate_rps
+
+    async def run(self) -> None:
+        producer = make_producer(self.settings, control=False)
+        consumer = make_consumer(self.settings, group_id=None, control=True)
+        await producer.start()
+        try:
+            await consumer.start()
+            topic = self.settings.topic(topics.DEPLOYMENTS.name)
+            await consumer.topics()  # refreshes cluster metadata
+            partitions = consumer.partitions_for_topic(topic) or set()
+            consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+            await consumer.seek_to_beginning()
+            log.info(
+                "started",
+                bootstrap=self.settings.kafka_bootstrap,
+                model_id=self.svc.model_id,
+                versions=sorted(self.svc.versions),
+            )
+            self.ready.set()
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._follow(consumer))
+                tasks.create_task(self._serve(producer))
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            log.info("stopped", served=dict(self.router.served))
+
+    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        while True:
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                for record in records:
+                    try:
+                        manifest = decode(SystemManifest, record.value)
+                    except (ValidationError, ValueError):
+                        continue  # the decider dead-letters bad manifests; we only follow
+                    if self.router.follow(manifest):
+                        log.info(
+                            "live_pointer",
+                            model_id=manifest.model_id,
+                            model_version=manifest.model_version,
+                            system_version=manifest.system_version,
+                            previous=self.router.previous,
+                            offset=record.offset,
+                        )
+
+    async def _serve(self, producer: AIOKafkaProducer) -> None:
+        latency_topic = self.settings.topic(topics.LATENCY.name)
+        predictions_topic = self.settings.topic(topics.PREDICTIONS.name)
+        loop = asyncio.get_running_loop()
+        last, owed = loop.time(), 0.0
+        while True:
+            await asyncio.sleep(self.svc.tick_s)
+            now = loop.time()
+            owed += (now - last) * self.rate_rps
+            last = now
+            n = int(owed)
+            owed -= n
+            for event in self.router.serve(n):
+                topic = latency_topic if event.SCHEMA.startswith("Latency") else predictions_topic
+                await producer.send(topic, event.encode(), key=event.key)
+                self.counts[topic] += 1

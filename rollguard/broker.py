@@ -84,14 +84,15 @@ class EmbeddedBroker:
             "--storage-engine",
             self.storage,
         ]
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as logf:
-            self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            self._proc = subprocess.Popen(
                 cmd,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **(self._env or {})},
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets the death signal
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -100,16 +101,25 @@ class EmbeddedBroker:
                     f"embedded broker exited with status {self._proc.returncode}; "
                     f"see {self.log_path}"
                 )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.05)
+            # Ready means: our process says so and the port answers. A port answer alone could
+            # be somebody else's listener.
+            if self._says_ready(log_start):
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.05)
         self.stop()
         raise EmbeddedBrokerError(
             f"embedded broker did not listen on {self.bootstrap} within {timeout_s:.0f}s; "
             f"see {self.log_path}"
         )
+
+    def _says_ready(self, log_start: int) -> bool:
+        with open(self.log_path, "rb") as logf:
+            logf.seek(log_start)
+            return b"ready in" in logf.read()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         proc, self._proc = self._proc, None

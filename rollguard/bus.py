@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import orjson
-
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
@@ -95,24 +96,33 @@ def make_consumer(
     return AIOKafkaConsumer(*topic_names, **opts)
 
 
-async def wait_for_broker(settings: RollguardSettings, timeout_s: float = 15.0) -> None:
-    """Return once the broker answers a metadata request; BrokerUnavailable after timeout."""
+async def wait_for_broker(settings: RollguardSettings) -> None:
+    """Return once the broker answers a metadata request; BrokerUnavailable after the timeout."""
+    timeout_s = settings.connect_timeout_s
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     last: Exception | None = None
-    while loop.time() < deadline:
-        admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=2_000)
-        try:
-            await admin.start()
-            await admin.list_topics()
-            return
-        except (KafkaError, OSError) as exc:
-            last = exc
-            await asyncio.sleep(0.2)
-        finally:
-            await admin.close()
+    # aiokafka logs every refused connection at ERROR; while waiting, the outcome is ours
+    # to report, once.
+    aiokafka_log = logging.getLogger("aiokafka")
+    level = aiokafka_log.level
+    aiokafka_log.setLevel(logging.CRITICAL)
+    try:
+        while loop.time() < deadline:
+            admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=2_000)
+            try:
+                await admin.start()
+                await admin.list_topics()
+                return
+            except (KafkaError, OSError) as exc:
+                last = exc
+                await asyncio.sleep(0.2)
+            finally:
+                await admin.close()
+    finally:
+        aiokafka_log.setLevel(level)
     raise BrokerUnavailable(
-        f"no Kafka broker answered at {settings.kafka_bootstrap} within {timeout_s:.0f}s"
+        f"no Kafka broker answered at {settings.kafka_bootstrap} within {timeout_s:g}s"
         f" ({type(last).__name__ if last else 'timeout'})"
     )
 
@@ -144,10 +154,9 @@ async def provision_topics(
             if name not in existing
         ]
         if new:
-            try:
+            # Another process may win the race; the partition check below still applies.
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # another process won the race; the check below still applies
         described = await admin.describe_topics(list(wanted))
         for desc in described:
             count = len(desc.get("partitions", []))
@@ -216,6 +225,7 @@ class DeadLetterSink:
     async def reject_all(self, rejected: Iterable[Rejected]) -> None:
         for r in rejected:
             await self.send(r.record, r.error, r.kind)
+
 
 _E = TypeVar("_E", bound=Event)
 

@@ -132,8 +132,10 @@ def _demo(args: argparse.Namespace, settings: RollguardSettings) -> int:
         _print_report(report)
     if not ok:
         reason = report.reason or "the ledger did not verify"
-        print(f"rollguard: demo failed: {reason} (logs: {settings.state_dir}/demo.log)",
-              file=sys.stderr)
+        print(
+            f"rollguard: demo failed: {reason} (logs: {settings.state_dir}/demo.log)",
+            file=sys.stderr,
+        )
     return 0 if ok else 1
 
 
@@ -222,3 +224,7 @@ def _keys(args: argparse.Namespace, settings: RollguardSettings) -> int:
     kid = generate_keypair(private, trusted)
     print(f"key {kid}: private {private}, public {trusted / (kid + '.pub')}")
     return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -70,7 +70,7 @@ def manifest(version: str, system_version: str, status: str) -> SystemManifest:
         components=Components(
             model=version, feature_pipeline="fp-7", config="cfg-3", infra="k8s-1"
         ),
-        status=status,  # type: ignore[arg-type]
+        status=status,
     )
 
 
@@ -149,8 +149,14 @@ def _render(observer: Observer, router: Any, phase: str) -> Group:
         table.add_row(f"{t:6.2f}", text)
     served = ", ".join(f"{v}: {n}" for v, n in sorted(router.served.items())) or "-"
     status = Text.assemble(
-        ("phase: ", "bold"), phase, "   ", ("live: ", "bold"), str(router.live),
-        "   ", ("served: ", "bold"), served,
+        ("phase: ", "bold"),
+        phase,
+        "   ",
+        ("live: ", "bold"),
+        str(router.live),
+        "   ",
+        ("served: ", "bold"),
+        served,
     )
     return Group(status, table)
 
@@ -181,8 +187,12 @@ async def run_demo(
         from services.router.app import RouterService
         from services.router.settings import RouterSettings
 
-        router_service = RouterService(settings, RouterSettings(model_id=MODEL_ID, rate_rps=rate_rps))
-        services = [router_service] + [SERVICES[n](settings) for n in ("detector", "decider", "executor", "ledger")]
+        router_service = RouterService(
+            settings, RouterSettings(model_id=MODEL_ID, rate_rps=rate_rps)
+        )
+        services = [router_service] + [
+            SERVICES[n](settings) for n in ("detector", "decider", "executor", "ledger")
+        ]
         observer = Observer(settings)
         router = router_service.router
         phase = "starting services"
@@ -191,7 +201,9 @@ async def run_demo(
         async def display() -> None:
             if not live_display:
                 return
-            with Live(_render(observer, router, phase), console=console, refresh_per_second=8) as lv:
+            with Live(
+                _render(observer, router, phase), console=console, refresh_per_second=8
+            ) as lv:
                 while True:
                     await asyncio.sleep(0.125)
                     lv.update(_render(observer, router, phase))
@@ -286,7 +298,9 @@ async def run_demo(
         report.ledger_entries = verdict.entries
         report.ledger_verified = verdict.ok
         if not verdict.ok and not report.reason:
-            report.reason = f"ledger does not verify at seq {verdict.first_bad_seq}: {verdict.reason}"
+            report.reason = (
+                f"ledger does not verify at seq {verdict.first_bad_seq}: {verdict.reason}"
+            )
     finally:
         store.close()
     return report
@@ -308,4 +322,3 @@ def _ledger_count(settings: RollguardSettings) -> int:
         return store.count()
     finally:
         store.close()
-

@@ -131,7 +131,7 @@ class SystemManifest(ModelEvent):
 
     SCHEMA: ClassVar[str] = "SystemManifest/v1"
     schema_tag: Literal["SystemManifest/v1"] = _tag("SystemManifest")
-    system_version: str = Field(min_length=1, max_length=256)  # type: ignore[assignment]
+    system_version: str = Field(min_length=1, max_length=256)
     components: Components
     status: ManifestStatus
     note: str = Field(default="", max_length=4096)

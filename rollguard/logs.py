@@ -10,9 +10,7 @@ import structlog
 from structlog.typing import Processor
 
 
-def configure_logging(
-    level: str = "info", fmt: str = "auto", stream: TextIO | None = None
-) -> None:
+def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
     json = fmt == "json" or (fmt == "auto" and not out.isatty())
     shared: list[Processor] = [

@@ -29,7 +29,9 @@ class WindowPolicy(_Frozen):
 
 class ErrorRatePolicy(_Frozen):
     enabled: bool = True
-    threshold: float = Field(default=0.05, gt=0, lt=1, description="Breach when the Wilson lower bound exceeds it.")
+    threshold: float = Field(
+        default=0.05, gt=0, lt=1, description="Breach when the Wilson lower bound exceeds it."
+    )
     min_events: int = Field(default=50, ge=1)
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
     tier: Tier = "immediate"
@@ -38,7 +40,9 @@ class ErrorRatePolicy(_Frozen):
 class LatencyPolicy(_Frozen):
     enabled: bool = True
     sla_ms: float = Field(default=100.0, gt=0)
-    p99_multiplier: float = Field(default=5.0, gt=0, description="Breach when p99 > multiplier × SLA.")
+    p99_multiplier: float = Field(
+        default=5.0, gt=0, description="Breach when p99 > multiplier × SLA."
+    )
     min_events: int = Field(default=50, ge=1)
     tier: Tier = "immediate"
 

@@ -116,6 +116,4 @@ async def run_services(services: Sequence[Service]) -> None:
 
 
 async def wait_ready(services: Sequence[Service], timeout_s: float = 60.0) -> None:
-    await asyncio.wait_for(
-        asyncio.gather(*(s.ready.wait() for s in services)), timeout=timeout_s
-    )
+    await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in services)), timeout=timeout_s)

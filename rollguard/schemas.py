@@ -37,7 +37,5 @@ def stale(directory: Path) -> list[str]:
         for name, body in expected.items()
         if not (directory / name).is_file() or (directory / name).read_bytes() != body
     ]
-    problems += sorted(
-        p.name for p in directory.glob("*.json") if p.name not in expected
-    )
+    problems += sorted(p.name for p in directory.glob("*.json") if p.name not in expected)
     return problems

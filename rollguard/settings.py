@@ -38,6 +38,9 @@ class RollguardSettings(BaseSettings):
     ssl_keyfile: Path | None = None
     ssl_password: SecretStr | None = None
 
+    connect_timeout_s: float = Field(
+        default=15.0, gt=0, description="How long to wait for the broker to answer at start."
+    )
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
     heartbeat_interval_ms: int = Field(default=1_000, ge=100)
     rebalance_timeout_ms: int = Field(default=5_000, ge=500)
@@ -51,7 +54,8 @@ class RollguardSettings(BaseSettings):
         default=None, description="SQLAlchemy URL of the executor inbox; default sqlite."
     )
     signing_key_file: Path | None = Field(
-        default=None, description="Ed25519 private key (PEM) of the decider; default under state_dir."
+        default=None,
+        description="Ed25519 private key (PEM) of the decider; default under state_dir.",
     )
     trusted_keys_dir: Path | None = Field(
         default=None, description="Directory of trusted public keys (*.pub PEM) for executors."

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import faust
@@ -87,9 +87,7 @@ class Decider:
 
         deployments, breaches, acks = raw("deployments"), raw("breaches"), raw("acks")
         decisions_out, commands_out = raw("decisions"), raw("commands")
-        states = app.Table(
-            "model-state", partitions=s.partitions, key_type=str, value_type=str
-        )
+        states = app.Table("model-state", partitions=s.partitions, key_type=str, value_type=str)
 
         async def send(topic: str, value: bytes, key: bytes | None) -> object:
             return await app.topic(topic, key_serializer="raw", value_serializer="raw").send(
@@ -108,7 +106,7 @@ class Decider:
             states[state.model_id] = state.model_dump_json()
 
         async def each(
-            stream: AsyncIterator[Any], cls: type[E], handle: Callable[[E], Awaitable[None]]
+            stream: faust.StreamT[Any], cls: type[E], handle: Callable[[E], Awaitable[None]]
         ) -> None:
             async for event in stream.events():
                 msg = event.message
@@ -162,19 +160,19 @@ class Decider:
             )
 
         @app.agent(deployments)
-        async def deployment_agent(stream: AsyncIterator[Any]) -> None:
+        async def deployment_agent(stream: faust.StreamT[Any]) -> None:
             await each(stream, SystemManifest, on_manifest)
 
         @app.agent(breaches)
-        async def breach_agent(stream: AsyncIterator[Any]) -> None:
+        async def breach_agent(stream: faust.StreamT[Any]) -> None:
             await each(stream, Breach, on_breach)
 
         @app.agent(acks)
-        async def ack_agent(stream: AsyncIterator[Any]) -> None:
+        async def ack_agent(stream: faust.StreamT[Any]) -> None:
             await each(stream, CommandAck, on_ack)
 
-        @app.on_rebalance_complete.connect
-        async def _ready(sender: Any, **kwargs: Any) -> None:
+        @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust's stub wants a keyword-only signal arg
+        async def _ready(sender: Any, *args: Any, **kwargs: Any) -> None:
             self.ready.set()
 
         return app
@@ -189,4 +187,3 @@ class Decider:
         finally:
             await app.stop()
             log.info("stopped", **self.counts)
-

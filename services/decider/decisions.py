@@ -149,7 +149,7 @@ def decide(
 
     def hold(action: str, code: str, detail: str) -> Outcome:
         reasons = [Reason(code="breach", detail=what), Reason(code=code, detail=detail)]
-        decision = Decision(**base, action=action, reasons=reasons)  # type: ignore[arg-type]
+        decision = Decision(**base, action=action, reasons=reasons)
         return Outcome(decision, None, state)
 
     live = state.live
@@ -170,9 +170,7 @@ def decide(
             f"command {state.in_flight.command_id} is in flight",
         )
     if state.cooldown_until is not None and now < state.cooldown_until:
-        return hold(
-            "hold", "cooldown", f"cooldown until {state.cooldown_until.isoformat()}"
-        )
+        return hold("hold", "cooldown", f"cooldown until {state.cooldown_until.isoformat()}")
     target = rollback_target(state)
     if target is None:
         return hold(
@@ -203,7 +201,7 @@ def decide(
     )
     since_live = (breach.ts - live.ts).total_seconds()
     decision = Decision(
-        **base,  # type: ignore[arg-type]
+        **base,
         action="rollback",
         level=level,
         reasons=[Reason(code="breach", detail=what), *level_reasons],

@@ -91,7 +91,9 @@ class Detector:
             closed += self.windows.close_idle(time.time())
             for window in closed:
                 for breach in self.judge(window):
-                    await producer.send_and_wait(self._breach_topic, breach.encode(), key=breach.key)
+                    await producer.send_and_wait(
+                        self._breach_topic, breach.encode(), key=breach.key
+                    )
                     self.counts["breaches"] += 1
                     log.warning(
                         "breach",
@@ -179,7 +181,7 @@ class Detector:
                     window_start=datetime.fromtimestamp(window.start, UTC),
                     window_end=datetime.fromtimestamp(window.end, UTC),
                     n=m.n,
-                    tier=tier,  # type: ignore[arg-type]
+                    tier=tier,
                     evidence=m.evidence,
                 )
             )

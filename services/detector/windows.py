@@ -64,7 +64,9 @@ class LatencyWindows:
             if current is None or start > current.start:
                 if current is not None:
                     closed.append(current)
-                current = LatencyWindow(key[0], key[1], system_version, float(start), policy.seconds)
+                current = LatencyWindow(
+                    key[0], key[1], system_version, float(start), policy.seconds
+                )
                 self._open[key] = current
             # Events older than the open window are late: fold them into it rather than reopen.
             sel = buckets == start
@@ -75,11 +77,8 @@ class LatencyWindows:
 
     def close_idle(self, now: float) -> list[LatencyWindow]:
         closed = [
-            w
-            for w in self._open.values()
-            if now >= w.end + self._policy(w.model_id).close_grace_s
+            w for w in self._open.values() if now >= w.end + self._policy(w.model_id).close_grace_s
         ]
         for w in closed:
             del self._open[(w.model_id, w.model_version)]
         return closed
-

@@ -18,8 +18,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from pydantic import ValidationError
 
 from rollguard import topics
-from rollguard.errors import ConfigError
 from rollguard.bus import DeadLetterSink, make_consumer, make_producer, producer_send
+from rollguard.errors import ConfigError
 from rollguard.events import AckStatus, CommandAck, RollbackCommand, decode, utcnow
 from rollguard.logs import get_logger
 from rollguard.settings import RollguardSettings
@@ -203,4 +203,3 @@ class Executor:
                 return Effect("failed", f"gave up before expiry: {effect.detail}", retriable=True)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.svc.retry_max_s)
-

@@ -140,9 +140,7 @@ class Inbox:
     def mark_sent(self, ack_id: str, at: datetime | None = None) -> None:
         with self.engine.begin() as conn:
             conn.execute(
-                sa.update(outbox)
-                .where(outbox.c.ack_id == ack_id)
-                .values(sent_at=at or utcnow())
+                sa.update(outbox).where(outbox.c.ack_id == ack_id).values(sent_at=at or utcnow())
             )
 
     def close(self) -> None:

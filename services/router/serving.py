@@ -84,7 +84,7 @@ class Router:
             failed = bool(errors[i])
             out.append(
                 LatencyEvent(
-                    **common,  # type: ignore[arg-type]
+                    **common,
                     request_id=request_id,
                     latency_ms=float(latencies[i]),
                     status="error" if failed else "ok",
@@ -94,7 +94,7 @@ class Router:
             if not failed:
                 out.append(
                     PredictionEvent(
-                        **common,  # type: ignore[arg-type]
+                        **common,
                         request_id=request_id,
                         prediction=float(predictions[i]),
                         features={f"f{j}": float(features[i, j]) for j in range(3)},

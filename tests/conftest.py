@@ -1,0 +1,153 @@
+"""Fixtures against real parts: a Kafka-protocol broker, real databases, fresh topics per test.
+
+The broker is ``ROLLGUARD_TEST_KAFKA`` if set, else a testcontainers Kafka when a Docker
+engine answers, else the embedded Tansu broker. Every test gets its own topic prefix and
+consumer groups, so tests never see each other's messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from rollguard.broker import EmbeddedBroker
+from rollguard.bus import client_options, make_producer, provision_topics
+from rollguard.events import Event
+from rollguard.settings import RollguardSettings
+from rollguard.signing import generate_keypair
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+        from docker.errors import DockerException
+    except ImportError:
+        return False
+    try:
+        docker.from_env(timeout=2).ping()
+    except (DockerException, OSError):
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, bool]]:
+    """(bootstrap, is_embedded) of the broker every broker test uses."""
+    if os.environ.get("ROLLGUARD_TEST_KAFKA"):
+        yield os.environ["ROLLGUARD_TEST_KAFKA"], False
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as kafka:
+            yield kafka.get_bootstrap_server(), False
+        return
+    broker = EmbeddedBroker(tmp_path_factory.mktemp("broker") / "tansu.log")
+    with broker:
+        yield broker.bootstrap, True
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: tuple[str, bool], tmp_path: Path) -> RollguardSettings:
+    bootstrap, embedded = kafka_bootstrap
+    return RollguardSettings(
+        kafka_bootstrap=bootstrap,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+        enable_idempotence=not embedded,
+        session_timeout_ms=6_000,
+        heartbeat_interval_ms=300,
+        rebalance_timeout_ms=1_000,
+        state_dir=tmp_path / "state",
+        log_format="console",
+    )
+
+
+@pytest.fixture
+async def topics_ready(settings: RollguardSettings) -> RollguardSettings:
+    await provision_topics(settings)
+    return settings
+
+
+@pytest.fixture
+def keys(settings: RollguardSettings) -> str:
+    return generate_keypair(settings.resolved_signing_key_file, settings.resolved_trusted_keys_dir)
+
+
+@pytest.fixture
+async def publish(topics_ready: RollguardSettings) -> AsyncIterator[Callable[..., Awaitable[None]]]:
+    producer = make_producer(topics_ready, control=True)
+    await producer.start()
+
+    async def send(topic: str, value: Event | bytes, key: bytes | None = None) -> None:
+        if isinstance(value, Event):
+            key = key or getattr(value, "key", None)
+            value = value.encode()
+        await producer.send_and_wait(topics_ready.topic(topic), value, key=key)
+
+    yield send
+    await producer.stop()
+
+
+class TopicReader:
+    """Reads whole topics from the beginning without a group: what a test asserts on."""
+
+    def __init__(self, settings: RollguardSettings) -> None:
+        self.settings = settings
+
+    async def read(self, name: str, *, until: Callable[[list[Any]], bool], timeout_s: float = 20) -> list[Any]:
+        consumer = AIOKafkaConsumer(
+            **client_options(self.settings), enable_auto_commit=False, fetch_max_wait_ms=20
+        )
+        await consumer.start()
+        got: list[Any] = []
+        try:
+            topic = self.settings.topic(name)
+            await consumer.topics()
+            parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s
+            while not until(got) and loop.time() < deadline:
+                for records in (await consumer.getmany(timeout_ms=100)).values():
+                    got.extend(records)
+            return got
+        finally:
+            await consumer.stop()
+
+
+@pytest.fixture
+def reader(topics_ready: RollguardSettings) -> TopicReader:
+    return TopicReader(topics_ready)
+
+
+async def run_until(service: Any, condition: Callable[[], bool], timeout_s: float = 30) -> None:
+    """Run a service until ``condition`` holds; fail the test with the service's error if any."""
+    task = asyncio.create_task(service.run())
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while not condition():
+            if task.done():
+                task.result()
+                raise AssertionError(f"{service.name} stopped before the condition held")
+            if loop.time() > deadline:
+                raise AssertionError(f"condition not met within {timeout_s}s")
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    return os.environ.get(
+        "ROLLGUARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    )

@@ -1,0 +1,103 @@
+"""Kafka plumbing against the real broker: provisioning, batch decoding, dead letters."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+from aiokafka import ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient
+
+from rollguard import topics
+from rollguard.bus import (
+    DeadLetterSink,
+    client_options,
+    decode_batch,
+    make_producer,
+    producer_send,
+    provision_topics,
+)
+from rollguard.errors import ConfigError
+from rollguard.events import DeadLetter, LatencyEvent
+from rollguard.settings import RollguardSettings
+from tests.conftest import TopicReader
+
+pytestmark = pytest.mark.broker
+
+
+async def test_provisioning_creates_every_topic_once(settings: RollguardSettings) -> None:
+    created = await provision_topics(settings)
+    assert sorted(created) == sorted(settings.topic(t.name) for t in topics.ALL)
+    assert await provision_topics(settings) == []
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        described = await admin.describe_topics([settings.topic(t.name) for t in topics.ALL])
+        assert {len(d["partitions"]) for d in described} == {settings.partitions}
+    finally:
+        await admin.close()
+
+
+async def test_partition_mismatch_is_refused(settings: RollguardSettings) -> None:
+    await provision_topics(settings)
+    wider = settings.model_copy(update={"partitions": settings.partitions + 2})
+    with pytest.raises(ConfigError, match="ROLLGUARD_PARTITIONS"):
+        await provision_topics(wider)
+
+
+def _record(value: bytes, offset: int) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic="t.latency", partition=1, offset=offset, timestamp=0, timestamp_type=0,
+        key=b"m", value=value, checksum=None, serialized_key_size=1,
+        serialized_value_size=len(value), headers=(),
+    )
+
+
+def _latency(**kw: object) -> bytes:
+    doc = {"model_id": "m", "model_version": "v1", "request_id": "r", "latency_ms": 3.0, "status": "ok"}
+    doc.update(kw)
+    return orjson.dumps(doc)
+
+
+def test_good_batch_validates_in_one_call() -> None:
+    good, rejected = decode_batch([_record(_latency(), i) for i in range(5)], LatencyEvent)
+    assert len(good) == 5 and rejected == []
+    assert all(isinstance(e, LatencyEvent) for _, e in good)
+
+
+def test_one_bad_record_costs_only_itself() -> None:
+    records = [
+        _record(_latency(), 0),
+        _record(b"{not json", 1),
+        _record(_latency(latency_ms=-5), 2),
+        _record(_latency(schema="LatencyEvent/v7"), 3),
+        _record(_latency(), 4),
+    ]
+    good, rejected = decode_batch(records, LatencyEvent)
+    assert [r.offset for r, _ in good] == [0, 4]
+    assert [(r.record.offset, r.kind) for r in rejected] == [
+        (1, "malformed"), (2, "invalid"), (3, "invalid")
+    ]
+    assert "latency_ms" in rejected[1].error
+    assert "schema" in rejected[2].error
+
+
+async def test_dead_letter_keeps_source_reason_and_bytes(
+    topics_ready: RollguardSettings, reader: TopicReader
+) -> None:
+    producer = make_producer(topics_ready, control=True)
+    await producer.start()
+    try:
+        sink = DeadLetterSink(topics_ready, producer_send(producer), "test")
+        raw = b"\xff\x00garbage"
+        await sink.send(_record(raw, 41), "not JSON", "malformed")
+    finally:
+        await producer.stop()
+    got = await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) >= 1)
+    letter = DeadLetter.model_validate_json(got[0].value)
+    assert (letter.source_topic, letter.partition, letter.offset) == ("t.latency", 1, 41)
+    assert letter.error == "malformed: not JSON"
+    assert base64.b64decode(letter.raw_b64) == raw
+    assert letter.model_id == "m"
+    assert sink.counts["malformed"] == 1

@@ -1,0 +1,87 @@
+"""The CLI as users run it: a subprocess, one line per user error, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def rollguard(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ROLLGUARD_")}
+    return subprocess.run(
+        [sys.executable, "-m", "rollguard.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {})},
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["run", "nosuch"], "invalid choice: 'nosuch'"),
+        (["demo", "--rate", "fast"], "invalid float value: 'fast'"),
+        (["ledger"], "required: action"),
+    ],
+)
+def test_bad_arguments_get_one_line(args: list[str], expected: str) -> None:
+    result = rollguard(*args)
+    assert result.returncode == 2
+    assert expected in one_line_error(result)
+
+
+def test_unreachable_broker_is_one_line() -> None:
+    result = rollguard(
+        "topics", "create",
+        env={"ROLLGUARD_KAFKA_BOOTSTRAP": "127.0.0.1:1", "ROLLGUARD_CONNECT_TIMEOUT_S": "1"},
+    )
+    assert result.returncode == 3
+    assert "no Kafka broker answered at 127.0.0.1:1" in one_line_error(result)
+
+
+def test_run_without_bootstrap_says_what_to_set() -> None:
+    result = rollguard("run", "detector")
+    assert result.returncode == 2
+    assert "ROLLGUARD_KAFKA_BOOTSTRAP" in one_line_error(result)
+
+
+def test_bad_setting_names_the_variable() -> None:
+    result = rollguard("schemas", "export", "--check", env={"ROLLGUARD_PARTITIONS": "many"})
+    assert result.returncode == 2
+    assert "ROLLGUARD_PARTITIONS" in one_line_error(result)
+
+
+def test_schemas_check_passes_on_the_repo_and_fails_when_stale(tmp_path: Path) -> None:
+    assert rollguard("schemas", "export", "--check").returncode == 0
+    assert rollguard("schemas", "export", "--dir", str(tmp_path)).returncode == 0
+    (tmp_path / "Decision.v1.json").write_text("{}")
+    stale = rollguard("schemas", "export", "--check", "--dir", str(tmp_path))
+    assert stale.returncode == 1
+    assert "Decision.v1.json" in stale.stdout
+
+
+def test_keys_generate_refuses_to_overwrite(tmp_path: Path) -> None:
+    env = {"ROLLGUARD_STATE_DIR": str(tmp_path)}
+    first = rollguard("keys", "generate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "keys" / "signing.pem").stat().st_mode & 0o777 == 0o600
+    assert len(list((tmp_path / "keys" / "trusted").glob("*.pub"))) == 1
+    again = rollguard("keys", "generate", env=env)
+    assert again.returncode == 2
+    assert "exists" in one_line_error(again)

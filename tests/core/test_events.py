@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from rollguard import events as ev
+from rollguard import schemas
+from tests.factories import manifest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_checked_in_schemas_match_the_models() -> None:
+    assert schemas.stale(ROOT / "schemas") == [], "run: rollguard schemas export"
+
+
+def test_stale_schema_is_detected(tmp_path: Path) -> None:
+    schemas.export(tmp_path)
+    (tmp_path / "Breach.v1.json").write_text("{}")
+    (tmp_path / "Orphan.v1.json").write_text("{}")
+    assert schemas.stale(tmp_path) == ["Breach.v1.json", "Orphan.v1.json"]
+
+
+def test_every_event_has_a_versioned_schema_tag() -> None:
+    for cls in ev.EVENT_TYPES:
+        assert cls.SCHEMA.endswith("/v1")
+        assert cls.model_fields["schema_tag"].default == cls.SCHEMA
+        assert cls.model_fields["schema_tag"].alias == "schema"
+
+
+def test_roundtrip_through_orjson_keeps_every_field() -> None:
+    m = manifest()
+    raw = m.encode()
+    doc = orjson.loads(raw)
+    assert doc["schema"] == "SystemManifest/v1"
+    assert ev.decode(ev.SystemManifest, raw) == m
+
+
+def test_unknown_schema_version_is_refused() -> None:
+    doc = orjson.loads(manifest().encode())
+    doc["schema"] = "SystemManifest/v9"
+    with pytest.raises(ValidationError, match="schema"):
+        ev.decode(ev.SystemManifest, orjson.dumps(doc))
+
+
+def test_events_are_frozen_and_strict() -> None:
+    m = manifest()
+    with pytest.raises(ValidationError):
+        m.status = "rolled_back"  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="extra"):
+        ev.SystemManifest.model_validate({**orjson.loads(m.encode()), "surprise": 1})
+
+
+def test_manifest_model_must_match_components() -> None:
+    with pytest.raises(ValidationError, match="differs from components.model"):
+        ev.SystemManifest(**{**manifest().model_dump(), "model_version": "v2"})
+
+
+@pytest.mark.parametrize("latency", [-1.0, 86_400_001.0, float("nan"), float("inf")])
+def test_absurd_latencies_are_invalid(latency: float) -> None:
+    with pytest.raises(ValidationError):
+        ev.LatencyEvent(
+            model_id="m", model_version="v", request_id="r", latency_ms=latency, status="ok"
+        )
+
+
+def test_business_metric_needs_a_value_or_a_ratio() -> None:
+    with pytest.raises(ValidationError, match="numerator and denominator"):
+        ev.BusinessMetricEvent(model_id="m", model_version="v", metric="ctr", numerator=3)
+    ok = ev.BusinessMetricEvent(
+        model_id="m", model_version="v", metric="ctr", numerator=3, denominator=100
+    )
+    assert ok.denominator == 100
+
+
+def test_naive_timestamps_are_refused() -> None:
+    with pytest.raises(ValidationError, match="timezone"):
+        ev.HealthCheckEvent(model_id="m", model_version="v", ok=True, ts=datetime(2026, 1, 1))
+    assert ev.HealthCheckEvent(
+        model_id="m", model_version="v", ok=True, ts=datetime(2026, 1, 1, tzinfo=UTC)
+    ).ok
+
+
+def test_tombstone_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="tombstone"):
+        ev.decode(ev.Breach, None)

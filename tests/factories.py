@@ -1,0 +1,69 @@
+"""Builders of valid events for tests; override any field by keyword."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from rollguard import events as ev
+
+
+def manifest(
+    version: str = "v1",
+    system_version: str | None = None,
+    status: str = "live",
+    *,
+    model_id: str = "m",
+    feature_pipeline: str = "fp-1",
+    config: str = "cfg-1",
+    infra: str = "infra-1",
+    **kw: Any,
+) -> ev.SystemManifest:
+    return ev.SystemManifest(
+        model_id=model_id,
+        model_version=version,
+        system_version=system_version or f"sys-{version}",
+        components=ev.Components(
+            model=version, feature_pipeline=feature_pipeline, config=config, infra=infra
+        ),
+        status=status,  # type: ignore[arg-type]
+        **kw,
+    )
+
+
+def command(**kw: Any) -> ev.RollbackCommand:
+    now = ev.utcnow()
+    base: dict[str, Any] = {
+        "model_id": "m",
+        "model_version": "v2",
+        "command_id": ev.new_id(),
+        "decision_id": ev.new_id(),
+        "from_manifest": manifest("v2"),
+        "to_manifest": manifest("v1", status="known_good"),
+        "level": 1,
+        "issued_at": now,
+        "expires_at": now + timedelta(seconds=60),
+        "nonce": ev.new_id(),
+        "key_id": "unset",
+    }
+    base.update(kw)
+    return ev.RollbackCommand(**base)
+
+
+def breach(version: str = "v2", tier: str = "immediate", **kw: Any) -> ev.Breach:
+    now = ev.utcnow()
+    base: dict[str, Any] = {
+        "model_id": "m",
+        "model_version": version,
+        "detector": "error_rate",
+        "signal": "error_rate",
+        "statistic": "wilson_lower",
+        "value": 0.17,
+        "threshold": 0.05,
+        "window_start": now - timedelta(seconds=1),
+        "window_end": now,
+        "n": 200,
+        "tier": tier,
+    }
+    base.update(kw)
+    return ev.Breach(**base)

@@ -128,6 +128,15 @@ def reader(topics_ready: RollguardSettings) -> TopicReader:
     return TopicReader(topics_ready)
 
 
+async def until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(0.05)
+
+
 async def run_until(service: Any, condition: Callable[[], bool], timeout_s: float = 30) -> None:
     """Run a service until ``condition`` holds; fail the test with the service's error if any."""
     task = asyncio.create_task(service.run())

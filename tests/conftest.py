@@ -101,7 +101,9 @@ class TopicReader:
     def __init__(self, settings: RollguardSettings) -> None:
         self.settings = settings
 
-    async def read(self, name: str, *, until: Callable[[list[Any]], bool], timeout_s: float = 20) -> list[Any]:
+    async def read(
+        self, name: str, *, until: Callable[[list[Any]], bool], timeout_s: float = 20
+    ) -> list[Any]:
         consumer = AIOKafkaConsumer(
             **client_options(self.settings), enable_auto_commit=False, fetch_max_wait_ms=20
         )

@@ -27,6 +27,6 @@ def test_broker_that_cannot_start_is_a_clear_error(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         broker = EmbeddedBroker(tmp_path / "tansu.log", port=port)
-        with pytest.raises(EmbeddedBrokerError, match="tansu.log"):
+        with pytest.raises(EmbeddedBrokerError, match=r"tansu\.log"):
             broker.start(timeout_s=5)
     assert not broker.running

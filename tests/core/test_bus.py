@@ -48,14 +48,28 @@ async def test_partition_mismatch_is_refused(settings: RollguardSettings) -> Non
 
 def _record(value: bytes, offset: int) -> ConsumerRecord[bytes, bytes]:
     return ConsumerRecord(
-        topic="t.latency", partition=1, offset=offset, timestamp=0, timestamp_type=0,
-        key=b"m", value=value, checksum=None, serialized_key_size=1,
-        serialized_value_size=len(value), headers=(),
+        topic="t.latency",
+        partition=1,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"m",
+        value=value,
+        checksum=None,
+        serialized_key_size=1,
+        serialized_value_size=len(value),
+        headers=(),
     )
 
 
 def _latency(**kw: object) -> bytes:
-    doc = {"model_id": "m", "model_version": "v1", "request_id": "r", "latency_ms": 3.0, "status": "ok"}
+    doc = {
+        "model_id": "m",
+        "model_version": "v1",
+        "request_id": "r",
+        "latency_ms": 3.0,
+        "status": "ok",
+    }
     doc.update(kw)
     return orjson.dumps(doc)
 
@@ -77,7 +91,9 @@ def test_one_bad_record_costs_only_itself() -> None:
     good, rejected = decode_batch(records, LatencyEvent)
     assert [r.offset for r, _ in good] == [0, 4]
     assert [(r.record.offset, r.kind) for r in rejected] == [
-        (1, "malformed"), (2, "invalid"), (3, "invalid")
+        (1, "malformed"),
+        (2, "invalid"),
+        (3, "invalid"),
     ]
     assert "latency_ms" in rejected[1].error
     assert "schema" in rejected[2].error

@@ -12,7 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def rollguard(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def rollguard(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ROLLGUARD_")}
     return subprocess.run(
         [sys.executable, "-m", "rollguard.cli", *args],
@@ -48,7 +50,8 @@ def test_bad_arguments_get_one_line(args: list[str], expected: str) -> None:
 
 def test_unreachable_broker_is_one_line() -> None:
     result = rollguard(
-        "topics", "create",
+        "topics",
+        "create",
         env={"ROLLGUARD_KAFKA_BOOTSTRAP": "127.0.0.1:1", "ROLLGUARD_CONNECT_TIMEOUT_S": "1"},
     )
     assert result.returncode == 3

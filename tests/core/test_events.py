@@ -56,7 +56,7 @@ def test_events_are_frozen_and_strict() -> None:
 
 
 def test_manifest_model_must_match_components() -> None:
-    with pytest.raises(ValidationError, match="differs from components.model"):
+    with pytest.raises(ValidationError, match=r"differs from components\.model"):
         ev.SystemManifest(**{**manifest().model_dump(), "model_version": "v2"})
 
 

@@ -28,13 +28,18 @@ def test_per_model_override_merges_field_by_field(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("doc", "expected"),
     [
-        ({"defaults": {"error_rate": {"tier": "soon"}}}, r"defaults\.error_rate\.tier.*'immediate', 'rapid' or 'delayed'"),
+        (
+            {"defaults": {"error_rate": {"tier": "soon"}}},
+            r"defaults\.error_rate\.tier.*'immediate', 'rapid' or 'delayed'",
+        ),
         ({"defaults": {"latency": {"sla_ms": -1}}}, r"defaults\.latency\.sla_ms.*greater than 0"),
         ({"defaults": {"eror_rate": {}}}, r"defaults\.eror_rate.*Extra inputs"),
         ({"models": {"m": {"window": {"seconds": 0}}}}, r"window\.seconds"),
     ],
 )
-def test_bad_policy_names_file_and_field(tmp_path: Path, doc: dict[str, object], expected: str) -> None:
+def test_bad_policy_names_file_and_field(
+    tmp_path: Path, doc: dict[str, object], expected: str
+) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(ConfigError, match=expected) as info:

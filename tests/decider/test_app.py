@@ -8,11 +8,10 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from rollguard import topics
-from rollguard.events import Decision, DeadLetter, RollbackCommand
+from rollguard.events import DeadLetter, Decision, RollbackCommand, utcnow
 from rollguard.policy import PolicySet
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer, load_trusted_keys, verify_command
-from rollguard.events import utcnow
 from services.decider.app import Decider
 from tests.conftest import TopicReader, until
 from tests.factories import breach, manifest
@@ -30,7 +29,9 @@ async def test_breach_of_live_version_becomes_a_signed_rollback_and_a_repeat_hol
     await publish(topics.DEPLOYMENTS.name, manifest("v2", status="live"))
     await publish(topics.DEPLOYMENTS.name, b"{broken", key=b"m")
     first, second = breach("v2"), breach("v2")
-    decider = Decider(topics_ready, PolicySet(), load_signer(topics_ready.resolved_signing_key_file))
+    decider = Decider(
+        topics_ready, PolicySet(), load_signer(topics_ready.resolved_signing_key_file)
+    )
     task = asyncio.create_task(decider.run())
     try:
         # deployments and breaches are separate topics: order them as production does, the
@@ -40,7 +41,11 @@ async def test_breach_of_live_version_becomes_a_signed_rollback_and_a_repeat_hol
         await until(lambda: decider.counts["decision_rollback"] == 1)
         await publish(topics.BREACHES.name, second)
         await publish(topics.BREACHES.name, first)  # a redelivery: ignored
-        await until(lambda: decider.counts["decision_hold"] == 1 and decider.counts["duplicate_breaches"] == 1)
+        await until(
+            lambda: (
+                decider.counts["decision_hold"] == 1 and decider.counts["duplicate_breaches"] == 1
+            )
+        )
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

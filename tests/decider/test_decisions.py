@@ -7,8 +7,20 @@ import pytest
 
 from rollguard import events as ev
 from rollguard.policy import ModelPolicy
-from rollguard.signing import Signer, generate_keypair, load_signer, load_trusted_keys, verify_command
-from services.decider.decisions import ModelState, apply_ack, apply_manifest, decide, rollback_target
+from rollguard.signing import (
+    Signer,
+    generate_keypair,
+    load_signer,
+    load_trusted_keys,
+    verify_command,
+)
+from services.decider.decisions import (
+    ModelState,
+    apply_ack,
+    apply_manifest,
+    decide,
+    rollback_target,
+)
 from tests.factories import breach, manifest
 
 POLICY = ModelPolicy()
@@ -60,10 +72,30 @@ def test_model_only_rollback_onto_another_feature_pipeline_is_level_two(signer: 
     ("state", "brch", "action", "code"),
     [
         (ModelState(model_id="m"), breach("v2"), "hold", "unknown_model"),
-        (state_with(manifest("v1", status="known_good"), manifest("v2")), breach("v1"), "hold", "not_live_version"),
-        (state_with(manifest("v1", status="known_good"), manifest("v2")), breach("v2", tier="delayed"), "investigate", "tier_not_automatic"),
-        (state_with(manifest("v2", status="live")), breach("v2"), "investigate", "no_known_good_target"),
-        (state_with(manifest("v2", status="known_good")), breach("v2"), "investigate", "no_known_good_target"),
+        (
+            state_with(manifest("v1", status="known_good"), manifest("v2")),
+            breach("v1"),
+            "hold",
+            "not_live_version",
+        ),
+        (
+            state_with(manifest("v1", status="known_good"), manifest("v2")),
+            breach("v2", tier="delayed"),
+            "investigate",
+            "tier_not_automatic",
+        ),
+        (
+            state_with(manifest("v2", status="live")),
+            breach("v2"),
+            "investigate",
+            "no_known_good_target",
+        ),
+        (
+            state_with(manifest("v2", status="known_good")),
+            breach("v2"),
+            "investigate",
+            "no_known_good_target",
+        ),
     ],
 )
 def test_every_non_rollback_is_a_decision_with_its_reason(
@@ -84,8 +116,12 @@ def test_in_flight_then_cooldown_then_rollback_again(signer: Signer) -> None:
     assert second is not None and codes(second.decision)[-1] == "rollback_in_flight"
 
     ack = ev.CommandAck(
-        model_id="m", model_version="v2", command_id=first.command.command_id,
-        status="applied", executor_id="x", ts=now,
+        model_id="m",
+        model_version="v2",
+        command_id=first.command.command_id,
+        status="applied",
+        executor_id="x",
+        ts=now,
     )
     cooling = apply_ack(second.state, ack, POLICY)
     assert cooling.in_flight is None
@@ -94,7 +130,9 @@ def test_in_flight_then_cooldown_then_rollback_again(signer: Signer) -> None:
     redeployed = apply_manifest(cooling, manifest("v2"))
     held = decide(redeployed, breach("v2"), POLICY, now + timedelta(seconds=10), signer)
     assert held is not None and codes(held.decision)[-1] == "cooldown"
-    after = decide(redeployed, breach("v2"), POLICY, cooling.cooldown_until + timedelta(seconds=1), signer)
+    after = decide(
+        redeployed, breach("v2"), POLICY, cooling.cooldown_until + timedelta(seconds=1), signer
+    )
     assert after is not None and after.decision.action == "rollback"
 
 
@@ -102,7 +140,13 @@ def test_failed_ack_ends_the_flight_without_cooldown(signer: Signer) -> None:
     state = state_with(manifest("v1", status="known_good"), manifest("v2"))
     out = decide(state, breach("v2"), POLICY, ev.utcnow(), signer)
     assert out is not None and out.command is not None
-    ack = ev.CommandAck(model_id="m", model_version="v2", command_id=out.command.command_id, status="failed", executor_id="x")
+    ack = ev.CommandAck(
+        model_id="m",
+        model_version="v2",
+        command_id=out.command.command_id,
+        status="failed",
+        executor_id="x",
+    )
     after = apply_ack(out.state, ack, POLICY)
     assert after.in_flight is None and after.cooldown_until is None
     other = ack.model_copy(update={"command_id": "someone-else"})

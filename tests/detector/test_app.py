@@ -46,8 +46,26 @@ async def test_bad_version_breaches_good_one_does_not_and_bad_input_is_dead_lett
     poison = [
         b"\x00\x01 not json",
         b'{"model_id": "m", "latency_ms": NaN}',
-        orjson.dumps({"model_id": "m", "model_version": "v1", "request_id": "r", "latency_ms": -3, "status": "ok", "schema": "LatencyEvent/v1"}),
-        orjson.dumps({"model_id": "m", "model_version": "v1", "request_id": "r", "latency_ms": 3, "status": "ok", "schema": "LatencyEvent/v2"}),
+        orjson.dumps(
+            {
+                "model_id": "m",
+                "model_version": "v1",
+                "request_id": "r",
+                "latency_ms": -3,
+                "status": "ok",
+                "schema": "LatencyEvent/v1",
+            }
+        ),
+        orjson.dumps(
+            {
+                "model_id": "m",
+                "model_version": "v1",
+                "request_id": "r",
+                "latency_ms": 3,
+                "status": "ok",
+                "schema": "LatencyEvent/v2",
+            }
+        ),
     ]
     for raw in poison:
         await publish(topics.LATENCY.name, raw, key=b"m")
@@ -65,7 +83,11 @@ async def test_bad_version_breaches_good_one_does_not_and_bad_input_is_dead_lett
     ]
     assert {b.model_version for b in breaches} == {"v2"}
     first = breaches[0]
-    assert (first.detector, first.tier, first.statistic) == ("error_rate", "immediate", "wilson_lower")
+    assert (first.detector, first.tier, first.statistic) == (
+        "error_rate",
+        "immediate",
+        "wilson_lower",
+    )
     assert first.value > 0.05 and first.n >= 50
     assert first.window_end - first.window_start == timedelta(seconds=1)
 
@@ -74,7 +96,10 @@ async def test_bad_version_breaches_good_one_does_not_and_bad_input_is_dead_lett
         for r in await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) >= 4)
     ]
     assert sorted(letter.error.split(":")[0] for letter in letters) == [
-        "invalid", "invalid", "malformed", "malformed"
+        "invalid",
+        "invalid",
+        "malformed",
+        "malformed",
     ]
     assert all(letter.source_topic == topics_ready.topic(topics.LATENCY.name) for letter in letters)
     assert any("latency_ms" in letter.error for letter in letters)

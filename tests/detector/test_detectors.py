@@ -21,7 +21,9 @@ from services.detector import detectors as d
         (37, 200, 0.99, 0.12973),
     ],
 )
-def test_wilson_lower_bound_known_values(errors: int, n: int, confidence: float, expected: float) -> None:
+def test_wilson_lower_bound_known_values(
+    errors: int, n: int, confidence: float, expected: float
+) -> None:
     assert d.wilson_lower_bound(errors, n, confidence) == pytest.approx(expected, abs=5e-5)
 
 

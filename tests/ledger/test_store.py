@@ -1,0 +1,160 @@
+"""The hash chain on SQLite and PostgreSQL: append once, refuse changes, detect tampering."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import sqlalchemy as sa
+
+from services.ledger.store import GENESIS, Incoming, LedgerStore, entry_hash
+from tests.factories import breach, manifest
+
+
+def _pg_available(url: str) -> str | None:
+    try:
+        engine = sa.create_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except sa.exc.OperationalError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str
+) -> Iterator[LedgerStore]:
+    if request.param == "sqlite":
+        s = LedgerStore(f"sqlite:///{tmp_path / 'ledger.db'}")
+        yield s
+        s.close()
+        return
+    problem = _pg_available(postgres_url)
+    if problem:
+        pytest.skip(f"PostgreSQL not answering at {postgres_url}: {problem}")
+    schema = f"ledger_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    s = LedgerStore(
+        postgres_url + ("&" if "?" in postgres_url else "?") + f"options=-csearch_path%3D{schema}"
+    )
+    yield s
+    s.close()
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()
+
+
+def records(n: int, topic: str = "rollguard.breaches", start: int = 0) -> list[Incoming]:
+    return [Incoming(topic, 0, start + i, breach(value=0.1 + i / 1000).encode()) for i in range(n)]
+
+
+def tamper(store: LedgerStore, *statements: str) -> None:
+    """Run statements as the table owner with the append-only triggers out of the way."""
+    with store.engine.begin() as conn:
+        if store.dialect == "sqlite":
+            conn.exec_driver_sql("DROP TRIGGER ledger_no_update")
+            conn.exec_driver_sql("DROP TRIGGER ledger_no_delete")
+        else:
+            conn.exec_driver_sql("ALTER TABLE ledger_entries DISABLE TRIGGER USER")
+        for sql in statements:
+            conn.exec_driver_sql(sql)
+
+
+def test_append_chains_and_verifies(store: LedgerStore) -> None:
+    assert store.append(records(5)) == 5
+    report = store.verify()
+    assert (report.ok, report.entries) == (True, 5)
+    entries = store.entries()
+    assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
+    prev = GENESIS
+    for e in entries:
+        payload = orjson.dumps(e.payload, option=orjson.OPT_SORT_KEYS)
+        assert e.hash == entry_hash(prev, e.seq, payload)
+        prev = e.hash
+    assert report.head_hash == prev
+    assert entries[0].event_type == "Breach" and entries[0].model_id == "m"
+
+
+def test_redelivered_messages_are_stored_once(store: LedgerStore) -> None:
+    batch = records(3)
+    assert store.append(batch) == 3
+    assert store.append(batch + records(2, start=3)) == 2
+    assert store.count() == 5 and store.verify().ok
+
+
+def test_odd_values_are_kept_faithfully(store: LedgerStore) -> None:
+    odd = [
+        Incoming("rollguard.acks", 0, 0, b"\xff\xfe not json"),
+        Incoming("rollguard.acks", 0, 1, None),
+        Incoming("rollguard.acks", 0, 2, b"[1, 2, 3]"),
+        Incoming("rollguard.deployments", 1, 0, manifest("v1").encode()),
+    ]
+    assert store.append(odd) == 4
+    kinds = [e.event_type for e in store.entries()]
+    assert kinds == ["unparsed", "unparsed", "unparsed", "SystemManifest"]
+    assert store.verify().ok
+
+
+@pytest.mark.parametrize(
+    "sql", ["UPDATE ledger_entries SET model_id = 'x'", "DELETE FROM ledger_entries"]
+)
+def test_triggers_refuse_update_and_delete(store: LedgerStore, sql: str) -> None:
+    store.append(records(2))
+    with pytest.raises(sa.exc.DatabaseError, match="append-only"), store.engine.begin() as conn:
+        conn.exec_driver_sql(sql)
+    assert store.verify().ok and store.count() == 2
+
+
+def test_truncate_is_refused_on_postgresql(store: LedgerStore) -> None:
+    if store.dialect != "postgresql":
+        pytest.skip("SQLite has no TRUNCATE statement")
+    store.append(records(2))
+    with pytest.raises(sa.exc.DatabaseError, match="append-only"), store.engine.begin() as conn:
+        conn.exec_driver_sql("TRUNCATE ledger_entries")
+
+
+@pytest.mark.parametrize(
+    ("statements", "first_bad"),
+    [
+        (["UPDATE ledger_entries SET payload = CAST('{\"x\":1}' AS {blob}) WHERE seq = 4"], 4),
+        (["DELETE FROM ledger_entries WHERE seq = 3"], 3),
+        (
+            [
+                "UPDATE ledger_entries SET seq = seq + 100 WHERE seq >= 5",
+                "UPDATE ledger_entries SET seq = 5 WHERE seq = 106",
+                "UPDATE ledger_entries SET seq = 6 WHERE seq = 105",
+                "UPDATE ledger_entries SET seq = seq - 100 WHERE seq > 100",
+            ],
+            5,
+        ),
+        (
+            [
+                'INSERT INTO ledger_entries SELECT 9, topic, partition, "offset" + 100, event_type, event_id, model_id, recorded_at, payload, hash, hash FROM ledger_entries WHERE seq = 8'
+            ],
+            9,
+        ),
+        (["DELETE FROM ledger_entries WHERE seq >= 7"], None),
+    ],
+    ids=["modify", "delete", "reorder", "insert", "truncate-tail"],
+)
+def test_tampering_is_detected_at_the_right_seq(
+    store: LedgerStore, statements: list[str], first_bad: int | None
+) -> None:
+    store.append(records(8))
+    head_before = store.verify().head_hash
+    blob = "BLOB" if store.dialect == "sqlite" else "BYTEA"
+    tamper(store, *(s.replace("{blob}", blob) for s in statements))
+    report = store.verify()
+    if first_bad is None:
+        # A cut tail leaves a valid shorter chain: only a checkpoint of the head reveals it.
+        assert report.ok and report.entries == 6 and report.head_hash != head_before
+    else:
+        assert not report.ok
+        assert report.first_bad_seq == first_bad

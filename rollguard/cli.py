@@ -9,13 +9,16 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from pydantic import ValidationError
 
 from rollguard.errors import RollguardError, UsageError
 from rollguard.logs import configure_logging
 from rollguard.settings import RollguardSettings
+
+if TYPE_CHECKING:
+    from rollguard.demo import DemoReport
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"rollguard: error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
     except KeyboardInterrupt:
+        print("rollguard: interrupted; everything it started has stopped", file=sys.stderr)
         raise SystemExit(130) from None
     raise SystemExit(code)
 
@@ -139,14 +143,18 @@ def _demo(args: argparse.Namespace, settings: RollguardSettings) -> int:
     return 0 if ok else 1
 
 
-def _print_report(report: object) -> None:
+def _print_report(report: DemoReport) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="rollguard demo", show_header=False)
-    for key, value in vars(report).items():
-        table.add_row(key, str(value))
-    Console().print(table)
+    for key, value in report.as_dict().items():
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        table.add_row(key, Text(shown))
+    console = Console()
+    console.print(table)
+    console.print(Text(report.headline(), style="bold"))
 
 
 async def _up(

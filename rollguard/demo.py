@@ -61,6 +61,17 @@ class DemoReport:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def headline(self) -> str:
+        if not self.rollback_applied:
+            return f"no rollback: {self.reason or 'unknown reason'}"
+        return (
+            f"rolled back {self.bad_version} → {self.restored_version} "
+            f"(level {self.rollback_level}) {self.time_to_rollback_s:.2f} s after the bad deploy; "
+            f"breach after {self.mttd_s:.2f} s; {self.blast_radius_requests} requests served by "
+            f"{self.bad_version}; ledger {self.ledger_entries} entries, "
+            f"{'verified' if self.ledger_verified else 'NOT verified'}"
+        )
+
 
 def manifest(version: str, system_version: str, status: str) -> SystemManifest:
     return SystemManifest(
@@ -96,8 +107,8 @@ class Observer:
 
     async def run(self) -> None:
         consumer = make_consumer(self.settings, group_id=None, control=True)
-        await consumer.start()
         try:
+            await consumer.start()
             await consumer.topics()
             parts = [
                 TopicPartition(self.settings.topic(t.name), p)
@@ -146,7 +157,7 @@ def _render(observer: Observer, router: Any, phase: str) -> Group:
     table.add_column("t (s)", justify="right")
     table.add_column("what happened")
     for t, text in observer.timeline[-18:]:
-        table.add_row(f"{t:6.2f}", text)
+        table.add_row(f"{t:6.2f}", Text(text))  # Text: event details are not rich markup
     served = ", ".join(f"{v}: {n}" for v, n in sorted(router.served.items())) or "-"
     status = Text.assemble(
         ("phase: ", "bold"),
@@ -209,7 +220,6 @@ async def run_demo(
                     lv.update(_render(observer, router, phase))
 
         producer = make_producer(settings, control=True)
-        await producer.start()
         deploy_topic = settings.topic(topics.DEPLOYMENTS.name)
         background = [
             asyncio.create_task(run_services(services), name="services"),
@@ -232,6 +242,7 @@ async def run_demo(
             return ack
 
         try:
+            await producer.start()
             await until(lambda: all(s.ready.is_set() for s in services), 60, "services not ready")
             observer.note("services ready: router, detector, decider (faust), executor, ledger")
 

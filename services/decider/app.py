@@ -181,8 +181,8 @@ class Decider:
         app = self.build_app()
         app.finalize()
         log.info("started", bootstrap=self.settings.kafka_bootstrap, app_id=app.conf.id)
-        await app.start()
         try:
+            await app.start()
             await asyncio.Event().wait()
         finally:
             await app.stop()

@@ -64,8 +64,8 @@ class Detector:
             max_poll_records=self.svc.max_batch,
         )
         producer = make_producer(self.settings, control=True)
-        await producer.start()
         try:
+            await producer.start()
             await consumer.start()
             self.dead_letters = DeadLetterSink(self.settings, producer_send(producer), self.name)
             log.info("started", bootstrap=self.settings.kafka_bootstrap, group=self.svc.group_id)

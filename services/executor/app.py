@@ -72,8 +72,8 @@ class Executor:
         )
         listener = _Revocations()
         consumer.subscribe([self.settings.topic(topics.COMMANDS.name)], listener=listener)
-        await producer.start()
         try:
+            await producer.start()
             await consumer.start()
             self.applier = self.build_applier(producer)
             self.dead_letters = DeadLetterSink(self.settings, producer_send(producer), self.name)

@@ -36,9 +36,9 @@ class Ledger:
             control=True,
             max_poll_records=self.svc.max_batch,
         )
-        await consumer.start()
-        log.info("started", bootstrap=self.settings.kafka_bootstrap, store=store.dialect)
         try:
+            await consumer.start()
+            log.info("started", bootstrap=self.settings.kafka_bootstrap, store=store.dialect)
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=self.svc.max_batch)
                 if not self.ready.is_set() and consumer.assignment():

@@ -43,8 +43,8 @@ class RouterService:
     async def run(self) -> None:
         producer = make_producer(self.settings, control=False)
         consumer = make_consumer(self.settings, group_id=None, control=True)
-        await producer.start()
         try:
+            await producer.start()
             await consumer.start()
             topic = self.settings.topic(topics.DEPLOYMENTS.name)
             await consumer.topics()  # refreshes cluster metadata

@@ -207,11 +207,18 @@ async def run_demo(
         observer = Observer(settings)
         router = router_service.router
         phase = "starting services"
-        observer.note(f"broker ready at {settings.kafka_bootstrap}; topics provisioned")
+        observer.note(
+            f"broker ready at {settings.kafka_bootstrap}; topics provisioned; starting services"
+        )
 
         async def display() -> None:
-            if not live_display:
-                return
+            if not live_display:  # not a terminal: one plain line per step, as it happens
+                shown = 0
+                while True:
+                    for t, text in observer.timeline[shown:]:
+                        console.print(Text(f"{t:6.2f}s  {text}"), soft_wrap=True)
+                    shown = len(observer.timeline)
+                    await asyncio.sleep(0.1)
             with Live(
                 _render(observer, router, phase), console=console, refresh_per_second=8
             ) as lv:

@@ -95,7 +95,16 @@ async def kafka(
         broker = EmbeddedBroker(broker_log or settings.state_dir / "broker.log")
         await asyncio.to_thread(broker.start)
         settings = settings.model_copy(
-            update={"kafka_bootstrap": broker.bootstrap, "enable_idempotence": False}
+            update={
+                "kafka_bootstrap": broker.bootstrap,
+                # Tansu has no idempotent producer, and holds every group join for about half
+                # the session timeout (measured: 10 s → 5 s, 6 s → 3 s, whatever the
+                # rebalance timeout): one process owns every group here, so keep it short.
+                "enable_idempotence": False,
+                "session_timeout_ms": min(settings.session_timeout_ms, 4_000),
+                "heartbeat_interval_ms": min(settings.heartbeat_interval_ms, 500),
+                "rebalance_timeout_ms": min(settings.rebalance_timeout_ms, 1_000),
+            }
         )
         log.info("embedded_broker", bootstrap=broker.bootstrap, log=str(broker.log_path))
     try:

@@ -61,7 +61,7 @@ def settings(kafka_bootstrap: tuple[str, bool], tmp_path: Path) -> RollguardSett
         kafka_bootstrap=bootstrap,
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         enable_idempotence=not embedded,
-        session_timeout_ms=6_000,
+        session_timeout_ms=4_000,
         heartbeat_interval_ms=300,
         rebalance_timeout_ms=1_000,
         state_dir=tmp_path / "state",

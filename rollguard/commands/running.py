@@ -1,0 +1,109 @@
+"""demo, up, run: the commands that start services."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+
+from rollguard.commands import Subparsers
+from rollguard.errors import UsageError
+from rollguard.logs import configure_logging, get_logger
+from rollguard.settings import RollguardSettings
+
+
+def register(sub: Subparsers) -> None:
+    from rollguard.runner import SERVICES
+
+    demo = sub.add_parser("demo", help="detect and roll back a bad deployment, end to end")
+    demo.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    demo.add_argument("--rate", type=float, default=200.0, help="requests per second")
+    demo.add_argument("--warmup", type=float, default=3.0, help="seconds of good traffic first")
+    demo.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for rollback")
+    demo.set_defaults(handler=_demo, logs=False)
+
+    up = sub.add_parser("up", help="run every service in one process until interrupted")
+    up.add_argument("--with-router", action="store_true", help="also run the reference router")
+    up.set_defaults(handler=_up)
+
+    run = sub.add_parser("run", help="run one service (what containers use)")
+    run.add_argument("service", choices=sorted(SERVICES))
+    run.set_defaults(handler=_run)
+
+
+def _demo(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from rollguard.demo import run_demo
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.state_dir / "demo.log", "w") as logf:
+        configure_logging(settings.log_level, "json", stream=logf)
+        err = Console(stderr=True)
+        report = asyncio.run(
+            run_demo(
+                settings,
+                console=err,
+                live_display=err.is_terminal,
+                rate_rps=args.rate,
+                warmup_s=args.warmup,
+                timeout_s=args.timeout,
+            )
+        )
+    ok = report.rollback_applied and report.ledger_verified
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    else:
+        table = Table(title="rollguard demo", show_header=False)
+        for key, value in report.as_dict().items():
+            shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+            table.add_row(key, Text(shown))
+        out = Console()
+        out.print(table)
+        out.print(Text(report.headline(), style="bold"))
+    if not ok:
+        reason = report.reason or "the ledger did not verify"
+        print(
+            f"rollguard: demo failed: {reason} (logs: {settings.state_dir}/demo.log)",
+            file=sys.stderr,
+        )
+    return 0 if ok else 1
+
+
+def _up(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    from rollguard.runner import CORE_SERVICES
+
+    names = [*CORE_SERVICES, *(["router"] if args.with_router else [])]
+    return asyncio.run(_serve(settings, names))
+
+
+def _run(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    if settings.embedded:
+        raise UsageError(
+            "rollguard run needs ROLLGUARD_KAFKA_BOOTSTRAP; `rollguard up` starts an"
+            " embedded broker"
+        )
+    return asyncio.run(_serve(settings, [args.service]))
+
+
+async def _serve(settings: RollguardSettings, names: list[str]) -> int:
+    from rollguard.runner import build_service, ensure_keys, kafka, run_services
+
+    log = get_logger("rollguard")
+    main_task = asyncio.current_task()
+    assert main_task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    async with kafka(settings) as live_settings:
+        if "decider" in names:  # a decider signs; an executor alone only needs public keys
+            ensure_keys(live_settings)
+        services = [build_service(n, live_settings) for n in names]
+        log.info("running", services=names, bootstrap=live_settings.kafka_bootstrap)
+        try:
+            await run_services(services)
+        except asyncio.CancelledError:
+            log.info("shutting_down", services=names)
+    return 0

@@ -1,19 +1,26 @@
 """Policies: YAML parsed into frozen pydantic models, with per-model overrides.
 
-A bad file fails at load with the file, the field and what is allowed.
+Every model gets ``defaults``; ``models.<model_id>`` overrides any field of it, merged field
+by field (dictionaries merge by key, lists and scalars replace). Several files merge in the
+order given (a directory: its ``*.yaml`` in name order). A bad file fails at load with the
+file, the line of the field, the field and what is allowed.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rollguard.detector_policy import DetectorConfig, FalseAlarmPolicy, default_detectors
 from rollguard.errors import ConfigError
 
 Tier = Literal["immediate", "rapid", "delayed"]
+Component = Literal["feature_pipeline", "config", "model", "infra"]
+Role = Literal["ml_engineer", "ml_lead", "data_engineering_lead", "sre", "auditor"]
 
 
 class _Frozen(BaseModel):
@@ -27,52 +34,95 @@ class WindowPolicy(_Frozen):
     )
 
 
-class ErrorRatePolicy(_Frozen):
-    enabled: bool = True
-    threshold: float = Field(
-        default=0.05, gt=0, lt=1, description="Breach when the Wilson lower bound exceeds it."
-    )
-    min_events: int = Field(default=50, ge=1)
-    confidence: float = Field(default=0.95, gt=0.5, lt=1)
-    tier: Tier = "immediate"
-
-
-class LatencyPolicy(_Frozen):
-    enabled: bool = True
-    sla_ms: float = Field(default=100.0, gt=0)
-    p99_multiplier: float = Field(
-        default=5.0, gt=0, description="Breach when p99 > multiplier × SLA."
-    )
-    min_events: int = Field(default=50, ge=1)
-    tier: Tier = "immediate"
-
-
 class RollbackPolicy(_Frozen):
     cooldown_s: float = Field(default=300.0, ge=0, description="No second rollback within this.")
     command_ttl_s: float = Field(default=60.0, gt=0, description="A command expires after this.")
     automatic_tiers: tuple[Tier, ...] = ("immediate", "rapid")
+    level: Literal["auto", "system"] = Field(
+        default="auto",
+        description="auto: level 1 when only the model differs, else 2; system: always 2.",
+    )
+    component_order: tuple[Component, ...] = ("feature_pipeline", "config", "model", "infra")
+    bake_s: float = Field(
+        default=600.0, ge=0, description="Live this long without a breach: known good."
+    )
+    verification_s: float = Field(
+        default=120.0, gt=0, description="After applied, the restored version must stay clean."
+    )
+    target_ready_within_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="If set, the target needs an ok health check this recent to be ready.",
+    )
+
+    @model_validator(mode="after")
+    def _order_is_complete(self) -> RollbackPolicy:
+        if sorted(self.component_order) != sorted(("feature_pipeline", "config", "model", "infra")):
+            raise ValueError("component_order must name each component exactly once")
+        return self
+
+
+class AuthorityPolicy(_Frozen):
+    """Who must approve a rollback of each level (levels 1 and 2 are automatic)."""
+
+    level3_roles: tuple[Role, ...] = ("data_engineering_lead",)
+    level4_roles: tuple[Role, ...] = ("data_engineering_lead", "ml_lead")
+    approval_ttl_s: float = Field(
+        default=3600.0, gt=0, description="An approval expires after this."
+    )
+    notify_on_level2: tuple[Role, ...] = ("ml_lead",)
+
+
+class ExpectedChange(_Frozen):
+    """A declared intentional change: breaches inside it hold instead of rolling back."""
+
+    start: AwareDatetime
+    end: AwareDatetime
+    reason: str = Field(min_length=1)
+    model_versions: tuple[str, ...] = Field(default=(), description="Empty: every version.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ExpectedChange:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
+
+    def covers(self, model_version: str, at: datetime) -> bool:
+        in_time = self.start <= at < self.end
+        return in_time and (not self.model_versions or model_version in self.model_versions)
+
+
+class NotificationPolicy(_Frozen):
+    """Which channels hear about which tier (channel names are configured in the notifier)."""
+
+    immediate: tuple[str, ...] = ("pagerduty", "slack")
+    rapid: tuple[str, ...] = ("slack",)
+    delayed: tuple[str, ...] = ("slack",)
 
 
 class ModelPolicy(_Frozen):
     window: WindowPolicy = WindowPolicy()
-    error_rate: ErrorRatePolicy = ErrorRatePolicy()
-    latency: LatencyPolicy = LatencyPolicy()
+    detectors: dict[str, DetectorConfig] = Field(default_factory=default_detectors)
+    false_alarm: FalseAlarmPolicy = FalseAlarmPolicy()
     rollback: RollbackPolicy = RollbackPolicy()
+    authority: AuthorityPolicy = AuthorityPolicy()
+    expected_changes: tuple[ExpectedChange, ...] = ()
+    notifications: NotificationPolicy = NotificationPolicy()
+
+    def expected_change(self, model_version: str, at: datetime) -> ExpectedChange | None:
+        return next((c for c in self.expected_changes if c.covers(model_version, at)), None)
 
 
 class PolicySet(_Frozen):
-    """Defaults for every model plus per-model overrides (merged field by field)."""
+    """Defaults for every model plus per-model overrides, already validated."""
 
     version: Literal[1] = 1
     defaults: ModelPolicy = ModelPolicy()
-    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    models: dict[str, ModelPolicy] = Field(default_factory=dict)
+    sources: tuple[str, ...] = Field(default=(), description="The files it was loaded from.")
 
     def for_model(self, model_id: str) -> ModelPolicy:
-        override = self.models.get(model_id)
-        if not override:
-            return self.defaults
-        merged = _deep_merge(self.defaults.model_dump(), override)
-        return ModelPolicy.model_validate(merged)
+        return self.models.get(model_id, self.defaults)
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -85,35 +135,107 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _describe(exc: ValidationError, path: Path) -> str:
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of the deepest YAML node on ``loc``; loc parts that are not keys (the
+    discriminator tag of a union) are skipped."""
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((v for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                continue
+            node = match
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            node = node.value[part]
+        else:
+            continue
+        line = node.start_mark.line + 1
+    return line
+
+
+def _describe(
+    exc: ValidationError, path: Path, root: yaml.Node | None, prefix: tuple[Any, ...]
+) -> str:
     first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    return f"{path}: {where}: {first['msg']} (got {first.get('input')!r})"
+    loc = (*prefix, *first["loc"])
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    line = _line_of(root, loc)
+    at = f"{path}:{line}" if line else str(path)
+    return f"{at}: {where}: {first['msg']} (got {first.get('input')!r})"
 
 
-def load_policy(path: Path) -> PolicySet:
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError as exc:
-        raise ConfigError(f"policy file {path} does not exist") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    try:
-        policy = PolicySet.model_validate(raw)
-        for model_id in policy.models:
-            policy.for_model(model_id)
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, path)) from exc
-    return policy
+def _files(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out += sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml"))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ConfigError(f"policy path {p} does not exist")
+    if not out:
+        raise ConfigError(f"no policy files in {', '.join(map(str, paths))}")
+    return out
 
 
-SHIPPED_POLICY = Path("policies/default.yaml")
+def load_policy(*paths: Path) -> PolicySet:
+    """Load, merge and validate policy files; ConfigError names file, line, field."""
+    defaults: dict[str, Any] = {}
+    overrides: dict[str, tuple[dict[str, Any], Path, yaml.Node | None]] = {}
+    files = _files(list(paths))
+    for path in files:
+        try:
+            text = path.read_text()
+            root = yaml.compose(text)
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a policy file is a mapping with defaults and/or models")
+        unknown = set(raw) - {"version", "defaults", "models"}
+        if unknown:
+            raise ConfigError(
+                f"{path}:{_line_of(root, (sorted(unknown)[0],))}: unknown top-level key "
+                f"{sorted(unknown)[0]!r}; allowed: version, defaults, models"
+            )
+        if raw.get("version", 1) != 1:
+            raise ConfigError(
+                f"{path}: version {raw.get('version')!r} is not supported; allowed: 1"
+            )
+        try:
+            ModelPolicy.model_validate(_deep_merge(defaults, raw.get("defaults") or {}))
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, path, root, ("defaults",))) from exc
+        defaults = _deep_merge(defaults, raw.get("defaults") or {})
+        models = raw.get("models") or {}
+        if not isinstance(models, dict):
+            raise ConfigError(f"{path}:{_line_of(root, ('models',))}: models must be a mapping")
+        for model_id, override in models.items():
+            previous = overrides.get(model_id, ({}, path, root))[0]
+            overrides[model_id] = (_deep_merge(previous, override or {}), path, root)
+
+    base = ModelPolicy.model_validate(defaults)
+    validated: dict[str, ModelPolicy] = {}
+    for model_id, (override, path, root) in overrides.items():
+        try:
+            validated[model_id] = ModelPolicy.model_validate(
+                _deep_merge(base.model_dump(), override)
+            )
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc, path, root, ("models", model_id))) from exc
+    return PolicySet(defaults=base, models=validated, sources=tuple(str(f) for f in files))
+
+
+SHIPPED_POLICY = Path("policies")
 
 
 def resolve_policy(path: Path | None) -> PolicySet:
-    """The policy at ``path``; without one, ./policies/default.yaml or the built-in defaults."""
+    """The policy at ``path`` (file or directory); without one, ./policies/ when present,
+    else the built-in defaults."""
     if path is not None:
         return load_policy(path)
-    if SHIPPED_POLICY.is_file():
+    if SHIPPED_POLICY.is_dir() and any(SHIPPED_POLICY.glob("*.yaml")):
         return load_policy(SHIPPED_POLICY)
     return PolicySet()

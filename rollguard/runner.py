@@ -28,7 +28,7 @@ def _router(settings: RollguardSettings) -> Service:
 def _detector(settings: RollguardSettings) -> Service:
     from services.detector.app import Detector
 
-    return Detector(settings, resolve_policy(settings.policy_file))
+    return Detector(settings, resolve_policy(settings.policy_path))
 
 
 def _decider(settings: RollguardSettings) -> Service:
@@ -36,7 +36,7 @@ def _decider(settings: RollguardSettings) -> Service:
 
     return Decider(
         settings,
-        resolve_policy(settings.policy_file),
+        resolve_policy(settings.policy_path),
         load_signer(settings.resolved_signing_key_file),
     )
 

@@ -60,9 +60,9 @@ class RollguardSettings(BaseSettings):
     trusted_keys_dir: Path | None = Field(
         default=None, description="Directory of trusted public keys (*.pub PEM) for executors."
     )
-    policy_file: Path | None = Field(
+    policy_path: Path | None = Field(
         default=None,
-        description="Policy YAML; default ./policies/default.yaml when present, else built-in defaults.",
+        description="Policy file or directory; default ./policies/ when present, else built-in.",
     )
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -8,11 +8,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import structlog
 from aiokafka import ConsumerRecord
 
 from rollguard import topics
@@ -23,6 +23,7 @@ from rollguard.bus import (
     make_producer,
     producer_send,
 )
+from rollguard.detector_policy import ErrorRateConfig, LatencyConfig
 from rollguard.events import Breach, LatencyEvent, PredictionEvent
 from rollguard.logs import get_logger
 from rollguard.policy import PolicySet
@@ -32,6 +33,15 @@ from services.detector.settings import DetectorSettings
 from services.detector.windows import LatencyWindow, LatencyWindows, VersionKey
 
 log = get_logger("rollguard.detector")
+
+
+@dataclass
+class VersionSeen:
+    """Since when, and how much, a model version has sent (for MTTD and blast radius)."""
+
+    first_ts: float
+    events: int = 0
+    last_wall: float = 0.0
 
 
 class Detector:
@@ -49,6 +59,7 @@ class Detector:
         self.ready = asyncio.Event()
         self.windows = LatencyWindows(lambda model_id: policy.for_model(model_id).window)
         self.counts: Counter[str] = Counter()
+        self.seen: dict[VersionKey, VersionSeen] = {}
         self._latency_topic = settings.topic(topics.LATENCY.name)
         self._predictions_topic = settings.topic(topics.PREDICTIONS.name)
         self._breach_topic = settings.topic(topics.BREACHES.name)
@@ -89,6 +100,7 @@ class Detector:
                 else:
                     await self._count_predictions(records)
             closed += self.windows.close_idle(time.time())
+            self._forget_quiet_versions(time.time())
             for window in closed:
                 for breach in self.judge(window):
                     await producer.send_and_wait(
@@ -117,7 +129,11 @@ class Detector:
         for _, event in good:
             groups[(event.model_id, event.model_version)].append(event)
         closed: list[LatencyWindow] = []
+        now = time.time()
         for key, events in groups.items():
+            seen = self.seen.setdefault(key, VersionSeen(events[0].ts.timestamp()))
+            seen.events += len(events)
+            seen.last_wall = now
             closed += self.windows.add(
                 key,
                 events[-1].system_version,
@@ -126,6 +142,12 @@ class Detector:
                 np.fromiter((e.status == "error" for e in events), np.bool_, len(events)),
             )
         return closed
+
+    def _forget_quiet_versions(self, now: float) -> None:
+        """Versions that stopped sending are forgotten after a TTL: state stays bounded."""
+        quiet = [k for k, v in self.seen.items() if now - v.last_wall > self.svc.version_ttl_s]
+        for key in quiet:
+            del self.seen[key]
 
     async def _count_predictions(self, records: list[ConsumerRecord[Any, Any]]) -> None:
         good, rejected = decode_batch(records, PredictionEvent)
@@ -136,43 +158,54 @@ class Detector:
     def judge(self, window: LatencyWindow) -> list[Breach]:
         """Run the window's detectors; one Breach per measurement in phase ``breach``."""
         policy = self.policy.for_model(window.model_id)
-        found: list[tuple[detectors.Measurement, str]] = []
-        if policy.error_rate.enabled:
-            m = detectors.error_rate(
-                window.errors,
-                window.n,
-                threshold=policy.error_rate.threshold,
-                min_events=policy.error_rate.min_events,
-                confidence=policy.error_rate.confidence,
-            )
-            found.append((m, policy.error_rate.tier))
-        if policy.latency.enabled:
-            m = detectors.latency(
-                window.counts,
-                sla_ms=policy.latency.sla_ms,
-                p99_multiplier=policy.latency.p99_multiplier,
-                min_events=policy.latency.min_events,
-            )
-            found.append((m, policy.latency.tier))
+        found: list[tuple[str, detectors.Measurement, str]] = []
+        for name, config in policy.detectors.items():
+            if not config.enabled:
+                continue
+            if isinstance(config, ErrorRateConfig):
+                m = detectors.error_rate(
+                    window.errors,
+                    window.n,
+                    threshold=config.threshold,
+                    min_events=config.min_events,
+                    confidence=config.confidence,
+                )
+            elif isinstance(config, LatencyConfig):
+                m = detectors.latency(
+                    window.counts,
+                    sla_ms=config.sla_ms,
+                    p99_multiplier=config.p99_multiplier,
+                    min_events=config.min_events,
+                )
+            else:
+                continue
+            found.append((name, m, config.tier))
+        seen = self.seen.get((window.model_id, window.model_version))
         breaches = []
-        for m, tier in found:
-            structlog.get_logger("rollguard.detector").debug(
+        for name, m, tier in found:
+            log.debug(
                 "measurement",
                 model_id=window.model_id,
                 model_version=window.model_version,
-                detector=m.detector,
+                detector=name,
                 phase=m.phase,
                 value=m.value,
                 n=m.n,
             )
             if m.phase != "breach":
                 continue
+            evidence = dict(m.evidence)
+            evidence["kind"] = m.detector
+            if seen is not None:
+                # What the decider needs for MTTD (first event → breach) and blast radius.
+                evidence["version_first_event_ts"] = seen.first_ts
+                evidence["version_events"] = seen.events
             breaches.append(
                 Breach(
                     model_id=window.model_id,
                     model_version=window.model_version,
                     system_version=window.system_version,
-                    detector=m.detector,
+                    detector=name,
                     signal=m.signal,
                     statistic=m.statistic,
                     value=m.value,
@@ -182,7 +215,7 @@ class Detector:
                     window_end=datetime.fromtimestamp(window.end, UTC),
                     n=m.n,
                     tier=tier,
-                    evidence=m.evidence,
+                    evidence=evidence,
                 )
             )
         return breaches

@@ -1,54 +1,142 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
 
+from rollguard.detector_policy import ErrorRateConfig, KsConfig
 from rollguard.errors import ConfigError
-from rollguard.policy import ModelPolicy, PolicySet, load_policy
+from rollguard.policy import ModelPolicy, PolicySet, load_policy, resolve_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def write(tmp_path: Path, doc: object, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    return path
+
+
 def test_shipped_default_policy_equals_the_documented_defaults() -> None:
-    assert load_policy(ROOT / "policies" / "default.yaml") == PolicySet()
+    shipped = load_policy(ROOT / "policies")
+    assert shipped.defaults == PolicySet().defaults
+    assert shipped.models == {}
 
 
 def test_per_model_override_merges_field_by_field(tmp_path: Path) -> None:
-    path = tmp_path / "p.yaml"
-    path.write_text(yaml.safe_dump({"models": {"fraud": {"error_rate": {"threshold": 0.02}}}}))
+    path = write(
+        tmp_path,
+        {
+            "models": {
+                "fraud": {"detectors": {"error_rate": {"kind": "error_rate", "threshold": 0.02}}}
+            }
+        },
+    )
     policy = load_policy(path)
-    fraud = policy.for_model("fraud")
-    assert fraud.error_rate.threshold == 0.02
-    assert fraud.error_rate.min_events == ModelPolicy().error_rate.min_events
+    fraud = policy.for_model("fraud").detectors["error_rate"]
+    assert isinstance(fraud, ErrorRateConfig)
+    assert fraud.threshold == 0.02
+    assert fraud.min_events == ErrorRateConfig().min_events
+    assert set(policy.for_model("fraud").detectors) == set(ModelPolicy().detectors)
     assert policy.for_model("other") == ModelPolicy()
 
 
+def test_files_of_a_directory_merge_in_name_order(tmp_path: Path) -> None:
+    write(tmp_path, {"defaults": {"rollback": {"cooldown_s": 60}}}, "10-base.yaml")
+    write(
+        tmp_path,
+        {"defaults": {"rollback": {"bake_s": 5}}, "models": {"m": {"rollback": {"cooldown_s": 1}}}},
+        "20-team.yaml",
+    )
+    policy = load_policy(tmp_path)
+    assert (policy.defaults.rollback.cooldown_s, policy.defaults.rollback.bake_s) == (60, 5)
+    assert policy.for_model("m").rollback.cooldown_s == 1
+    assert policy.for_model("m").rollback.bake_s == 5
+    assert len(policy.sources) == 2
+
+
+BAD = """\
+version: 1
+defaults:
+  detectors:
+    drift:
+      kind: ks
+      alpha: 2
+models:
+  fraud:
+    rollback:
+      level: sideways
+"""
+
+
 @pytest.mark.parametrize(
-    ("doc", "expected"),
+    ("text", "expected"),
     [
+        (BAD, r"p\.yaml:6: defaults\.detectors\.drift\.ks\.alpha: Input should be less than 1"),
         (
-            {"defaults": {"error_rate": {"tier": "soon"}}},
-            r"defaults\.error_rate\.tier.*'immediate', 'rapid' or 'delayed'",
+            BAD.replace("alpha: 2", "alpha: 0.5"),
+            r"p\.yaml:10: models\.fraud\.rollback\.level: Input should be 'auto' or 'system'",
         ),
-        ({"defaults": {"latency": {"sla_ms": -1}}}, r"defaults\.latency\.sla_ms.*greater than 0"),
-        ({"defaults": {"eror_rate": {}}}, r"defaults\.eror_rate.*Extra inputs"),
-        ({"models": {"m": {"window": {"seconds": 0}}}}, r"window\.seconds"),
+        (
+            "defaults:\n  detectors:\n    x:\n      kind: kss\n",
+            r"p\.yaml:4: .*'error_rate', 'latency', 'health', 'ks'",
+        ),
+        (
+            "defaults:\n  rollbak: {}\n",
+            r"p\.yaml:2: defaults\.rollbak: Extra inputs are not permitted",
+        ),
+        (
+            "defualts: {}\n",
+            r"p\.yaml:1: unknown top-level key 'defualts'; allowed: version, defaults, models",
+        ),
+        ("version: 2\n", r"version 2 is not supported"),
+        ("defaults: [unclosed", r"not valid YAML"),
+        (
+            "defaults:\n  rollback:\n    component_order: [model, config]\n",
+            r"component_order must name each component exactly once",
+        ),
     ],
 )
-def test_bad_policy_names_file_and_field(
-    tmp_path: Path, doc: dict[str, object], expected: str
+def test_bad_policy_names_file_line_field_and_allowed(
+    tmp_path: Path, text: str, expected: str
 ) -> None:
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(doc))
+    path = write(tmp_path, text)
     with pytest.raises(ConfigError, match=expected) as info:
         load_policy(path)
     assert str(path) in str(info.value)
 
 
-def test_unparseable_yaml_is_a_config_error(tmp_path: Path) -> None:
-    path = tmp_path / "broken.yaml"
-    path.write_text("defaults: [unclosed")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        load_policy(path)
+def test_expected_change_windows_cover_versions_and_time(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "defaults": {
+                "expected_changes": [
+                    {
+                        "start": "2026-01-01T00:00:00Z",
+                        "end": "2026-01-02T00:00:00Z",
+                        "reason": "new ranking",
+                        "model_versions": ["v7"],
+                    }
+                ]
+            }
+        },
+    )
+    policy = load_policy(path).defaults
+    inside = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    assert policy.expected_change("v7", inside) is not None
+    assert policy.expected_change("v8", inside) is None
+    assert policy.expected_change("v7", datetime(2026, 1, 3, tzinfo=UTC)) is None
+
+
+def test_missing_path_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_policy(tmp_path / "nope.yaml")
+
+
+def test_every_detector_kind_has_a_default_instance() -> None:
+    kinds = {c.kind for c in ModelPolicy().detectors.values()}
+    assert len(kinds) == 10
+    assert isinstance(ModelPolicy().detectors["prediction_ks"], KsConfig)

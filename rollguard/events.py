@@ -201,8 +201,48 @@ class Decision(ModelEvent):
     approvals_needed: int = Field(default=0, ge=0)
     approvals_given: list[str] = Field(default_factory=list)
     metrics: dict[str, float] = Field(
-        default_factory=dict, description="mttd_s, time_to_decision_s, ... in seconds."
+        default_factory=dict,
+        description="mttd_s, time_to_decision_s, blast_radius_events, ... (seconds, counts).",
     )
+    parent_decision_id: str | None = Field(
+        default=None,
+        description="The decision this one continues (an approval outcome, a verification).",
+    )
+    requested_by: str | None = Field(default=None, description="Who asked, for manual rollbacks.")
+
+
+class Approval(Event):
+    """A person's approval of a pending decision, with the hash of their role token."""
+
+    SCHEMA: ClassVar[str] = "Approval/v1"
+    schema_tag: Literal["Approval/v1"] = _tag("Approval")
+    model_id: str = Field(min_length=1, max_length=256)
+    decision_id: str = Field(min_length=1)
+    role: str = Field(min_length=1, max_length=64, description="The role the approver claims.")
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the role token.")
+    comment: str = Field(default="", max_length=4096)
+
+    @property
+    def key(self) -> bytes:
+        return self.model_id.encode()
+
+
+class RollbackRequest(Event):
+    """A person asking for a rollback (or to lift a verification lock) through the decider."""
+
+    SCHEMA: ClassVar[str] = "RollbackRequest/v1"
+    schema_tag: Literal["RollbackRequest/v1"] = _tag("RollbackRequest")
+    model_id: str = Field(min_length=1, max_length=256)
+    action: Literal["rollback", "unlock"] = "rollback"
+    to_system_version: str | None = Field(default=None, description="Default: the rollback target.")
+    level: RollbackLevel | None = Field(default=None, description="Default: chosen by the policy.")
+    role: str = Field(min_length=1, max_length=64)
+    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    reason: str = Field(default="", max_length=4096)
+
+    @property
+    def key(self) -> bytes:
+        return self.model_id.encode()
 
 
 class RollbackCommand(ModelEvent):
@@ -232,6 +272,11 @@ class CommandAck(ModelEvent):
     retriable: bool = False
     component: str | None = None
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds.")
+    compensation: bool = Field(
+        default=False,
+        description="True on a component ack that undoes a step after a later step failed.",
+    )
+    attempts: int = Field(default=0, ge=0, description="Applier calls behind this outcome.")
 
 
 class OutputInvalidation(ModelEvent):
@@ -267,6 +312,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     BaselineSnapshot,
     Breach,
     Decision,
+    Approval,
+    RollbackRequest,
     RollbackCommand,
     CommandAck,
     OutputInvalidation,

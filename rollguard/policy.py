@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import yaml
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -239,3 +239,52 @@ def resolve_policy(path: Path | None) -> PolicySet:
     if SHIPPED_POLICY.is_dir() and any(SHIPPED_POLICY.glob("*.yaml")):
         return load_policy(SHIPPED_POLICY)
     return PolicySet()
+
+
+class PolicyView(Protocol):
+    """What services need of a policy: the effective policy of one model."""
+
+    def for_model(self, model_id: str) -> ModelPolicy: ...
+
+
+class PolicySource:
+    """The policy in force, reloaded when its files change or on SIGHUP.
+
+    A bad change keeps the last good policy and says why (``last_error``, and a log line from
+    whoever calls ``reload``).
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.current = resolve_policy(path)
+        self.last_error: str | None = None
+        self._stamp = self._mtimes()
+
+    def for_model(self, model_id: str) -> ModelPolicy:
+        return self.current.for_model(model_id)
+
+    def _mtimes(self) -> tuple[tuple[str, float], ...]:
+        stamps = []
+        for source in self.current.sources:
+            try:
+                stamps.append((source, Path(source).stat().st_mtime))
+            except OSError:
+                stamps.append((source, -1.0))
+        if self.path is not None and self.path.is_dir():
+            stamps += [(str(p), p.stat().st_mtime) for p in sorted(self.path.glob("*.y*ml"))]
+        return tuple(sorted(set(stamps)))
+
+    def changed(self) -> bool:
+        return self._mtimes() != self._stamp
+
+    def reload(self) -> bool:
+        """Load again; True when the new policy is in force, False when the old one stays."""
+        try:
+            fresh = resolve_policy(self.path)
+        except ConfigError as exc:
+            self.last_error = str(exc)
+            self._stamp = self._mtimes()  # do not retry the same bad files every tick
+            return False
+        self.current, self.last_error = fresh, None
+        self._stamp = self._mtimes()
+        return True

@@ -11,7 +11,7 @@ from rollguard.broker import EmbeddedBroker
 from rollguard.bus import provision_topics, wait_for_broker
 from rollguard.errors import UsageError
 from rollguard.logs import get_logger
-from rollguard.policy import resolve_policy
+from rollguard.policy import PolicySource, resolve_policy
 from rollguard.service import Service
 from rollguard.settings import RollguardSettings
 from rollguard.signing import generate_keypair, load_signer
@@ -36,7 +36,7 @@ def _decider(settings: RollguardSettings) -> Service:
 
     return Decider(
         settings,
-        resolve_policy(settings.policy_path),
+        PolicySource(settings.policy_path),
         load_signer(settings.resolved_signing_key_file),
     )
 
@@ -53,6 +53,12 @@ def _ledger(settings: RollguardSettings) -> Service:
     return Ledger(settings)
 
 
+def _notifier(settings: RollguardSettings) -> Service:
+    from services.notifier.app import Notifier
+
+    return Notifier(settings)
+
+
 #: Every service `rollguard run` knows, by the name docker-compose uses.
 SERVICES: dict[str, Callable[[RollguardSettings], Service]] = {
     "router": _router,
@@ -60,10 +66,11 @@ SERVICES: dict[str, Callable[[RollguardSettings], Service]] = {
     "decider": _decider,
     "executor": _executor,
     "ledger": _ledger,
+    "notifier": _notifier,
 }
 
 #: What `rollguard up` runs; the router is the reference integration, opt-in outside the demo.
-CORE_SERVICES = ("ledger", "executor", "decider", "detector")
+CORE_SERVICES = ("ledger", "executor", "decider", "detector", "notifier")
 
 
 def build_service(name: str, settings: RollguardSettings) -> Service:

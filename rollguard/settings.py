@@ -60,6 +60,13 @@ class RollguardSettings(BaseSettings):
     trusted_keys_dir: Path | None = Field(
         default=None, description="Directory of trusted public keys (*.pub PEM) for executors."
     )
+    tokens_file: Path | None = Field(
+        default=None,
+        description="YAML of {name, role, sha256} for approvals; default under state_dir.",
+    )
+    token: SecretStr | None = Field(
+        default=None, description="Your role token, for approve / rollback / deploy commands."
+    )
     policy_path: Path | None = Field(
         default=None,
         description="Policy file or directory; default ./policies/ when present, else built-in.",
@@ -87,6 +94,10 @@ class RollguardSettings(BaseSettings):
     @property
     def resolved_trusted_keys_dir(self) -> Path:
         return self.trusted_keys_dir or self.state_dir / "keys" / "trusted"
+
+    @property
+    def resolved_tokens_file(self) -> Path:
+        return self.tokens_file or self.state_dir / "tokens.yaml"
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

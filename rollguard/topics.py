@@ -25,6 +25,8 @@ DEPLOYMENTS = TopicSpec("deployments", ev.SystemManifest, control=True, compacte
 BASELINES = TopicSpec("baselines", ev.BaselineSnapshot, control=False, compacted=True)
 BREACHES = TopicSpec("breaches", ev.Breach, control=True)
 DECISIONS = TopicSpec("decisions", ev.Decision, control=True)
+APPROVALS = TopicSpec("approvals", ev.Approval, control=True)
+REQUESTS = TopicSpec("requests", ev.RollbackRequest, control=True)
 COMMANDS = TopicSpec("commands", ev.RollbackCommand, control=True)
 ACKS = TopicSpec("acks", ev.CommandAck, control=True)
 INVALIDATIONS = TopicSpec("invalidations", ev.OutputInvalidation, control=True, compacted=True)
@@ -40,6 +42,8 @@ ALL: tuple[TopicSpec, ...] = (
     BASELINES,
     BREACHES,
     DECISIONS,
+    APPROVALS,
+    REQUESTS,
     COMMANDS,
     ACKS,
     INVALIDATIONS,

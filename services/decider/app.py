@@ -1,14 +1,17 @@
-"""Decider service (faust-streaming): breaches → decisions and signed rollback commands.
+"""Decider service (faust-streaming): breaches, requests and approvals → decisions and signed
+rollback commands; applied rollbacks → verification; quiet live versions → known good.
 
-Low volume, stateful: per-model state (live manifest, known-good list, command in flight,
-cooldown) lives in a faust table whose changelog makes it durable. deployments, breaches and
-acks are all keyed by model_id and co-partitioned, so the worker that owns a model's
-partition owns its state.
+Low volume, stateful: per-model state lives in a faust table whose changelog makes it
+durable. Every input topic is keyed by model_id and co-partitioned, so the worker that owns a
+model's partition owns its state. faust only lets a table change inside a stream, so the
+timer does not touch state itself: it sends a tick for each model with something due, and
+the tick agent does the work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -17,13 +20,24 @@ from typing import Any, TypeVar
 import faust
 from pydantic import ValidationError
 
+from rollguard.authority import TokenRegistry
 from rollguard.bus import DeadLetterSink, client_options
-from rollguard.events import Breach, CommandAck, Event, SystemManifest, decode, utcnow
+from rollguard.events import (
+    Approval,
+    Breach,
+    CommandAck,
+    Event,
+    HealthCheckEvent,
+    RollbackRequest,
+    SystemManifest,
+    decode,
+    utcnow,
+)
 from rollguard.logs import get_logger
-from rollguard.policy import PolicySet
+from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer
-from services.decider.decisions import ModelState, apply_ack, apply_manifest, decide
+from services.decider import decisions as d
 from services.decider.settings import DeciderSettings
 
 log = get_logger("rollguard.decider")
@@ -48,22 +62,44 @@ def faust_broker_options(settings: RollguardSettings) -> dict[str, Any]:
     return out
 
 
+def due(state: d.ModelState, source: PolicySource, now: Any) -> bool:
+    """Whether a tick would change anything for this model now (read-only)."""
+    policy = source.for_model(state.model_id)
+    if state.verifying is not None and now >= state.verifying.deadline:
+        return True
+    if any(now >= p.expires_at for p in state.pending):
+        return True
+    return d.bake(state, policy, now) is not None
+
+
 class Decider:
     name = "decider"
 
     def __init__(
         self,
         settings: RollguardSettings,
-        policy: PolicySet,
+        policy: PolicySource,
         signer: Signer,
         decider_settings: DeciderSettings | None = None,
+        tokens: TokenRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
         self.signer = signer
         self.svc = decider_settings or DeciderSettings()
+        self.tokens = (
+            tokens if tokens is not None else TokenRegistry.load(settings.resolved_tokens_file)
+        )
         self.ready = asyncio.Event()
         self.counts: Counter[str] = Counter()
+
+    def reload(self) -> None:
+        """Pick up policy and token changes; a bad policy keeps the last good one."""
+        if self.policy.reload():
+            log.info("policy_reloaded", sources=list(self.policy.current.sources))
+        else:
+            log.error("policy_rejected", error=self.policy.last_error, kept="last good policy")
+        self.tokens = TokenRegistry.load(self.settings.resolved_tokens_file)
 
     def build_app(self) -> faust.App:
         s = self.settings
@@ -82,11 +118,19 @@ class Decider:
             loop=asyncio.get_running_loop(),
         )
 
-        def raw(name: str) -> faust.TopicT:
-            return app.topic(s.topic(name), key_serializer="raw", value_serializer="raw")
+        def raw(name: str, **kw: Any) -> faust.TopicT:
+            return app.topic(s.topic(name), key_serializer="raw", value_serializer="raw", **kw)
 
         deployments, breaches, acks = raw("deployments"), raw("breaches"), raw("acks")
+        approvals, requests, health = raw("approvals"), raw("requests"), raw("health")
         decisions_out, commands_out = raw("decisions"), raw("commands")
+        ticks = app.topic(
+            f"{s.topic_prefix}{self.svc.app_id}-ticks",
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=s.partitions,
+            internal=True,
+        )
         states = app.Table("model-state", partitions=s.partitions, key_type=str, value_type=str)
 
         async def send(topic: str, value: bytes, key: bytes | None) -> object:
@@ -96,14 +140,38 @@ class Decider:
 
         dead_letters = DeadLetterSink(s, send, self.name)
 
-        def load(model_id: str) -> ModelState:
+        def load(model_id: str) -> d.ModelState:
             stored = states.get(model_id)
             if stored is None:
-                return ModelState(model_id=model_id)
-            return ModelState.model_validate_json(stored)
+                return d.ModelState(model_id=model_id)
+            return d.ModelState.model_validate_json(stored)
 
-        def save(state: ModelState) -> None:
+        def save(state: d.ModelState) -> None:
             states[state.model_id] = state.model_dump_json()
+
+        async def publish(outcome: d.Outcome) -> None:
+            save(outcome.state)
+            key = outcome.state.model_id.encode()
+            for decision in outcome.decisions:
+                await decisions_out.send(key=key, value=decision.encode())
+                self.counts[f"decision_{decision.action}"] += 1
+                log.warning(
+                    "decision",
+                    model_id=decision.model_id,
+                    model_version=decision.model_version,
+                    action=decision.action,
+                    rollback_level=decision.level,
+                    reasons=[r.code for r in decision.reasons],
+                    command_id=decision.command_id,
+                )
+            if outcome.command is not None:
+                await commands_out.send(key=key, value=outcome.command.encode())
+            for ack in outcome.acks:
+                await acks.send(key=key, value=ack.encode())
+                self.counts[f"ack_{ack.status}"] += 1
+            for manifest in outcome.manifests:
+                await deployments.send(key=key, value=manifest.encode())
+                self.counts[f"manifest_{manifest.status}"] += 1
 
         async def each(
             stream: faust.StreamT[Any], cls: type[E], handle: Callable[[E], Awaitable[None]]
@@ -119,7 +187,7 @@ class Decider:
                 await handle(parsed)
 
         async def on_manifest(manifest: SystemManifest) -> None:
-            save(apply_manifest(load(manifest.model_id), manifest))
+            save(d.apply_manifest(load(manifest.model_id), manifest))
             log.info(
                 "manifest",
                 model_id=manifest.model_id,
@@ -129,11 +197,15 @@ class Decider:
             )
 
         async def on_ack(ack: CommandAck) -> None:
-            state = load(ack.model_id)
-            save(apply_ack(state, ack, self.policy.for_model(ack.model_id)))
+            if ack.executor_id == d.DECIDER_ID:
+                return  # our own verified acks
+            save(d.apply_ack(load(ack.model_id), ack, self.policy.for_model(ack.model_id)))
+
+        async def on_health(check: HealthCheckEvent) -> None:
+            save(d.apply_health(load(check.model_id), check))
 
         async def on_breach(breach: Breach) -> None:
-            outcome = decide(
+            outcome = d.decide(
                 load(breach.model_id),
                 breach,
                 self.policy.for_model(breach.model_id),
@@ -143,21 +215,32 @@ class Decider:
             if outcome is None:
                 self.counts["duplicate_breaches"] += 1
                 return
-            save(outcome.state)
-            decision = outcome.decision
-            await decisions_out.send(key=breach.key, value=decision.encode())
-            if outcome.command is not None:
-                await commands_out.send(key=breach.key, value=outcome.command.encode())
-            self.counts[f"decision_{decision.action}"] += 1
-            log.warning(
-                "decision",
-                model_id=decision.model_id,
-                model_version=decision.model_version,
-                action=decision.action,
-                rollback_level=decision.level,
-                reasons=[r.code for r in decision.reasons],
-                command_id=decision.command_id,
-            )
+            await publish(outcome)
+
+        async def on_request(req: RollbackRequest) -> None:
+            who = self.tokens.lookup(req.token_sha256)
+            policy = self.policy.for_model(req.model_id)
+            await publish(d.request(load(req.model_id), req, who, policy, utcnow(), self.signer))
+
+        async def on_approval(approval: Approval) -> None:
+            who = self.tokens.lookup(approval.token_sha256)
+            policy = self.policy.for_model(approval.model_id)
+            state = load(approval.model_id)
+            await publish(d.approve(state, approval, who, policy, utcnow(), self.signer))
+
+        async def on_tick(model_id: str) -> None:
+            now = utcnow()
+            state = load(model_id)
+            steps: list[Callable[[d.ModelState], d.Outcome | None]] = [
+                lambda st: d.check_verification(st, now),
+                lambda st: d.expire_pending(st, now),
+                lambda st: d.bake(st, self.policy.for_model(model_id), now),
+            ]
+            for step in steps:
+                outcome = step(state)
+                if outcome is not None:
+                    await publish(outcome)
+                    state = outcome.state
 
         @app.agent(deployments)
         async def deployment_agent(stream: faust.StreamT[Any]) -> None:
@@ -171,6 +254,32 @@ class Decider:
         async def ack_agent(stream: faust.StreamT[Any]) -> None:
             await each(stream, CommandAck, on_ack)
 
+        @app.agent(health)
+        async def health_agent(stream: faust.StreamT[Any]) -> None:
+            await each(stream, HealthCheckEvent, on_health)
+
+        @app.agent(requests)
+        async def request_agent(stream: faust.StreamT[Any]) -> None:
+            await each(stream, RollbackRequest, on_request)
+
+        @app.agent(approvals)
+        async def approval_agent(stream: faust.StreamT[Any]) -> None:
+            await each(stream, Approval, on_approval)
+
+        @app.agent(ticks)
+        async def tick_agent(stream: faust.StreamT[Any]) -> None:
+            async for event in stream.events():
+                await on_tick(event.message.key.decode())
+
+        @app.timer(self.svc.tick_s)  # type: ignore[untyped-decorator]  # faust's timer is untyped
+        async def tick() -> None:
+            if self.policy.changed():
+                self.reload()
+            now = utcnow()
+            for model_id, stored in list(states.items()):
+                if due(d.ModelState.model_validate_json(stored), self.policy, now):
+                    await ticks.send(key=model_id.encode(), value=b"")
+
         @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust's stub wants a keyword-only signal arg
         async def _ready(sender: Any, *args: Any, **kwargs: Any) -> None:
             self.ready.set()
@@ -180,10 +289,16 @@ class Decider:
     async def run(self) -> None:
         app = self.build_app()
         app.finalize()
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no SIGHUP
+            log.info("sighup_unavailable", hint="policy files are still watched for changes")
         log.info("started", bootstrap=self.settings.kafka_bootstrap, app_id=app.conf.id)
         try:
             await app.start()
             await asyncio.Event().wait()
         finally:
+            loop.remove_signal_handler(signal.SIGHUP)
             await app.stop()
             log.info("stopped", **self.counts)

@@ -10,6 +10,9 @@ class DeciderSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ROLLGUARD_DECIDER_", frozen=True, extra="ignore")
 
     app_id: str = Field(default="decider", description="faust app id, after the topic prefix.")
+    tick_s: float = Field(
+        default=0.5, gt=0, description="How often verification, approval expiry and bake run."
+    )
     store: str = Field(
         default="memory://",
         description="faust table store; tables are rebuilt from their changelog topics.",

@@ -1,76 +1,265 @@
-"""The faust decider through the broker: manifests and breaches in, decisions and commands out."""
+"""The faust decider through the broker: one decider, one scenario per model, every outcome."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
+import yaml
 
 from rollguard import topics
-from rollguard.events import DeadLetter, Decision, RollbackCommand, utcnow
-from rollguard.policy import PolicySet
+from rollguard.authority import Identity, TokenRegistry, hash_token
+from rollguard.events import (
+    Approval,
+    CommandAck,
+    DeadLetter,
+    Decision,
+    RollbackCommand,
+    RollbackRequest,
+    SystemManifest,
+    utcnow,
+)
+from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer, load_trusted_keys, verify_command
 from services.decider.app import Decider
+from services.decider.decisions import _id
+from services.decider.settings import DeciderSettings
 from tests.conftest import TopicReader, until
 from tests.factories import breach, manifest
 
 pytestmark = pytest.mark.broker
 
+TOKENS = TokenRegistry(
+    {
+        hash_token("dora"): Identity("dora", "data_engineering_lead"),
+        hash_token("dan"): Identity("dan", "data_engineering_lead"),
+        hash_token("mike"): Identity("mike", "ml_lead"),
+    }
+)
 
-async def test_breach_of_live_version_becomes_a_signed_rollback_and_a_repeat_holds(
+
+def policy_file(tmp_path: Path) -> Path:
+    now = utcnow()
+    doc = {
+        "models": {
+            "expected": {
+                "expected_changes": [
+                    {
+                        "start": (now.replace(year=now.year - 1)).isoformat(),
+                        "end": now.replace(year=now.year + 1).isoformat(),
+                        "reason": "planned",
+                    }
+                ]
+            },
+            "verify-ok": {"rollback": {"verification_s": 1}},
+            "verify-fail": {"rollback": {"verification_s": 60}},
+            "notready": {"rollback": {"target_ready_within_s": 5}},
+            "bake": {"rollback": {"bake_s": 1}},
+        }
+    }
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def good_and_bad(model_id: str, **bad: object) -> list[SystemManifest]:
+    return [
+        manifest("v1", status="known_good", model_id=model_id),
+        manifest("v2", status="live", model_id=model_id, **bad),  # type: ignore[arg-type]
+    ]
+
+
+async def test_every_outcome_through_the_broker(
     topics_ready: RollguardSettings,
     keys: str,
     publish: Callable[..., Awaitable[None]],
     reader: TopicReader,
+    tmp_path: Path,
 ) -> None:
-    await publish(topics.DEPLOYMENTS.name, manifest("v1", status="known_good"))
-    await publish(topics.DEPLOYMENTS.name, manifest("v2", status="live"))
-    await publish(topics.DEPLOYMENTS.name, b"{broken", key=b"m")
-    first, second = breach("v2"), breach("v2")
+    manifests = [
+        *good_and_bad("lvl1"),
+        *good_and_bad("lvl2", feature_pipeline="fp-2"),
+        *good_and_bad("notlive"),
+        *good_and_bad("delayed"),
+        *good_and_bad("rapid"),
+        *good_and_bad("rapidvar"),
+        manifest("v2", status="live", model_id="notarget"),
+        *good_and_bad("expected"),
+        *good_and_bad("inflight"),
+        *good_and_bad("verify-ok"),
+        *good_and_bad("verify-fail"),
+        *good_and_bad("notready"),
+        *good_and_bad("l3"),
+        *good_and_bad("l4"),
+        manifest("v1", status="live", model_id="bake"),
+    ]
+    for m in manifests:
+        await publish(topics.DEPLOYMENTS.name, m)
+    await publish(topics.DEPLOYMENTS.name, b"{broken", key=b"lvl1")
+
     decider = Decider(
-        topics_ready, PolicySet(), load_signer(topics_ready.resolved_signing_key_file)
+        topics_ready,
+        PolicySource(policy_file(tmp_path)),
+        load_signer(topics_ready.resolved_signing_key_file),
+        DeciderSettings(tick_s=0.2),
+        tokens=TOKENS,
     )
     task = asyncio.create_task(decider.run())
     try:
-        # deployments and breaches are separate topics: order them as production does, the
-        # deployment first (a breach needs a window of the new version's traffic).
-        await until(lambda: decider.counts["SystemManifest"] == 2)
-        await publish(topics.BREACHES.name, first)
-        await until(lambda: decider.counts["decision_rollback"] == 1)
-        await publish(topics.BREACHES.name, second)
-        await publish(topics.BREACHES.name, first)  # a redelivery: ignored
+        # deployments and breaches are separate topics: order them as production does.
+        await until(lambda: decider.counts["SystemManifest"] >= len(manifests), 60)
+        inflight = breach("v2", model_id="inflight")
+        for b in [
+            breach("v2", model_id="lvl1"),
+            breach("v2", model_id="lvl2"),
+            breach("v2", model_id="unknown"),
+            breach("v1", model_id="notlive"),
+            breach("v2", model_id="delayed", tier="delayed"),
+            breach("v2", model_id="rapid", tier="rapid", evidence={"sustained": 1}),
+            breach("v2", model_id="rapidvar", tier="rapid", evidence={"sustained": 0}),
+            breach("v2", model_id="notarget"),
+            breach("v2", model_id="expected"),
+            inflight,
+            breach("v2", model_id="inflight"),
+            inflight,  # a redelivery: ignored
+            breach("v2", model_id="verify-ok"),
+            breach("v2", model_id="verify-fail"),
+            breach("v2", model_id="notready"),
+        ]:
+            await publish(topics.BREACHES.name, b)
+        l3 = RollbackRequest(
+            model_id="l3", level=3, role="data_engineering_lead", token_sha256=hash_token("dora")
+        )
+        l4 = RollbackRequest(
+            model_id="l4", level=4, role="data_engineering_lead", token_sha256=hash_token("dora")
+        )
+        await publish(topics.REQUESTS.name, l3)
+        await publish(topics.REQUESTS.name, l4)
+        await until(
+            lambda: decider.counts["RollbackRequest"] == 2 and decider.counts["Breach"] >= 14, 30
+        )
+
+        def approve(model: str, req: RollbackRequest, who: str, role: str) -> Approval:
+            return Approval(
+                model_id=model,
+                decision_id=_id("request", req.event_id),
+                role=role,
+                token_sha256=hash_token(who),
+            )
+
+        for a in [
+            approve("l3", l3, "dora", "data_engineering_lead"),  # the requester
+            approve("l3", l3, "dan", "data_engineering_lead"),
+            approve("l4", l4, "dan", "data_engineering_lead"),
+            approve("l4", l4, "mike", "data_engineering_lead"),  # wrong role claimed
+            approve("l4", l4, "mike", "ml_lead"),
+        ]:
+            await publish(topics.APPROVALS.name, a)
+        await until(lambda: decider.counts["Approval"] == 5, 30)
+
+        commands = {
+            c.model_id: c
+            for c in (
+                RollbackCommand.model_validate_json(r.value)
+                for r in await reader.read(topics.COMMANDS.name, until=lambda r: len(r) >= 8)
+            )
+        }
+        for model in ("verify-ok", "verify-fail"):
+            cmd = commands[model]
+            await publish(
+                topics.ACKS.name,
+                CommandAck(
+                    model_id=model,
+                    model_version="v2",
+                    command_id=cmd.command_id,
+                    status="applied",
+                    executor_id="x",
+                ),
+            )
+            await publish(topics.DEPLOYMENTS.name, manifest("v1", status="live", model_id=model))
+        await until(lambda: decider.counts["CommandAck"] >= 2, 30)
+        await asyncio.sleep(0.5)
+        await publish(topics.BREACHES.name, breach("v1", model_id="verify-fail"))
         await until(
             lambda: (
-                decider.counts["decision_hold"] == 1 and decider.counts["duplicate_breaches"] == 1
-            )
+                decider.counts["ack_verified"] == 1 and decider.counts["manifest_known_good"] >= 1
+            ),
+            30,
         )
+        await until(lambda: decider.counts["Breach"] >= 16, 30)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
-    decisions = [
-        Decision.model_validate_json(r.value)
-        for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 2)
+    decisions: dict[str, list[Decision]] = {}
+    for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 24):
+        dec = Decision.model_validate_json(r.value)
+        decisions.setdefault(dec.model_id, []).append(dec)
+
+    def last_codes(model: str) -> list[tuple[str, str]]:
+        return [(x.action, x.reasons[-1].code) for x in decisions[model]]
+
+    assert [(x.action, x.level) for x in decisions["lvl1"]] == [("rollback", 1)]
+    assert [(x.action, x.level) for x in decisions["lvl2"]] == [("rollback", 2)]
+    assert "model_only_incompatible" in [r.code for r in decisions["lvl2"][0].reasons]
+    assert commands["lvl2"].level == 2
+    assert last_codes("unknown") == [("hold", "unknown_model")]
+    assert last_codes("notlive") == [("hold", "not_live_version")]
+    assert last_codes("delayed") == [("investigate", "tier_not_automatic")]
+    assert [x.action for x in decisions["rapid"]] == ["rollback"]
+    assert last_codes("rapidvar") == [("hold", "within_variation")]
+    assert last_codes("notarget") == [("investigate", "no_known_good_target")]
+    assert last_codes("expected") == [("hold", "expected_change")]
+    assert [x.action for x in decisions["inflight"]] == ["rollback", "hold"]
+    assert decisions["inflight"][1].reasons[-1].code == "rollback_in_flight"
+    assert decider.counts["duplicate_breaches"] == 1
+    assert last_codes("notready") == [("investigate", "target_not_ready")]
+
+    assert [c for _, c in last_codes("l3")] == [
+        "awaiting_approval",
+        "approval_rejected",
+        "approved",
     ]
-    assert [d.action for d in decisions] == ["rollback", "hold"]
-    rollback, hold = decisions
-    assert rollback.breach_ids == [first.event_id] and rollback.level == 1
-    assert hold.breach_ids == [second.event_id]
-    assert [r.code for r in hold.reasons] == ["breach", "rollback_in_flight"]
+    assert "cannot approve" in decisions["l3"][1].reasons[0].detail
+    assert commands["l3"].level == 3
+    assert [c for _, c in last_codes("l4")] == [
+        "awaiting_approval",
+        "awaiting_approval",
+        "approval_rejected",
+        "approved",
+    ]
+    assert decisions["l4"][-1].approvals_given == ["dan", "mike"] and commands["l4"].level == 4
 
-    (record,) = await reader.read(topics.COMMANDS.name, until=lambda r: len(r) >= 1, timeout_s=3)
-    command = RollbackCommand.model_validate_json(record.value)
-    assert command.command_id == rollback.command_id
-    assert command.decision_id == rollback.event_id
-    assert command.to_manifest.model_version == "v1"
+    assert last_codes("verify-fail")[-1] == ("investigate", "verification_failed")
+    acks = [
+        CommandAck.model_validate_json(r.value)
+        for r in await reader.read(topics.ACKS.name, until=lambda r: len(r) >= 3)
+    ]
+    verified = [a for a in acks if a.status == "verified"]
+    assert [(a.model_id, a.command_id) for a in verified] == [
+        ("verify-ok", commands["verify-ok"].command_id)
+    ]
+
+    deployments = [
+        SystemManifest.model_validate_json(r.value)
+        for r in await reader.read(
+            topics.DEPLOYMENTS.name, until=lambda r: len(r) >= len(manifests) + 4
+        )
+        if r.value != b"{broken"
+    ]
+    assert [
+        (m.model_id, m.status)
+        for m in deployments
+        if m.status == "known_good" and m.model_id == "bake"
+    ] == [("bake", "known_good")]
+
     trusted = load_trusted_keys(topics_ready.resolved_trusted_keys_dir)
-    assert verify_command(command, trusted, utcnow()).ok
-
+    assert all(verify_command(c, trusted, utcnow()).ok for c in commands.values())
     (letter,) = [
         DeadLetter.model_validate_json(r.value)
         for r in await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) >= 1)
     ]
-    assert letter.source_topic == topics_ready.topic(topics.DEPLOYMENTS.name)
     assert letter.consumer == "decider"

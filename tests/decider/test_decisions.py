@@ -1,12 +1,15 @@
+"""The decision framework, input by input: every outcome and every hold reason."""
+
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from rollguard import events as ev
-from rollguard.policy import ModelPolicy
+from rollguard.authority import Identity, hash_token
+from rollguard.policy import ExpectedChange, ModelPolicy, RollbackPolicy
 from rollguard.signing import (
     Signer,
     generate_keypair,
@@ -14,16 +17,15 @@ from rollguard.signing import (
     load_trusted_keys,
     verify_command,
 )
-from services.decider.decisions import (
-    ModelState,
-    apply_ack,
-    apply_manifest,
-    decide,
-    rollback_target,
-)
+from services.decider import decisions as d
 from tests.factories import breach, manifest
 
 POLICY = ModelPolicy()
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+ALICE = Identity("alice", "ml_engineer")
+DORA = Identity("dora", "data_engineering_lead")
+MIKE = Identity("mike", "ml_lead")
+DAN = Identity("dan", "data_engineering_lead")
 
 
 @pytest.fixture
@@ -32,28 +34,64 @@ def signer(tmp_path: Path) -> Signer:
     return load_signer(tmp_path / "k.pem")
 
 
-def state_with(*manifests: ev.SystemManifest) -> ModelState:
-    state = ModelState(model_id="m")
+def state_with(*manifests: ev.SystemManifest) -> d.ModelState:
+    state = d.ModelState(model_id="m")
     for m in manifests:
-        state = apply_manifest(state, m)
+        state = d.apply_manifest(state, m)
     return state
+
+
+def live_v2(**v2: object) -> d.ModelState:
+    return state_with(
+        manifest("v1", status="known_good", ts=T0 - timedelta(hours=2)),
+        manifest("v2", status="live", ts=T0 - timedelta(minutes=5), **v2),  # type: ignore[arg-type]
+    )
 
 
 def codes(decision: ev.Decision) -> list[str]:
     return [r.code for r in decision.reasons]
 
 
+def decide(
+    state: d.ModelState,
+    b: ev.Breach,
+    signer: Signer,
+    policy: ModelPolicy = POLICY,
+    now: datetime = T0,
+) -> d.Outcome:
+    out = d.decide(state, b, policy, now, signer)
+    assert out is not None
+    return out
+
+
+def applied(out: d.Outcome, at: datetime) -> ev.CommandAck:
+    assert out.command is not None
+    return ev.CommandAck(
+        model_id="m",
+        model_version="v2",
+        command_id=out.command.command_id,
+        status="applied",
+        executor_id="x",
+        ts=at,
+    )
+
+
+# ------------------------------------------------------------------ levels
+
+
 def test_level_one_when_only_the_model_differs(signer: Signer, tmp_path: Path) -> None:
-    state = state_with(manifest("v1", status="known_good"), manifest("v2", status="live"))
-    out = decide(state, breach("v2"), POLICY, ev.utcnow(), signer)
-    assert out is not None and out.command is not None
+    out = decide(live_v2(), breach("v2"), signer)
+    assert out.command is not None
     assert (out.decision.action, out.decision.level) == ("rollback", 1)
     assert out.decision.command_id == out.command.command_id
-    assert out.command.to_manifest.system_version == "sys-v1"
-    assert out.command.from_manifest.system_version == "sys-v2"
+    assert out.command.decision_id == out.decision.event_id
+    assert (out.command.from_manifest.system_version, out.command.to_manifest.system_version) == (
+        "sys-v2",
+        "sys-v1",
+    )
     assert out.state.in_flight is not None
-    assert verify_command(out.command, load_trusted_keys(tmp_path / "trusted"), ev.utcnow()).ok
-    assert out.decision.metrics["mttd_s"] >= 0
+    assert out.command.expires_at == T0 + timedelta(seconds=POLICY.rollback.command_ttl_s)
+    assert verify_command(out.command, load_trusted_keys(tmp_path / "trusted"), T0).ok
 
 
 def test_model_only_rollback_onto_another_feature_pipeline_is_level_two(signer: Signer) -> None:
@@ -61,104 +99,234 @@ def test_model_only_rollback_onto_another_feature_pipeline_is_level_two(signer: 
         manifest("v1", status="known_good", feature_pipeline="fp-1"),
         manifest("v2", status="live", feature_pipeline="fp-2"),
     )
-    out = decide(state, breach("v2"), POLICY, ev.utcnow(), signer)
-    assert out is not None and out.command is not None
+    out = decide(state, breach("v2"), signer)
+    assert out.command is not None
     assert out.decision.level == 2 and out.command.level == 2
-    assert "model_only_incompatible" in codes(out.decision)
-    assert "feature_pipeline fp-2 live vs fp-1 target" in out.decision.reasons[-1].detail
+    assert codes(out.decision) == ["breach", "model_only_incompatible", "notify_lead"]
+    assert "feature_pipeline fp-2 live vs fp-1 target" in out.decision.reasons[1].detail
+    assert "ml_lead" in out.decision.reasons[2].detail
+
+
+def test_policy_can_ask_for_system_level_always(signer: Signer) -> None:
+    policy = POLICY.model_copy(update={"rollback": RollbackPolicy(level="system")})
+    out = decide(live_v2(), breach("v2"), signer, policy)
+    assert out.decision.level == 2 and "policy_system_level" in codes(out.decision)
+
+
+# ------------------------------------------------------------------ every hold
+
+
+def expected_change_policy() -> ModelPolicy:
+    change = ExpectedChange(
+        start=T0 - timedelta(hours=1),
+        end=T0 + timedelta(hours=1),
+        reason="new ranker",
+        model_versions=("v2",),
+    )
+    return POLICY.model_copy(update={"expected_changes": (change,)})
 
 
 @pytest.mark.parametrize(
-    ("state", "brch", "action", "code"),
+    ("state", "brch", "policy", "action", "code"),
     [
-        (ModelState(model_id="m"), breach("v2"), "hold", "unknown_model"),
+        (d.ModelState(model_id="m"), breach("v2"), POLICY, "hold", "unknown_model"),
+        (live_v2(), breach("v1"), POLICY, "hold", "not_live_version"),
         (
-            state_with(manifest("v1", status="known_good"), manifest("v2")),
-            breach("v1"),
+            live_v2(),
+            breach("v2", tier="rapid", evidence={"sustained": 0}),
+            POLICY,
             "hold",
-            "not_live_version",
+            "within_variation",
+        ),
+        (live_v2(), breach("v2", ts=T0), expected_change_policy(), "hold", "expected_change"),
+        (live_v2(), breach("v2", tier="delayed"), POLICY, "investigate", "tier_not_automatic"),
+        (
+            live_v2().model_copy(update={"locked": "verification_failed"}),
+            breach("v2"),
+            POLICY,
+            "hold",
+            "locked",
         ),
         (
-            state_with(manifest("v1", status="known_good"), manifest("v2")),
-            breach("v2", tier="delayed"),
-            "investigate",
-            "tier_not_automatic",
+            live_v2().model_copy(update={"cooldown_until": T0 + timedelta(seconds=5)}),
+            breach("v2"),
+            POLICY,
+            "hold",
+            "cooldown",
         ),
         (
             state_with(manifest("v2", status="live")),
             breach("v2"),
+            POLICY,
             "investigate",
             "no_known_good_target",
         ),
         (
             state_with(manifest("v2", status="known_good")),
             breach("v2"),
+            POLICY,
             "investigate",
             "no_known_good_target",
         ),
     ],
+    ids=[
+        "unknown-model",
+        "not-live",
+        "within-variation",
+        "expected-change",
+        "delayed-tier",
+        "locked",
+        "cooldown",
+        "no-target",
+        "only-live-is-good",
+    ],
 )
 def test_every_non_rollback_is_a_decision_with_its_reason(
-    signer: Signer, state: ModelState, brch: ev.Breach, action: str, code: str
+    signer: Signer,
+    state: d.ModelState,
+    brch: ev.Breach,
+    policy: ModelPolicy,
+    action: str,
+    code: str,
 ) -> None:
-    out = decide(state, brch, POLICY, ev.utcnow(), signer)
-    assert out is not None and out.command is None
+    out = decide(state, brch, signer, policy)
+    assert out.command is None
     assert out.decision.action == action
     assert codes(out.decision) == ["breach", code]
+    assert out.decision.breach_ids == [brch.event_id]
 
 
-def test_in_flight_then_cooldown_then_rollback_again(signer: Signer) -> None:
-    state = state_with(manifest("v1", status="known_good"), manifest("v2"))
-    now = ev.utcnow()
-    first = decide(state, breach("v2"), POLICY, now, signer)
-    assert first is not None and first.command is not None
-    second = decide(first.state, breach("v2"), POLICY, now, signer)
-    assert second is not None and codes(second.decision)[-1] == "rollback_in_flight"
-
-    ack = ev.CommandAck(
-        model_id="m",
-        model_version="v2",
-        command_id=first.command.command_id,
-        status="applied",
-        executor_id="x",
-        ts=now,
-    )
-    cooling = apply_ack(second.state, ack, POLICY)
-    assert cooling.in_flight is None
-    assert cooling.cooldown_until == now + timedelta(seconds=POLICY.rollback.cooldown_s)
-    # v2 goes live again by hand within the cooldown: the next breach holds
-    redeployed = apply_manifest(cooling, manifest("v2"))
-    held = decide(redeployed, breach("v2"), POLICY, now + timedelta(seconds=10), signer)
-    assert held is not None and codes(held.decision)[-1] == "cooldown"
-    after = decide(
-        redeployed, breach("v2"), POLICY, cooling.cooldown_until + timedelta(seconds=1), signer
-    )
-    assert after is not None and after.decision.action == "rollback"
+def test_rollback_in_flight_holds(signer: Signer) -> None:
+    first = decide(live_v2(), breach("v2"), signer)
+    second = decide(first.state, breach("v2"), signer)
+    assert codes(second.decision)[-1] == "rollback_in_flight" and second.command is None
 
 
-def test_failed_ack_ends_the_flight_without_cooldown(signer: Signer) -> None:
-    state = state_with(manifest("v1", status="known_good"), manifest("v2"))
-    out = decide(state, breach("v2"), POLICY, ev.utcnow(), signer)
-    assert out is not None and out.command is not None
-    ack = ev.CommandAck(
-        model_id="m",
-        model_version="v2",
-        command_id=out.command.command_id,
-        status="failed",
-        executor_id="x",
-    )
-    after = apply_ack(out.state, ack, POLICY)
-    assert after.in_flight is None and after.cooldown_until is None
-    other = ack.model_copy(update={"command_id": "someone-else"})
-    assert apply_ack(out.state, other, POLICY) == out.state
+@pytest.mark.parametrize(
+    ("health", "detail"),
+    [
+        ({}, "no health check of v1"),
+        ({"v1": (T0 - timedelta(seconds=5), False)}, "failed its last health check"),
+        ({"v1": (T0 - timedelta(minutes=5), True)}, "300s old"),
+    ],
+)
+def test_target_not_ready_escalates_instead(
+    signer: Signer, health: dict[str, tuple[datetime, bool]], detail: str
+) -> None:
+    policy = POLICY.model_copy(update={"rollback": RollbackPolicy(target_ready_within_s=30)})
+    out = decide(live_v2().model_copy(update={"health": health}), breach("v2"), signer, policy)
+    assert out.decision.action == "investigate" and codes(out.decision)[-1] == "target_not_ready"
+    assert detail in out.decision.reasons[-1].detail
+    ready = live_v2().model_copy(update={"health": {"v1": (T0 - timedelta(seconds=5), True)}})
+    assert decide(ready, breach("v2"), signer, policy).decision.action == "rollback"
 
 
 def test_duplicate_breach_is_ignored(signer: Signer) -> None:
-    state = state_with(manifest("v1", status="known_good"), manifest("v2"))
     b = breach("v2")
-    out = decide(state, b, POLICY, ev.utcnow(), signer)
+    out = decide(live_v2(), b, signer)
+    assert d.decide(out.state, b, POLICY, T0, signer) is None
+
+
+def test_incident_metrics_come_from_the_breach_evidence(signer: Signer) -> None:
+    first = (T0 - timedelta(seconds=4)).timestamp()
+    b = breach(
+        "v2",
+        ts=T0 - timedelta(seconds=1),
+        evidence={"version_first_event_ts": first, "version_events": 812},
+    )
+    out = decide(live_v2(), b, signer, now=T0)
+    assert out.decision.metrics == {
+        "mttd_s": 3.0,
+        "time_to_decision_s": 4.0,
+        "blast_radius_events": 812.0,
+    }
+
+
+# ------------------------------------------------------------------ acks, verification, flapping
+
+
+def test_applied_starts_cooldown_and_verification_then_verified(signer: Signer) -> None:
+    out = decide(live_v2(), breach("v2"), signer)
+    after = d.apply_ack(out.state, applied(out, T0 + timedelta(seconds=1)), POLICY)
+    assert after.in_flight is None and after.verifying is not None
+    assert after.cooldown_until == T0 + timedelta(seconds=1 + POLICY.rollback.cooldown_s)
+    assert d.check_verification(after, T0 + timedelta(seconds=60)) is None
+    done = d.check_verification(after, T0 + timedelta(seconds=1 + POLICY.rollback.verification_s))
+    assert done is not None and done.state.verifying is None
+    (ack,) = done.acks
+    assert (ack.status, ack.command_id, ack.executor_id) == (
+        "verified",
+        out.command.command_id,
+        d.DECIDER_ID,
+    )  # type: ignore[union-attr]
+    assert ack.timings["time_to_verified_s"] >= POLICY.rollback.verification_s
+
+
+def test_breach_of_the_restored_version_fails_verification_and_locks(signer: Signer) -> None:
+    out = decide(live_v2(), breach("v2"), signer)
+    after = d.apply_ack(out.state, applied(out, T0), POLICY)
+    after = d.apply_manifest(after, manifest("v1", status="live", ts=T0))
+    failed = decide(after, breach("v1"), signer, now=T0 + timedelta(seconds=10))
+    assert failed.decision.action == "investigate"
+    assert codes(failed.decision)[-1] == "verification_failed"
+    assert failed.decision.parent_decision_id == out.decision.event_id
+    assert failed.state.locked == "verification_failed"
+    again = decide(failed.state, breach("v1"), signer, now=T0 + timedelta(hours=1))
+    assert codes(again.decision)[-1] == "locked" and again.command is None
+
+
+def test_failed_ack_ends_the_flight_without_cooldown(signer: Signer) -> None:
+    out = decide(live_v2(), breach("v2"), signer)
+    ack = applied(out, T0).model_copy(update={"status": "failed"})
+    after = d.apply_ack(out.state, ack, POLICY)
+    assert after.in_flight is None and after.cooldown_until is None and after.verifying is None
+    other = ack.model_copy(update={"command_id": "someone-else"})
+    assert d.apply_ack(out.state, other, POLICY) == out.state
+
+
+def test_a_flapping_signal_rolls_back_at_most_once_per_cooldown(signer: Signer) -> None:
+    """v2 is redeployed by hand again and again while its signal oscillates around the
+    threshold: breaches every other window for 20 minutes give one rollback per cooldown."""
+    state, rollbacks = live_v2(), []
+    for i in range(1200):
+        now = T0 + timedelta(seconds=i)
+        if state.live is not None and state.live.model_version == "v1":
+            state = d.apply_manifest(state, manifest("v2", status="live", ts=now))
+        if i % 2:
+            continue
+        out = decide(state, breach("v2", ts=now), signer, now=now)
+        state = out.state
+        if out.command is not None:
+            rollbacks.append(now)
+            state = d.apply_ack(state, applied(out, now), POLICY)
+            state = d.apply_manifest(state, manifest("v1", status="live", ts=now))
+            state = state.model_copy(update={"verifying": None})
+    assert len(rollbacks) == 4  # 0 s, 300 s, 600 s, 900 s
+    gaps = [(b - a).total_seconds() for a, b in zip(rollbacks, rollbacks[1:], strict=False)]
+    assert all(g >= POLICY.rollback.cooldown_s for g in gaps)
+
+
+# ------------------------------------------------------------------ known good
+
+
+def test_live_version_becomes_known_good_after_bake_without_breach(signer: Signer) -> None:
+    state = state_with(manifest("v1", status="live", ts=T0))
+    assert d.bake(state, POLICY, T0 + timedelta(seconds=POLICY.rollback.bake_s - 1)) is None
+    out = d.bake(state, POLICY, T0 + timedelta(seconds=POLICY.rollback.bake_s))
     assert out is not None
-    assert decide(out.state, b, POLICY, ev.utcnow(), signer) is None
+    (marked,) = out.manifests
+    assert (marked.status, marked.system_version) == ("known_good", "sys-v1")
+    assert d.is_known_good(out.state, "sys-v1")
+    assert d.bake(out.state, POLICY, T0 + timedelta(days=1)) is None
+
+
+def test_a_breach_since_going_live_blocks_the_bake(signer: Signer) -> None:
+    state = state_with(
+        manifest("v1", status="known_good", ts=T0 - timedelta(hours=1)),
+        manifest("v2", status="live", ts=T0),
+    )
+    state = decide(state, breach("v2", tier="delayed", ts=T0 + timedelta(seconds=5)), signer).state
+    assert d.bake(state, POLICY, T0 + timedelta(days=1)) is None
 
 
 def test_target_is_the_newest_known_good_other_than_live_and_never_rolled_back() -> None:
@@ -167,9 +335,138 @@ def test_target_is_the_newest_known_good_other_than_live_and_never_rolled_back()
         manifest("v2", status="known_good"),
         manifest("v3", status="live"),
     )
-    target = rollback_target(state)
+    target = d.rollback_target(state)
     assert target is not None and target.model_version == "v2"
-    state = apply_manifest(state, manifest("v2", status="rolled_back"))
-    target = rollback_target(state)
+    state = d.apply_manifest(state, manifest("v2", status="rolled_back"))
+    target = d.rollback_target(state)
     assert target is not None and target.model_version == "v1"
     assert state.live is not None and state.live.model_version == "v3"
+    assert d.rollback_target(state, "sys-v9") is None
+
+
+# ------------------------------------------------------------------ people
+
+
+def req(level: int | None = None, role: str = "ml_engineer", **kw: object) -> ev.RollbackRequest:
+    return ev.RollbackRequest(
+        model_id="m", level=level, role=role, token_sha256=hash_token("t"), **kw
+    )  # type: ignore[arg-type]
+
+
+def approval(decision_id: str, role: str) -> ev.Approval:
+    return ev.Approval(
+        model_id="m", decision_id=decision_id, role=role, token_sha256=hash_token("t")
+    )
+
+
+def test_manual_level_one_goes_straight_to_a_command_and_overrides_cooldown(signer: Signer) -> None:
+    cooling = live_v2().model_copy(
+        update={"cooldown_until": T0 + timedelta(hours=1), "locked": "verification_failed"}
+    )
+    out = d.request(cooling, req(), ALICE, POLICY, T0, signer)
+    assert out.command is not None and out.decision.action == "rollback"
+    assert out.decision.requested_by == "alice" and out.state.locked is None
+    assert codes(out.decision)[0] == "manual_request"
+
+
+def test_manual_model_only_onto_other_pipeline_is_refused(signer: Signer) -> None:
+    state = state_with(
+        manifest("v1", status="known_good", feature_pipeline="fp-1"),
+        manifest("v2", feature_pipeline="fp-2"),
+    )
+    out = d.request(state, req(level=1), ALICE, POLICY, T0, signer)
+    assert out.command is None and codes(out.decision) == ["model_only_incompatible"]
+
+
+@pytest.mark.parametrize(
+    ("who", "code"), [(None, "unknown_token"), (Identity("eve", "sre"), "wrong_role")]
+)
+def test_requests_with_bad_tokens_are_refused(
+    signer: Signer, who: Identity | None, code: str
+) -> None:
+    out = d.request(live_v2(), req(), who, POLICY, T0, signer)
+    assert out.command is None and codes(out.decision) == [code]
+
+
+def test_level_three_needs_one_data_engineering_lead_not_the_requester(signer: Signer) -> None:
+    asked = d.request(
+        live_v2(), req(level=3, role="data_engineering_lead"), DORA, POLICY, T0, signer
+    )
+    pending_id = asked.decision.event_id
+    assert asked.command is None and codes(asked.decision)[-1] == "awaiting_approval"
+    assert asked.decision.approvals_needed == 1
+
+    own = d.approve(
+        asked.state, approval(pending_id, "data_engineering_lead"), DORA, POLICY, T0, signer
+    )
+    assert own.command is None and "cannot approve" in own.decision.reasons[0].detail
+    wrong = d.approve(asked.state, approval(pending_id, "ml_lead"), MIKE, POLICY, T0, signer)
+    assert (
+        wrong.command is None
+        and "not one of data_engineering_lead" in wrong.decision.reasons[0].detail
+    )
+    lying = d.approve(
+        asked.state, approval(pending_id, "data_engineering_lead"), MIKE, POLICY, T0, signer
+    )
+    assert (
+        lying.command is None
+        and "token belongs to role ml_lead" in lying.decision.reasons[0].detail
+    )
+
+    ok = d.approve(
+        asked.state, approval(pending_id, "data_engineering_lead"), DAN, POLICY, T0, signer
+    )
+    assert ok.command is not None and ok.command.level == 3
+    assert ok.decision.approvals_given == ["dan"] and ok.decision.parent_decision_id == pending_id
+    late = d.approve(
+        ok.state, approval(pending_id, "data_engineering_lead"), DAN, POLICY, T0, signer
+    )
+    assert late.command is None and "not awaiting approval" in late.decision.reasons[0].detail
+
+
+def test_level_four_needs_two_distinct_approvers(signer: Signer) -> None:
+    asked = d.request(live_v2(), req(level=4), ALICE, POLICY, T0, signer)
+    pid = asked.decision.event_id
+    assert asked.decision.approvals_needed == 2
+    one = d.approve(asked.state, approval(pid, "data_engineering_lead"), DORA, POLICY, T0, signer)
+    assert one.command is None and "still needs ml_lead" in one.decision.reasons[0].detail
+    twice = d.approve(one.state, approval(pid, "data_engineering_lead"), DORA, POLICY, T0, signer)
+    assert twice.command is None and "already approved" in twice.decision.reasons[0].detail
+    same_role = d.approve(
+        one.state, approval(pid, "data_engineering_lead"), DAN, POLICY, T0, signer
+    )
+    assert same_role.command is None and "already covered" in same_role.decision.reasons[0].detail
+    both = d.approve(one.state, approval(pid, "ml_lead"), MIKE, POLICY, T0, signer)
+    assert both.command is not None and both.command.level == 4
+    assert both.decision.approvals_given == ["dora", "mike"]
+
+
+def test_approvals_expire(signer: Signer) -> None:
+    asked = d.request(live_v2(), req(level=3), ALICE, POLICY, T0, signer)
+    later = T0 + timedelta(seconds=POLICY.authority.approval_ttl_s)
+    refused = d.approve(
+        asked.state,
+        approval(asked.decision.event_id, "data_engineering_lead"),
+        DORA,
+        POLICY,
+        later,
+        signer,
+    )
+    assert refused.command is None and "expired" in refused.decision.reasons[0].detail
+    expired = d.expire_pending(asked.state, later)
+    assert expired is not None and expired.state.pending == ()
+    assert codes(expired.decision) == ["approval_expired"]
+    assert d.expire_pending(asked.state, T0) is None
+
+
+def test_unlock_lifts_a_verification_lock(signer: Signer) -> None:
+    locked = live_v2().model_copy(update={"locked": "verification_failed"})
+    out = d.request(
+        locked,
+        req(action="unlock", reason="fixed the feature store"),
+        Identity("mike", "ml_engineer"),
+        POLICY,
+        T0,
+        signer,
+    )
+    assert out.state.locked is None and codes(out.decision) == ["unlocked"] and out.command is None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
@@ -285,3 +285,54 @@ def _batch_adapter(cls: type[Event]) -> TypeAdapter[Any]:
     if adapter is None:
         adapter = _ADAPTERS[cls] = TypeAdapter(list[cls])  # type: ignore[valid-type]
     return adapter
+
+
+async def read_topic(
+    settings: RollguardSettings, name: str, *, timeout_s: float = 10.0
+) -> list[ConsumerRecord[Any, Any]]:
+    """Every record of a topic as it is now, read from the beginning without a group.
+
+    For command-line readers (``deploy check``, ``approve``): it stops at the end offsets it
+    saw when it started, so it terminates on a live topic.
+    """
+    consumer = make_consumer(settings, group_id=None, control=True)
+    out: list[ConsumerRecord[Any, Any]] = []
+    try:
+        await consumer.start()
+        await consumer.topics()
+        topic = settings.topic(name) if not name.startswith(settings.topic_prefix) else name
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not parts:
+            return out
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+
+        async def behind() -> bool:
+            for tp in parts:
+                if await consumer.position(tp) < ends[tp]:
+                    return True
+            return False
+
+        while await behind():
+            if loop.time() > deadline:
+                raise BrokerUnavailable(f"reading {topic} did not finish within {timeout_s:g}s")
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                out.extend(records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def publish_one(settings: RollguardSettings, name: str, event: Event, key: bytes) -> None:
+    """Publish one control event with a short-lived producer (for the CLI)."""
+    producer = make_producer(settings, control=True)
+    try:
+        await producer.start()
+        await producer.send_and_wait(settings.topic(name), event.encode(), key=key)
+    except KafkaConnectionError as exc:
+        raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    finally:
+        await producer.stop()

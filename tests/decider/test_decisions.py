@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -302,7 +303,7 @@ def test_a_flapping_signal_rolls_back_at_most_once_per_cooldown(signer: Signer) 
             state = d.apply_manifest(state, manifest("v1", status="live", ts=now))
             state = state.model_copy(update={"verifying": None})
     assert len(rollbacks) == 4  # 0 s, 300 s, 600 s, 900 s
-    gaps = [(b - a).total_seconds() for a, b in zip(rollbacks, rollbacks[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(rollbacks)]
     assert all(g >= POLICY.rollback.cooldown_s for g in gaps)
 
 

@@ -1,0 +1,256 @@
+"""policy, deploy, rollback, approve, unlock, tokens: what people do around a rollback.
+
+Requests and approvals are events on Kafka, decided by the decider under the same rules as
+automatic rollbacks. They carry the SHA-256 of the caller's role token (ROLLGUARD_TOKEN),
+never the token itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from rollguard import topics
+from rollguard.authority import ROLES, create_token, hash_token
+from rollguard.bus import publish_one, read_topic, wait_for_broker
+from rollguard.commands import Subparsers, group
+from rollguard.errors import UsageError
+from rollguard.events import (
+    Approval,
+    Components,
+    Decision,
+    RollbackRequest,
+    SystemManifest,
+    utcnow,
+)
+from rollguard.policy import load_policy, resolve_policy
+from rollguard.settings import RollguardSettings
+
+#: The decider's state table, as faust names its changelog topic.
+STATE_CHANGELOG = "{prefix}decider-model-state-changelog"
+
+
+def register(sub: Subparsers) -> None:
+    policy = group(sub, "policy", "policies")
+    lint = policy.add_parser("lint", help="validate policy files and print the effective policy")
+    lint.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    lint.add_argument("--model-id", action="append", default=[], help="also show this model")
+    lint.set_defaults(handler=_policy_lint)
+
+    deploy = group(sub, "deploy", "deployments")
+    record = deploy.add_parser("record", help="publish a SystemManifest (from CI/CD)")
+    record.add_argument("--model-id", required=True)
+    record.add_argument("--system-version", required=True)
+    record.add_argument("--model", required=True, help="model version")
+    record.add_argument("--feature-pipeline", required=True)
+    record.add_argument("--config", required=True)
+    record.add_argument("--infra", required=True)
+    record.add_argument(
+        "--status", choices=("candidate", "live", "known_good", "rolled_back"), default="live"
+    )
+    record.add_argument("--note", default="")
+    record.set_defaults(handler=_deploy_record)
+    check = deploy.add_parser(
+        "check", help="fail unless MODEL has a ready known-good rollback target (for CI)"
+    )
+    check.add_argument("model_id", metavar="MODEL")
+    check.set_defaults(handler=_deploy_check)
+
+    rollback = sub.add_parser("rollback", help="ask the decider for a rollback")
+    rollback.add_argument("model_id", metavar="MODEL")
+    rollback.add_argument("--to", dest="to_system_version", metavar="SYSTEM_VERSION")
+    rollback.add_argument("--level", type=int, choices=(1, 2, 3, 4))
+    rollback.add_argument("--as", dest="role", required=True, choices=ROLES)
+    rollback.add_argument("--reason", default="")
+    rollback.set_defaults(handler=_rollback)
+
+    unlock = sub.add_parser("unlock", help="lift a verification-failure lock on MODEL")
+    unlock.add_argument("model_id", metavar="MODEL")
+    unlock.add_argument("--as", dest="role", required=True, choices=ROLES)
+    unlock.add_argument("--reason", required=True)
+    unlock.set_defaults(handler=_unlock)
+
+    approve = sub.add_parser("approve", help="approve a decision awaiting approval")
+    approve.add_argument("decision_id", metavar="DECISION_ID")
+    approve.add_argument("--as", dest="role", required=True, choices=ROLES)
+    approve.add_argument("--model-id", help="skip looking the decision up")
+    approve.add_argument("--comment", default="")
+    approve.set_defaults(handler=_approve)
+
+    tokens = group(sub, "tokens", "role tokens for approvals and manual rollbacks")
+    create = tokens.add_parser("create", help="add a person with a new token (printed once)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--role", required=True, choices=ROLES)
+    create.set_defaults(handler=_tokens_create)
+
+
+def _policy_lint(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    policy = load_policy(*args.paths)
+    shown: dict[str, Any] = {"defaults": policy.defaults.model_dump(mode="json")}
+    for model_id in sorted({*policy.models, *args.model_id}):
+        shown[f"model {model_id}"] = policy.for_model(model_id).model_dump(mode="json")
+    print(f"# ok: {len(policy.sources)} file(s): {', '.join(policy.sources)}")
+    print(yaml.safe_dump(shown, sort_keys=False), end="")
+    return 0
+
+
+def _token(settings: RollguardSettings) -> str:
+    if settings.token is None:
+        raise UsageError("set ROLLGUARD_TOKEN to your role token (rollguard tokens create)")
+    return hash_token(settings.token.get_secret_value())
+
+
+def _need_kafka(settings: RollguardSettings) -> None:
+    if settings.embedded:
+        raise UsageError("set ROLLGUARD_KAFKA_BOOTSTRAP to the Kafka rollguard runs on")
+
+
+def _send(settings: RollguardSettings, topic: str, event: Any, key: bytes) -> None:
+    async def go() -> None:
+        await wait_for_broker(settings)
+        await publish_one(settings, topic, event, key)
+
+    asyncio.run(go())
+
+
+def _deploy_record(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    _need_kafka(settings)
+    manifest = SystemManifest(
+        model_id=args.model_id,
+        model_version=args.model,
+        system_version=args.system_version,
+        components=Components(
+            model=args.model,
+            feature_pipeline=args.feature_pipeline,
+            config=args.config,
+            infra=args.infra,
+        ),
+        status=args.status,
+        note=args.note,
+    )
+    _send(settings, topics.DEPLOYMENTS.name, manifest, manifest.key)
+    print(f"recorded {args.model_id} {args.system_version} ({args.model}) as {args.status}")
+    return 0
+
+
+def decider_state(settings: RollguardSettings, model_id: str) -> dict[str, Any] | None:
+    """The decider's latest state of one model, read from its table's changelog."""
+    name = STATE_CHANGELOG.format(prefix=settings.topic_prefix)
+    records = asyncio.run(read_topic(settings, name))
+    latest: dict[str, Any] | None = None
+    for record in records:
+        if record.key is None or _faust_str(record.key) != model_id:
+            continue
+        if record.value is None:
+            latest = None
+            continue
+        latest = orjson.loads(_faust_str(record.value))
+    return latest
+
+
+def _faust_str(raw: bytes) -> str:
+    """faust writes a table's str keys and values JSON-encoded."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode(errors="replace")
+    return value if isinstance(value, str) else raw.decode(errors="replace")
+
+
+def _deploy_check(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    _need_kafka(settings)
+    from services.decider.decisions import ModelState, rollback_target, target_ready
+
+    raw = decider_state(settings, args.model_id)
+    if raw is None:
+        raise UsageError(f"not ready: the decider knows no deployment of {args.model_id}")
+    state = ModelState.model_validate(raw)
+    target = rollback_target(state)
+    live = state.live.system_version if state.live else "none"
+    if target is None:
+        raise UsageError(
+            f"not ready: {args.model_id} has no known-good target other than the live {live}"
+        )
+    policy = resolve_policy(settings.policy_path).for_model(args.model_id)
+    not_ready = target_ready(state, target, policy, utcnow())
+    if not_ready is not None:
+        raise UsageError(f"not ready: {not_ready.detail}")
+    if state.locked:
+        raise UsageError(f"not ready: {args.model_id} is locked ({state.locked}); unlock it first")
+    print(
+        f"ready: {args.model_id} can roll back from {live} to {target.system_version} "
+        f"(model {target.model_version})"
+    )
+    return 0
+
+
+def _rollback(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    _need_kafka(settings)
+    req = RollbackRequest(
+        model_id=args.model_id,
+        to_system_version=args.to_system_version,
+        level=args.level,
+        role=args.role,
+        token_sha256=_token(settings),
+        reason=args.reason,
+    )
+    _send(settings, topics.REQUESTS.name, req, req.key)
+    print(
+        f"requested rollback of {args.model_id} (request {req.event_id}); see rollguard.decisions"
+    )
+    return 0
+
+
+def _unlock(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    _need_kafka(settings)
+    req = RollbackRequest(
+        model_id=args.model_id,
+        action="unlock",
+        role=args.role,
+        token_sha256=_token(settings),
+        reason=args.reason,
+    )
+    _send(settings, topics.REQUESTS.name, req, req.key)
+    print(f"requested unlock of {args.model_id} (request {req.event_id})")
+    return 0
+
+
+def _approve(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    _need_kafka(settings)
+    token = _token(settings)
+    model_id = args.model_id
+    if model_id is None:
+        for record in asyncio.run(read_topic(settings, topics.DECISIONS.name)):
+            try:
+                decision = Decision.model_validate_json(record.value)
+            except ValueError:
+                continue
+            if decision.event_id == args.decision_id:
+                model_id = decision.model_id
+        if model_id is None:
+            raise UsageError(f"no decision {args.decision_id} on {settings.topic('decisions')}")
+    approval = Approval(
+        model_id=model_id,
+        decision_id=args.decision_id,
+        role=args.role,
+        token_sha256=token,
+        comment=args.comment,
+    )
+    _send(settings, topics.APPROVALS.name, approval, approval.key)
+    print(
+        f"approval of {args.decision_id} ({model_id}) as {args.role} sent; see rollguard.decisions"
+    )
+    return 0
+
+
+def _tokens_create(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    path = settings.resolved_tokens_file
+    token = create_token(path, args.name, args.role)
+    print(f"token for {args.name} ({args.role}), shown once; its hash is in {path}:")
+    print(token)
+    return 0

@@ -1,0 +1,208 @@
+"""What people do around a rollback, through the CLI and the broker: record deployments,
+check readiness, ask for rollbacks, approve them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rollguard import topics
+from rollguard.events import Decision, RollbackCommand
+from rollguard.policy import PolicySource
+from rollguard.settings import RollguardSettings
+from rollguard.signing import load_signer
+from services.decider.app import Decider
+from tests.conftest import TopicReader, until
+from tests.core.test_cli import one_line_error, rollguard
+
+
+def env_of(settings: RollguardSettings, token: str | None = None) -> dict[str, str]:
+    env = {
+        "ROLLGUARD_KAFKA_BOOTSTRAP": str(settings.kafka_bootstrap),
+        "ROLLGUARD_TOPIC_PREFIX": settings.topic_prefix,
+        "ROLLGUARD_STATE_DIR": str(settings.state_dir),
+        "ROLLGUARD_ENABLE_IDEMPOTENCE": str(settings.enable_idempotence).lower(),
+        "ROLLGUARD_CONNECT_TIMEOUT_S": "10",
+    }
+    if token:
+        env["ROLLGUARD_TOKEN"] = token
+    return env
+
+
+def test_policy_lint_prints_the_effective_policy_and_names_bad_lines(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({"models": {"fraud": {"rollback": {"cooldown_s": 30}}}}))
+    ok = rollguard("policy", "lint", str(good))
+    assert ok.returncode == 0, ok.stderr
+    shown = yaml.safe_load(ok.stdout)
+    assert shown["model fraud"]["rollback"]["cooldown_s"] == 30
+    assert shown["defaults"]["rollback"]["cooldown_s"] == 300
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("defaults:\n  rollback:\n    level: sideways\n")
+    result = rollguard("policy", "lint", str(bad))
+    assert result.returncode == 2
+    assert (
+        f"{bad}:3: defaults.rollback.level: Input should be 'auto' or 'system'"
+        in one_line_error(result)
+    )
+
+
+def test_policy_source_reloads_and_keeps_the_last_good_policy(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"defaults": {"rollback": {"cooldown_s": 10}}}))
+    source = PolicySource(path)
+    assert not source.changed()
+    path.write_text(yaml.safe_dump({"defaults": {"rollback": {"cooldown_s": 20}}}))
+    import os
+
+    os.utime(path, (1, 1))  # a different mtime, whatever the clock resolution
+    assert source.changed() and source.reload()
+    assert source.for_model("m").rollback.cooldown_s == 20
+    path.write_text("defaults:\n  rollback:\n    cooldown_s: -1\n")
+    os.utime(path, (2, 2))
+    assert source.changed() and not source.reload()
+    assert source.for_model("m").rollback.cooldown_s == 20  # the last good one stays
+    assert source.last_error is not None and "cooldown_s" in source.last_error
+    assert not source.changed()  # the bad file is not retried every tick
+
+
+def test_tokens_create_prints_once_and_stores_only_the_hash(tmp_path: Path) -> None:
+    env = {"ROLLGUARD_STATE_DIR": str(tmp_path)}
+    result = rollguard(
+        "tokens", "create", "--name", "dora", "--role", "data_engineering_lead", env=env
+    )
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip().splitlines()[-1]
+    stored = (tmp_path / "tokens.yaml").read_text()
+    assert token not in stored and "dora" in stored
+    assert (tmp_path / "tokens.yaml").stat().st_mode & 0o777 == 0o600
+    bad = rollguard("tokens", "create", "--name", "x", "--role", "king", env=env)
+    assert bad.returncode == 2 and "invalid choice: 'king'" in one_line_error(bad)
+
+
+def test_commands_that_need_a_token_say_so() -> None:
+    result = rollguard(
+        "rollback", "m", "--as", "ml_lead", env={"ROLLGUARD_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    )
+    assert result.returncode == 2 and "ROLLGUARD_TOKEN" in one_line_error(result)
+
+
+@pytest.mark.broker
+async def test_record_check_rollback_and_approve_through_the_decider(
+    topics_ready: RollguardSettings, keys: str, reader: TopicReader
+) -> None:
+    env = env_of(topics_ready)
+    tokens = {}
+    for name, role in [
+        ("dora", "data_engineering_lead"),
+        ("dan", "data_engineering_lead"),
+        ("mike", "ml_lead"),
+    ]:
+        out = await asyncio.to_thread(
+            rollguard, "tokens", "create", "--name", name, "--role", role, env=env
+        )
+        tokens[name] = out.stdout.strip().splitlines()[-1]
+
+    def cli(*args: str, token: str | None = None) -> object:
+        return rollguard(*args, env=env_of(topics_ready, token))
+
+    async def run(*args: str, token: str | None = None) -> object:
+        return await asyncio.to_thread(cli, *args, token=token)
+
+    common = ["--feature-pipeline", "fp-1", "--config", "c-1", "--infra", "k-1"]
+    for sv, model, status in [("s1", "v1", "known_good"), ("s2", "v2", "live")]:
+        done = await run(
+            "deploy",
+            "record",
+            "--model-id",
+            "m",
+            "--system-version",
+            sv,
+            "--model",
+            model,
+            "--status",
+            status,
+            *common,
+        )
+        assert done.returncode == 0, done.stderr  # type: ignore[attr-defined]
+    await run(
+        "deploy",
+        "record",
+        "--model-id",
+        "lonely",
+        "--system-version",
+        "s9",
+        "--model",
+        "v9",
+        *common,
+    )
+
+    decider = Decider(
+        topics_ready, PolicySource(None), load_signer(topics_ready.resolved_signing_key_file)
+    )
+    task = asyncio.create_task(decider.run())
+    try:
+        await until(lambda: decider.counts["SystemManifest"] == 3, 60)
+        ready = await run("deploy", "check", "m")
+        assert ready.returncode == 0, ready.stderr  # type: ignore[attr-defined]
+        assert "ready: m can roll back from s2 to s1" in ready.stdout  # type: ignore[attr-defined]
+        lonely = await run("deploy", "check", "lonely")
+        assert lonely.returncode == 2  # type: ignore[attr-defined]
+        assert "no known-good target other than the live s9" in one_line_error(lonely)  # type: ignore[arg-type]
+        unknown = await run("deploy", "check", "ghost")
+        assert unknown.returncode == 2 and "knows no deployment of ghost" in one_line_error(unknown)  # type: ignore[arg-type,attr-defined]
+
+        asked = await run(
+            "rollback",
+            "m",
+            "--level",
+            "3",
+            "--as",
+            "data_engineering_lead",
+            "--reason",
+            "bad features",
+            token=tokens["dora"],
+        )
+        assert asked.returncode == 0, asked.stderr  # type: ignore[attr-defined]
+        await until(lambda: decider.counts["decision_hold"] == 1, 30)
+        (pending,) = [
+            Decision.model_validate_json(r.value)
+            for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 1)
+        ]
+        assert pending.reasons[-1].code == "awaiting_approval" and pending.requested_by == "dora"
+
+        own = await run(
+            "approve", pending.event_id, "--as", "data_engineering_lead", token=tokens["dora"]
+        )
+        assert own.returncode == 0  # type: ignore[attr-defined]
+        ok = await run(
+            "approve", pending.event_id, "--as", "data_engineering_lead", token=tokens["dan"]
+        )
+        assert ok.returncode == 0, ok.stderr  # type: ignore[attr-defined]
+        await until(lambda: decider.counts["decision_rollback"] == 1, 30)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    decisions = [
+        Decision.model_validate_json(r.value)
+        for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 3)
+    ]
+    assert [(x.action, x.reasons[-1].code) for x in decisions] == [
+        ("hold", "awaiting_approval"),
+        ("hold", "approval_rejected"),
+        ("rollback", "approved"),
+    ]
+    (command,) = [
+        RollbackCommand.model_validate_json(r.value)
+        for r in await reader.read(topics.COMMANDS.name, until=lambda r: len(r) >= 1)
+    ]
+    assert (command.level, command.to_manifest.system_version, command.decision_id) == (
+        3,
+        "s1",
+        decisions[-1].event_id,
+    )

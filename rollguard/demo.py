@@ -202,7 +202,7 @@ async def run_demo(
             settings, RouterSettings(model_id=MODEL_ID, rate_rps=rate_rps)
         )
         services = [router_service] + [
-            SERVICES[n](settings) for n in ("detector", "decider", "executor", "ledger")
+            SERVICES[n](settings) for n in ("detector", "decider", "executor", "ledger", "notifier")
         ]
         observer = Observer(settings)
         router = router_service.router

@@ -1,30 +1,170 @@
-"""ledger: read and check the tamper-evident ledger."""
+"""ledger: check, read and export the tamper-evident ledger."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 from rollguard.commands import Subparsers, group
+from rollguard.errors import UsageError
 from rollguard.settings import RollguardSettings
 
 
 def register(sub: Subparsers) -> None:
     ledger = group(sub, "ledger", "the tamper-evident ledger")
-    verify = ledger.add_parser("verify", help="check every link of the hash chain")
+    verify = ledger.add_parser(
+        "verify", help="check every link of the hash chain and every signed checkpoint"
+    )
     verify.add_argument("--url", help="SQLAlchemy URL (default: ROLLGUARD_LEDGER_URL)")
+    verify.add_argument("--checkpoints", type=Path, help="checkpoint file (JSON lines)")
+    verify.add_argument(
+        "--trusted-dir", type=Path, help="public keys that may sign checkpoints (*.pub)"
+    )
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(handler=_verify)
+
+    show = ledger.add_parser("show", help="print a readable timeline")
+    _filters(show)
+    show.add_argument("--json", action="store_true", help="one JSON object per entry")
+    show.set_defaults(handler=_show)
+
+    export = ledger.add_parser("export", help="write every entry, with its hashes")
+    _filters(export)
+    export.add_argument("--format", choices=["jsonl"], default="jsonl")
+    export.add_argument("--output", type=Path, help="file to write (default: stdout)")
+    export.set_defaults(handler=_export)
+
+
+def _filters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="SQLAlchemy URL (default: ROLLGUARD_LEDGER_URL)")
+    parser.add_argument("--model-id")
+    parser.add_argument("--model-version")
+    parser.add_argument(
+        "--since", help="ISO time (UTC if no offset) or a duration ago: 30m, 2h, 7d"
+    )
+    parser.add_argument("--incident", help="only this incident: decision id or command id")
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if match:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return (now or datetime.now(UTC)) - timedelta(seconds=float(match.group(1)) * unit)
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--since {text!r}: give an ISO time or a duration like 30m") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _open(args: argparse.Namespace, settings: RollguardSettings) -> Any:
+    from services.ledger.store import LedgerStore
+
+    return LedgerStore(args.url or settings.resolved_ledger_url)
+
+
+def selected(args: argparse.Namespace, settings: RollguardSettings) -> list[Any]:
+    """Entries matching the filters, in seq order."""
+    from services.ledger.incidents import INCIDENT_TYPES, find_incident
+
+    since = parse_since(args.since) if args.since else None
+    store = _open(args, settings)
+    try:
+        if args.incident:
+            incident = find_incident(
+                store.iter_entries(args.model_id, event_types=INCIDENT_TYPES), args.incident
+            )
+            if incident is None:
+                raise UsageError(f"no incident {args.incident!r} in the ledger")
+            entries = incident.entries
+            if since is not None:
+                entries = [e for e in entries if e.recorded_at_utc() >= since]
+        else:
+            entries = store.entries(args.model_id, since=since)
+    finally:
+        store.close()
+    if args.model_version:
+        entries = [e for e in entries if e.payload.get("model_version") == args.model_version]
+    return entries
 
 
 def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    from services.ledger.store import LedgerStore
+    from rollguard.signing import load_trusted_keys
+    from services.ledger.audit import verify_ledger
+    from services.ledger.checkpoints import CheckpointFile
+    from services.ledger.settings import LedgerSettings
 
-    store = LedgerStore(args.url or settings.resolved_ledger_url)
+    svc = LedgerSettings()
+    url = args.url or settings.resolved_ledger_url
+    path = args.checkpoints or svc.resolved_checkpoint_file(url, settings.state_dir)
+    trusted_dir = args.trusted_dir or svc.resolved_checkpoint_trusted_dir(settings.state_dir)
+    trusted = load_trusted_keys(trusted_dir) if trusted_dir.is_dir() else {}
+    read = CheckpointFile(path).read()
+    if read.checkpoints and not trusted:
+        raise UsageError(f"no trusted checkpoint keys in {trusted_dir} (--trusted-dir)")
+    store = _open(args, settings)
     try:
-        report = store.verify()
+        report = verify_ledger(store, read, trusted)
     finally:
         store.close()
+    if args.json:
+        print(json.dumps(report.__dict__))
+        return 0 if report.ok else 1
+    cps = f"{report.checkpoints_checked} checkpoint(s) from {path}"
     if report.ok:
-        print(f"ledger ok: {report.entries} entries, head {report.head_hash[:16]}")
-        return 0
-    print(f"ledger BROKEN at seq {report.first_bad_seq}: {report.reason}")
-    return 1
+        print(f"ledger ok: {report.entries} entries, head {report.head_hash[:16]}, {cps}")
+    elif report.first_bad_seq is not None:
+        print(f"ledger BROKEN at seq {report.first_bad_seq}: {report.reason}")
+    else:
+        print(f"ledger checkpoints BROKEN: {report.reason}")
+    for problem in report.checkpoint_problems:
+        print(f"  checkpoint problem: {problem}")
+    for warning in report.warnings:
+        print(f"  warning: {warning}")
+    return 0 if report.ok else 1
+
+
+def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    from services.ledger.incidents import describe
+
+    entries = selected(args, settings)
+    for e in entries:
+        if args.json:
+            print(json.dumps(e.as_json()))
+        else:
+            version = e.payload.get("model_version") or "-"
+            print(
+                f"{e.seq:>6}  {e.as_json()['recorded_at']}  {e.model_id or '-'} {version}  "
+                f"{describe(e)}"
+            )
+    if not entries and not args.json:
+        print("no entries match", file=sys.stderr)
+    return 0
+
+
+def _export(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    from services.ledger.store import LedgerStore
+
+    if args.incident or args.model_version or args.model_id or args.since:
+        rows = [e.as_json() for e in selected(args, settings)]
+    else:
+        store = LedgerStore(args.url or settings.resolved_ledger_url)
+        try:
+            rows = [e.as_json() for e in store.iter_entries()]
+        finally:
+            store.close()
+    out = open(args.output, "w") if args.output else sys.stdout  # noqa: SIM115
+    try:
+        for row in rows:
+            out.write(json.dumps(row, sort_keys=True) + "\n")
+    finally:
+        if args.output:
+            out.close()
+    if args.output:
+        print(f"wrote {len(rows)} entries to {args.output}", file=sys.stderr)
+    return 0

@@ -1,18 +1,41 @@
-"""Ledger service: appends every control event to the hash chain, then commits offsets."""
+"""Ledger service: appends every control event to the hash chain, then commits offsets.
+
+When the database cannot take a batch (missing, read-only, full, unreachable) the service
+holds the batch, pauses its partitions, says why and retries with backoff; it commits nothing
+past what is stored, so when the database is back it carries on from the held batch without a
+gap. A signed checkpoint of the head is written at most ``checkpoint_interval_s`` after any
+new entry, and once more on the way out.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from typing import Any
+
+from aiokafka import TopicPartition
 
 from rollguard import topics
 from rollguard.bus import make_consumer
+from rollguard.errors import LedgerError
+from rollguard.events import utcnow
 from rollguard.logs import get_logger
 from rollguard.settings import RollguardSettings
+from rollguard.signing import Signer, generate_keypair, load_signer
+from services.ledger.checkpoints import CheckpointFile, sign_checkpoint
 from services.ledger.settings import LedgerSettings
 from services.ledger.store import Incoming, LedgerStore
 
 log = get_logger("rollguard.ledger")
+
+
+def ledger_signer(settings: RollguardSettings, svc: LedgerSettings) -> Signer:
+    """The checkpoint key, created (with its public half in the trusted dir) on first use."""
+    path = svc.resolved_checkpoint_key_file(settings.state_dir)
+    if not path.exists() and svc.checkpoint_key_file is None:
+        kid = generate_keypair(path, svc.resolved_checkpoint_trusted_dir(settings.state_dir))
+        log.info("generated_checkpoint_key", path=str(path), key_id=kid)
+    return load_signer(path)
 
 
 class Ledger:
@@ -25,39 +48,163 @@ class Ledger:
         self.svc = ledger_settings or LedgerSettings()
         self.ready = asyncio.Event()
         self.counts: Counter[str] = Counter()
+        #: "starting", "ok" or "stalled"; ``stall_reason`` says why when stalled.
+        self.status = "starting"
+        self.stall_reason = ""
+        self.store: LedgerStore | None = None
+        self.checkpoint_file = CheckpointFile(
+            self.svc.resolved_checkpoint_file(settings.resolved_ledger_url, settings.state_dir)
+        )
+        self._checkpointed_size = -1
+        self._uncovered_since: float | None = None
 
     async def run(self) -> None:
-        store = LedgerStore(self.settings.resolved_ledger_url)
-        names = [self.settings.topic(t.name) for t in topics.LEDGERED]
-        consumer = make_consumer(
-            self.settings,
-            *names,
-            group_id=self.svc.group_id,
-            control=True,
-            max_poll_records=self.svc.max_batch,
-        )
+        signer = ledger_signer(self.settings, self.svc)
+        store = await self._open_store()
+        self.store = store
+        consumer = None
         try:
+            await self._refuse_lost_entries(store)
+            names = [self.settings.topic(t.name) for t in topics.LEDGERED]
+            consumer = make_consumer(
+                self.settings,
+                *names,
+                group_id=self.svc.group_id,
+                control=True,
+                max_poll_records=self.svc.max_batch,
+            )
             await consumer.start()
-            log.info("started", bootstrap=self.settings.kafka_bootstrap, store=store.dialect)
-            while True:
-                batches = await consumer.getmany(timeout_ms=200, max_records=self.svc.max_batch)
-                if not self.ready.is_set() and consumer.assignment():
-                    self.ready.set()
-                if not batches:
-                    continue
-                incoming = [
-                    Incoming(r.topic, r.partition, r.offset, r.value)
-                    for records in batches.values()
-                    for r in records
-                ]
-                added = await asyncio.to_thread(store.append, incoming)
-                self.counts["appended"] += added
-                self.counts["redelivered"] += len(incoming) - added
-                # Only what is stored is committed: a store failure stops us before this line.
-                await consumer.commit(
-                    {tp: records[-1].offset + 1 for tp, records in batches.items()}
-                )
+            self.status = "ok"
+            log.info(
+                "started",
+                bootstrap=self.settings.kafka_bootstrap,
+                store=store.url,
+                checkpoints=str(self.checkpoint_file.path),
+            )
+            await self._consume(consumer, store, signer)
         finally:
-            await consumer.stop()
+            if consumer is not None:
+                await consumer.stop()
+            if self.status == "ok":
+                self._checkpoint(store, signer, final=True)
             store.close()
             log.info("stopped", **self.counts)
+
+    async def _consume(self, consumer: Any, store: LedgerStore, signer: Signer) -> None:
+        loop = asyncio.get_running_loop()
+        held: dict[TopicPartition, list[Any]] = {}
+        retry_at = 0.0
+        backoff = self.svc.retry_initial_s
+        while True:
+            batches = await consumer.getmany(timeout_ms=200, max_records=self.svc.max_batch)
+            if not self.ready.is_set() and consumer.assignment():
+                self.ready.set()
+            for tp, records in batches.items():
+                held.setdefault(tp, []).extend(records)
+            if held and loop.time() >= retry_at:
+                incoming = [
+                    Incoming(r.topic, r.partition, r.offset, r.value)
+                    for records in held.values()
+                    for r in records
+                ]
+                try:
+                    added = await asyncio.to_thread(store.append, incoming)
+                except LedgerError as exc:
+                    # Hold the batch, stop fetching, keep polling so the group keeps us.
+                    consumer.pause(*consumer.assignment())
+                    self.counts["store_failures"] += 1
+                    retry_at, backoff = (
+                        loop.time() + backoff,
+                        min(backoff * 2, self.svc.retry_max_s),
+                    )
+                    if self.status != "stalled":
+                        log.error("store_failed", reason=str(exc), held=len(incoming))
+                    else:
+                        log.warning("store_still_failing", reason=str(exc), held=len(incoming))
+                    self.status, self.stall_reason = "stalled", str(exc)
+                    continue
+                self.counts["appended"] += added
+                self.counts["redelivered"] += len(incoming) - added
+                if added and self._uncovered_since is None:
+                    self._uncovered_since = loop.time()
+                # Only what is stored is committed, and only partitions still ours.
+                owned = consumer.assignment()
+                offsets = {tp: recs[-1].offset + 1 for tp, recs in held.items() if tp in owned}
+                if offsets:
+                    await consumer.commit(offsets)
+                held = {}
+                if self.status == "stalled":
+                    log.info("store_recovered", appended=added)
+                    consumer.resume(*consumer.assignment())
+                self.status, self.stall_reason = "ok", ""
+                backoff = self.svc.retry_initial_s
+            elif held:
+                consumer.pause(*consumer.assignment())  # partitions assigned while stalled
+            if (
+                self._uncovered_since is not None
+                and loop.time() - self._uncovered_since >= self.svc.checkpoint_interval_s
+            ):
+                await asyncio.to_thread(self._checkpoint, store, signer)
+
+    def _checkpoint(self, store: LedgerStore, signer: Signer, *, final: bool = False) -> None:
+        """Sign and keep the head; a failure is reported and retried at the next interval."""
+        try:
+            size, head = store.head()
+            if size == self._checkpointed_size:
+                self._uncovered_since = None
+                return
+            self.checkpoint_file.append(sign_checkpoint(signer, size, head, utcnow()))
+        except LedgerError as exc:
+            self.counts["checkpoint_failures"] += 1
+            log.error("checkpoint_failed", reason=str(exc), final=final)
+            return
+        self._checkpointed_size = size
+        self._uncovered_since = None
+        self.counts["checkpoints"] += 1
+        log.info("checkpoint", size=size, head_hash=head[:16], final=final)
+
+    async def _open_store(self) -> LedgerStore:
+        """Open the store, retrying with backoff (and saying why) until it answers."""
+        backoff = self.svc.retry_initial_s
+        while True:
+            try:
+                return await asyncio.to_thread(LedgerStore, self.settings.resolved_ledger_url)
+            except LedgerError as exc:
+                self.counts["store_failures"] += 1
+                self.status, self.stall_reason = "stalled", str(exc)
+                log.error("store_unavailable", reason=str(exc), retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.svc.retry_max_s)
+
+    async def _refuse_lost_entries(self, store: LedgerStore) -> None:
+        """Never extend a chain that is shorter than, or differs from, what was checkpointed.
+
+        A replaced or emptied database would otherwise start over at seq 1 and the loss would
+        look like a fresh ledger; wait (saying why) until the right database is back.
+        """
+        while True:
+            try:
+                last = self.checkpoint_file.last()
+                problem = None
+                if last is not None:
+                    held = store.hash_at(last.size)
+                    if held is None:
+                        problem = (
+                            f"the ledger has {store.count()} entries but the checkpoint of "
+                            f"{last.ts.isoformat()} vouches for {last.size}: restore the database"
+                        )
+                    elif held != last.head_hash:
+                        problem = (
+                            f"the hash at seq {last.size} differs from the checkpoint of "
+                            f"{last.ts.isoformat()}: the database was replaced or rewritten"
+                        )
+                    else:
+                        self._checkpointed_size = last.size
+            except LedgerError as exc:
+                problem = str(exc)
+            if problem is None:
+                return
+            self.counts["store_failures"] += 1
+            self.status, self.stall_reason = "stalled", problem
+            log.error("refusing_to_append", reason=problem, retry_in_s=self.svc.retry_max_s)
+            await asyncio.sleep(self.svc.retry_max_s)

@@ -1,18 +1,22 @@
 """The hash-chained, append-only ledger store (SQLAlchemy Core: SQLite or PostgreSQL).
 
-``hash = SHA-256(prev_hash ‖ seq ‖ canonical payload)``, seq counts from 1 without gaps, and
-(topic, partition, offset) is unique so a redelivered message is never stored twice. Triggers
-reject UPDATE and DELETE (and TRUNCATE on PostgreSQL); ``verify`` recomputes every link and
-names the first sequence number that does not hold.
+``hash = SHA-256(prev_hash ‖ seq ‖ len(record) ‖ record ‖ payload)``: ``record`` is the
+canonical JSON of the entry's other columns (source topic/partition/offset, event type, id,
+model id, recorded_at), so changing any column of any row breaks the chain; ``payload`` is the
+canonical JSON of the event. seq counts from 1 without gaps, and (topic, partition, offset) is
+unique so a redelivered message is never stored twice. Triggers reject UPDATE and DELETE (and
+TRUNCATE on PostgreSQL); ``verify`` recomputes every link and names the first sequence number
+that does not hold. Cutting rows off the end leaves a valid shorter chain: signed checkpoints
+(``checkpoints.py``) are what reveal that.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +92,70 @@ def canonical_payload(value: bytes | None) -> tuple[bytes, str, str, str | None]
     )
 
 
-def entry_hash(prev_hash: str, seq: int, payload: bytes) -> str:
+def utc_iso(ts: datetime) -> str:
+    """One spelling of a timestamp whatever the database hands back.
+
+    SQLite returns naive datetimes (the value was UTC when written), PostgreSQL aware ones in
+    the session's time zone; both must hash the same.
+    """
+    aware = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+    return aware.isoformat(timespec="microseconds")
+
+
+def record_bytes(
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    event_type: str,
+    event_id: str,
+    model_id: str | None,
+    recorded_at: datetime,
+) -> bytes:
+    """Canonical JSON of an entry's columns other than seq, payload and the hashes."""
+    return orjson.dumps(
+        {
+            "event_id": event_id,
+            "event_type": event_type,
+            "model_id": model_id,
+            "offset": offset,
+            "partition": partition,
+            "recorded_at": utc_iso(recorded_at),
+            "topic": topic,
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
+
+
+def entry_hash(prev_hash: str, seq: int, record: bytes, payload: bytes) -> str:
     h = hashlib.sha256()
     h.update(bytes.fromhex(prev_hash))
     h.update(seq.to_bytes(8, "big"))
+    # Length-prefixed, so no split of record ‖ payload other than the true one hashes the same.
+    h.update(len(record).to_bytes(4, "big"))
+    h.update(record)
     h.update(payload)
     return h.hexdigest()
+
+
+def row_hash(prev_hash: str, row: Any) -> str:
+    """The hash a stored row must carry, given the hash its predecessor carries."""
+    try:
+        prev = bytes.fromhex(prev_hash)
+    except ValueError:
+        prev = b""
+    if len(prev) != 32:
+        return ""  # a prev_hash that is not 64 hex digits matches no hash
+    record = record_bytes(
+        topic=row.topic,
+        partition=row.partition,
+        offset=row.offset,
+        event_type=row.event_type,
+        event_id=row.event_id,
+        model_id=row.model_id,
+        recorded_at=row.recorded_at,
+    )
+    return entry_hash(prev_hash, row.seq, record, bytes(row.payload))
 
 
 @dataclass(frozen=True)
@@ -105,12 +167,15 @@ class Incoming:
 
 
 @dataclass(frozen=True)
-class VerifyReport:
+class ChainReport:
+    """What recomputing the chain found. ``hashes_at`` answers the sizes asked for."""
+
     ok: bool
     entries: int
     head_hash: str
     first_bad_seq: int | None = None
     reason: str = ""
+    hashes_at: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -125,14 +190,40 @@ class Entry:
     recorded_at: datetime
     payload: dict[str, Any]
     hash: str
+    prev_hash: str = ""
+
+    def recorded_at_utc(self) -> datetime:
+        return datetime.fromisoformat(utc_iso(self.recorded_at))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "event_type": self.event_type,
+            "event_id": self.event_id,
+            "model_id": self.model_id,
+            "recorded_at": utc_iso(self.recorded_at),
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+            "payload": self.payload,
+        }
 
 
 class LedgerStore:
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
-        if self.dialect == "sqlite" and parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self.url = parsed.render_as_string(hide_password=True)
+        #: The SQLite file, whose disappearance must stop appends (see ``append``).
+        self.sqlite_path: Path | None = None
+        if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
+            self.sqlite_path = Path(parsed.database)
+            try:
+                self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise LedgerError(f"cannot create the ledger directory: {exc}") from exc
         try:
             self.engine = sa.create_engine(url)
             metadata.create_all(self.engine)
@@ -140,13 +231,20 @@ class LedgerStore:
                 for ddl in _SQLITE_TRIGGERS if self.dialect == "sqlite" else _PG_TRIGGERS:
                     conn.exec_driver_sql(ddl)
         except sa.exc.SQLAlchemyError as exc:
-            raise LedgerError(f"cannot open the ledger at {parsed!r}: {exc}") from exc
+            raise LedgerError(f"cannot open the ledger at {self.url}: {_first_line(exc)}") from exc
 
     def append(self, records: Iterable[Incoming]) -> int:
-        """Append records not yet stored, chained, in one transaction; returns how many."""
+        """Append records not yet stored, chained, in one transaction; returns how many.
+
+        Raises LedgerError (retriable) when the database cannot take them; then nothing of the
+        batch is stored.
+        """
         records = list(records)
         if not records:
             return 0
+        if self.sqlite_path is not None and not self.sqlite_path.exists():
+            # SQLite would keep writing to the unlinked file, or start an empty chain at seq 1.
+            raise LedgerError(f"ledger database file {self.sqlite_path} is missing")
         try:
             with self.engine.begin() as conn:
                 if self.dialect == "postgresql":
@@ -157,12 +255,25 @@ class LedgerStore:
                 ).first()
                 seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
                 rows = []
+                seen: set[tuple[str, int, int]] = set()
                 for rec in records:
-                    if self._stored(conn, rec):
+                    source = (rec.topic, rec.partition, rec.offset)
+                    if source in seen or self._stored(conn, rec):
                         continue
+                    seen.add(source)
                     payload, event_type, event_id, model_id = canonical_payload(rec.value)
                     seq += 1
-                    digest = entry_hash(prev, seq, payload)
+                    recorded_at = utcnow()
+                    record = record_bytes(
+                        topic=rec.topic,
+                        partition=rec.partition,
+                        offset=rec.offset,
+                        event_type=event_type,
+                        event_id=event_id,
+                        model_id=model_id,
+                        recorded_at=recorded_at,
+                    )
+                    digest = entry_hash(prev, seq, record, payload)
                     rows.append(
                         {
                             "seq": seq,
@@ -172,7 +283,7 @@ class LedgerStore:
                             "event_type": event_type,
                             "event_id": event_id,
                             "model_id": model_id,
-                            "recorded_at": utcnow(),
+                            "recorded_at": recorded_at,
                             "payload": payload,
                             "prev_hash": prev,
                             "hash": digest,
@@ -183,7 +294,10 @@ class LedgerStore:
                     conn.execute(sa.insert(entries), rows)
                 return len(rows)
         except sa.exc.SQLAlchemyError as exc:
-            raise LedgerError(f"ledger append failed: {exc}") from exc
+            # Drop pooled connections: after an outage (a restarted server, a restored SQLite
+            # file) the next attempt must open the database afresh, not reuse a dead handle.
+            self.engine.dispose()
+            raise LedgerError(f"ledger append failed: {_first_line(exc)}") from exc
 
     @staticmethod
     def _stored(conn: sa.Connection, rec: Incoming) -> bool:
@@ -197,54 +311,127 @@ class LedgerStore:
         return found is not None
 
     def count(self) -> int:
-        with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(entries)).scalar_one())
+        try:
+            with self.engine.connect() as conn:
+                return int(
+                    conn.execute(sa.select(sa.func.count()).select_from(entries)).scalar_one()
+                )
+        except sa.exc.SQLAlchemyError as exc:
+            raise LedgerError(f"cannot read the ledger: {_first_line(exc)}") from exc
 
-    def entries(self, model_id: str | None = None) -> list[Entry]:
+    def head(self) -> tuple[int, str]:
+        """(seq, hash) of the last entry; (0, GENESIS) when the ledger is empty."""
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(entries.c.seq, entries.c.hash).order_by(entries.c.seq.desc()).limit(1)
+                ).first()
+        except sa.exc.SQLAlchemyError as exc:
+            raise LedgerError(f"cannot read the ledger: {_first_line(exc)}") from exc
+        return (int(row.seq), str(row.hash)) if row else (0, GENESIS)
+
+    def hash_at(self, seq: int) -> str | None:
+        """The stored hash of entry ``seq`` (GENESIS for 0); None when there is no such entry."""
+        if seq == 0:
+            return GENESIS
+        try:
+            with self.engine.connect() as conn:
+                found = conn.execute(sa.select(entries.c.hash).where(entries.c.seq == seq)).first()
+        except sa.exc.SQLAlchemyError as exc:
+            raise LedgerError(f"cannot read the ledger: {_first_line(exc)}") from exc
+        return str(found.hash) if found else None
+
+    def stored_offsets(self) -> dict[tuple[str, int], int]:
+        """The highest stored offset per (topic, partition): what a consumer may commit past."""
+        query = sa.select(
+            entries.c.topic, entries.c.partition, sa.func.max(entries.c.offset)
+        ).group_by(entries.c.topic, entries.c.partition)
+        with self.engine.connect() as conn:
+            return {(r[0], int(r[1])): int(r[2]) for r in conn.execute(query)}
+
+    def entries(
+        self,
+        model_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        event_types: Iterable[str] | None = None,
+    ) -> list[Entry]:
+        return list(self.iter_entries(model_id, since=since, event_types=event_types))
+
+    def iter_entries(
+        self,
+        model_id: str | None = None,
+        *,
+        since: datetime | None = None,
+        event_types: Iterable[str] | None = None,
+    ) -> Iterator[Entry]:
+        """Entries in seq order; ``since`` compares with recorded_at (when the ledger stored it)."""
         query = sa.select(entries).order_by(entries.c.seq)
         if model_id is not None:
             query = query.where(entries.c.model_id == model_id)
-        with self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return [
-            Entry(
-                r.seq,
-                r.topic,
-                r.partition,
-                r.offset,
-                r.event_type,
-                r.event_id,
-                r.model_id,
-                r.recorded_at,
-                orjson.loads(r.payload),
-                r.hash,
+        if since is not None:
+            # SQLite compares the stored (naive UTC) text; give it the same spelling.
+            bound = since.astimezone(UTC)
+            query = query.where(
+                entries.c.recorded_at
+                >= (bound.replace(tzinfo=None) if self.dialect == "sqlite" else bound)
             )
-            for r in rows
-        ]
-
-    def verify(self) -> VerifyReport:
-        """Recompute the chain from the genesis; the first broken link names its seq."""
-        prev, expected_seq, n = GENESIS, 1, 0
-        query = sa.select(
-            entries.c.seq, entries.c.payload, entries.c.prev_hash, entries.c.hash
-        ).order_by(entries.c.seq)
+        if event_types is not None:
+            query = query.where(entries.c.event_type.in_(list(event_types)))
         with self.engine.connect() as conn:
-            for row in conn.execution_options(yield_per=1000).execute(query):
-                n += 1
-                if row.seq != expected_seq:
-                    return VerifyReport(
-                        False, n, prev, expected_seq, f"seq {expected_seq} is missing"
-                    )
-                if row.prev_hash != prev:
-                    return VerifyReport(
-                        False, n, prev, row.seq, "prev_hash does not match the entry before"
-                    )
-                if entry_hash(prev, row.seq, row.payload) != row.hash:
-                    return VerifyReport(
-                        False, n, prev, row.seq, "hash does not match the entry's content"
-                    )
-                prev, expected_seq = row.hash, expected_seq + 1
-        return VerifyReport(True, n, prev)
+            for r in conn.execution_options(yield_per=1000).execute(query):
+                yield Entry(
+                    r.seq,
+                    r.topic,
+                    r.partition,
+                    r.offset,
+                    r.event_type,
+                    r.event_id,
+                    r.model_id,
+                    r.recorded_at,
+                    orjson.loads(r.payload),
+                    r.hash,
+                    r.prev_hash,
+                )
+
+    def verify_chain(self, at_sizes: Iterable[int] = ()) -> ChainReport:
+        """Recompute the chain from the genesis; the first broken link names its seq.
+
+        ``at_sizes``: also report the hash the chain had after that many entries (what a
+        checkpoint of that size signed), for every such size the chain reaches intact.
+        """
+        wanted = set(at_sizes)
+        hashes_at: dict[int, str] = {0: GENESIS} if 0 in wanted else {}
+        prev, expected_seq, n = GENESIS, 1, 0
+        query = sa.select(entries).order_by(entries.c.seq)
+
+        def broken(seq: int, reason: str) -> ChainReport:
+            return ChainReport(False, n, prev, seq, reason, hashes_at)
+
+        try:
+            with self.engine.connect() as conn:
+                for row in conn.execution_options(yield_per=1000).execute(query):
+                    n += 1
+                    if row.seq != expected_seq:
+                        return broken(expected_seq, f"seq {expected_seq} is missing")
+                    if row_hash(row.prev_hash, row) != row.hash:
+                        return broken(row.seq, "hash does not match the entry's content")
+                    if row.prev_hash != prev:
+                        return broken(row.seq, "prev_hash does not match the entry before")
+                    prev, expected_seq = row.hash, expected_seq + 1
+                    if row.seq in wanted:
+                        hashes_at[row.seq] = row.hash
+        except sa.exc.SQLAlchemyError as exc:
+            raise LedgerError(f"cannot read the ledger: {_first_line(exc)}") from exc
+        return ChainReport(True, n, prev, hashes_at=hashes_at)
+
+    #: The chain alone; ``services.ledger.audit.verify_ledger`` adds the checkpoints.
+    verify = verify_chain
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc)
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -91,6 +91,7 @@ async def test_every_outcome_through_the_broker(
         *good_and_bad("inflight"),
         *good_and_bad("verify-ok"),
         *good_and_bad("verify-fail"),
+        *good_and_bad("cool"),
         *good_and_bad("notready"),
         *good_and_bad("l3"),
         *good_and_bad("l4"),
@@ -127,6 +128,7 @@ async def test_every_outcome_through_the_broker(
             inflight,  # a redelivery: ignored
             breach("v2", model_id="verify-ok"),
             breach("v2", model_id="verify-fail"),
+            breach("v2", model_id="cool"),
             breach("v2", model_id="notready"),
         ]:
             await publish(topics.BREACHES.name, b)
@@ -167,7 +169,7 @@ async def test_every_outcome_through_the_broker(
                 for r in await reader.read(topics.COMMANDS.name, until=lambda r: len(r) >= 8)
             )
         }
-        for model in ("verify-ok", "verify-fail"):
+        for model in ("verify-ok", "verify-fail", "cool"):
             cmd = commands[model]
             await publish(
                 topics.ACKS.name,
@@ -180,22 +182,28 @@ async def test_every_outcome_through_the_broker(
                 ),
             )
             await publish(topics.DEPLOYMENTS.name, manifest("v1", status="live", model_id=model))
-        await until(lambda: decider.counts["CommandAck"] >= 2, 30)
-        await asyncio.sleep(0.5)
+        # three applied acks and verify-ok's own verified ack; three v1-live manifests and
+        # the bake's known_good one
+        await until(lambda: decider.counts["CommandAck"] >= 4, 30)
+        await until(lambda: decider.counts["SystemManifest"] >= len(manifests) + 4, 30)
         await publish(topics.BREACHES.name, breach("v1", model_id="verify-fail"))
+        # cool: v2 is put back live by hand within the cooldown and breaches again
+        await publish(topics.DEPLOYMENTS.name, manifest("v2", status="live", model_id="cool"))
+        await until(lambda: decider.counts["SystemManifest"] >= len(manifests) + 5, 30)
+        await publish(topics.BREACHES.name, breach("v2", model_id="cool"))
         await until(
             lambda: (
                 decider.counts["ack_verified"] == 1 and decider.counts["manifest_known_good"] >= 1
             ),
             30,
         )
-        await until(lambda: decider.counts["Breach"] >= 16, 30)
+        await until(lambda: decider.counts["Breach"] >= 18, 30)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
     decisions: dict[str, list[Decision]] = {}
-    for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 24):
+    for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 26):
         dec = Decision.model_validate_json(r.value)
         decisions.setdefault(dec.model_id, []).append(dec)
 
@@ -217,6 +225,7 @@ async def test_every_outcome_through_the_broker(
     assert decisions["inflight"][1].reasons[-1].code == "rollback_in_flight"
     assert decider.counts["duplicate_breaches"] == 1
     assert last_codes("notready") == [("investigate", "target_not_ready")]
+    assert last_codes("cool") == [("rollback", "model_only"), ("hold", "cooldown")]
 
     assert [c for _, c in last_codes("l3")] == [
         "awaiting_approval",

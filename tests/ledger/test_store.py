@@ -10,7 +10,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from services.ledger.store import GENESIS, Incoming, LedgerStore, entry_hash
+from services.ledger.store import GENESIS, Incoming, LedgerStore, entry_hash, record_bytes
 from tests.factories import breach, manifest
 
 
@@ -76,7 +76,16 @@ def test_append_chains_and_verifies(store: LedgerStore) -> None:
     prev = GENESIS
     for e in entries:
         payload = orjson.dumps(e.payload, option=orjson.OPT_SORT_KEYS)
-        assert e.hash == entry_hash(prev, e.seq, payload)
+        record = record_bytes(
+            topic=e.topic,
+            partition=e.partition,
+            offset=e.offset,
+            event_type=e.event_type,
+            event_id=e.event_id,
+            model_id=e.model_id,
+            recorded_at=e.recorded_at,
+        )
+        assert e.hash == entry_hash(prev, e.seq, record, payload)
         prev = e.hash
     assert report.head_hash == prev
     assert entries[0].event_type == "Breach" and entries[0].model_id == "m"

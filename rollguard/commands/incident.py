@@ -1,0 +1,59 @@
+"""incident: one incident from the ledger, linked end to end, with its figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from rollguard.commands import Subparsers, group
+from rollguard.errors import UsageError
+from rollguard.settings import RollguardSettings
+
+_FIGURES = (
+    ("mttd_s", "MTTD (bad version live → breach)"),
+    ("time_to_decision_s", "breach → decision"),
+    ("time_to_approval_s", "decision → last approval"),
+    ("mttr_s", "MTTR (bad version live → rollback applied)"),
+    ("time_to_verify_s", "bad version live → verified"),
+)
+
+
+def register(sub: Subparsers) -> None:
+    incident = group(sub, "incident", "incidents recorded in the ledger")
+    show = incident.add_parser(
+        "show", help="breach → decision → approvals → command → acks → verification → invalidation"
+    )
+    show.add_argument("id", help="the decision id, or the rollback's command id, or a breach id")
+    show.add_argument("--url", help="SQLAlchemy URL (default: ROLLGUARD_LEDGER_URL)")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_show)
+
+
+def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    from services.ledger.incidents import INCIDENT_TYPES, describe, find_incident
+    from services.ledger.store import LedgerStore
+
+    store = LedgerStore(args.url or settings.resolved_ledger_url)
+    try:
+        incident = find_incident(store.iter_entries(event_types=INCIDENT_TYPES), args.id)
+    finally:
+        store.close()
+    if incident is None:
+        raise UsageError(f"no incident {args.id!r} in the ledger (decision, command or breach id)")
+    if args.json:
+        print(json.dumps(incident.as_json()))
+        return 0
+    d = incident.decision.payload
+    print(
+        f"incident {incident.id}  model {incident.model_id} {d.get('model_version')}  "
+        f"{d.get('action')} [{d.get('tier')}]"
+    )
+    if incident.command_ids:
+        print(f"command(s): {', '.join(incident.command_ids)}")
+    for e in incident.entries:
+        print(f"  seq {e.seq:>6}  {e.payload.get('ts', '?')}  {describe(e)}")
+    print("figures:")
+    for key, label in _FIGURES:
+        value = incident.figures.get(key)
+        print(f"  {label:<45} {f'{value:.3f} s' if value is not None else '-'}")
+    return 0

@@ -1,0 +1,89 @@
+"""What an auditor runs: the chain recomputed, and every signed checkpoint held against it.
+
+The chain alone finds a changed, deleted, inserted or reordered row (its own hash or its link
+no longer holds). Checkpoints add what the chain cannot see: a cut tail (a checkpoint vouches
+for more entries than there are) and a chain rebuilt after a change (the hash at a
+checkpoint's size is not the one that was signed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from services.ledger.checkpoints import Checkpoint, CheckpointRead, signature_problem
+from services.ledger.store import LedgerStore
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    ok: bool
+    entries: int
+    head_hash: str
+    first_bad_seq: int | None = None
+    reason: str = ""
+    checkpoints_checked: int = 0
+    #: Problems with the checkpoints themselves (unreadable line, untrusted or bad signature).
+    checkpoint_problems: list[str] = field(default_factory=list)
+    #: Not failures, but limits of what was proven (e.g. no checkpoint at all).
+    warnings: list[str] = field(default_factory=list)
+
+
+def verify_ledger(
+    store: LedgerStore, read: CheckpointRead, trusted: dict[str, Ed25519PublicKey]
+) -> VerifyReport:
+    problems = [f"checkpoint file line {n} is not a checkpoint" for n in read.unreadable_lines]
+    valid: list[Checkpoint] = []
+    for cp in read.checkpoints:
+        problem = signature_problem(cp, trusted)
+        if problem:
+            problems.append(f"checkpoint of size {cp.size} at {cp.ts.isoformat()}: {problem}")
+        else:
+            valid.append(cp)
+    chain = store.verify_chain(at_sizes={cp.size for cp in valid})
+    first_bad, reason = chain.first_bad_seq, chain.reason
+    # What the chain vouches for: every entry up to here recomputed correctly.
+    sound = chain.entries if chain.ok else (chain.first_bad_seq or 1) - 1
+
+    matched = 0  # the largest checkpoint size whose signed head hash the chain reproduces
+    for cp in sorted(valid, key=lambda c: c.size):
+        if cp.size > sound:
+            if chain.ok:
+                bad = chain.entries + 1
+                why = (
+                    f"seq {bad}..{cp.size} are missing: the checkpoint of {cp.ts.isoformat()} "
+                    f"vouches for {cp.size} entries, the ledger has {chain.entries}"
+                )
+                if first_bad is None or bad < first_bad:
+                    first_bad, reason = bad, why
+            break
+        if chain.hashes_at.get(cp.size) == cp.head_hash:
+            matched = cp.size
+            continue
+        bad = matched + 1
+        why = (
+            f"an entry in seq {bad}..{cp.size} was changed and the chain re-hashed: the hash "
+            f"at seq {cp.size} differs from the checkpoint of {cp.ts.isoformat()}, the last "
+            f"checkpoint that matches is at seq {matched}"
+        )
+        if first_bad is None or bad < first_bad:
+            first_bad, reason = bad, why
+        break
+
+    warnings = []
+    if not valid and chain.entries:
+        warnings.append("no valid checkpoint: a cut tail or a re-hashed chain would go unseen")
+    elif valid and max(cp.size for cp in valid) < chain.entries:
+        newest = max(cp.size for cp in valid)
+        warnings.append(f"entries after seq {newest} are not covered by a checkpoint yet")
+    return VerifyReport(
+        ok=first_bad is None and not problems,
+        entries=chain.entries,
+        head_hash=chain.head_hash,
+        first_bad_seq=first_bad,
+        reason=reason if first_bad is not None else "; ".join(problems),
+        checkpoints_checked=len(valid),
+        checkpoint_problems=problems,
+        warnings=warnings,
+    )

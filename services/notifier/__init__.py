@@ -1,0 +1,1 @@
+"""Notifier service: decisions and acks to Slack, PagerDuty and webhooks."""

@@ -1,0 +1,221 @@
+"""Notifier service: decisions and acks → Slack, PagerDuty and webhooks, routed by tier.
+
+The consumer turns events into notifications, stores them in the outbox (deduplicated per
+channel and source event) and commits; one worker per channel drains the outbox in order. A
+slow or failing channel holds up only its own queue; a message that fails for good is
+recorded, counted and logged, and the channel moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter, OrderedDict
+from typing import Any
+
+import aiohttp
+from pydantic import ValidationError
+
+from rollguard import topics
+from rollguard.bus import DeadLetterSink, make_consumer, make_producer, producer_send
+from rollguard.events import Breach, CommandAck, Decision, Event, decode
+from rollguard.logs import get_logger
+from rollguard.settings import RollguardSettings
+from services.notifier.channels import configured_channels
+from services.notifier.channels.base import Channel
+from services.notifier.delivery import Pacer, deliver
+from services.notifier.notifications import (
+    PAGE_OPENERS,
+    Notification,
+    channels_for,
+    from_ack,
+    from_decision,
+)
+from services.notifier.outbox import IncidentInfo, Outbox
+from services.notifier.settings import NotifierSettings
+
+log = get_logger("rollguard.notifier")
+
+#: Breaches remembered so a decision can show their numbers (decisions follow within seconds).
+BREACH_MEMORY = 1_000
+
+_CONSUMED: dict[str, type[Event]] = {
+    topics.BREACHES.name: Breach,
+    topics.DECISIONS.name: Decision,
+    topics.ACKS.name: CommandAck,
+}
+
+
+class Notifier:
+    name = "notifier"
+
+    def __init__(
+        self, settings: RollguardSettings, notifier_settings: NotifierSettings | None = None
+    ) -> None:
+        self.settings = settings
+        self.svc = notifier_settings or NotifierSettings()
+        self.ready = asyncio.Event()
+        self.counts: Counter[str] = Counter()
+        self.channels: dict[str, Channel] = configured_channels(self.svc)
+        self._breaches: OrderedDict[str, Breach] = OrderedDict()
+        self._wake: dict[str, asyncio.Event] = {name: asyncio.Event() for name in self.channels}
+
+    async def run(self) -> None:
+        outbox = await asyncio.to_thread(
+            Outbox, self.svc.resolved_outbox_url(self.settings.state_dir)
+        )
+        by_topic = {self.settings.topic(name): cls for name, cls in _CONSUMED.items()}
+        consumer = make_consumer(self.settings, *by_topic, group_id=self.svc.group_id, control=True)
+        producer = make_producer(self.settings, control=False)
+        dead = DeadLetterSink(self.settings, producer_send(producer), self.name)
+        workers: list[asyncio.Task[None]] = []
+        try:
+            await producer.start()
+            await consumer.start()
+            if not self.channels:
+                log.warning(
+                    "no_channels", detail="no channel configured: notifications are logged only"
+                )
+            log.info("started", channels=sorted(self.channels))
+            workers = [
+                asyncio.create_task(self._drain(outbox, ch), name=f"notifier-{ch.name}")
+                for ch in self.channels.values()
+            ]
+            while True:
+                batches = await consumer.getmany(timeout_ms=200)
+                if not self.ready.is_set() and consumer.assignment():
+                    self.ready.set()
+                if not batches:
+                    continue
+                events: list[Event] = []
+                for tp, records in batches.items():
+                    for record in records:
+                        try:
+                            events.append(decode(by_topic[tp.topic], record.value))
+                        except (ValidationError, ValueError) as exc:
+                            await dead.send(record, str(exc)[:500], "invalid")
+                            self.counts["dead_letters"] += 1
+                await self._accept(outbox, events)
+                await consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await consumer.stop()
+            await producer.stop()
+            outbox.close()
+            log.info("stopped", **self.counts)
+
+    async def _accept(self, outbox: Outbox, events: list[Event]) -> None:
+        """Plan notifications for a batch and store them; decisions before acks, by time."""
+        planned: list[tuple[Notification, list[str], IncidentInfo | None]] = []
+        paged_now: set[str] = set()
+        known: dict[str, IncidentInfo] = {}
+        for event in sorted(events, key=lambda e: (not isinstance(e, Breach), e.ts)):
+            if isinstance(event, Breach):
+                self._breaches[event.event_id] = event
+                while len(self._breaches) > BREACH_MEMORY:
+                    self._breaches.popitem(last=False)
+                continue
+            if isinstance(event, Decision):
+                breaches = [self._breaches[b] for b in event.breach_ids if b in self._breaches]
+                n = from_decision(event, breaches, notify_holds=self.svc.notify_holds)
+                if n is None:
+                    continue
+                chosen = self._route(n, paged=False)
+                paged = n.kind in PAGE_OPENERS and "pagerduty" in chosen
+                if paged:
+                    paged_now.add(n.incident_ref)
+                info = IncidentInfo(n.incident_ref, event.event_id, event.tier, paged)
+                known[n.incident_ref] = info
+                planned.append((n, chosen, info))
+            elif isinstance(event, CommandAck):
+                info_or_none = known.get(event.command_id) or await asyncio.to_thread(
+                    outbox.incident, event.command_id
+                )
+                tier = info_or_none.tier if info_or_none else None
+                decision_id = info_or_none.decision_id if info_or_none else None
+                n = from_ack(event, tier, decision_id)
+                if n is None:
+                    continue
+                paged = event.command_id in paged_now or bool(info_or_none and info_or_none.paged)
+                chosen = self._route(n, paged=paged)
+                opened = (
+                    n.kind in ("rollback_failed", "verification_failed") and "pagerduty" in chosen
+                )
+                opener = IncidentInfo(n.incident_ref, decision_id, tier, True) if opened else None
+                if opened:
+                    paged_now.add(n.incident_ref)
+                planned.append((n, chosen, opener))
+        if not planned:
+            return
+        added = await asyncio.to_thread(outbox.enqueue, planned)
+        self.counts["duplicates"] += sum(len(c) for _, c, _ in planned) - len(added)
+        for channel, _n in added:
+            self.counts[f"queued.{channel}"] += 1
+            self._wake[channel].set()
+        for n, chosen, _ in planned:
+            if not chosen:
+                self.counts["unrouted"] += 1
+                log.info("not_sent", kind=n.kind, incident=n.incident_ref, reason="no channel")
+
+    def _route(self, n: Notification, *, paged: bool) -> list[str]:
+        return channels_for(
+            n, self.svc.routes, self.svc.unknown_tier_channels, paged, self.channels
+        )
+
+    async def _drain(self, outbox: Outbox, channel: Channel) -> None:
+        """Send one channel's messages in order; a failure is recorded and the next goes."""
+        pacer = Pacer(channel.min_interval_s)
+        wake = self._wake[channel.name]
+        async with aiohttp.ClientSession() as session:
+            while True:
+                wake.clear()
+                pending = await asyncio.to_thread(outbox.pending, channel.name)
+                if not pending:
+                    # Woken by the consumer; the timeout only guards against a missed wake-up.
+                    await _wait(wake, 5.0)
+                    continue
+                for item in pending:
+                    await self._send(outbox, channel, session, pacer, item.id, item.notification)
+
+    async def _send(
+        self,
+        outbox: Outbox,
+        channel: Channel,
+        session: aiohttp.ClientSession,
+        pacer: Pacer,
+        message_id: int,
+        n: Notification,
+    ) -> None:
+        body: dict[str, Any] | None = channel.render(n)
+        if body is None:
+            await asyncio.to_thread(outbox.finish, message_id, "skipped", 0, None, "")
+            return
+        result = await deliver(session, channel.url, body, self.svc, pacer)
+        await asyncio.to_thread(
+            outbox.finish,
+            message_id,
+            result.status,
+            result.attempts,
+            result.http_status,
+            result.error,
+        )
+        self.counts[f"{result.status}.{channel.name}"] += 1
+        self.counts[f"attempts.{channel.name}"] += result.attempts
+        if result.status == "sent":
+            log.info("sent", channel=channel.name, kind=n.kind, incident=n.incident_ref)
+        else:
+            log.error(
+                "send_failed",
+                channel=channel.name,
+                kind=n.kind,
+                incident=n.incident_ref,
+                http_status=result.http_status,
+                error=result.error,
+            )
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout_s)

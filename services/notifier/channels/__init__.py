@@ -1,0 +1,46 @@
+"""Notifier channels: the Protocol in base.py, one module per channel, registered in REGISTRY."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from services.notifier.channels.base import Channel
+from services.notifier.channels.pagerduty import PagerDutyChannel
+from services.notifier.channels.slack import SlackChannel
+from services.notifier.channels.webhook import WebhookChannel
+from services.notifier.settings import NotifierSettings
+
+
+def _pagerduty(s: NotifierSettings) -> Channel | None:
+    if s.pagerduty_routing_key is None:
+        return None
+    return PagerDutyChannel(
+        s.pagerduty_routing_key.get_secret_value(), s.pagerduty_url, s.incident_base_url
+    )
+
+
+def _slack(s: NotifierSettings) -> Channel | None:
+    if s.slack_webhook_url is None:
+        return None
+    return SlackChannel(
+        s.slack_webhook_url.get_secret_value(), s.incident_base_url, s.slack_min_interval_s
+    )
+
+
+def _webhook(s: NotifierSettings) -> Channel | None:
+    if s.webhook_url is None:
+        return None
+    return WebhookChannel(s.webhook_url, s.incident_base_url)
+
+
+#: Every channel by the name routes use; a factory returns None when it is not configured.
+REGISTRY: dict[str, Callable[[NotifierSettings], Channel | None]] = {
+    "pagerduty": _pagerduty,
+    "slack": _slack,
+    "webhook": _webhook,
+}
+
+
+def configured_channels(settings: NotifierSettings) -> dict[str, Channel]:
+    built = {name: factory(settings) for name, factory in REGISTRY.items()}
+    return {name: ch for name, ch in built.items() if ch is not None}

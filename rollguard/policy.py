@@ -95,9 +95,9 @@ class ExpectedChange(_Frozen):
 class NotificationPolicy(_Frozen):
     """Which channels hear about which tier (channel names are configured in the notifier)."""
 
-    immediate: tuple[str, ...] = ("pagerduty", "slack")
-    rapid: tuple[str, ...] = ("slack",)
-    delayed: tuple[str, ...] = ("slack",)
+    immediate: tuple[str, ...] = ("pagerduty", "slack", "webhook")
+    rapid: tuple[str, ...] = ("slack", "webhook")
+    delayed: tuple[str, ...] = ("slack", "webhook")
 
 
 class ModelPolicy(_Frozen):

@@ -56,7 +56,7 @@ def _ledger(settings: RollguardSettings) -> Service:
 def _notifier(settings: RollguardSettings) -> Service:
     from services.notifier.app import Notifier
 
-    return Notifier(settings)
+    return Notifier(settings, policy=PolicySource(settings.policy_path))
 
 
 #: Every service `rollguard run` knows, by the name docker-compose uses.

@@ -20,6 +20,7 @@ from rollguard import topics
 from rollguard.bus import DeadLetterSink, make_consumer, make_producer, producer_send
 from rollguard.events import Breach, CommandAck, Decision, Event, decode
 from rollguard.logs import get_logger
+from rollguard.policy import PolicySet, PolicyView
 from rollguard.settings import RollguardSettings
 from services.notifier.channels import configured_channels
 from services.notifier.channels.base import Channel
@@ -50,10 +51,14 @@ class Notifier:
     name = "notifier"
 
     def __init__(
-        self, settings: RollguardSettings, notifier_settings: NotifierSettings | None = None
+        self,
+        settings: RollguardSettings,
+        notifier_settings: NotifierSettings | None = None,
+        policy: PolicyView | None = None,
     ) -> None:
         self.settings = settings
         self.svc = notifier_settings or NotifierSettings()
+        self.policy: PolicyView = policy if policy is not None else PolicySet()
         self.ready = asyncio.Event()
         self.counts: Counter[str] = Counter()
         self.channels: dict[str, Channel] = configured_channels(self.svc)
@@ -160,9 +165,9 @@ class Notifier:
                 log.info("not_sent", kind=n.kind, incident=n.incident_ref, reason="no channel")
 
     def _route(self, n: Notification, *, paged: bool) -> list[str]:
-        return channels_for(
-            n, self.svc.routes, self.svc.unknown_tier_channels, paged, self.channels
-        )
+        # Routing is policy: the model's `notifications` section, reloaded with the policy.
+        routes = self.policy.for_model(n.model_id).notifications.model_dump()
+        return channels_for(n, routes, self.svc.unknown_tier_channels, paged, self.channels)
 
     async def _drain(self, outbox: Outbox, channel: Channel) -> None:
         """Send one channel's messages in order; a failure is recorded and the next goes."""

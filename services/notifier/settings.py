@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 KNOWN_CHANNELS = ("pagerduty", "slack", "webhook")
@@ -31,15 +31,6 @@ class NotifierSettings(BaseSettings):
         default="http://localhost:8080/incidents/",
         description="Links point at <incident_base_url><incident id>.",
     )
-    routes: dict[str, list[str]] = Field(
-        default_factory=lambda: {
-            "immediate": ["pagerduty", "slack", "webhook"],
-            "rapid": ["slack", "webhook"],
-            "delayed": ["slack", "webhook"],
-        },
-        description="Channels per tier (JSON). PagerDuty also always gets verification and "
-        "rollback failures, and the acknowledge/resolve of incidents it was paged for.",
-    )
     unknown_tier_channels: list[str] = Field(
         default_factory=lambda: ["slack", "webhook"],
         description="Channels for an ack whose decision the notifier has not seen.",
@@ -58,18 +49,6 @@ class NotifierSettings(BaseSettings):
     outbox_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the outbox; default <state_dir>/notifier.db."
     )
-
-    @field_validator("routes")
-    @classmethod
-    def _known_channels(cls, routes: dict[str, list[str]]) -> dict[str, list[str]]:
-        for tier, names in routes.items():
-            unknown = sorted(set(names) - set(KNOWN_CHANNELS))
-            if unknown:
-                raise ValueError(
-                    f"tier {tier}: unknown channel(s) {', '.join(unknown)}; "
-                    f"known: {', '.join(KNOWN_CHANNELS)}"
-                )
-        return routes
 
     def resolved_outbox_url(self, state_dir: Path) -> str:
         return self.outbox_url or f"sqlite:///{state_dir / 'notifier.db'}"

@@ -13,8 +13,10 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiokafka import TopicPartition
 from rich.console import Console, Group
 from rich.live import Live
@@ -32,6 +34,7 @@ from rollguard.events import (
     RollbackCommand,
     SystemManifest,
 )
+from rollguard.policy import resolve_policy
 from rollguard.runner import SERVICES, ensure_keys, kafka, run_services
 from rollguard.settings import RollguardSettings
 
@@ -47,6 +50,8 @@ class DemoReport:
     mttd_s: float | None = None
     time_to_decision_s: float | None = None
     time_to_rollback_s: float | None = None
+    rollback_verified: bool = False
+    time_to_verified_s: float | None = None
     blast_radius_requests: int = 0
     ledger_entries: int = 0
     ledger_verified: bool = False
@@ -67,7 +72,13 @@ class DemoReport:
         return (
             f"rolled back {self.bad_version} → {self.restored_version} "
             f"(level {self.rollback_level}) {self.time_to_rollback_s:.2f} s after the bad deploy; "
-            f"breach after {self.mttd_s:.2f} s; {self.blast_radius_requests} requests served by "
+            f"breach after {self.mttd_s:.2f} s; "
+            + (
+                f"verified after {self.time_to_verified_s:.2f} s; "
+                if self.time_to_verified_s is not None
+                else "not verified; "
+            )
+            + f"{self.blast_radius_requests} requests served by "
             f"{self.bad_version}; ledger {self.ledger_entries} entries, "
             f"{'verified' if self.ledger_verified else 'NOT verified'}"
         )
@@ -188,6 +199,7 @@ async def run_demo(
         "ledger_url": f"sqlite:///{demo_dir / 'ledger.db'}",
         "executor_db_url": f"sqlite:///{demo_dir / 'executor.db'}",
     }
+    updates["policy_path"] = demo_policy(base, demo_dir / "policy")
     if not base.embedded:  # a real Kafka keeps old topics: give this run its own
         updates["topic_prefix"] = f"{base.topic_prefix}demo-{int(time.time())}."
     base = base.model_copy(update=updates)
@@ -214,11 +226,15 @@ async def run_demo(
         async def display() -> None:
             if not live_display:  # not a terminal: one plain line per step, as it happens
                 shown = 0
-                while True:
+                try:
+                    while True:
+                        for t, text in observer.timeline[shown:]:
+                            console.print(Text(f"{t:6.2f}s  {text}"), soft_wrap=True)
+                        shown = len(observer.timeline)
+                        await asyncio.sleep(0.1)
+                finally:  # the last steps, seen just before the demo stops
                     for t, text in observer.timeline[shown:]:
                         console.print(Text(f"{t:6.2f}s  {text}"), soft_wrap=True)
-                    shown = len(observer.timeline)
-                    await asyncio.sleep(0.1)
             with Live(
                 _render(observer, router, phase), console=console, refresh_per_second=8
             ) as lv:
@@ -290,6 +306,16 @@ async def run_demo(
             report.blast_radius_requests = router.served[BAD]
             report.router_switch_ms = router.switches[-1].switch_ms
 
+            phase = f"{GOOD} restored: verifying it stays within thresholds"
+            await until(
+                lambda: observer.first(CommandAck, status="verified") is not None,
+                DEMO_VERIFICATION_S + 10,
+                "the rollback was not verified",
+            )
+            verified: CommandAck = observer.first(CommandAck, status="verified")
+            report.rollback_verified = True
+            report.time_to_verified_s = _secs(verified.ts, deployed)
+
             phase = "waiting for the ledger to catch up"
             await until(
                 lambda: _ledger_count(settings) >= len(observer.events),
@@ -308,20 +334,30 @@ async def run_demo(
             await asyncio.gather(*background, return_exceptions=True)
             await producer.stop()
 
-    from services.ledger.store import LedgerStore
+    from services.ledger.audit import verify_configured
 
-    store = LedgerStore(settings.resolved_ledger_url)
-    try:
-        verdict = store.verify()
-        report.ledger_entries = verdict.entries
-        report.ledger_verified = verdict.ok
-        if not verdict.ok and not report.reason:
-            report.reason = (
-                f"ledger does not verify at seq {verdict.first_bad_seq}: {verdict.reason}"
-            )
-    finally:
-        store.close()
+    # The chain and every signed checkpoint (the ledger writes one as it stops).
+    verdict, _ = verify_configured(settings)
+    report.ledger_entries = verdict.entries
+    report.ledger_verified = verdict.ok
+    if not verdict.ok and not report.reason:
+        report.reason = f"ledger does not verify at seq {verdict.first_bad_seq}: {verdict.reason}"
     return report
+
+
+#: The demo waits this long after the rollback for the decider's verification.
+DEMO_VERIFICATION_S = 2.0
+
+
+def demo_policy(base: RollguardSettings, directory: Path) -> Path:
+    """The policy in force, plus a short verification window for the demo model, so the demo
+    shows the rollback verified without waiting the default two minutes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, source in enumerate(resolve_policy(base.policy_path).sources):
+        shutil.copyfile(source, directory / f"{i:02d}-{Path(source).name}")
+    override = {"models": {MODEL_ID: {"rollback": {"verification_s": DEMO_VERIFICATION_S}}}}
+    (directory / "99-demo.yaml").write_text(yaml.safe_dump(override))
+    return directory
 
 
 class DemoFailed(Exception):

@@ -20,7 +20,9 @@ async def test_bad_deployment_is_rolled_back_and_the_ledger_links_every_step(
         settings, console=Console(quiet=True), live_display=False, warmup_s=1.5, timeout_s=30
     )
     assert report.reason == ""
-    assert report.rollback_applied and report.ledger_verified
+    assert report.rollback_applied and report.ledger_verified and report.rollback_verified
+    assert report.time_to_verified_s is not None
+    assert report.time_to_verified_s > report.time_to_rollback_s  # type: ignore[operator]
     assert (report.bad_version, report.restored_version, report.rollback_level) == ("v2", "v1", 1)
     assert report.served_by_restored_after_rollback > 0
     assert 0 < report.blast_radius_requests < report.requests_served["v1"]
@@ -48,7 +50,7 @@ async def test_bad_deployment_is_rolled_back_and_the_ledger_links_every_step(
     assert command["decision_id"] == decision["event_id"]
     assert command["signature"]
     acks = of("CommandAck", command_id=command["command_id"])
-    assert [a["status"] for a in acks] == ["received", "applied"]
+    assert [a["status"] for a in acks] == ["received", "applied", "verified"]
     (restored,) = of("SystemManifest", model_version="v1", status="live")
     assert command["command_id"] in str(restored["note"])
     (rolled_back,) = of("SystemManifest", model_version="v2", status="rolled_back")

@@ -94,24 +94,11 @@ def selected(args: argparse.Namespace, settings: RollguardSettings) -> list[Any]
 
 
 def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    from rollguard.signing import load_trusted_keys
-    from services.ledger.audit import verify_ledger
-    from services.ledger.checkpoints import CheckpointFile
-    from services.ledger.settings import LedgerSettings
+    from services.ledger.audit import verify_configured
 
-    svc = LedgerSettings()
-    url = args.url or settings.resolved_ledger_url
-    path = args.checkpoints or svc.resolved_checkpoint_file(url, settings.state_dir)
-    trusted_dir = args.trusted_dir or svc.resolved_checkpoint_trusted_dir(settings.state_dir)
-    trusted = load_trusted_keys(trusted_dir) if trusted_dir.is_dir() else {}
-    read = CheckpointFile(path).read()
-    if read.checkpoints and not trusted:
-        raise UsageError(f"no trusted checkpoint keys in {trusted_dir} (--trusted-dir)")
-    store = _open(args, settings)
-    try:
-        report = verify_ledger(store, read, trusted)
-    finally:
-        store.close()
+    report, path = verify_configured(
+        settings, url=args.url, checkpoints=args.checkpoints, trusted_dir=args.trusted_dir
+    )
     if args.json:
         print(json.dumps(report.__dict__))
         return 0 if report.ok else 1

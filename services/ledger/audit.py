@@ -9,9 +9,13 @@ checkpoint's size is not the one that was signed).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from rollguard.errors import UsageError
+from rollguard.settings import RollguardSettings
+from rollguard.signing import load_trusted_keys
 from services.ledger.checkpoints import Checkpoint, CheckpointRead, signature_problem
 from services.ledger.store import LedgerStore
 
@@ -87,3 +91,33 @@ def verify_ledger(
         checkpoint_problems=problems,
         warnings=warnings,
     )
+
+
+def verify_configured(
+    settings: RollguardSettings,
+    *,
+    url: str | None = None,
+    checkpoints: Path | None = None,
+    trusted_dir: Path | None = None,
+) -> tuple[VerifyReport, Path]:
+    """Verify the ledger the settings point at, with its checkpoint file and trusted keys.
+
+    Returns the report and the checkpoint file it read. Checkpoints with no trusted key to
+    check them against are a usage error, not a pass.
+    """
+    from services.ledger.checkpoints import CheckpointFile
+    from services.ledger.settings import LedgerSettings
+
+    svc = LedgerSettings()
+    url = url or settings.resolved_ledger_url
+    path = checkpoints or svc.resolved_checkpoint_file(url, settings.state_dir)
+    trusted_dir = trusted_dir or svc.resolved_checkpoint_trusted_dir(settings.state_dir)
+    trusted = load_trusted_keys(trusted_dir) if trusted_dir.is_dir() else {}
+    read = CheckpointFile(path).read()
+    if read.checkpoints and not trusted:
+        raise UsageError(f"no trusted checkpoint keys in {trusted_dir} (--trusted-dir)")
+    store = LedgerStore(url)
+    try:
+        return verify_ledger(store, read, trusted), path
+    finally:
+        store.close()

@@ -162,3 +162,17 @@ def postgres_url() -> str:
     return os.environ.get(
         "ROLLGUARD_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
     )
+
+
+def postgres_problem(url: str) -> str | None:
+    """Why the PostgreSQL at ``url`` cannot be used (its first error line), or None."""
+    import sqlalchemy as sa
+
+    try:
+        engine = sa.create_engine(url)
+        with engine.connect():
+            pass
+        engine.dispose()
+    except sa.exc.OperationalError as exc:
+        return str(exc).splitlines()[0]
+    return None

@@ -11,18 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from services.ledger.store import GENESIS, Incoming, LedgerStore, entry_hash, record_bytes
+from tests.conftest import postgres_problem
 from tests.factories import breach, manifest
-
-
-def _pg_available(url: str) -> str | None:
-    try:
-        engine = sa.create_engine(url)
-        with engine.connect():
-            pass
-        engine.dispose()
-    except sa.exc.OperationalError as exc:
-        return str(exc).splitlines()[0]
-    return None
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -34,7 +24,7 @@ def store(
         yield s
         s.close()
         return
-    problem = _pg_available(postgres_url)
+    problem = postgres_problem(postgres_url)
     if problem:
         pytest.skip(f"PostgreSQL not answering at {postgres_url}: {problem}")
     schema = f"ledger_{uuid.uuid4().hex[:8]}"

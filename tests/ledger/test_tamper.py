@@ -26,6 +26,7 @@ from rollguard.signing import Signer, key_id
 from services.ledger.audit import VerifyReport, verify_ledger
 from services.ledger.checkpoints import Checkpoint, CheckpointRead, sign_checkpoint
 from services.ledger.store import Incoming, LedgerStore, entries, row_hash
+from tests.conftest import postgres_problem
 from tests.factories import breach
 
 #: (database, kind) → examples run; printed by tests/ledger/conftest.py.
@@ -50,17 +51,6 @@ COLUMNS = (
 )
 
 
-def _pg_problem(url: str) -> str | None:
-    try:
-        engine = sa.create_engine(url)
-        with engine.connect():
-            pass
-        engine.dispose()
-    except sa.exc.OperationalError as exc:
-        return str(exc).splitlines()[0]
-    return None
-
-
 class Chains:
     """Fresh ledgers on one database, one per example."""
 
@@ -71,7 +61,7 @@ class Chains:
         self.pg_url = postgres_url + ("&" if "?" in postgres_url else "?")
         self.pg_url += f"options=-csearch_path%3D{self.schema}"
         if db == "postgresql":
-            problem = _pg_problem(postgres_url)
+            problem = postgres_problem(postgres_url)
             if problem:
                 pytest.skip(f"PostgreSQL not answering at {postgres_url}: {problem}")
             self.admin = sa.create_engine(postgres_url)

@@ -69,6 +69,8 @@ def due(state: d.ModelState, source: PolicySource, now: Any) -> bool:
         return True
     if any(now >= p.expires_at for p in state.pending):
         return True
+    if state.in_flight is not None and now >= state.in_flight.expires_at:
+        return True
     return d.bake(state, policy, now) is not None
 
 
@@ -234,6 +236,7 @@ class Decider:
             steps: list[Callable[[d.ModelState], d.Outcome | None]] = [
                 lambda st: d.check_verification(st, now),
                 lambda st: d.expire_pending(st, now),
+                lambda st: d.expire_in_flight(st, now),
                 lambda st: d.bake(st, self.policy.for_model(model_id), now),
             ]
             for step in steps:

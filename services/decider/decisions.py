@@ -735,3 +735,30 @@ def expire_pending(state: ModelState, now: datetime) -> Outcome | None:
         for p in expired
     ]
     return Outcome(state, decisions)
+
+
+def expire_in_flight(state: ModelState, now: datetime) -> Outcome | None:
+    """A command nobody acknowledged as applied or failed before it expired: stop waiting for
+    it and escalate (the executor may be down), so later breaches are decided again."""
+    flight = state.in_flight
+    if flight is None or now < flight.expires_at:
+        return None
+    freed = state.model_copy(update={"in_flight": None})
+    decision = _decision(
+        freed,
+        now,
+        event_id=_id("unacknowledged", flight.command_id),
+        action="investigate",
+        level=flight.level,
+        parent_decision_id=flight.decision_id,
+        command_id=flight.command_id,
+        target_system_version=flight.target.system_version,
+        reasons=[
+            Reason(
+                code="command_unacknowledged",
+                detail=f"command {flight.command_id} expired at {flight.expires_at.isoformat()} "
+                "without an applied or failed ack; is an executor running?",
+            )
+        ],
+    )
+    return Outcome(freed, [decision])

@@ -471,3 +471,17 @@ def test_unlock_lifts_a_verification_lock(signer: Signer) -> None:
         signer,
     )
     assert out.state.locked is None and codes(out.decision) == ["unlocked"] and out.command is None
+
+
+def test_an_unacknowledged_command_expires_and_escalates(signer: Signer) -> None:
+    out = decide(live_v2(), breach("v2"), signer)
+    assert out.command is not None
+    assert d.expire_in_flight(out.state, out.command.expires_at - timedelta(seconds=1)) is None
+    expired = d.expire_in_flight(out.state, out.command.expires_at)
+    assert expired is not None and expired.state.in_flight is None
+    assert (expired.decision.action, codes(expired.decision)) == (
+        "investigate",
+        ["command_unacknowledged"],
+    )
+    again = decide(expired.state, breach("v2"), signer, now=out.command.expires_at)
+    assert again.decision.action == "rollback"  # decided again, not held as in flight

@@ -1,35 +1,55 @@
 """Executor service: verifies signed commands, applies them once, acknowledges, then commits.
 
-Order per command: inbox row + owed ack (one transaction) → publish acks → effect → effect
-record + owed ack (one transaction) → publish acks → commit ``offset + 1``. A crash anywhere
-leads to redelivery, and the inbox turns redelivery into the remaining steps only.
+Order per command: inbox row + owed ack (one transaction) → publish → for each component step
+in order: effect → step record + its ack (one transaction) → publish → live pointer → outcome
++ final ack + invalidation (one transaction) → publish → commit ``offset + 1``. When a step
+fails, the steps already done are undone in reverse order (compensation), each acked, and the
+command is acked ``failed``. A crash anywhere leads to redelivery, and the inbox turns
+redelivery into the remaining steps only; an effect whose record the crash prevented is set
+again, which appliers make harmless by setting state rather than toggling it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from pydantic import ValidationError
 
 from rollguard import topics
 from rollguard.bus import DeadLetterSink, make_consumer, make_producer, producer_send
-from rollguard.errors import ConfigError
-from rollguard.events import AckStatus, CommandAck, RollbackCommand, decode, utcnow
+from rollguard.events import (
+    AckStatus,
+    CommandAck,
+    OutputInvalidation,
+    RollbackCommand,
+    decode,
+    utcnow,
+)
+from rollguard.invalidations import invalidation_for, publish_invalidation
 from rollguard.logs import get_logger
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_trusted_keys, verify_command
-from services.executor.appliers.base import Applier, Effect
-from services.executor.appliers.registry import RegistryApplier
-from services.executor.inbox import Inbox
+from services.executor.appliers import build_appliers
+from services.executor.appliers.base import Applier, Effect, Step
+from services.executor.appliers.registry import LivePointer
+from services.executor.inbox import Inbox, StepRow
 from services.executor.settings import ExecutorSettings
 
 log = get_logger("rollguard.executor")
+
+#: The step that moves rollguard's own live pointer, recorded like a component step.
+POINTER = "live_pointer"
+#: Levels and the components they restore; level 2 uses the configured order.
+LEVEL_COMPONENTS: dict[int, tuple[str, ...]] = {1: ("model",), 3: ("feature_pipeline",)}
 
 
 class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -56,36 +76,31 @@ class Executor:
         self.ready = asyncio.Event()
         self.counts: Counter[str] = Counter()
         self.trusted = load_trusted_keys(settings.resolved_trusted_keys_dir)
-
-    def build_applier(self, producer: AIOKafkaProducer) -> Applier:
-        if self.svc.applier == "registry":
-            return RegistryApplier(producer, self.settings.topic(topics.DEPLOYMENTS.name))
-        raise ConfigError(f"unknown applier {self.svc.applier!r}; known: registry")
+        self._crash_hits = 0
 
     async def run(self) -> None:
         self.inbox = Inbox(self.settings.resolved_executor_db_url)
+        self.appliers: dict[str, Applier] = {}
         producer = make_producer(self.settings, control=True)
-        consumer = make_consumer(
-            self.settings,
-            group_id=self.svc.group_id,
-            control=True,
-        )
+        consumer = make_consumer(self.settings, group_id=self.svc.group_id, control=True)
         listener = _Revocations()
         consumer.subscribe([self.settings.topic(topics.COMMANDS.name)], listener=listener)
         try:
+            self.appliers = build_appliers(self.svc)
             await producer.start()
             await consumer.start()
-            self.applier = self.build_applier(producer)
+            self.pointer = LivePointer(producer, self.settings.topic(topics.DEPLOYMENTS.name))
             self.dead_letters = DeadLetterSink(self.settings, producer_send(producer), self.name)
             self._acks_topic = self.settings.topic(topics.ACKS.name)
+            self._invalidations_topic = self.settings.topic(topics.INVALIDATIONS.name)
             log.info(
                 "started",
                 bootstrap=self.settings.kafka_bootstrap,
                 executor_id=self.svc.executor_id,
-                applier=self.applier.name,
+                appliers=sorted(self.appliers),
                 trusted_keys=sorted(self.trusted),
             )
-            await self._flush_acks(producer)  # acks owed from before a crash
+            await self._flush(producer)  # what was owed from before a crash
             while True:
                 batches = await consumer.getmany(timeout_ms=200)
                 if not self.ready.is_set() and consumer.assignment():
@@ -93,13 +108,24 @@ class Executor:
                 for tp, records in batches.items():
                     for record in records:
                         await self.handle(record, producer)
+                        self._crash_point("before_commit")
                         if tp in listener.owned:
                             await consumer.commit({tp: record.offset + 1})
         finally:
             await consumer.stop()
             await producer.stop()
+            for applier in self.appliers.values():
+                await applier.close()
             self.inbox.close()
             log.info("stopped", **self.counts)
+
+    def _crash_point(self, name: str) -> None:
+        """Crash tests only: die here as a power cut would, without any cleanup."""
+        if self.svc.crash_at != name:
+            return
+        self._crash_hits += 1
+        if self._crash_hits >= self.svc.crash_after:
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _ack(
         self,
@@ -110,7 +136,12 @@ class Executor:
         suffix: str = "",
         retriable: bool = False,
         timings: dict[str, float] | None = None,
+        component: str | None = None,
+        compensation: bool = False,
+        attempts: int = 0,
     ) -> CommandAck:
+        if component is not None:
+            suffix = f":{component}{':compensate' if compensation else ''}{suffix}"
         ack_id = uuid.uuid5(uuid.NAMESPACE_OID, f"{command.command_id}:{status}{suffix}").hex
         return CommandAck(
             event_id=ack_id,
@@ -122,14 +153,55 @@ class Executor:
             executor_id=self.svc.executor_id,
             detail=detail,
             retriable=retriable,
+            component=component,
+            compensation=compensation,
+            attempts=attempts,
             timings=timings or {},
         )
 
-    async def _flush_acks(self, producer: AIOKafkaProducer) -> None:
+    async def _flush(self, producer: AIOKafkaProducer) -> None:
+        """Publish every owed invalidation, then every owed ack, marking each sent.
+
+        Invalidations first: whoever sees a command's ``applied`` ack can rely on its
+        invalidation being on the topic already.
+        """
+        for event_id, payload in self.inbox.unsent_invalidations():
+            invalidation = OutputInvalidation.model_validate_json(payload)
+            await publish_invalidation(producer, self._invalidations_topic, invalidation)
+            self.inbox.mark_invalidation_sent(event_id)
         for ack_id, payload in self.inbox.unsent():
-            key = CommandAck.model_validate_json(payload).key
-            await producer.send_and_wait(self._acks_topic, payload, key=key)
+            ack = CommandAck.model_validate_json(payload)
+            await producer.send_and_wait(self._acks_topic, payload, key=ack.key)
+            if ack.component is None and ack.status in ("applied", "failed", "rejected"):
+                self._crash_point("after_ack")
             self.inbox.mark_sent(ack_id)
+
+    def plan(self, command: RollbackCommand) -> list[Step] | str:
+        """The component steps of ``command`` in order, or why it cannot be executed."""
+        if command.level == 2:
+            components = self.svc.component_order
+        elif command.level in LEVEL_COMPONENTS:
+            components = LEVEL_COMPONENTS[command.level]
+        else:
+            return f"unsupported_level: level {command.level} (data) has no applier"
+        before, after = command.from_manifest.components, command.to_manifest.components
+        plan = []
+        for component in components:
+            if self.svc.applier_for(command.model_id, component) is None:
+                return (
+                    f"unknown_model: no applier configured for {component} of "
+                    f"{command.model_id} (ROLLGUARD_EXECUTOR_APPLIERS_BY_MODEL)"
+                )
+            plan.append(
+                Step(
+                    command,
+                    component,
+                    from_version=getattr(before, component),
+                    to_version=getattr(after, component),
+                    single=len(components) == 1,
+                )
+            )
+        return plan
 
     async def handle(self, record: ConsumerRecord[Any, Any], producer: AIOKafkaProducer) -> None:
         bound = log.bind(topic=record.topic, partition=record.partition, offset=record.offset)
@@ -158,48 +230,236 @@ class Executor:
             )
             bound.warning("rejected", reason="replayed")
         elif row is None:
-            verdict = verify_command(command, self.trusted, utcnow())
-            issued = (utcnow() - command.issued_at).total_seconds()
-            if verdict.ok:
-                ack = self._ack(command, "received", "", timings={"since_issued_s": issued})
-                self.inbox.receive(
-                    command.command_id, source, command.model_id, "received", "", ack
-                )
-                bound.info("received")
-            else:
-                detail = f"{verdict.reason}: {verdict.detail}"
-                ack = self._ack(command, "rejected", detail)
-                self.inbox.receive(
-                    command.command_id, source, command.model_id, "rejected", detail, ack
-                )
-                self.counts["rejected"] += 1
-                bound.warning("rejected", reason=verdict.reason, detail=verdict.detail)
-        await self._flush_acks(producer)
+            self._receive(command, source, bound)
+            self._crash_point("after_receive")
+        await self._flush(producer)
 
         row = self.inbox.get(command.command_id)
         if row is not None and row.status == "received":
-            started = asyncio.get_running_loop().time()
-            effect = await self._apply_with_retry(command)
-            took = asyncio.get_running_loop().time() - started
-            timings = {
-                "apply_s": took,
-                "since_issued_s": (utcnow() - command.issued_at).total_seconds(),
-            }
-            ack = self._ack(
-                command, effect.status, effect.detail, retriable=effect.retriable, timings=timings
-            )
-            self.inbox.finish(command.command_id, effect.status, effect.detail, ack)
-            self.counts[effect.status] += 1
-            bound.info(effect.status, detail=effect.detail, apply_s=round(took, 4))
-            await self._flush_acks(producer)
+            await self._execute(command, producer, bound)
+            await self._flush(producer)
 
-    async def _apply_with_retry(self, command: RollbackCommand) -> Effect:
+    def _receive(
+        self,
+        command: RollbackCommand,
+        source: tuple[str, int, int],
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        verdict = verify_command(command, self.trusted, utcnow())
+        plan = self.plan(command)
+        if verdict.ok and isinstance(plan, str):
+            reason, _, detail = plan.partition(": ")
+        else:
+            reason, detail = verdict.reason, verdict.detail
+        if verdict.ok and not isinstance(plan, str):
+            issued = (utcnow() - command.issued_at).total_seconds()
+            ack = self._ack(command, "received", "", timings={"since_issued_s": issued})
+            self.inbox.receive(command.command_id, source, command.model_id, "received", "", ack)
+            bound.info("received", steps=[s.component for s in plan])
+            return
+        text = f"{reason}: {detail}"
+        ack = self._ack(command, "rejected", text)
+        self.inbox.receive(command.command_id, source, command.model_id, "rejected", text, ack)
+        self.counts["rejected"] += 1
+        bound.warning("rejected", reason=reason, detail=detail)
+
+    async def _execute(
+        self,
+        command: RollbackCommand,
+        producer: AIOKafkaProducer,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        """Run the remaining steps of a received command, compensating when one fails."""
+        plan = self.plan(command)
+        assert not isinstance(plan, str), "a command that cannot be planned is rejected at receive"
+        cid = command.command_id
+        done = self.inbox.steps(cid)
+        per_component = len(plan) > 1  # level 2 acks every component; level 1 only the command
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        attempts_total = 0
+        changed: list[Step] = []
+        failed: tuple[str, StepRow] | None = None
+
+        for step in plan:
+            prior = done.get((step.component, False))
+            if prior is None:
+                applier = self._applier_for(step)
+                effect, attempts = await self._apply_with_retry(
+                    applier, step, command.expires_at, bound
+                )
+                attempts_total += attempts
+                self._crash_point("after_effect")
+                prior = StepRow(effect.status, effect.detail, effect.retriable)
+                ack = None
+                if per_component:
+                    ack = self._ack(
+                        command,
+                        effect.status,
+                        effect.detail,
+                        component=step.component,
+                        retriable=effect.retriable,
+                        attempts=attempts,
+                    )
+                self.inbox.record_step(
+                    cid, step.component, False, (prior.status, prior.detail, prior.retriable), ack
+                )
+                bound.info(
+                    "step", component=step.component, status=effect.status, detail=effect.detail
+                )
+                await self._flush(producer)
+            if prior.status != "applied":
+                failed = (step.component, prior)
+                break
+            changed.append(step)
+
+        if failed is None and done.get((POINTER, False)) is None:
+            pointer_step = Step(
+                command,
+                POINTER,
+                from_version=command.from_manifest.system_version,
+                to_version=command.to_manifest.system_version,
+            )
+            # Not counted in the ack's attempts: those are calls to the outside systems.
+            effect, _ = await self._apply_with_retry(
+                self.pointer, pointer_step, command.expires_at, bound
+            )
+            self._crash_point("after_effect")
+            self.inbox.record_step(
+                cid, POINTER, False, (effect.status, effect.detail, effect.retriable), None
+            )
+            if effect.status != "applied":
+                failed = (POINTER, StepRow(effect.status, effect.detail, effect.retriable))
+        elif failed is None and done[(POINTER, False)].status != "applied":
+            failed = (POINTER, done[(POINTER, False)])
+
+        timings = {
+            "apply_s": loop.time() - started,
+            "since_issued_s": (utcnow() - command.issued_at).total_seconds(),
+        }
+        if failed is None:
+            applied_at = utcnow()
+            recorded = self.inbox.steps(cid)
+            if per_component:
+                what = ", ".join(f"{s.component} {s.from_version} → {s.to_version}" for s in plan)
+            else:
+                what = recorded[(plan[0].component, False)].detail
+            detail = f"{what}; {recorded[(POINTER, False)].detail}"
+            ack = self._ack(command, "applied", detail, timings=timings, attempts=attempts_total)
+            self.inbox.finish(cid, "applied", detail, ack, invalidation_for(command, applied_at))
+            self.counts["applied"] += 1
+            bound.info("applied", detail=detail, apply_s=round(timings["apply_s"], 4))
+            return
+
+        component, row = failed
+        undone = await self._compensate(command, changed, done, per_component, producer, bound)
+        detail = f"{component} failed: {row.detail}"
+        if undone:
+            detail += f"; {undone}"
+        ack = self._ack(
+            command,
+            "failed",
+            detail,
+            retriable=row.retriable,
+            timings=timings,
+            attempts=attempts_total,
+        )
+        self.inbox.finish(cid, "failed", detail, ack)
+        self.counts["failed"] += 1
+        bound.warning("failed", detail=detail, retriable=row.retriable)
+
+    async def _compensate(
+        self,
+        command: RollbackCommand,
+        changed: list[Step],
+        done: dict[tuple[str, bool], StepRow],
+        per_component: bool,
+        producer: AIOKafkaProducer,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> str:
+        """Undo the changed steps, last first; what it did, in words for the final ack."""
+        deadline = utcnow() + timedelta(seconds=self.svc.compensation_deadline_s)
+        restored: list[str] = []
+        stuck: list[str] = []
+        for step in reversed(changed):
+            if step.from_version == step.to_version:
+                continue  # nothing was changed, so nothing to undo
+            undo = step.undo()
+            prior = done.get((step.component, True))
+            if prior is None:
+                effect, attempts = await self._apply_with_retry(
+                    self._applier_for(undo), undo, deadline, bound
+                )
+                self._crash_point("after_effect")
+                prior = StepRow(effect.status, effect.detail, effect.retriable)
+                ack = None
+                if per_component:
+                    ack = self._ack(
+                        command,
+                        effect.status,
+                        effect.detail,
+                        component=step.component,
+                        compensation=True,
+                        retriable=effect.retriable,
+                        attempts=attempts,
+                    )
+                self.inbox.record_step(
+                    command.command_id,
+                    step.component,
+                    True,
+                    (prior.status, prior.detail, prior.retriable),
+                    ack,
+                )
+                bound.warning("compensated", component=step.component, status=effect.status)
+                await self._flush(producer)
+            if prior.status == "applied":
+                restored.append(f"{step.component} back to {undo.to_version}")
+            else:
+                stuck.append(f"{step.component} ({prior.detail})")
+        words = []
+        if restored:
+            words.append("compensated: " + ", ".join(restored))
+        if stuck:
+            words.append("COMPENSATION FAILED, needs a person: " + ", ".join(stuck))
+        return "; ".join(words)
+
+    def _applier_for(self, step: Step) -> Applier:
+        name = self.svc.applier_for(step.command.model_id, step.component)
+        assert name is not None, "steps without an applier are rejected at receive"
+        return self.appliers[name]
+
+    async def _apply_with_retry(
+        self,
+        applier: Applier,
+        step: Step,
+        deadline: datetime,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> tuple[Effect, int]:
+        """Call the applier until it applies, fails for good, or the next try passes the
+        deadline; retriable failures back off exponentially, or as the target asks."""
+        if step.from_version == step.to_version and not step.compensation:
+            return Effect("applied", f"{step.component} already at {step.to_version}"), 0
         delay = self.svc.retry_initial_s
+        attempts = 0
         while True:
-            effect = await self.applier.apply(command)
+            attempts += 1
+            try:
+                effect = await applier.apply(step)
+            except Exception as exc:
+                # A broken applier must not stop the executor (and every other model's
+                # rollbacks with it): it is this command's failure, kept with its cause.
+                bound.exception("applier_raised", applier=applier.name)
+                effect = Effect("failed", f"applier {applier.name} raised {exc!r}"[:500])
             if effect.status == "applied" or not effect.retriable:
-                return effect
-            if utcnow() + timedelta(seconds=delay) >= command.expires_at:
-                return Effect("failed", f"gave up before expiry: {effect.detail}", retriable=True)
-            await asyncio.sleep(delay)
+                return effect, attempts
+            wait = max(delay, effect.retry_after_s or 0.0)
+            if utcnow() + timedelta(seconds=wait) >= deadline:
+                return Effect(
+                    "failed",
+                    f"gave up after {attempts} attempt(s) at the deadline "
+                    f"{deadline.isoformat()}: {effect.detail}",
+                    retriable=True,
+                ), attempts
+            bound.info("retrying", component=step.component, wait_s=wait, detail=effect.detail)
+            await asyncio.sleep(wait)
             delay = min(delay * 2, self.svc.retry_max_s)

@@ -18,7 +18,7 @@ from rollguard.bus import make_consumer, make_producer
 from rollguard.events import SystemManifest, decode
 from rollguard.logs import get_logger
 from rollguard.settings import RollguardSettings
-from services.router.serving import Router
+from services.router.serving import Router, switch_report
 from services.router.settings import RouterSettings
 
 log = get_logger("rollguard.router")
@@ -39,6 +39,7 @@ class RouterService:
         self.counts: Counter[str] = Counter()
         #: Traffic can be paused (rate 0) without stopping the pointer follower.
         self.rate_rps = self.svc.rate_rps
+        self._switches_logged = 0
 
     async def run(self) -> None:
         producer = make_producer(self.settings, control=False)
@@ -101,3 +102,26 @@ class RouterService:
                 topic = latency_topic if event.SCHEMA.startswith("Latency") else predictions_topic
                 await producer.send(topic, event.encode(), key=event.key)
                 self.counts[topic] += 1
+            self._log_switches()
+
+    def _log_switches(self) -> None:
+        """Log each switch once, when the new version has served its first request."""
+        while self._switches_logged < len(self.router.switches):
+            switch = self.router.switches[self._switches_logged]
+            if switch.switch_ms is None:
+                return
+            self._switches_logged += 1
+            log.info(
+                "switched",
+                model_id=self.router.model_id,
+                model_version=switch.to_version,
+                system_version=switch.system_version,
+                switch_ms=round(switch.switch_ms, 3),
+                propagation_ms=(
+                    None if switch.propagation_ms is None else round(switch.propagation_ms, 3)
+                ),
+            )
+
+    def switch_report(self) -> dict[str, float]:
+        """Switch times so far: consumed → first served, and published → consumed (ms)."""
+        return switch_report(self.router.switches)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 
@@ -18,16 +19,49 @@ from services.router.settings import SyntheticModelSpec
 
 @dataclass
 class Switch:
+    """One live-pointer change: when its event was published, consumed, and first served.
+
+    ``consumed_at`` and ``first_served_at`` are monotonic seconds; ``published_at`` and
+    ``consumed_wall`` are wall-clock times, for the publish → consume leg.
+    """
+
     to_version: str
     system_version: str
     consumed_at: float
     first_served_at: float | None = None
+    published_at: datetime | None = None
+    consumed_wall: datetime | None = None
 
     @property
     def switch_ms(self) -> float | None:
+        """Pointer event consumed → first request served by the new version."""
         if self.first_served_at is None:
             return None
         return (self.first_served_at - self.consumed_at) * 1000
+
+    @property
+    def propagation_ms(self) -> float | None:
+        """Pointer event published (its ``ts``) → consumed by this router."""
+        if self.published_at is None or self.consumed_wall is None:
+            return None
+        return (self.consumed_wall - self.published_at).total_seconds() * 1000
+
+
+def switch_report(switches: list[Switch]) -> dict[str, float]:
+    """Count and p50 / p95 / max in ms of both legs, over the switches served so far."""
+    served = [s for s in switches if s.switch_ms is not None]
+    out: dict[str, float] = {"switches": float(len(served))}
+    legs = {
+        "switch_ms": [s.switch_ms for s in served if s.switch_ms is not None],
+        "propagation_ms": [s.propagation_ms for s in served if s.propagation_ms is not None],
+    }
+    for name, values in legs.items():
+        if values:
+            arr = np.asarray(values)
+            out[f"{name}_p50"] = float(np.percentile(arr, 50))
+            out[f"{name}_p95"] = float(np.percentile(arr, 95))
+            out[f"{name}_max"] = float(arr.max())
+    return out
 
 
 @dataclass
@@ -54,7 +88,13 @@ class Router:
         self.previous, self.live = self.live, manifest.model_version
         self.system_version = manifest.system_version
         self.switches.append(
-            Switch(manifest.model_version, manifest.system_version, time.monotonic())
+            Switch(
+                manifest.model_version,
+                manifest.system_version,
+                time.monotonic(),
+                published_at=manifest.ts,
+                consumed_wall=utcnow(),
+            )
         )
         return True
 

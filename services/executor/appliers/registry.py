@@ -1,4 +1,10 @@
-"""The built-in registry applier: moves the live pointer on rollguard.deployments.
+"""The built-in registry: rollguard's own live pointer on rollguard.deployments.
+
+The pointer is the whole system version, so it moves once, after every component step of a
+command has succeeded, whichever applier changed the components outside: that is how the
+router, the decider and the ledger learn what serves now. As an applier, ``registry`` stands
+for "no outside system": its component steps have nothing to change and the pointer is the
+whole effect.
 
 Sets state, never toggles: the restored manifest is published as ``live`` and the bad one as
 ``rolled_back``, with event ids derived from the command id so a redelivered command
@@ -13,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from rollguard.events import RollbackCommand, SystemManifest, utcnow
-from services.executor.appliers.base import Effect
+from services.executor.appliers.base import Effect, Step
 
 
 def restored_manifests(command: RollbackCommand) -> tuple[SystemManifest, SystemManifest]:
@@ -34,13 +40,32 @@ def restored_manifests(command: RollbackCommand) -> tuple[SystemManifest, System
 
 
 class RegistryApplier:
+    """Component steps with nothing outside to change: the live pointer carries them."""
+
     name = "registry"
+
+    async def apply(self, step: Step) -> Effect:
+        return Effect("applied", f"{step.component} {step.to_version} (live pointer)")
+
+    async def close(self) -> None:
+        return None
+
+
+class LivePointer:
+    """Publishes the restored system version as live, and the bad one as rolled back.
+
+    An applier for the executor's last step of every command (``step.component`` is
+    ``live_pointer``, the versions are system versions), so it is retried like any other.
+    """
+
+    name = "live_pointer"
 
     def __init__(self, producer: AIOKafkaProducer, deployments_topic: str) -> None:
         self._producer = producer
         self._topic = deployments_topic
 
-    async def apply(self, command: RollbackCommand) -> Effect:
+    async def apply(self, step: Step) -> Effect:
+        command = step.command
         live, bad = restored_manifests(command)
         try:
             await self._producer.send_and_wait(self._topic, live.encode(), key=live.key)
@@ -52,3 +77,6 @@ class RegistryApplier:
             f"live pointer {command.from_manifest.system_version} → "
             f"{command.to_manifest.system_version}",
         )
+
+    async def close(self) -> None:
+        return None

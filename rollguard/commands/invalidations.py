@@ -1,0 +1,50 @@
+"""invalidations: which model versions' outputs are invalid, and over which interval."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+
+from rollguard.commands import Subparsers, group
+from rollguard.errors import UsageError
+from rollguard.settings import RollguardSettings
+
+
+def register(sub: Subparsers) -> None:
+    invalidations = group(sub, "invalidations", "outputs of rolled-back versions")
+    listing = invalidations.add_parser(
+        "list", help="every invalidation on the topic, oldest interval first"
+    )
+    listing.add_argument("--model-id", help="only this model")
+    listing.add_argument("--model-version", help="only this bad version")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    listing.set_defaults(handler=_list)
+
+
+def _list(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    from rollguard.bus import wait_for_broker
+    from rollguard.invalidations import InvalidationClient, InvalidationIndex
+
+    if settings.embedded:
+        raise UsageError("set ROLLGUARD_KAFKA_BOOTSTRAP to the Kafka to read invalidations from")
+
+    async def read() -> InvalidationIndex:
+        await wait_for_broker(settings)
+        async with InvalidationClient(settings) as client:
+            return await client.catch_up()
+
+    index = asyncio.run(read())
+    found = list(index.matching(args.model_id, args.model_version))
+    for inv in found:
+        if args.json:
+            print(json.dumps(inv.model_dump(mode="json", by_alias=True)))
+        else:
+            print(
+                f"{inv.model_id} {','.join(inv.bad_versions)} "
+                f"{inv.valid_from.isoformat()} → {inv.valid_to.isoformat()} "
+                f"command {inv.command_id}"
+            )
+    if not args.json:
+        print(f"{len(found)} invalidation(s)")
+    return 0

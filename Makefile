@@ -36,5 +36,9 @@ typecheck: $(VENV)/.dev-installed
 schemas: $(VENV)/.demo-installed
 	$(BIN)/rollguard schemas export
 
+# Throughput, false breaches, detection delay, memory, exact-path checks (< 10 min).
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m benchmarks.run
+
 clean:
 	rm -rf $(VENV) .rollguard .mypy_cache .ruff_cache .pytest_cache

@@ -115,6 +115,12 @@ class FairnessConfig(DetectorBase):
     )
     metric: Literal["positive_rate", "error_rate"] = "positive_rate"
     min_ratio: float = Field(default=0.8, gt=0, le=1, description="Four-fifths rule by default.")
+    positive_threshold: float = Field(
+        default=0.5, description="A numeric prediction at or above it counts as positive."
+    )
+    positive_label: str = Field(
+        default="1", min_length=1, description="A label prediction equal to it counts as positive."
+    )
 
 
 class CostConfig(DetectorBase):

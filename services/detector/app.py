@@ -1,38 +1,90 @@
 """Detector service: consumes data topics in batches, keeps windows, publishes breaches.
 
-The high-volume stage, so it is a plain aiokafka getmany loop, not a faust agent.
+The high-volume stage, so it is a plain aiokafka getmany loop, not a faust agent. Latency
+windows feed the immediate tier (error rate, latency); prediction, business, health and
+outcome events feed per-version windows judged by every other detector kind against the
+baseline of the last known-good version (or, without one, the previous live version's
+concurrent window).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter, defaultdict
-from dataclasses import dataclass
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from aiokafka import ConsumerRecord
+import numpy.typing as npt
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from rollguard import baselines as bl
 from rollguard import topics
 from rollguard.bus import (
     DeadLetterSink,
+    Rejected,
+    client_options,
     decode_batch,
     make_consumer,
     make_producer,
     producer_send,
 )
-from rollguard.detector_policy import ErrorRateConfig, LatencyConfig
-from rollguard.events import Breach, LatencyEvent, PredictionEvent
+from rollguard.detector_policy import (
+    BusinessMetricConfig,
+    CostConfig,
+    ErrorRateConfig,
+    FairnessConfig,
+    FeatureQualityConfig,
+    GroundTruthConfig,
+    HealthConfig,
+    KsConfig,
+    LatencyConfig,
+    PsiConfig,
+)
+from rollguard.events import (
+    BaselineSnapshot,
+    Breach,
+    BusinessMetricEvent,
+    HealthCheckEvent,
+    LatencyEvent,
+    OutcomeEvent,
+    SystemManifest,
+)
 from rollguard.logs import get_logger
-from rollguard.policy import PolicySet
+from rollguard.policy import ModelPolicy, PolicySet
 from rollguard.settings import RollguardSettings
 from services.detector import detectors
+from services.detector.decoding import PredictionBatch, decode_predictions
+from services.detector.evaluation import (
+    CategoricalView,
+    Judged,
+    NumericView,
+    Sustain,
+    confirm_ks,
+    correct,
+    publishable,
+    run_ks,
+    run_psi,
+)
 from services.detector.settings import DetectorSettings
-from services.detector.windows import LatencyWindow, LatencyWindows, VersionKey
+from services.detector.windows import (
+    CategoricalAccumulator,
+    LatencyWindow,
+    LatencyWindows,
+    MetricSums,
+    NumericAccumulator,
+    Reservoir,
+    VersionKey,
+    VersionWindow,
+    VersionWindows,
+)
 
 log = get_logger("rollguard.detector")
+
+from services.detector.decoding import Record  # noqa: E402
 
 
 @dataclass
@@ -42,6 +94,55 @@ class VersionSeen:
     first_ts: float
     events: int = 0
     last_wall: float = 0.0
+
+
+@dataclass
+class Capture:
+    """A baseline being captured from a version just marked known good."""
+
+    window: VersionWindow
+    started_wall: float
+
+
+@dataclass
+class VersionState:
+    recent: deque[VersionWindow]
+    sustain: Sustain
+    consecutive_failures: int = 0
+    drift: detectors.DriftState = field(default_factory=detectors.DriftState)
+    capture: Capture | None = None
+
+
+@dataclass
+class ModelState:
+    """What the detector knows of one model: its versions, grids, feature kinds, join state."""
+
+    registered: set[str] = field(default_factory=set)
+    known_good: list[str] = field(default_factory=list)
+    live: str | None = None
+    previous_live: str | None = None
+    grids: dict[str, bl.Grid] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)  # signal -> numeric / categorical
+    features: frozenset[str] | None = None
+    # request_id -> (version, prediction, wall time): predictions waiting for their outcome.
+    pending: dict[str, tuple[str, float | str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NumericRef:
+    grid: bl.Grid | None
+    counts: npt.NDArray[np.int64] | None
+    sample: npt.NDArray[np.float64]
+
+
+@dataclass
+class Reference:
+    """What a window is compared with: a baseline snapshot set or a concurrent window."""
+
+    source: str  # baseline:<version> / concurrent:<version> / none
+    numeric: dict[str, NumericRef] = field(default_factory=dict)
+    categorical: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[str, tuple[float, float | None, float | None]] = field(default_factory=dict)
 
 
 class Detector:
@@ -58,82 +159,224 @@ class Detector:
         self.svc = detector_settings or DetectorSettings()
         self.ready = asyncio.Event()
         self.windows = LatencyWindows(lambda model_id: policy.for_model(model_id).window)
+        self.version_windows = VersionWindows(
+            lambda model_id: policy.for_model(model_id).window,
+            self.svc.window_events,
+            self.svc.lateness_s,
+            self.svc.idle_close_s,
+        )
         self.counts: Counter[str] = Counter()
         self.seen: dict[VersionKey, VersionSeen] = {}
+        self.models: dict[str, ModelState] = {}
+        self.versions: dict[VersionKey, VersionState] = {}
+        self.baselines: dict[VersionKey, dict[str, BaselineSnapshot]] = {}
+        self.rng = np.random.default_rng(self.svc.seed)
+        self.dead_letters: DeadLetterSink | None = None
+        self._producer: Any = None
+        self._control: AIOKafkaConsumer | None = None
         self._latency_topic = settings.topic(topics.LATENCY.name)
         self._predictions_topic = settings.topic(topics.PREDICTIONS.name)
+        self._business_topic = settings.topic(topics.BUSINESS.name)
+        self._health_topic = settings.topic(topics.HEALTH.name)
+        self._outcomes_topic = settings.topic(topics.OUTCOMES.name)
+        self._deployments_topic = settings.topic(topics.DEPLOYMENTS.name)
+        self._baselines_topic = settings.topic(topics.BASELINES.name)
         self._breach_topic = settings.topic(topics.BREACHES.name)
+
+    # --- wiring ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         consumer = make_consumer(
             self.settings,
             self._latency_topic,
             self._predictions_topic,
+            self._business_topic,
+            self._health_topic,
+            self._outcomes_topic,
             group_id=self.svc.group_id,
             control=False,
             fetch_max_wait_ms=self.svc.fetch_max_wait_ms,
             max_poll_records=self.svc.max_batch,
         )
+        # Deployments and baselines are tables every detector needs whole: no group, from the
+        # beginning, read to the end before the first data batch.
+        control = AIOKafkaConsumer(
+            **client_options(self.settings),
+            enable_auto_commit=False,
+            fetch_max_wait_ms=self.settings.control_fetch_max_wait_ms,
+        )
         producer = make_producer(self.settings, control=True)
         try:
             await producer.start()
+            await control.start()
             await consumer.start()
+            self._producer = producer
+            self._control = control
             self.dead_letters = DeadLetterSink(self.settings, producer_send(producer), self.name)
+            await self._load_tables(control)
             log.info("started", bootstrap=self.settings.kafka_bootstrap, group=self.svc.group_id)
-            await self._loop(consumer, producer)
+            await self._loop(consumer)
         finally:
             await consumer.stop()
+            await control.stop()
             await producer.stop()
             log.info("stopped", **self.counts)
 
-    async def _loop(self, consumer: Any, producer: Any) -> None:
+    async def _load_tables(self, control: AIOKafkaConsumer) -> None:
+        await control.topics()
+        parts = [
+            TopicPartition(t, p)
+            for t in (self._deployments_topic, self._baselines_topic)
+            for p in control.partitions_for_topic(t) or ()
+        ]
+        control.assign(parts)
+        await control.seek_to_beginning()
+        if not parts:
+            return
+        end = await control.end_offsets(parts)
+        deadline = time.monotonic() + self.svc.table_load_timeout_s
+        while time.monotonic() < deadline:
+            positions = {tp: await control.position(tp) for tp in parts}
+            if all(positions[tp] >= end[tp] for tp in parts):
+                break
+            await self._poll_control(100)
+        log.info("tables_loaded", baselines=len(self.baselines), models=len(self.models))
+
+    async def _poll_control(self, timeout_ms: int) -> None:
+        if self._control is None:
+            return
+        batches = await self._control.getmany(timeout_ms=timeout_ms, max_records=1000)
+        for tp, records in batches.items():
+            if tp.topic == self._deployments_topic:
+                good, rejected = decode_batch(records, SystemManifest)
+                for _, manifest in good:
+                    self.on_manifest(manifest)
+            else:
+                good_b, rejected = decode_batch(records, BaselineSnapshot)
+                for _, snapshot in good_b:
+                    self.install_baseline(snapshot)
+            self.counts["control_rejected"] += len(rejected)
+
+    async def _loop(self, consumer: Any) -> None:
         while True:
             batches = await consumer.getmany(
                 timeout_ms=self.svc.poll_timeout_ms, max_records=self.svc.max_batch
             )
             if not self.ready.is_set() and consumer.assignment():
                 self.ready.set()
-            closed: list[LatencyWindow] = []
-            for tp, records in batches.items():
-                if tp.topic == self._latency_topic:
-                    closed += await self._fold_latency(records)
-                else:
-                    await self._count_predictions(records)
-            closed += self.windows.close_idle(time.time())
-            self._forget_quiet_versions(time.time())
-            for window in closed:
-                for breach in self.judge(window):
-                    await producer.send_and_wait(
-                        self._breach_topic, breach.encode(), key=breach.key
-                    )
-                    self.counts["breaches"] += 1
-                    log.warning(
-                        "breach",
-                        model_id=breach.model_id,
-                        model_version=breach.model_version,
-                        detector=breach.detector,
-                        value=round(breach.value, 4),
-                        threshold=breach.threshold,
-                        n=breach.n,
-                        tier=breach.tier,
-                    )
+            await self._poll_control(0)
+            await self.process(batches)
             if batches:
                 await consumer.commit()
 
-    async def _fold_latency(self, records: list[ConsumerRecord[Any, Any]]) -> list[LatencyWindow]:
-        good, rejected = decode_batch(records, LatencyEvent)
-        await self.dead_letters.reject_all(rejected)
-        self.counts["latency_events"] += len(good)
+    async def process(self, batches: dict[TopicPartition, list[Record]]) -> None:
+        """Fold one getmany result in, close windows, publish breaches (the whole hot path)."""
+        closed: list[LatencyWindow] = []
+        # Predictions before outcomes, so an outcome fetched with its prediction joins it.
+        for tp, records in sorted(batches.items(), key=lambda kv: self._topic_order(kv[0].topic)):
+            if tp.topic == self._latency_topic:
+                closed += await self._fold_latency(records)
+            elif tp.topic == self._predictions_topic:
+                await self._fold_predictions(records)
+            elif tp.topic == self._business_topic:
+                await self._fold_business(records)
+            elif tp.topic == self._health_topic:
+                await self._fold_health(records)
+            elif tp.topic == self._outcomes_topic:
+                await self._fold_outcomes(records)
+        now = time.time()
+        closed += self.windows.close_idle(now)
+        closed_versions = self.version_windows.close_ready(now)
+        self._forget_quiet_versions(now)
+        for window in closed:
+            await self.publish(self.judge(window))
+        for vw in closed_versions:
+            await self.publish(self.close_version_window(vw))
+
+    def _topic_order(self, topic: str) -> int:
+        order = (self._latency_topic, self._predictions_topic, self._business_topic)
+        return order.index(topic) if topic in order else len(order)
+
+    async def publish(self, breaches: Iterable[Breach]) -> None:
+        for breach in breaches:
+            if self._producer is not None:
+                await self._producer.send_and_wait(
+                    self._breach_topic, breach.encode(), key=breach.key
+                )
+            self.counts["breaches"] += 1
+            log.warning(
+                "breach",
+                model_id=breach.model_id,
+                model_version=breach.model_version,
+                detector=breach.detector,
+                signal=breach.signal,
+                value=round(breach.value, 4),
+                threshold=breach.threshold,
+                n=breach.n,
+                tier=breach.tier,
+            )
+
+    async def _reject(self, rejected: list[Rejected]) -> None:
         self.counts["dead_letters"] += len(rejected)
+        if self.dead_letters is not None:
+            await self.dead_letters.reject_all(rejected)
+
+    # --- control tables -------------------------------------------------------------------
+
+    def on_manifest(self, manifest: SystemManifest) -> None:
+        """Track versions; a version newly marked known good starts a baseline capture."""
+        model = self.models.setdefault(manifest.model_id, ModelState())
+        version = manifest.model_version
+        model.registered.add(version)
+        if manifest.serving and model.live != version:
+            model.previous_live, model.live = model.live, version
+        if manifest.status == "known_good":
+            if version in model.known_good:
+                model.known_good.remove(version)
+            model.known_good.append(version)
+            key = (manifest.model_id, version)
+            state = self._version(key)
+            if key not in self.baselines and state.capture is None:
+                now = time.time()
+                state.capture = Capture(
+                    VersionWindow(manifest.model_id, version, manifest.system_version, now, 0.0),
+                    now,
+                )
+                log.info("baseline_capture_started", model_id=key[0], model_version=key[1])
+        elif manifest.status == "rolled_back" and version in model.known_good:
+            model.known_good.remove(version)
+
+    def install_baseline(self, snapshot: BaselineSnapshot) -> None:
+        if snapshot.checksum and snapshot.checksum != bl.checksum(snapshot):
+            self.counts["baselines_bad_checksum"] += 1
+            log.warning("baseline_bad_checksum", model_id=snapshot.model_id, signal=snapshot.signal)
+            return
+        key = (snapshot.model_id, snapshot.model_version)
+        self.baselines.setdefault(key, {})[snapshot.signal] = snapshot
+        model = self.models.setdefault(snapshot.model_id, ModelState())
+        if snapshot.bin_edges:
+            model.grids[snapshot.signal] = _grid_of(snapshot)
+            model.kinds.setdefault(snapshot.signal, "numeric")
+        elif snapshot.categories:
+            model.kinds.setdefault(snapshot.signal, "categorical")
+        state = self.versions.get(key)
+        if state is not None:
+            state.capture = None
+        self.counts["baselines"] += 1
+
+    # --- latency (immediate tier) -----------------------------------------------------------
+
+    async def _fold_latency(self, records: list[Record]) -> list[LatencyWindow]:
+        good, rejected = decode_batch(records, LatencyEvent)
+        await self._reject(rejected)
+        self.counts["latency_events"] += len(good)
         groups: dict[VersionKey, list[LatencyEvent]] = defaultdict(list)
         for _, event in good:
             groups[(event.model_id, event.model_version)].append(event)
         closed: list[LatencyWindow] = []
         now = time.time()
         for key, events in groups.items():
-            seen = self.seen.setdefault(key, VersionSeen(events[0].ts.timestamp()))
-            seen.events += len(events)
-            seen.last_wall = now
+            self._saw(key, events[0].ts.timestamp(), len(events), now)
             closed += self.windows.add(
                 key,
                 events[-1].system_version,
@@ -143,22 +386,30 @@ class Detector:
             )
         return closed
 
+    def _saw(self, key: VersionKey, first_ts: float, n: int, now: float) -> None:
+        seen = self.seen.setdefault(key, VersionSeen(first_ts))
+        seen.events += n
+        seen.last_wall = now
+
     def _forget_quiet_versions(self, now: float) -> None:
         """Versions that stopped sending are forgotten after a TTL: state stays bounded."""
         quiet = [k for k, v in self.seen.items() if now - v.last_wall > self.svc.version_ttl_s]
         for key in quiet:
             del self.seen[key]
-
-    async def _count_predictions(self, records: list[ConsumerRecord[Any, Any]]) -> None:
-        good, rejected = decode_batch(records, PredictionEvent)
-        await self.dead_letters.reject_all(rejected)
-        self.counts["prediction_events"] += len(good)
-        self.counts["dead_letters"] += len(rejected)
+            self.versions.pop(key, None)
+            self.version_windows.drop(key)
+        for model in self.models.values():
+            ttl = self._join_ttl(model)
+            while model.pending:
+                oldest = next(iter(model.pending))
+                if now - model.pending[oldest][2] <= ttl:
+                    break
+                del model.pending[oldest]
 
     def judge(self, window: LatencyWindow) -> list[Breach]:
-        """Run the window's detectors; one Breach per measurement in phase ``breach``."""
+        """Run the latency window's detectors; one Breach per measurement in phase ``breach``."""
         policy = self.policy.for_model(window.model_id)
-        found: list[tuple[str, detectors.Measurement, str]] = []
+        found: list[Judged] = []
         for name, config in policy.detectors.items():
             if not config.enabled:
                 continue
@@ -179,43 +430,742 @@ class Detector:
                 )
             else:
                 continue
-            found.append((name, m, config.tier))
-        seen = self.seen.get((window.model_id, window.model_version))
-        breaches = []
-        for name, m, tier in found:
-            log.debug(
-                "measurement",
-                model_id=window.model_id,
-                model_version=window.model_version,
-                detector=name,
-                phase=m.phase,
-                value=m.value,
-                n=m.n,
+            found.append(Judged(name, config.tier, m))
+        key = (window.model_id, window.model_version)
+        sustain = self._version(key).sustain
+        return [
+            self._breach(key, window.system_version, window.start, window.end, j)
+            for j in publishable(found, sustain)
+        ]
+
+    def _breach(
+        self, key: VersionKey, system_version: str | None, start: float, end: float, j: Judged
+    ) -> Breach:
+        m = j.measurement
+        evidence = dict(m.evidence)
+        evidence["kind"] = m.detector
+        seen = self.seen.get(key)
+        if seen is not None:
+            # What the decider needs for MTTD (first event → breach) and blast radius.
+            evidence["version_first_event_ts"] = seen.first_ts
+            evidence["version_events"] = seen.events
+        p_value = None if m.p_value is None else min(1.0, max(0.0, m.p_value))
+        return Breach(
+            model_id=key[0],
+            model_version=key[1],
+            system_version=system_version,
+            detector=j.instance,
+            signal=m.signal,
+            statistic=m.statistic,
+            value=m.value,
+            p_value=p_value,
+            threshold=m.threshold,
+            window_start=datetime.fromtimestamp(start, UTC),
+            window_end=datetime.fromtimestamp(end, UTC),
+            n=m.n,
+            tier=j.tier,
+            evidence=evidence,
+        )
+
+    # --- predictions -----------------------------------------------------------------------
+
+    def _version(self, key: VersionKey) -> VersionState:
+        state = self.versions.get(key)
+        if state is None:
+            policy = self.policy.for_model(key[0])
+            state = self.versions[key] = VersionState(
+                deque(maxlen=max(self.svc.rapid_span_windows, 2)), Sustain.of(policy.false_alarm)
             )
-            if m.phase != "breach":
+        return state
+
+    async def _fold_predictions(self, records: list[Record]) -> None:
+        batch, rejected = decode_predictions(records)
+        groups: dict[VersionKey, list[int]] = defaultdict(list)
+        for i, doc in enumerate(batch.docs):
+            groups[(doc["model_id"], doc["model_version"])].append(i)
+        now = time.time()
+        for key, rows in groups.items():
+            if not await self._known_version(key):
+                rejected += [
+                    Rejected(
+                        batch.records[i],
+                        "invalid",
+                        f"model_version: {key[1]!r} has no manifest for model {key[0]!r}",
+                    )
+                    for i in rows
+                ]
                 continue
-            evidence = dict(m.evidence)
-            evidence["kind"] = m.detector
-            if seen is not None:
-                # What the decider needs for MTTD (first event → breach) and blast radius.
-                evidence["version_first_event_ts"] = seen.first_ts
-                evidence["version_events"] = seen.events
-            breaches.append(
-                Breach(
-                    model_id=window.model_id,
-                    model_version=window.model_version,
-                    system_version=window.system_version,
-                    detector=name,
-                    signal=m.signal,
-                    statistic=m.statistic,
-                    value=m.value,
-                    p_value=m.p_value,
-                    threshold=m.threshold,
-                    window_start=datetime.fromtimestamp(window.start, UTC),
-                    window_end=datetime.fromtimestamp(window.end, UTC),
-                    n=m.n,
-                    tier=tier,
-                    evidence=evidence,
+            self._fold_version(key, batch, rows, rejected, now)
+        self.counts["prediction_events"] += len(batch.docs)
+        await self._reject(rejected)
+
+    async def _known_version(self, key: VersionKey) -> bool:
+        """A version of a model with manifests must have one itself (unknown: dead letter).
+        Models never registered are accepted: nothing to check them against."""
+        model = self.models.get(key[0])
+        if model is None or not model.registered or key[1] in model.registered:
+            return True
+        # The manifest may be on its way on the other consumer: look once more, briefly.
+        await self._poll_control(self.svc.unknown_version_wait_ms)
+        return key[1] in model.registered
+
+    def _fold_version(
+        self,
+        key: VersionKey,
+        batch: PredictionBatch,
+        rows: list[int],
+        rejected: list[Rejected],
+        now: float,
+    ) -> None:
+        docs = [batch.docs[i] for i in rows]
+        model = self.models.setdefault(key[0], ModelState())
+        columns, bad = self._columns(model, docs)
+        if bad:
+            rejected += [
+                Rejected(batch.records[rows[i]], "invalid", reason) for i, reason in bad.items()
+            ]
+            keep = np.ones(len(docs), dtype=np.bool_)
+            keep[list(bad)] = False
+            if not keep.any():
+                return
+            docs = [doc for doc, k in zip(docs, keep, strict=True) if k]
+            columns = {
+                s: (
+                    c[keep]
+                    if isinstance(c, np.ndarray)
+                    else [v for v, k in zip(c, keep, strict=True) if k]
                 )
+                for s, c in columns.items()
+            }
+            ts = batch.ts[rows][keep]
+        else:
+            ts = batch.ts[rows]
+        self._saw(key, float(ts[0]), len(docs), now)
+        policy = self.policy.for_model(key[0])
+        self._remember_for_join(model, key[1], policy, docs, columns, now)
+        state = self._version(key)
+        if state.capture is not None:
+            self._fold_columns(state.capture.window, columns, slice(None), policy)
+            self._check_capture(key, state, now)
+        for window, sel in self.version_windows.spans(key, docs[0].get("system_version"), ts, now):
+            self._fold_columns(window, columns, sel, policy)
+
+    def _columns(
+        self, model: ModelState, docs: list[dict[str, Any]]
+    ) -> tuple[dict[str, Any], dict[int, str]]:
+        """Signal columns of one version's batch, and the rows that are bad input (with why).
+
+        Numeric columns are float arrays (NaN = null); categorical ones lists of str | None.
+        A signal's kind is fixed by the first value the model sends (or by its baseline).
+        """
+        bad: dict[int, str] = {}
+        columns: dict[str, Any] = {}
+        columns["prediction"] = self._column(
+            model, "prediction", [d["prediction"] for d in docs], bad, "prediction"
+        )
+        feats = [d.get("features") or {} for d in docs]
+        if model.features is None and feats[0]:
+            model.features = frozenset(feats[0])
+        names = model.features or frozenset()
+        if names:
+            for i, f in enumerate(feats):
+                if not names <= f.keys():
+                    missing = sorted(names - f.keys())[0]
+                    bad.setdefault(i, f"features.{missing}: missing (the model sends it)")
+            for name in sorted(names):
+                raw = [f.get(name) for f in feats]
+                columns[f"feature:{name}"] = self._column(
+                    model, f"feature:{name}", raw, bad, f"features.{name}"
+                )
+        return columns, bad
+
+    def _column(
+        self, model: ModelState, signal: str, raw: list[Any], bad: dict[int, str], field_: str
+    ) -> Any:
+        kind = model.kinds.get(signal)
+        if kind is None:
+            first = next((v for v in raw if v is not None), None)
+            if first is None:
+                return np.full(len(raw), np.nan)
+            kind = model.kinds[signal] = "categorical" if isinstance(first, str) else "numeric"
+        if kind == "numeric":
+            try:
+                values = np.array(raw, dtype=np.float64)
+            except (ValueError, TypeError):
+                for i, v in enumerate(raw):
+                    if isinstance(v, str):
+                        bad.setdefault(i, f"{field_}: expected a number, got a string")
+                values = np.array([None if isinstance(v, str) else v for v in raw], np.float64)
+            infinite = np.isinf(values)
+            if infinite.any():
+                for j in np.flatnonzero(infinite).tolist():
+                    bad.setdefault(j, f"{field_}: not a finite number")
+                values[infinite] = np.nan
+            return values
+        labels: list[str | None] = []
+        for i, v in enumerate(raw):
+            if v is None or isinstance(v, str):
+                labels.append(v)
+            else:
+                bad.setdefault(i, f"{field_}: expected a label, got a number")
+                labels.append(None)
+        return labels
+
+    def _fold_columns(
+        self,
+        window: VersionWindow,
+        columns: dict[str, Any],
+        sel: slice | npt.NDArray[np.bool_],
+        policy: ModelPolicy,
+    ) -> None:
+        model = self.models[window.model_id]
+        n = 0
+        for signal, column in columns.items():
+            if isinstance(column, np.ndarray):
+                values = column[sel]
+                acc = window.numeric.get(signal)
+                if acc is None:
+                    acc = window.numeric[signal] = NumericAccumulator(
+                        model.grids.get(signal), Reservoir(self._reservoir_cap(policy), self.rng)
+                    )
+                acc.add(values)
+                n = len(values)
+            else:
+                labels = (
+                    column
+                    if isinstance(sel, slice)
+                    else [v for v, k in zip(column, sel, strict=True) if k]
+                )
+                cat = window.categorical.get(signal)
+                if cat is None:
+                    cat = window.categorical[signal] = CategoricalAccumulator()
+                cat.add(labels)
+                n = len(labels)
+        window.n += n
+        for config in policy.detectors.values():
+            if isinstance(config, FairnessConfig) and config.enabled:
+                self._fold_segments(window, columns, sel, config)
+
+    def _fold_segments(
+        self,
+        window: VersionWindow,
+        columns: dict[str, Any],
+        sel: slice | npt.NDArray[np.bool_],
+        config: FairnessConfig,
+    ) -> None:
+        segment = columns.get(f"feature:{config.segment}")
+        if segment is None:
+            return
+        pred = columns["prediction"]
+        if isinstance(pred, np.ndarray):
+            positive = pred[sel] >= config.positive_threshold
+        else:
+            chosen = (
+                pred if isinstance(sel, slice) else [v for v, k in zip(pred, sel, strict=True) if k]
             )
-        return breaches
+            positive = np.array([v == config.positive_label for v in chosen], dtype=np.bool_)
+        if isinstance(segment, np.ndarray):
+            seg = [str(v) for v in segment[sel]]
+        else:
+            seg = [
+                str(v)
+                for v in (
+                    segment if isinstance(sel, slice) else np.array(segment, dtype=object)[sel]
+                )
+            ]
+        labels, inverse = np.unique(np.array(seg, dtype=object), return_inverse=True)
+        totals = np.bincount(inverse, minlength=len(labels))
+        hits = np.bincount(inverse, weights=positive, minlength=len(labels))
+        for label, t, h in zip(labels, totals, hits, strict=True):
+            window.segments[label] = window.segments.get(label, 0) + int(t)
+            window.positives[label] = window.positives.get(label, 0) + int(h)
+
+    def _reservoir_cap(self, policy: ModelPolicy) -> int:
+        caps = [c.reservoir for c in policy.detectors.values() if isinstance(c, KsConfig)]
+        return max(caps) if caps else bl.REFERENCE_CAP
+
+    # --- business, health, outcomes -----------------------------------------------------------
+
+    async def _fold_business(self, records: list[Record]) -> None:
+        good, rejected = decode_batch(records, BusinessMetricEvent)
+        await self._reject(rejected)
+        self.counts["business_events"] += len(good)
+        now = time.time()
+        for _, e in good:
+            key = (e.model_id, e.model_version)
+            self._saw(key, e.ts.timestamp(), 1, now)
+            for window, _ in self.version_windows.spans(
+                key, e.system_version, np.array([e.ts.timestamp()]), now
+            ):
+                sums = window.metrics.setdefault(e.metric, MetricSums())
+                _add_metric(sums, e)
+            state = self._version(key)
+            if state.capture is not None:
+                _add_metric(state.capture.window.metrics.setdefault(e.metric, MetricSums()), e)
+
+    async def _fold_health(self, records: list[Record]) -> None:
+        good, rejected = decode_batch(records, HealthCheckEvent)
+        await self._reject(rejected)
+        self.counts["health_events"] += len(good)
+        now = time.time()
+        groups: dict[VersionKey, list[HealthCheckEvent]] = defaultdict(list)
+        for _, e in good:
+            groups[(e.model_id, e.model_version)].append(e)
+        for key, events in groups.items():
+            state = self._version(key)
+            ok = np.array([e.ok for e in events], dtype=np.bool_)
+            state.consecutive_failures = detectors.trailing_failures(state.consecutive_failures, ok)
+            ts = np.array([e.ts.timestamp() for e in events])
+            for window, sel in self.version_windows.spans(key, events[-1].system_version, ts, now):
+                window.health_checks += int(np.count_nonzero(np.ones(len(ts), bool)[sel]))
+
+    def _join_ttl(self, model: ModelState) -> float:
+        return min(
+            (
+                c.join_ttl_s
+                for c in self.policy.defaults.detectors.values()
+                if isinstance(c, GroundTruthConfig)
+            ),
+            default=0.0,
+        )
+
+    def _remember_for_join(
+        self,
+        model: ModelState,
+        version: str,
+        policy: ModelPolicy,
+        docs: list[dict[str, Any]],
+        columns: dict[str, Any],
+        now: float,
+    ) -> None:
+        configs = [
+            c for c in policy.detectors.values() if isinstance(c, GroundTruthConfig) and c.enabled
+        ]
+        if not configs:
+            return
+        limit = min(c.max_pending for c in configs)
+        model.pending.update((d["request_id"], (version, d["prediction"], now)) for d in docs)
+        # Bounded join state: the oldest predictions give up waiting first.
+        excess = len(model.pending) - limit
+        if excess > 0:
+            for request_id in list(model.pending)[:excess]:
+                del model.pending[request_id]
+            self.counts["join_evicted"] += excess
+
+    async def _fold_outcomes(self, records: list[Record]) -> None:
+        good, rejected = decode_batch(records, OutcomeEvent)
+        await self._reject(rejected)
+        self.counts["outcome_events"] += len(good)
+        losses: dict[VersionKey, list[float]] = defaultdict(list)
+        for _, e in good:
+            model = self.models.get(e.model_id)
+            waiting = model.pending.pop(e.request_id, None) if model else None
+            if waiting is None:
+                self.counts["outcomes_unmatched"] += 1
+                continue
+            version, prediction, _ = waiting
+            losses[(e.model_id, version)].append(_loss(prediction, e.outcome))
+        for key, values in losses.items():
+            policy = self.policy.for_model(key[0])
+            state = self._version(key)
+            x = np.array(values, dtype=np.float64)
+            for config in policy.detectors.values():
+                if isinstance(config, GroundTruthConfig) and config.enabled:
+                    if config.method == "page_hinkley":
+                        state.drift = detectors.page_hinkley(x, state.drift, delta=config.delta)
+                    else:
+                        target = self._reference_loss(key)
+                        state.drift = detectors.cusum(
+                            x, state.drift, delta=config.delta, target=target
+                        )
+                    break
+            self.counts["outcomes_joined"] += len(values)
+
+    def _reference_loss(self, key: VersionKey) -> float:
+        ref = self._reference_version(key)
+        state = self.versions.get((key[0], ref)) if ref else None
+        return state.drift.mean if state is not None and state.drift.n else 0.0
+
+    # --- baselines captured from a known-good version ------------------------------------------
+
+    def _check_capture(self, key: VersionKey, state: VersionState, now: float) -> None:
+        capture = state.capture
+        if capture is None:
+            return
+        enough = capture.window.n >= self.svc.baseline_events
+        old = now - capture.started_wall >= self.svc.baseline_seconds
+        if not (enough or (old and capture.window.n >= bl.MIN_ROWS)):
+            return
+        state.capture = None
+        snapshots = snapshots_of(capture.window, self.rng)
+        for s in snapshots:
+            self.install_baseline(s)
+        self.counts["baselines_captured"] += 1
+        log.info("baseline_captured", model_id=key[0], model_version=key[1], n=capture.window.n)
+        if self._producer is not None:
+            task = asyncio.ensure_future(
+                bl.publish(self._producer, self._baselines_topic, snapshots)
+            )
+            task.add_done_callback(_log_failure)
+
+    # --- evaluation of a closed version window --------------------------------------------------
+
+    def _reference_version(self, key: VersionKey) -> str | None:
+        model = self.models.get(key[0])
+        if model is None:
+            return None
+        good = [v for v in model.known_good if v != key[1]]
+        return good[-1] if good else None
+
+    def reference(self, window: VersionWindow) -> Reference:
+        """The baseline of the last known-good version; else the previous live version's
+        concurrent window (canary-style); else nothing."""
+        key = window.key
+        model = self.models.get(key[0], ModelState())
+        good = self._reference_version(key)
+        if good is not None and (key[0], good) in self.baselines:
+            return _reference_of_baseline(good, self.baselines[(key[0], good)])
+        other = next(
+            (v for v in (model.live, model.previous_live, good) if v and v != key[1]), None
+        )
+        if other is None:
+            return Reference("none")
+        other_key = (key[0], other)
+        candidates = list(self.versions[other_key].recent) if other_key in self.versions else []
+        candidates += self.version_windows.open_windows(other_key)
+        concurrent = next((w for w in candidates if w.start == window.start and w.n), None)
+        if concurrent is None:
+            return Reference("none")
+        return _reference_of_window(other, concurrent)
+
+    def close_version_window(self, window: VersionWindow) -> list[Breach]:
+        state = self._version(window.key)
+        state.recent.append(window)
+        model = self.models.setdefault(window.model_id, ModelState())
+        for signal, acc in window.numeric.items():
+            sample = acc.reservoir.values()
+            # No baseline for this signal yet: fix the model's grid from the first sample.
+            if signal not in model.grids and len(sample) >= 50:
+                model.grids[signal] = bl.grid_from_sample(sample)
+        span = list(state.recent)[-self.svc.rapid_span_windows :]
+        judged = self.evaluate(window, span, state, self.reference(window))
+        found = publishable(judged, state.sustain)
+        self.counts["evaluations"] += 1
+        return [
+            self._breach(window.key, window.system_version, span[0].start, window.end, j)
+            for j in found
+        ]
+
+    def evaluate(
+        self,
+        window: VersionWindow,
+        span: list[VersionWindow],
+        state: VersionState,
+        ref: Reference,
+    ) -> list[Judged]:
+        """Every non-latency detector of the policy on one window (rapid ones on the span)."""
+        policy = self.policy.for_model(window.model_id)
+        judged: list[Judged] = []
+        views: dict[str, NumericView] = {}
+        for name, config in policy.detectors.items():
+            if not config.enabled:
+                continue
+            if isinstance(config, KsConfig | PsiConfig):
+                for signal in _matching(config.signals, window):
+                    if signal in window.numeric:
+                        view = views.get(signal) or _numeric_view(signal, span, ref, self.rng)
+                        if view is None:
+                            judged.append(_no_reference(name, config, signal, window))
+                            continue
+                        views[signal] = view
+                        judged.append(
+                            run_ks(name, config, view)
+                            if isinstance(config, KsConfig)
+                            else run_psi(name, config, view)
+                        )
+                    elif isinstance(config, PsiConfig) and signal in window.categorical:
+                        counts = _merged_categories(span, signal)
+                        if signal not in ref.categorical:
+                            judged.append(_no_reference(name, config, signal, window))
+                            continue
+                        judged.append(
+                            run_psi(
+                                name,
+                                config,
+                                CategoricalView(signal, counts, ref.categorical[signal]),
+                            )
+                        )
+            elif isinstance(config, FeatureQualityConfig):
+                judged += self._feature_quality(name, config, window, ref)
+            elif isinstance(config, BusinessMetricConfig | CostConfig):
+                judged.append(_business(name, config, window, ref))
+            elif isinstance(config, FairnessConfig) and config.metric == "error_rate":
+                # Needs outcomes per segment, which the join does not keep yet: say so.
+                m = detectors.Measurement(
+                    "fairness",
+                    f"segment:{config.segment}",
+                    "inconclusive",
+                    "disparity_ratio",
+                    1.0,
+                    config.min_ratio,
+                    window.n,
+                    None,
+                    {"reason": "not_measured_yet"},
+                )
+                judged.append(Judged(name, config.tier, m))
+            elif isinstance(config, FairnessConfig):
+                m = detectors.fairness(
+                    window.positives,
+                    window.segments,
+                    segment=config.segment,
+                    metric=config.metric,
+                    min_ratio=config.min_ratio,
+                    min_events=config.min_events,
+                )
+                judged.append(Judged(name, config.tier, m))
+            elif isinstance(config, HealthConfig):
+                m = detectors.health(
+                    state.consecutive_failures,
+                    window.health_checks,
+                    consecutive_failures=config.consecutive_failures,
+                    min_events=config.min_events,
+                )
+                judged.append(Judged(name, config.tier, m))
+            elif isinstance(config, GroundTruthConfig):
+                m = detectors.ground_truth(
+                    state.drift,
+                    method=config.method,
+                    threshold=config.threshold,
+                    min_events=config.min_events,
+                )
+                judged.append(Judged(name, config.tier, m))
+        judged = correct(judged, policy.false_alarm.correction)
+        ks_configs = {n: c for n, c in policy.detectors.items() if isinstance(c, KsConfig)}
+        return [
+            confirm_ks(j, views[j.measurement.signal], ks_configs[j.instance].min_effect)
+            if j.measurement.detector == "ks" and j.measurement.phase == "breach"
+            else j
+            for j in judged
+        ]
+
+    def _feature_quality(
+        self, name: str, config: FeatureQualityConfig, window: VersionWindow, ref: Reference
+    ) -> list[Judged]:
+        out: list[Judged] = []
+        for signal, acc in window.numeric.items():
+            if not signal.startswith("feature:"):
+                continue
+            out_of_range = acc.out_of_range if acc.grid is not None else 0
+            m = detectors.feature_quality(
+                acc.n,
+                acc.nulls,
+                out_of_range,
+                0,
+                signal=signal,
+                max_null_rate=config.max_null_rate,
+                max_out_of_range_rate=config.max_out_of_range_rate,
+                max_unknown_category_rate=config.max_unknown_category_rate,
+                min_events=config.min_events,
+            )
+            out.append(Judged(name, config.tier, m))
+        for signal, cat in window.categorical.items():
+            if not signal.startswith("feature:"):
+                continue
+            known = ref.categorical.get(signal)
+            unknown = (
+                sum(c for k, c in cat.counts.items() if k not in known) if known is not None else 0
+            )
+            m = detectors.feature_quality(
+                cat.n,
+                cat.nulls,
+                0,
+                unknown,
+                signal=signal,
+                max_null_rate=config.max_null_rate,
+                max_out_of_range_rate=config.max_out_of_range_rate,
+                max_unknown_category_rate=config.max_unknown_category_rate,
+                min_events=config.min_events,
+            )
+            out.append(Judged(name, config.tier, m))
+        return out
+
+
+# --- module-level pieces (pure) ---------------------------------------------------------------
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("baseline_publish_failed", error=str(task.exception()))
+
+
+def _add_metric(sums: MetricSums, e: BusinessMetricEvent) -> None:
+    sums.n += 1
+    if e.numerator is not None and e.denominator is not None:
+        sums.numerator += e.numerator
+        sums.denominator += e.denominator
+        sums.ratio_events += 1
+    if e.value is not None:
+        sums.total += e.value
+
+
+def _loss(prediction: float | str, outcome: float | str) -> float:
+    """Absolute error for numbers, 0/1 disagreement for labels."""
+    if isinstance(prediction, str) or isinstance(outcome, str):
+        return float(str(prediction) != str(outcome))
+    return abs(float(prediction) - float(outcome))
+
+
+def _grid_of(snapshot: BaselineSnapshot) -> bl.Grid:
+    low = snapshot.rates.get("min", snapshot.bin_edges[0])
+    high = snapshot.rates.get("max", snapshot.bin_edges[-1])
+    return bl.Grid(np.array(snapshot.bin_edges, dtype=np.float64), float(low), float(high))
+
+
+def _reference_of_baseline(version: str, snapshots: dict[str, BaselineSnapshot]) -> Reference:
+    ref = Reference(f"baseline:{version}")
+    for signal, s in snapshots.items():
+        if s.bin_edges:
+            counts = np.array(s.counts, dtype=np.int64) if s.counts else None
+            ref.numeric[signal] = NumericRef(
+                _grid_of(s), counts, np.array(s.reference, dtype=np.float64)
+            )
+        elif s.categories:
+            ref.categorical[signal] = dict(s.categories)
+        elif signal.startswith("metric:") and "rate" in s.rates:
+            ref.metrics[signal[len("metric:") :]] = (
+                s.rates["rate"],
+                s.rates.get("successes"),
+                s.rates.get("n"),
+            )
+    return ref
+
+
+def _reference_of_window(version: str, w: VersionWindow) -> Reference:
+    ref = Reference(f"concurrent:{version}")
+    for signal, acc in w.numeric.items():
+        counts = acc.counts if acc.grid is not None and len(acc.counts) else None
+        ref.numeric[signal] = NumericRef(acc.grid, counts, acc.reservoir.values().copy())
+    for signal, cat in w.categorical.items():
+        ref.categorical[signal] = {k: float(v) for k, v in cat.counts.items()}
+    for metric, sums in w.metrics.items():
+        successes = sums.numerator if sums.ratio_events else sums.total
+        n = sums.denominator if sums.ratio_events else float(sums.n)
+        ref.metrics[metric] = (sums.rate, successes, n)
+    return ref
+
+
+def _numeric_view(
+    signal: str, span: list[VersionWindow], ref: Reference, rng: np.random.Generator
+) -> NumericView | None:
+    """The span's values of one signal against the reference, counted on one grid."""
+    r = ref.numeric.get(signal)
+    accs = [w.numeric[signal] for w in span if signal in w.numeric]
+    if r is None or not accs or len(r.sample) == 0:
+        return None
+    grids = {id(a.grid) for a in accs}
+    sample = np.concatenate([a.reservoir.values() for a in accs])
+    cap = accs[-1].reservoir.cap
+    if len(sample) > cap:
+        sample = rng.choice(sample, cap, replace=False)
+    grid: bl.Grid
+    if len(grids) == 1 and accs[0].grid is not None:
+        grid = accs[0].grid
+        counts = np.sum([a.counts for a in accs], axis=0).astype(np.int64)
+    else:
+        grid = r.grid or bl.grid_from_sample(r.sample)
+        counts = grid.count(sample)
+    same_grid = r.grid is not None and (r.grid is grid or np.array_equal(r.grid.edges, grid.edges))
+    ref_counts = r.counts if same_grid and r.counts is not None else grid.count(r.sample)
+    return NumericView(signal, counts, ref_counts, sample, r.sample)
+
+
+def _merged_categories(span: list[VersionWindow], signal: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for w in span:
+        cat = w.categorical.get(signal)
+        if cat is not None:
+            for k, v in cat.counts.items():
+                out[k] = out.get(k, 0) + v
+    return out
+
+
+def _matching(patterns: tuple[str, ...], window: VersionWindow) -> list[str]:
+    signals = list(window.numeric) + list(window.categorical)
+    out: list[str] = []
+    for p in patterns:
+        if p.endswith(":*"):
+            out += [s for s in signals if s.startswith(p[:-1]) and s not in out]
+        elif p in signals and p not in out:
+            out.append(p)
+    return out
+
+
+def _no_reference(name: str, config: KsConfig | PsiConfig, signal: str, w: VersionWindow) -> Judged:
+    statistic = "ks_d" if isinstance(config, KsConfig) else "psi"
+    threshold = config.min_effect if isinstance(config, KsConfig) else config.major
+    n = w.numeric[signal].n if signal in w.numeric else w.categorical[signal].n
+    m = detectors.Measurement(
+        config.kind,
+        signal,
+        "inconclusive",
+        statistic,
+        0.0,
+        threshold,
+        n,
+        None,
+        {"reason": "no_reference"},
+    )
+    return Judged(name, config.tier, m)
+
+
+def _business(
+    name: str, config: BusinessMetricConfig | CostConfig, w: VersionWindow, ref: Reference
+) -> Judged:
+    sums = w.metrics.get(config.metric, MetricSums())
+    base = ref.metrics.get(config.metric)
+    if isinstance(config, CostConfig):
+        total = sums.numerator if sums.ratio_events else sums.total
+        n = int(sums.denominator) if sums.ratio_events else sums.n
+        m = detectors.cost(
+            total,
+            n,
+            base[0] if base else None,
+            metric=config.metric,
+            max_increase=config.max_increase,
+            min_events=config.min_events,
+        )
+        return Judged(name, config.tier, m)
+    counted = sums.ratio_events > 0
+    successes = sums.numerator if counted else sums.total
+    n = int(sums.denominator) if counted else sums.n
+    m = detectors.business_metric(
+        sums.rate,
+        n,
+        base[0] if base else None,
+        metric=config.metric,
+        max_relative_drop=config.max_relative_drop,
+        alpha=config.alpha,
+        min_events=config.min_events,
+        successes=successes,
+        base_successes=base[1] if base else None,
+        base_n=base[2] if base else None,
+    )
+    return Judged(name, config.tier, m)
+
+
+def snapshots_of(window: VersionWindow, rng: np.random.Generator) -> list[BaselineSnapshot]:
+    """Baseline snapshots from what a known-good version sent during its capture."""
+    out: list[BaselineSnapshot] = []
+    mid, ver = window.model_id, window.model_version
+    for signal, acc in window.numeric.items():
+        sample = acc.reservoir.values()
+        if len(sample):
+            out.append(bl.numeric_snapshot(mid, ver, signal, sample, nulls=acc.nulls, rng=rng))
+    for signal, cat in window.categorical.items():
+        labels: list[str | None] = [k for k, c in cat.counts.items() for _ in range(c)]
+        out.append(bl.categorical_snapshot(mid, ver, signal, labels + [None] * cat.nulls))
+    for metric, sums in window.metrics.items():
+        successes = sums.numerator if sums.ratio_events else sums.total
+        n = sums.denominator if sums.ratio_events else float(sums.n)
+        out.append(bl.metric_snapshot(mid, ver, f"metric:{metric}", sums.rate, n, successes))
+    return out

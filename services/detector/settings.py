@@ -17,3 +17,37 @@ class DetectorSettings(BaseSettings):
         default=3600.0, gt=0, description="Forget a version that sent nothing for this long."
     )
     tick_s: float = Field(default=0.1, gt=0, description="How often idle windows are closed.")
+    window_events: int = Field(
+        default=0,
+        ge=0,
+        description="Also close a prediction window after this many events (0: time only).",
+    )
+    rapid_span_windows: int = Field(
+        default=1,
+        ge=1,
+        le=60,
+        description="Rapid-tier tests run over the last this many windows (sliding); 1: tumbling.",
+    )
+    baseline_events: int = Field(
+        default=5_000, ge=200, description="Capture a known-good baseline from this many events."
+    )
+    baseline_seconds: float = Field(
+        default=600.0, gt=0, description="...or from what arrived in this long, if fewer."
+    )
+    unknown_version_wait_ms: int = Field(
+        default=50,
+        ge=0,
+        description="Wait for a manifest before dead-lettering an unknown version.",
+    )
+    lateness_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="Close a prediction window once events this much later arrive.",
+    )
+    idle_close_s: float = Field(
+        default=1.0, gt=0, description="...or once nothing reached it for this long (wall time)."
+    )
+    table_load_timeout_s: float = Field(default=10.0, gt=0)
+    seed: int | None = Field(
+        default=None, description="Reservoir sampling seed (tests, benchmarks)."
+    )

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from rollguard.baselines import Grid
 from rollguard.policy import WindowPolicy
 from services.detector.detectors import LATENCY_EDGES, latency_histogram
 
@@ -82,3 +83,223 @@ class LatencyWindows:
         for w in closed:
             del self._open[(w.model_id, w.model_version)]
         return closed
+
+
+# --- prediction, feature, business and health windows --------------------------------------
+
+
+class Reservoir:
+    """Uniform sample of at most ``cap`` values of a stream (algorithm R, vectorised per batch)."""
+
+    __slots__ = ("_sample", "cap", "rng", "seen")
+
+    def __init__(self, cap: int, rng: np.random.Generator) -> None:
+        self.cap = cap
+        self.seen = 0
+        self.rng = rng
+        self._sample = np.empty(0, dtype=np.float64)
+
+    def add(self, values: npt.NDArray[np.float64]) -> None:
+        room = self.cap - len(self._sample)
+        if room > 0:
+            self._sample = np.concatenate([self._sample, values[:room]])
+            self.seen += min(room, len(values))
+            values = values[room:]
+        if len(values) == 0:
+            return
+        # Item number t (1-based) replaces a random slot with probability cap / t; numpy's
+        # fancy assignment keeps the last write on duplicate slots, as a sequential loop would.
+        t = self.seen + np.arange(1, len(values) + 1)
+        slot = (self.rng.random(len(values)) * t).astype(np.int64)
+        keep = slot < self.cap
+        self._sample[slot[keep]] = values[keep]
+        self.seen += len(values)
+
+    def values(self) -> npt.NDArray[np.float64]:
+        return self._sample
+
+
+@dataclass
+class NumericAccumulator:
+    """One numeric signal in one window: counts on the model's grid and a capped sample."""
+
+    grid: Grid | None
+    reservoir: Reservoir
+    n: int = 0
+    nulls: int = 0
+    out_of_range: int = 0
+    counts: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def add(self, values: npt.NDArray[np.float64]) -> None:
+        """Fold values in; NaN marks a null (the decoder has already refused non-finite input)."""
+        null = np.isnan(values)
+        nulls = int(null.sum())
+        if nulls:
+            values = values[~null]
+        self.nulls += nulls
+        self.n += len(values) + nulls
+        if self.grid is not None:
+            # Without a grid yet (first window of a model with no baseline) only the sample is
+            # kept; evaluation counts the sample on the reference's grid instead.
+            if len(self.counts) == 0:
+                self.counts = np.zeros(self.grid.bins, dtype=np.int64)
+            self.counts += self.grid.count(values)
+            self.out_of_range += int(((values < self.grid.low) | (values > self.grid.high)).sum())
+        self.reservoir.add(values)
+
+
+#: Categories beyond this many per signal fold into one bucket: state stays bounded.
+MAX_CATEGORIES = 256
+OTHER = "__other__"
+
+
+@dataclass
+class CategoricalAccumulator:
+    counts: dict[str, int] = field(default_factory=dict)
+    n: int = 0
+    nulls: int = 0
+
+    def add(self, values: list[str | None]) -> None:
+        self.n += len(values)
+        for v in values:
+            if v is None:
+                self.nulls += 1
+            elif v in self.counts or len(self.counts) < MAX_CATEGORIES:
+                self.counts[v] = self.counts.get(v, 0) + 1
+            else:
+                self.counts[OTHER] = self.counts.get(OTHER, 0) + 1
+
+
+@dataclass
+class MetricSums:
+    """A business metric in a window: values (mean, variance) and ratio counts where given."""
+
+    n: int = 0
+    total: float = 0.0
+    numerator: float = 0.0
+    denominator: float = 0.0
+    ratio_events: int = 0
+
+    @property
+    def rate(self) -> float:
+        if self.ratio_events and self.denominator > 0:
+            return self.numerator / self.denominator
+        return self.total / self.n if self.n else 0.0
+
+
+@dataclass
+class VersionWindow:
+    """Everything one model version sent in one tumbling window, apart from latency."""
+
+    model_id: str
+    model_version: str
+    system_version: str | None
+    start: float
+    seconds: float
+    n: int = 0
+    numeric: dict[str, NumericAccumulator] = field(default_factory=dict)
+    categorical: dict[str, CategoricalAccumulator] = field(default_factory=dict)
+    positives: dict[str, int] = field(default_factory=dict)
+    segments: dict[str, int] = field(default_factory=dict)
+    metrics: dict[str, MetricSums] = field(default_factory=dict)
+    health_checks: int = 0
+
+    @property
+    def end(self) -> float:
+        return self.start + self.seconds
+
+    @property
+    def key(self) -> VersionKey:
+        return (self.model_id, self.model_version)
+
+
+class VersionWindows:
+    """Open prediction/business/health windows of every live version.
+
+    These windows gather several topics read at different speeds, so unlike latency windows a
+    later event does not close an earlier window at once. A window closes when the version's
+    event-time watermark (the latest event time seen) passes its end by ``lateness_s``, or when
+    nothing reached it for ``idle_s`` of wall time after its end plus the policy's grace. It
+    also closes at ``max_events`` (count-based windows; 0 = time only). Events older than every
+    open window fold into the oldest one (counted as late) rather than reopening a closed one.
+    """
+
+    def __init__(
+        self,
+        window_policy: Callable[[str], WindowPolicy],
+        max_events: int = 0,
+        lateness_s: float = 2.0,
+        idle_s: float = 1.0,
+    ) -> None:
+        self._policy = window_policy
+        self._max_events = max_events
+        self._lateness_s = lateness_s
+        self._idle_s = idle_s
+        self._open: dict[VersionKey, dict[float, VersionWindow]] = {}
+        self._closed_until: dict[VersionKey, float] = {}
+        self._watermark: dict[VersionKey, float] = {}
+        self._touched: dict[int, float] = {}
+        self.late = 0
+
+    def __len__(self) -> int:
+        return sum(len(w) for w in self._open.values())
+
+    def open_windows(self, key: VersionKey) -> list[VersionWindow]:
+        return sorted(self._open.get(key, {}).values(), key=lambda w: w.start)
+
+    def spans(
+        self,
+        key: VersionKey,
+        system_version: str | None,
+        ts: npt.NDArray[np.float64],
+        now: float = 0.0,
+    ) -> list[tuple[VersionWindow, slice | npt.NDArray[np.bool_]]]:
+        """Split events of one version (event time, epoch s) over its open windows."""
+        seconds = self._policy(key[0]).seconds
+        buckets = np.floor(ts / seconds) * seconds
+        opened = self._open.setdefault(key, {})
+        closed_until = self._closed_until.get(key, -np.inf)
+        out: list[tuple[VersionWindow, slice | npt.NDArray[np.bool_]]] = []
+        starts = np.unique(buckets)
+        for start in starts:
+            sel: slice | npt.NDArray[np.bool_] = (
+                slice(None) if len(starts) == 1 else buckets == start
+            )
+            begin = float(start)
+            if begin < closed_until:
+                self.late += int(np.count_nonzero(np.ones(len(ts), np.bool_)[sel]))
+                begin = min(opened) if opened else closed_until
+            window = opened.get(begin)
+            if window is None:
+                window = opened[begin] = VersionWindow(
+                    key[0], key[1], system_version, begin, seconds
+                )
+            self._touched[id(window)] = now
+            out.append((window, sel))
+        self._watermark[key] = max(self._watermark.get(key, -np.inf), float(ts.max()))
+        return out
+
+    def close_ready(self, now: float) -> list[VersionWindow]:
+        """Windows past the watermark or idle, full count-based ones; oldest first."""
+        closed: list[VersionWindow] = []
+        for key, opened in self._open.items():
+            grace = self._policy(key[0]).close_grace_s
+            watermark = self._watermark.get(key, -np.inf)
+            for start in sorted(opened):
+                w = opened[start]
+                full = self._max_events > 0 and w.n >= self._max_events
+                passed = watermark >= w.end + self._lateness_s
+                idle = now >= w.end + grace and now - self._touched.get(id(w), 0.0) >= self._idle_s
+                if full or passed or idle:
+                    closed.append(w)
+        for w in closed:
+            del self._open[w.key][w.start]
+            self._touched.pop(id(w), None)
+            self._closed_until[w.key] = max(self._closed_until.get(w.key, -np.inf), w.end)
+        return sorted(closed, key=lambda w: (w.key, w.start))
+
+    def drop(self, key: VersionKey) -> None:
+        for w in self._open.pop(key, {}).values():
+            self._touched.pop(id(w), None)
+        self._closed_until.pop(key, None)
+        self._watermark.pop(key, None)

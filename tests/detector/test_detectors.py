@@ -65,6 +65,9 @@ def test_latency_breach_at_five_times_sla() -> None:
 
 
 def test_unknown_detector_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="known: error_rate, latency"):
+    with pytest.raises(
+        ConfigError,
+        match="known: business_metric, cost, error_rate, fairness, feature_quality, ground_truth, health, ks, latency, psi",
+    ):
         d.get_detector("kss")
     assert d.get_detector("latency").fn is d.latency

@@ -1,0 +1,126 @@
+"""Throughput: the detector's hot path vs a bare aiokafka getmany loop, same topic, same run.
+
+Both read the same 200k prediction events (10 versions, 5 numeric features) from the embedded
+broker with the same consumer settings (assigned partitions, from the beginning, 5,000
+records per getmany); the bare loop only counts, the detector runs Detector.process on every
+batch (decode, validate, fold windows, evaluate closed windows). Best of two rounds each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from benchmarks.common import write
+from rollguard import topics
+from rollguard.broker import EmbeddedBroker
+from rollguard.bus import client_options, provision_topics
+from rollguard.events import PredictionEvent, utcnow
+from rollguard.policy import PolicySet
+from rollguard.settings import RollguardSettings
+from services.detector.app import Detector
+from services.detector.settings import DetectorSettings
+
+EVENTS = 200_000
+VERSIONS = 10
+FEATURES = 5
+
+
+def events(n: int) -> list[bytes]:
+    rng = np.random.default_rng(1)
+    start = utcnow() - timedelta(seconds=n / 10_000)
+    values = rng.normal(0, 1, (n, FEATURES + 1))
+    out = []
+    for i in range(n):
+        out.append(
+            PredictionEvent(
+                ts=start + timedelta(microseconds=100 * i),
+                model_id=f"m{i % 2}",
+                model_version=f"v{i % VERSIONS}",
+                request_id=f"r{i}",
+                prediction=float(values[i, 0]),
+                features={f"f{j}": float(values[i, j + 1]) for j in range(FEATURES)},
+            ).encode()
+        )
+    return out
+
+
+async def _consume(settings: RollguardSettings, handle: Any) -> float:
+    consumer = AIOKafkaConsumer(
+        **client_options(settings), enable_auto_commit=False, max_partition_fetch_bytes=4 << 20
+    )
+    await consumer.start()
+    try:
+        topic = settings.topic(topics.PREDICTIONS.name)
+        await consumer.topics()
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning()
+        seen = 0
+        started = 0.0
+        while seen < EVENTS:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            if not started:
+                started = time.perf_counter()  # the first fetch waits on the broker, not us
+            seen += sum(len(r) for r in batches.values())
+            await handle(batches)
+        return EVENTS / (time.perf_counter() - started)
+    finally:
+        await consumer.stop()
+
+
+async def run() -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
+        settings = RollguardSettings(
+            kafka_bootstrap=broker.bootstrap, topic_prefix="bench.", enable_idempotence=False
+        )
+        await provision_topics(settings)
+        producer = AIOKafkaProducer(
+            **client_options(settings), acks=1, linger_ms=20, max_batch_size=1 << 20
+        )
+        await producer.start()
+        topic = settings.topic(topics.PREDICTIONS.name)
+        payloads = events(EVENTS)
+        futures = [
+            await producer.send(topic, v, key=f"m{i % 2}".encode()) for i, v in enumerate(payloads)
+        ]
+        await asyncio.gather(*futures)
+        await producer.stop()
+
+        async def bare(batches: Any) -> None:
+            return None
+
+        rates: dict[str, list[float]] = {"bare": [], "detector": []}
+        for _ in range(2):
+            rates["bare"].append(await _consume(settings, bare))
+            detector = Detector(settings, PolicySet(), DetectorSettings(seed=1))
+            rates["detector"].append(await _consume(settings, detector.process))
+            assert detector.counts["prediction_events"] == EVENTS, detector.counts
+    best_bare, best_detector = max(rates["bare"]), max(rates["detector"])
+    return {
+        "events": EVENTS,
+        "versions": VERSIONS,
+        "features": FEATURES,
+        "bare_events_per_s": round(best_bare),
+        "detector_events_per_s": round(best_detector),
+        "ratio": round(best_detector / best_bare, 3),
+        "target_ratio": 0.5,
+        "rounds": {k: [round(v) for v in vs] for k, vs in rates.items()},
+    }
+
+
+def main() -> dict[str, Any]:
+    result = asyncio.run(run())
+    write("throughput", result)
+    return result
+
+
+if __name__ == "__main__":
+    print(main())

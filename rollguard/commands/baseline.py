@@ -1,0 +1,64 @@
+"""baseline import: publish what good looks like for a model version from a CSV/Parquet file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from rollguard.commands import Subparsers, group
+from rollguard.errors import UsageError
+from rollguard.settings import RollguardSettings
+
+
+def register(sub: Subparsers) -> None:
+    baseline = group(sub, "baseline", "baselines the detector compares versions with")
+    imp = baseline.add_parser(
+        "import",
+        help="build baseline snapshots from a table and publish them to the baselines topic",
+        description=(
+            "Columns: prediction (required), feature:<name>, metric:<name> (numeric per "
+            "prediction, e.g. 0/1 clicks for ctr). CSV with a header row, or Parquet."
+        ),
+    )
+    imp.add_argument("--model-id", required=True)
+    imp.add_argument("--model-version", required=True)
+    imp.add_argument("--min-rows", type=int, default=None, help="refuse smaller tables")
+    imp.add_argument("--dry-run", action="store_true", help="check and summarise, publish nothing")
+    imp.add_argument("file", type=Path)
+    imp.set_defaults(handler=_import)
+
+
+def _import(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    from rollguard import baselines, topics
+    from rollguard.bus import make_producer, wait_for_broker
+
+    snapshots = baselines.snapshots_from_table(
+        args.model_id,
+        args.model_version,
+        baselines.read_table(args.file),
+        source=str(args.file),
+        min_rows=args.min_rows if args.min_rows is not None else baselines.MIN_ROWS,
+    )
+    summary = ", ".join(f"{s.signal} (n={s.n})" for s in snapshots)
+    if args.dry_run:
+        print(f"{args.file}: {len(snapshots)} snapshot(s): {summary}")
+        return 0
+    if settings.embedded:
+        raise UsageError("set ROLLGUARD_KAFKA_BOOTSTRAP to the Kafka to publish the baseline to")
+
+    async def publish() -> None:
+        await wait_for_broker(settings)
+        producer = make_producer(settings, control=True)
+        await producer.start()
+        try:
+            await baselines.publish(producer, settings.topic(topics.BASELINES.name), snapshots)
+        finally:
+            await producer.stop()
+
+    asyncio.run(publish())
+    print(
+        f"published {len(snapshots)} baseline snapshot(s) for {args.model_id} "
+        f"{args.model_version}: {summary}"
+    )
+    return 0

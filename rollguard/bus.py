@@ -83,7 +83,9 @@ def make_consumer(
     """A consumer that never auto-commits; control consumers wait at most a few ms per fetch."""
     opts: dict[str, Any] = {
         **client_options(settings),
-        "group_id": group_id,
+        # Groups are namespaced like topics, so two installations (or two test runs) sharing
+        # a cluster never share a consumer group.
+        "group_id": f"{settings.topic_prefix}{group_id}" if group_id else None,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "session_timeout_ms": settings.session_timeout_ms,

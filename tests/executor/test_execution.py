@@ -366,4 +366,5 @@ async def test_bad_input_gets_a_reason_and_the_executor_keeps_going(
     assert by_model[("good", "rejected")].startswith("unsupported_level: level 4")
     assert "cannot run" in by_model[("broken", "failed")]
     assert ("good", "applied") in by_model
-    assert [a.model_id for a in finals] == ["stranger", "good", "broken", "good"]
+    # acks are keyed by model: their partitions, not the commands' order, decide how they read
+    assert sorted(a.model_id for a in finals) == ["broken", "good", "good", "stranger"]

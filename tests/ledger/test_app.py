@@ -74,7 +74,9 @@ async def _committed(settings: RollguardSettings, group: str) -> dict[tuple[str,
     from rollguard.bus import client_options
 
     consumer = AIOKafkaConsumer(
-        **client_options(settings), group_id=group, enable_auto_commit=False
+        **client_options(settings),
+        group_id=f"{settings.topic_prefix}{group}",
+        enable_auto_commit=False,
     )
     await consumer.start()
     try:

@@ -11,7 +11,7 @@ from rollguard.broker import EmbeddedBroker
 from rollguard.bus import provision_topics, wait_for_broker
 from rollguard.errors import UsageError
 from rollguard.logs import get_logger
-from rollguard.policy import PolicySource, resolve_policy
+from rollguard.policy import PolicySource
 from rollguard.service import Service
 from rollguard.settings import RollguardSettings
 from rollguard.signing import generate_keypair, load_signer
@@ -28,7 +28,7 @@ def _router(settings: RollguardSettings) -> Service:
 def _detector(settings: RollguardSettings) -> Service:
     from services.detector.app import Detector
 
-    return Detector(settings, resolve_policy(settings.policy_path))
+    return Detector(settings, PolicySource(settings.policy_path))
 
 
 def _decider(settings: RollguardSettings) -> Service:

@@ -54,7 +54,7 @@ from rollguard.events import (
     SystemManifest,
 )
 from rollguard.logs import get_logger
-from rollguard.policy import ModelPolicy, PolicySet
+from rollguard.policy import ModelPolicy, PolicySet, PolicySource
 from rollguard.settings import RollguardSettings
 from services.detector import detectors
 from services.detector.decoding import PredictionBatch, decode_predictions
@@ -151,11 +151,12 @@ class Detector:
     def __init__(
         self,
         settings: RollguardSettings,
-        policy: PolicySet,
+        policy: PolicySet | PolicySource,
         detector_settings: DetectorSettings | None = None,
     ) -> None:
         self.settings = settings
-        self.policy = policy
+        self._policy = policy
+        self._policy_checked = 0.0
         self.svc = detector_settings or DetectorSettings()
         self.ready = asyncio.Event()
         self.windows = LatencyWindows(lambda model_id: policy.for_model(model_id).window)
@@ -257,8 +258,28 @@ class Detector:
                     self.install_baseline(snapshot)
             self.counts["control_rejected"] += len(rejected)
 
+    @property
+    def policy(self) -> PolicySet:
+        """The policy in force (a PolicySource's current one, reloaded as its files change)."""
+        return self._policy.current if isinstance(self._policy, PolicySource) else self._policy
+
+    def _maybe_reload(self) -> None:
+        """At most once a second (stat calls stay off the hot path): reload a changed policy."""
+        source = self._policy
+        now = time.monotonic()
+        if not isinstance(source, PolicySource) or now - self._policy_checked < 1.0:
+            return
+        self._policy_checked = now
+        if not source.changed():
+            return
+        if source.reload():
+            log.info("policy_reloaded", sources=list(source.current.sources))
+        else:
+            log.error("policy_rejected", error=source.last_error, kept="last good policy")
+
     async def _loop(self, consumer: Any) -> None:
         while True:
+            self._maybe_reload()
             batches = await consumer.getmany(
                 timeout_ms=self.svc.poll_timeout_ms, max_records=self.svc.max_batch
             )

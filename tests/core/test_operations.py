@@ -206,3 +206,20 @@ async def test_record_check_rollback_and_approve_through_the_decider(
         "s1",
         decisions[-1].event_id,
     )
+
+
+def test_detector_follows_a_changed_policy_file(tmp_path: Path) -> None:
+    import os
+
+    from services.detector.app import Detector
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"defaults": {"window": {"seconds": 1.0}}}))
+    settings = RollguardSettings(kafka_bootstrap="127.0.0.1:1", state_dir=tmp_path)
+    detector = Detector(settings, PolicySource(path))
+    assert detector.policy.defaults.window.seconds == 1.0
+    path.write_text(yaml.safe_dump({"defaults": {"window": {"seconds": 5.0}}}))
+    os.utime(path, (3, 3))
+    detector._maybe_reload()
+    assert detector.policy.defaults.window.seconds == 5.0
+    assert detector.windows._policy("m").seconds == 5.0  # the windows see the new policy too

@@ -59,7 +59,7 @@ class KsConfig(DetectorBase):
     )
     alpha: float = Field(default=0.01, gt=0, lt=1, description="Significance after correction.")
     min_effect: float = Field(
-        default=0.1, gt=0, le=1, description="KS D needed besides significance."
+        default=0.05, gt=0, le=1, description="KS D needed besides significance."
     )
     reservoir: int = Field(
         default=2_000, ge=100, le=100_000, description="Cap of the exact-test samples."

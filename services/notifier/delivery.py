@@ -8,13 +8,12 @@ to one URL more often than the channel's minimum interval. The outcome is data.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 
+from rollguard.retry_after import retry_after_s
 from services.notifier.settings import NotifierSettings
 
 
@@ -26,22 +25,6 @@ class Delivery:
     attempts: int
     http_status: int | None = None
     error: str = ""
-
-
-def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date); None if absent."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class Pacer:

@@ -18,10 +18,11 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from rollguard.errors import ConfigError
+from rollguard.retry_after import retry_after_s
 from services.executor.appliers import build_appliers
 from services.executor.appliers.base import Step
 from services.executor.appliers.command import CommandApplier
-from services.executor.appliers.webhook import WebhookApplier, retry_after_s
+from services.executor.appliers.webhook import WebhookApplier
 from services.executor.settings import CommandSettings, ExecutorSettings, WebhookSettings
 from tests.factories import command, manifest
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from urllib.parse import quote
 
 import aiohttp
 import orjson
 
 from rollguard.errors import ConfigError
+from rollguard.retry_after import retry_after_s
 from services.executor.appliers.base import Effect, Step
 from services.executor.settings import WebhookSettings
 
@@ -30,22 +29,6 @@ _BODY_SHOWN = 300
 def signature(secret: bytes, body: bytes) -> str:
     """The signature header's value: ``sha256=<hex HMAC-SHA256 of the body>``."""
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
-def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds from a Retry-After header (delay-seconds or an HTTP-date); None if absent/bad."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 class WebhookApplier:

@@ -232,12 +232,19 @@ class Executor:
         elif row is None:
             self._receive(command, source, bound)
             self._crash_point("after_receive")
+            await self._flush(producer)
+            received = self.inbox.get(command.command_id)
+            if received is not None and received.status == "rejected":
+                self.counts["rejected"] += 1  # counted once its ack is published
         await self._flush(producer)
 
         row = self.inbox.get(command.command_id)
         if row is not None and row.status == "received":
             await self._execute(command, producer, bound)
             await self._flush(producer)
+            final = self.inbox.get(command.command_id)
+            if final is not None:
+                self.counts[final.status] += 1  # counted once its ack is published
 
     def _receive(
         self,
@@ -260,7 +267,6 @@ class Executor:
         text = f"{reason}: {detail}"
         ack = self._ack(command, "rejected", text)
         self.inbox.receive(command.command_id, source, command.model_id, "rejected", text, ack)
-        self.counts["rejected"] += 1
         bound.warning("rejected", reason=reason, detail=detail)
 
     async def _execute(
@@ -347,7 +353,6 @@ class Executor:
             detail = f"{what}; {recorded[(POINTER, False)].detail}"
             ack = self._ack(command, "applied", detail, timings=timings, attempts=attempts_total)
             self.inbox.finish(cid, "applied", detail, ack, invalidation_for(command, applied_at))
-            self.counts["applied"] += 1
             bound.info("applied", detail=detail, apply_s=round(timings["apply_s"], 4))
             return
 
@@ -365,7 +370,6 @@ class Executor:
             attempts=attempts_total,
         )
         self.inbox.finish(cid, "failed", detail, ack)
-        self.counts["failed"] += 1
         bound.warning("failed", detail=detail, retriable=row.retriable)
 
     async def _compensate(

@@ -44,7 +44,7 @@ def _decider(settings: RollguardSettings) -> Service:
 def _executor(settings: RollguardSettings) -> Service:
     from services.executor.app import Executor
 
-    return Executor(settings)
+    return Executor(settings, policy=PolicySource(settings.policy_path))
 
 
 def _ledger(settings: RollguardSettings) -> Service:

@@ -36,6 +36,7 @@ from rollguard.events import (
 )
 from rollguard.invalidations import invalidation_for, publish_invalidation
 from rollguard.logs import get_logger
+from rollguard.policy import PolicySet, PolicyView
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_trusted_keys, verify_command
 from services.executor.appliers import build_appliers
@@ -69,10 +70,15 @@ class Executor:
     name = "executor"
 
     def __init__(
-        self, settings: RollguardSettings, executor_settings: ExecutorSettings | None = None
+        self,
+        settings: RollguardSettings,
+        executor_settings: ExecutorSettings | None = None,
+        policy: PolicyView | None = None,
     ) -> None:
         self.settings = settings
         self.svc = executor_settings or ExecutorSettings()
+        #: The level-2 restore order is policy (rollback.component_order), per model.
+        self.policy: PolicyView = policy if policy is not None else PolicySet()
         self.ready = asyncio.Event()
         self.counts: Counter[str] = Counter()
         self.trusted = load_trusted_keys(settings.resolved_trusted_keys_dir)
@@ -178,8 +184,9 @@ class Executor:
 
     def plan(self, command: RollbackCommand) -> list[Step] | str:
         """The component steps of ``command`` in order, or why it cannot be executed."""
+        components: tuple[str, ...]
         if command.level == 2:
-            components = self.svc.component_order
+            components = self.policy.for_model(command.model_id).rollback.component_order
         elif command.level in LEVEL_COMPONENTS:
             components = LEVEL_COMPONENTS[command.level]
         else:

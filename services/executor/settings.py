@@ -84,8 +84,6 @@ class ExecutorSettings(BaseSettings):
         default_factory=dict,
         description="JSON: model_id → applier name, or → {component: applier name}.",
     )
-    #: Level-2 restore order. The policy system will own this; until then it is a setting.
-    component_order: tuple[str, ...] = COMPONENTS
     retry_initial_s: float = Field(default=0.2, gt=0)
     retry_max_s: float = Field(default=5.0, gt=0)
     compensation_deadline_s: float = Field(
@@ -100,13 +98,6 @@ class ExecutorSettings(BaseSettings):
     crash_after: int = Field(
         default=1, ge=1, description="Crash tests only: at the n-th time the step is reached."
     )
-
-    @field_validator("component_order")
-    @classmethod
-    def _every_component_once(cls, order: tuple[str, ...]) -> tuple[str, ...]:
-        if sorted(order) != sorted(COMPONENTS):
-            raise ValueError(f"must name each of {', '.join(COMPONENTS)} exactly once")
-        return order
 
     @field_validator("appliers_by_model")
     @classmethod

@@ -416,8 +416,6 @@ def test_an_unknown_applier_or_component_is_a_config_error_naming_the_known_ones
         build_appliers(ExecutorSettings(appliers_by_model={"m": "argo"}))
     with pytest.raises(ValueError, match="unknown component"):
         ExecutorSettings(appliers_by_model={"m": {"features": "webhook"}})
-    with pytest.raises(ValueError, match="exactly once"):
-        ExecutorSettings(component_order=("model", "model", "config", "infra"))
 
 
 def test_settings_read_json_and_nested_secrets_from_the_environment(
@@ -426,12 +424,8 @@ def test_settings_read_json_and_nested_secrets_from_the_environment(
     monkeypatch.setenv("ROLLGUARD_EXECUTOR_APPLIERS_BY_MODEL", '{"fraud": "webhook"}')
     monkeypatch.setenv("ROLLGUARD_EXECUTOR_WEBHOOK__URL", "https://flags.example/rollback")
     monkeypatch.setenv("ROLLGUARD_EXECUTOR_WEBHOOK__SECRET", "hunter2")
-    monkeypatch.setenv(
-        "ROLLGUARD_EXECUTOR_COMPONENT_ORDER", '["model","config","feature_pipeline","infra"]'
-    )
     s = ExecutorSettings()
     assert s.applier_for("fraud", "model") == "webhook"
     assert s.webhook.url == "https://flags.example/rollback"
     assert s.webhook.secret is not None and s.webhook.secret.get_secret_value() == "hunter2"
     assert "hunter2" not in repr(s)
-    assert s.component_order == ("model", "config", "feature_pipeline", "infra")

@@ -20,6 +20,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from rollguard import topics
 from rollguard.events import CommandAck, OutputInvalidation, RollbackCommand, SystemManifest
 from rollguard.invalidations import InvalidationClient
+from rollguard.policy import ModelPolicy, PolicySet, RollbackPolicy
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer
 from services.executor.app import Executor
@@ -215,11 +216,10 @@ async def test_a_failed_component_undoes_the_earlier_ones_last_first(
     assert await reader.read(topics.INVALIDATIONS.name, until=lambda r: False, timeout_s=0.5) == []
 
 
-def test_level_2_order_is_a_setting(settings: RollguardSettings, keys: str) -> None:
-    ex = Executor(
-        settings,
-        ExecutorSettings(component_order=("model", "infra", "config", "feature_pipeline")),
-    )
+def test_level_2_order_is_the_models_policy(settings: RollguardSettings, keys: str) -> None:
+    order = ("model", "infra", "config", "feature_pipeline")
+    policy = PolicySet(models={"m": ModelPolicy(rollback=RollbackPolicy(component_order=order))})
+    ex = Executor(settings, ExecutorSettings(), policy)
     plan = ex.plan(level2())
     assert not isinstance(plan, str)
     assert [s.component for s in plan] == ["model", "infra", "config", "feature_pipeline"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -45,6 +46,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except RollguardError as exc:
         print(f"rollguard: error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
+    except BrokenPipeError:
+        # The reader went away (`rollguard ledger export | head`): stop quietly, like cat.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(141) from None
     except KeyboardInterrupt:
         print("rollguard: interrupted; everything it started has stopped", file=sys.stderr)
         raise SystemExit(130) from None

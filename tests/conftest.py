@@ -176,3 +176,27 @@ def postgres_problem(url: str) -> str | None:
     except sa.exc.OperationalError as exc:
         return str(exc).splitlines()[0]
     return None
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str
+) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a schema of its own on the PostgreSQL server
+    (skipped, saying why, when none answers)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    import sqlalchemy as sa
+
+    problem = postgres_problem(postgres_url)
+    if problem:
+        pytest.skip(f"PostgreSQL not answering at {postgres_url}: {problem}")
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    yield postgres_url + ("&" if "?" in postgres_url else "?") + f"options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    admin.dispose()

@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from rollguard.events import CommandAck
 from services.executor.inbox import Inbox
-from tests.conftest import postgres_problem
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def inbox(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[Inbox]:
-    if request.param == "sqlite":
-        box = Inbox(f"sqlite:///{tmp_path / 'executor.db'}")
-        yield box
-        box.close()
-        return
-    problem = postgres_problem(postgres_url)
-    if problem:
-        pytest.skip(f"PostgreSQL not answering at {postgres_url}: {problem}")
-    schema = f"inbox_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(postgres_url)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    box = Inbox(
-        postgres_url + ("&" if "?" in postgres_url else "?") + f"options=-csearch_path%3D{schema}"
-    )
+@pytest.fixture
+def inbox(database_url: str) -> Iterator[Inbox]:
+    box = Inbox(database_url)
     yield box
     box.close()
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
 
 
 def ack(command_id: str, status: str, component: str | None = None) -> CommandAck:

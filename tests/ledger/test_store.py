@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
 import sqlalchemy as sa
 
 from services.ledger.store import GENESIS, Incoming, LedgerStore, entry_hash, record_bytes
-from tests.conftest import postgres_problem
 from tests.factories import breach, manifest
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(
-    request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str
-) -> Iterator[LedgerStore]:
-    if request.param == "sqlite":
-        s = LedgerStore(f"sqlite:///{tmp_path / 'ledger.db'}")
-        yield s
-        s.close()
-        return
-    problem = postgres_problem(postgres_url)
-    if problem:
-        pytest.skip(f"PostgreSQL not answering at {postgres_url}: {problem}")
-    schema = f"ledger_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(postgres_url)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    s = LedgerStore(
-        postgres_url + ("&" if "?" in postgres_url else "?") + f"options=-csearch_path%3D{schema}"
-    )
+@pytest.fixture
+def store(database_url: str) -> Iterator[LedgerStore]:
+    s = LedgerStore(database_url)
     yield s
     s.close()
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-    admin.dispose()
 
 
 def records(n: int, topic: str = "rollguard.breaches", start: int = 0) -> list[Incoming]:

@@ -297,30 +297,10 @@ class Executor:
         for step in plan:
             prior = done.get((step.component, False))
             if prior is None:
-                applier = self._applier_for(step)
-                effect, attempts = await self._apply_with_retry(
-                    applier, step, command.expires_at, bound
+                prior, attempts = await self._run_step(
+                    command, step, command.expires_at, per_component, producer, bound
                 )
                 attempts_total += attempts
-                self._crash_point("after_effect")
-                prior = StepRow(effect.status, effect.detail, effect.retriable)
-                ack = None
-                if per_component:
-                    ack = self._ack(
-                        command,
-                        effect.status,
-                        effect.detail,
-                        component=step.component,
-                        retriable=effect.retriable,
-                        attempts=attempts,
-                    )
-                self.inbox.record_step(
-                    cid, step.component, False, (prior.status, prior.detail, prior.retriable), ack
-                )
-                bound.info(
-                    "step", component=step.component, status=effect.status, detail=effect.detail
-                )
-                await self._flush(producer)
             if prior.status != "applied":
                 failed = (step.component, prior)
                 break
@@ -379,6 +359,47 @@ class Executor:
         self.inbox.finish(cid, "failed", detail, ack)
         bound.warning("failed", detail=detail, retriable=row.retriable)
 
+    async def _run_step(
+        self,
+        command: RollbackCommand,
+        step: Step,
+        deadline: datetime,
+        per_component: bool,
+        producer: AIOKafkaProducer,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> tuple[StepRow, int]:
+        """Apply one step (forward or compensating) with retries, record it with its ack in one
+        transaction, publish; returns the recorded outcome and the attempts it took."""
+        effect, attempts = await self._apply_with_retry(
+            self._applier_for(step), step, deadline, bound
+        )
+        self._crash_point("after_effect")
+        row = StepRow(effect.status, effect.detail, effect.retriable)
+        ack = None
+        if per_component:
+            ack = self._ack(
+                command,
+                effect.status,
+                effect.detail,
+                component=step.component,
+                compensation=step.compensation,
+                retriable=effect.retriable,
+                attempts=attempts,
+            )
+        self.inbox.record_step(
+            command.command_id,
+            step.component,
+            step.compensation,
+            (row.status, row.detail, row.retriable),
+            ack,
+        )
+        if step.compensation:
+            bound.warning("compensated", component=step.component, status=effect.status)
+        else:
+            bound.info("step", component=step.component, status=effect.status, detail=effect.detail)
+        await self._flush(producer)
+        return row, attempts
+
     async def _compensate(
         self,
         command: RollbackCommand,
@@ -398,31 +419,9 @@ class Executor:
             undo = step.undo()
             prior = done.get((step.component, True))
             if prior is None:
-                effect, attempts = await self._apply_with_retry(
-                    self._applier_for(undo), undo, deadline, bound
+                prior, _ = await self._run_step(
+                    command, undo, deadline, per_component, producer, bound
                 )
-                self._crash_point("after_effect")
-                prior = StepRow(effect.status, effect.detail, effect.retriable)
-                ack = None
-                if per_component:
-                    ack = self._ack(
-                        command,
-                        effect.status,
-                        effect.detail,
-                        component=step.component,
-                        compensation=True,
-                        retriable=effect.retriable,
-                        attempts=attempts,
-                    )
-                self.inbox.record_step(
-                    command.command_id,
-                    step.component,
-                    True,
-                    (prior.status, prior.detail, prior.retriable),
-                    ack,
-                )
-                bound.warning("compensated", component=step.component, status=effect.status)
-                await self._flush(producer)
             if prior.status == "applied":
                 restored.append(f"{step.component} back to {undo.to_version}")
             else:

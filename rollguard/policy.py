@@ -8,6 +8,7 @@ file, the line of the field, the field and what is allowed.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -17,6 +18,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from rollguard.detector_policy import DetectorConfig, FalseAlarmPolicy, default_detectors
 from rollguard.errors import ConfigError
+from rollguard.logs import get_logger
+
+log = get_logger("rollguard.policy")
 
 Tier = Literal["immediate", "rapid", "delayed"]
 Component = Literal["feature_pipeline", "config", "model", "infra"]
@@ -259,6 +263,7 @@ class PolicySource:
         self.current = resolve_policy(path)
         self.last_error: str | None = None
         self._stamp = self._mtimes()
+        self._checked = 0.0
 
     def for_model(self, model_id: str) -> ModelPolicy:
         return self.current.for_model(model_id)
@@ -276,6 +281,22 @@ class PolicySource:
 
     def changed(self) -> bool:
         return self._mtimes() != self._stamp
+
+    def refresh(self, min_interval_s: float = 1.0) -> bool | None:
+        """Reload if the files changed, checking at most once per ``min_interval_s`` (stat calls
+        stay off hot paths). None: nothing changed; True: reloaded; False: rejected, the last
+        good policy stays. Either way it says so in the log."""
+        now = time.monotonic()
+        if now - self._checked < min_interval_s:
+            return None
+        self._checked = now
+        if not self.changed():
+            return None
+        if self.reload():
+            log.info("policy_reloaded", sources=list(self.current.sources))
+            return True
+        log.error("policy_rejected", error=self.last_error, kept="last good policy")
+        return False
 
     def reload(self) -> bool:
         """Load again; True when the new policy is in force, False when the old one stays."""

@@ -276,8 +276,8 @@ class Decider:
 
         @app.timer(self.svc.tick_s)  # type: ignore[untyped-decorator]  # faust's timer is untyped
         async def tick() -> None:
-            if self.policy.changed():
-                self.reload()
+            if self.policy.refresh(0.0) is not None:
+                self.tokens = TokenRegistry.load(self.settings.resolved_tokens_file)
             now = utcnow()
             for model_id, stored in list(states.items()):
                 if due(d.ModelState.model_validate_json(stored), self.policy, now):

@@ -156,7 +156,6 @@ class Detector:
     ) -> None:
         self.settings = settings
         self._policy = policy
-        self._policy_checked = 0.0
         self.svc = detector_settings or DetectorSettings()
         self.ready = asyncio.Event()
         self.windows = LatencyWindows(lambda model_id: policy.for_model(model_id).window)
@@ -264,18 +263,8 @@ class Detector:
         return self._policy.current if isinstance(self._policy, PolicySource) else self._policy
 
     def _maybe_reload(self) -> None:
-        """At most once a second (stat calls stay off the hot path): reload a changed policy."""
-        source = self._policy
-        now = time.monotonic()
-        if not isinstance(source, PolicySource) or now - self._policy_checked < 1.0:
-            return
-        self._policy_checked = now
-        if not source.changed():
-            return
-        if source.reload():
-            log.info("policy_reloaded", sources=list(source.current.sources))
-        else:
-            log.error("policy_rejected", error=source.last_error, kept="last good policy")
+        if isinstance(self._policy, PolicySource):
+            self._policy.refresh()
 
     async def _loop(self, consumer: Any) -> None:
         while True:

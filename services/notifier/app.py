@@ -20,7 +20,7 @@ from rollguard import topics
 from rollguard.bus import DeadLetterSink, make_consumer, make_producer, producer_send
 from rollguard.events import Breach, CommandAck, Decision, Event, decode
 from rollguard.logs import get_logger
-from rollguard.policy import PolicySet, PolicyView
+from rollguard.policy import PolicySet, PolicySource, PolicyView
 from rollguard.settings import RollguardSettings
 from services.notifier.channels import configured_channels
 from services.notifier.channels.base import Channel
@@ -166,6 +166,8 @@ class Notifier:
 
     def _route(self, n: Notification, *, paged: bool) -> list[str]:
         # Routing is policy: the model's `notifications` section, reloaded with the policy.
+        if isinstance(self.policy, PolicySource):
+            self.policy.refresh()
         routes = self.policy.for_model(n.model_id).notifications.model_dump()
         return channels_for(n, routes, self.svc.unknown_tier_channels, paged, self.channels)
 

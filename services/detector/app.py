@@ -10,6 +10,7 @@ concurrent window).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable
@@ -758,7 +759,8 @@ class Detector:
         # Bounded join state: the oldest predictions give up waiting first.
         excess = len(model.pending) - limit
         if excess > 0:
-            for request_id in list(model.pending)[:excess]:
+            # islice: take only the oldest keys, never a copy of the whole (bounded) state
+            for request_id in list(itertools.islice(model.pending, excess)):
                 del model.pending[request_id]
             self.counts["join_evicted"] += excess
 

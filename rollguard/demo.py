@@ -267,7 +267,7 @@ async def run_demo(
         try:
             await producer.start()
             await until(lambda: all(s.ready.is_set() for s in services), 60, "services not ready")
-            observer.note("services ready: router, detector, decider (faust), executor, ledger")
+            observer.note("services ready: router, detector, decider (faust), executor, ledger, notifier")
 
             phase = f"serving {GOOD} (known good)"
             good = manifest(GOOD, "sys-1", "known_good")

@@ -282,15 +282,15 @@ class PolicySource:
     def changed(self) -> bool:
         return self._mtimes() != self._stamp
 
-    def refresh(self, min_interval_s: float = 1.0) -> bool | None:
-        """Reload if the files changed, checking at most once per ``min_interval_s`` (stat calls
-        stay off hot paths). None: nothing changed; True: reloaded; False: rejected, the last
-        good policy stays. Either way it says so in the log."""
+    def refresh(self, min_interval_s: float = 1.0, *, force: bool = False) -> bool | None:
+        """Reload if the files changed (or always, with ``force``: SIGHUP), checking at most once
+        per ``min_interval_s`` (stat calls stay off hot paths). None: nothing changed; True:
+        reloaded; False: rejected, the last good policy stays. Either way it says so in the log."""
         now = time.monotonic()
-        if now - self._checked < min_interval_s:
+        if not force and now - self._checked < min_interval_s:
             return None
         self._checked = now
-        if not self.changed():
+        if not force and not self.changed():
             return None
         if self.reload():
             log.info("policy_reloaded", sources=list(self.current.sources))

@@ -96,11 +96,8 @@ class Decider:
         self.counts: Counter[str] = Counter()
 
     def reload(self) -> None:
-        """Pick up policy and token changes; a bad policy keeps the last good one."""
-        if self.policy.reload():
-            log.info("policy_reloaded", sources=list(self.policy.current.sources))
-        else:
-            log.error("policy_rejected", error=self.policy.last_error, kept="last good policy")
+        """SIGHUP: reload policy and tokens; a bad policy keeps the last good one."""
+        self.policy.refresh(force=True)
         self.tokens = TokenRegistry.load(self.settings.resolved_tokens_file)
 
     def build_app(self) -> faust.App:

@@ -68,6 +68,9 @@ def test_policy_source_reloads_and_keeps_the_last_good_policy(tmp_path: Path) ->
     assert source.for_model("m").rollback.cooldown_s == 20  # the last good one stays
     assert source.last_error is not None and "cooldown_s" in source.last_error
     assert not source.changed()  # the bad file is not retried every tick
+    assert source.refresh(0.0) is None  # nothing changed since
+    assert source.refresh(force=True) is False  # SIGHUP reloads anyway; still bad, still kept
+    assert source.for_model("m").rollback.cooldown_s == 20
 
 
 def test_tokens_create_prints_once_and_stores_only_the_hash(tmp_path: Path) -> None:

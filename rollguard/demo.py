@@ -267,7 +267,9 @@ async def run_demo(
         try:
             await producer.start()
             await until(lambda: all(s.ready.is_set() for s in services), 60, "services not ready")
-            observer.note("services ready: router, detector, decider (faust), executor, ledger, notifier")
+            observer.note(
+                "services ready: router, detector, decider (faust), executor, ledger, notifier"
+            )
 
             phase = f"serving {GOOD} (known good)"
             good = manifest(GOOD, "sys-1", "known_good")
@@ -317,11 +319,18 @@ async def run_demo(
             report.time_to_verified_s = _secs(verified.ts, deployed)
 
             phase = "waiting for the ledger to catch up"
-            await until(
-                lambda: _ledger_count(settings) >= len(observer.events),
-                15,
-                "ledger did not record every control event",
-            )
+            from services.ledger.store import LedgerStore
+
+            # One connection for the whole wait: opening a store creates its schema and triggers.
+            store = LedgerStore(settings.resolved_ledger_url)
+            try:
+                await until(
+                    lambda: store.count() >= len(observer.events),
+                    15,
+                    "ledger did not record every control event",
+                )
+            finally:
+                store.close()
         except DemoFailed as exc:
             report.reason = str(exc)
         finally:
@@ -366,13 +375,3 @@ class DemoFailed(Exception):
 
 def _secs(a: datetime, b: datetime) -> float:
     return round((a - b).total_seconds(), 3)
-
-
-def _ledger_count(settings: RollguardSettings) -> int:
-    from services.ledger.store import LedgerStore
-
-    store = LedgerStore(settings.resolved_ledger_url)
-    try:
-        return store.count()
-    finally:
-        store.close()

@@ -16,7 +16,7 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -58,7 +58,7 @@ from rollguard.logs import get_logger
 from rollguard.policy import ModelPolicy, PolicySet, PolicySource
 from rollguard.settings import RollguardSettings
 from services.detector import detectors
-from services.detector.decoding import PredictionBatch, decode_predictions
+from services.detector.decoding import Column, PredictionBatch, decode_predictions, take
 from services.detector.evaluation import (
     CategoricalView,
     Judged,
@@ -70,6 +70,7 @@ from services.detector.evaluation import (
     run_ks,
     run_psi,
 )
+from services.detector.join import PendingJoin, Waiting
 from services.detector.settings import DetectorSettings
 from services.detector.windows import (
     CategoricalAccumulator,
@@ -112,6 +113,9 @@ class VersionState:
     consecutive_failures: int = 0
     drift: detectors.DriftState = field(default_factory=detectors.DriftState)
     capture: Capture | None = None
+    # Error-rate fairness: segment feature -> label -> [outcomes joined, errors] since the
+    # version's last evaluation.
+    outcome_segments: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,8 +129,7 @@ class ModelState:
     grids: dict[str, bl.Grid] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)  # signal -> numeric / categorical
     features: frozenset[str] | None = None
-    # request_id -> (version, prediction, wall time): predictions waiting for their outcome.
-    pending: dict[str, tuple[str, float | str, float]] = field(default_factory=dict)
+    pending: PendingJoin = field(default_factory=PendingJoin)  # waiting for their outcome
 
 
 @dataclass(frozen=True)
@@ -410,12 +413,7 @@ class Detector:
             self.versions.pop(key, None)
             self.version_windows.drop(key)
         for model in self.models.values():
-            ttl = self._join_ttl(model)
-            while model.pending:
-                oldest = next(iter(model.pending))
-                if now - model.pending[oldest][2] <= ttl:
-                    break
-                del model.pending[oldest]
+            self.counts["join_expired"] += model.pending.expire(now, self._join_ttl(model))
 
     def judge(self, window: LatencyWindow) -> list[Breach]:
         """Run the latency window's detectors; one Breach per measurement in phase ``breach``."""
@@ -490,12 +488,12 @@ class Detector:
         return state
 
     async def _fold_predictions(self, records: list[Record]) -> None:
-        batch, rejected = decode_predictions(records)
-        groups: dict[VersionKey, list[int]] = defaultdict(list)
-        for i, doc in enumerate(batch.docs):
-            groups[(doc["model_id"], doc["model_version"])].append(i)
+        await self.fold_predictions(*decode_predictions(records))
+
+    async def fold_predictions(self, batch: PredictionBatch, rejected: list[Rejected]) -> None:
+        """Fold a decoded batch (``decode_predictions``, which may run on another thread)."""
         now = time.time()
-        for key, rows in groups.items():
+        for key, rows in batch.groups.items():
             if not await self._known_version(key):
                 rejected += [
                     Rejected(
@@ -503,11 +501,12 @@ class Detector:
                         "invalid",
                         f"model_version: {key[1]!r} has no manifest for model {key[0]!r}",
                     )
-                    for i in rows
+                    for i in rows.tolist()
                 ]
                 continue
             self._fold_version(key, batch, rows, rejected, now)
-        self.counts["prediction_events"] += len(batch.docs)
+        self.counts["prediction_events"] += len(batch)
+        self.counts[f"prediction_batches_{batch.path}"] += 1
         await self._reject(rejected)
 
     async def _known_version(self, key: VersionKey) -> bool:
@@ -524,75 +523,76 @@ class Detector:
         self,
         key: VersionKey,
         batch: PredictionBatch,
-        rows: list[int],
+        rows: npt.NDArray[np.intp],
         rejected: list[Rejected],
         now: float,
     ) -> None:
-        docs = [batch.docs[i] for i in rows]
         model = self.models.setdefault(key[0], ModelState())
-        columns, bad = self._columns(model, docs)
+        columns, bad = self._columns(model, batch, rows)
         if bad:
             rejected += [
-                Rejected(batch.records[rows[i]], "invalid", reason) for i, reason in bad.items()
+                Rejected(batch.records[int(rows[i])], "invalid", reason)
+                for i, reason in bad.items()
             ]
-            keep = np.ones(len(docs), dtype=np.bool_)
+            keep = np.ones(len(rows), dtype=np.bool_)
             keep[list(bad)] = False
             if not keep.any():
                 return
-            docs = [doc for doc, k in zip(docs, keep, strict=True) if k]
-            columns = {
-                s: (
-                    c[keep]
-                    if isinstance(c, np.ndarray)
-                    else [v for v, k in zip(c, keep, strict=True) if k]
-                )
-                for s, c in columns.items()
-            }
-            ts = batch.ts[rows][keep]
-        else:
-            ts = batch.ts[rows]
-        self._saw(key, float(ts[0]), len(docs), now)
+            rows = rows[keep]
+            kept = np.flatnonzero(keep)
+            columns = {s: take(c, kept) for s, c in columns.items()}
+        ts = batch.ts[rows]
+        self._saw(key, float(ts[0]), len(rows), now)
         policy = self.policy.for_model(key[0])
-        self._remember_for_join(model, key[1], policy, docs, columns, now)
+        self._remember_for_join(model, key[1], policy, batch.request_ids(rows), columns, now)
         state = self._version(key)
         if state.capture is not None:
             self._fold_columns(state.capture.window, columns, slice(None), policy)
             self._check_capture(key, state, now)
-        for window, sel in self.version_windows.spans(key, docs[0].get("system_version"), ts, now):
+        system_version = batch.system_version_of(int(rows[0]))
+        for window, sel in self.version_windows.spans(key, system_version, ts, now):
             self._fold_columns(window, columns, sel, policy)
 
     def _columns(
-        self, model: ModelState, docs: list[dict[str, Any]]
-    ) -> tuple[dict[str, Any], dict[int, str]]:
-        """Signal columns of one version's batch, and the rows that are bad input (with why).
+        self, model: ModelState, batch: PredictionBatch, rows: npt.NDArray[np.intp]
+    ) -> tuple[dict[str, Column], dict[int, str]]:
+        """Signal columns of one version's rows, and the rows that are bad input (with why).
 
         Numeric columns are float arrays (NaN = null); categorical ones lists of str | None.
         A signal's kind is fixed by the first value the model sends (or by its baseline).
+        Keys of ``bad`` are positions within ``rows``.
         """
         bad: dict[int, str] = {}
-        columns: dict[str, Any] = {}
+        columns: dict[str, Column] = {}
         columns["prediction"] = self._column(
-            model, "prediction", [d["prediction"] for d in docs], bad, "prediction"
+            model, "prediction", take(batch.prediction, rows), bad, "prediction"
         )
-        feats = [d.get("features") or {} for d in docs]
-        if model.features is None and feats[0]:
-            model.features = frozenset(feats[0])
-        names = model.features or frozenset()
-        if names:
-            for i, f in enumerate(feats):
-                if not names <= f.keys():
-                    missing = sorted(names - f.keys())[0]
-                    bad.setdefault(i, f"features.{missing}: missing (the model sends it)")
-            for name in sorted(names):
-                raw = [f.get(name) for f in feats]
-                columns[f"feature:{name}"] = self._column(
-                    model, f"feature:{name}", raw, bad, f"features.{name}"
-                )
+        if model.features is None:
+            first = batch.feature_names(int(rows[0]))
+            if first:
+                model.features = first
+        for name in sorted(model.features or ()):
+            for i in batch.lacking(name, rows).tolist():
+                bad.setdefault(i, f"features.{name}: missing (the model sends it)")
+            raw = take(batch.features[name], rows) if name in batch.features else None
+            columns[f"feature:{name}"] = (
+                np.full(len(rows), np.nan)
+                if raw is None
+                else self._column(model, f"feature:{name}", raw, bad, f"features.{name}")
+            )
         return columns, bad
 
     def _column(
-        self, model: ModelState, signal: str, raw: list[Any], bad: dict[int, str], field_: str
-    ) -> Any:
+        self, model: ModelState, signal: str, raw: Column, bad: dict[int, str], field_: str
+    ) -> Column:
+        if isinstance(raw, np.ndarray):  # typed numbers (NaN = null) from the Arrow path
+            known = raw[~np.isnan(raw)]
+            kind = model.kinds.get(signal)
+            if kind is None and len(known):
+                kind = model.kinds[signal] = "numeric"
+            if kind != "categorical":
+                return raw
+            raw = [None if np.isnan(v) else v for v in raw.tolist()]
         kind = model.kinds.get(signal)
         if kind is None:
             first = next((v for v in raw if v is not None), None)
@@ -642,11 +642,7 @@ class Detector:
                 acc.add(values)
                 n = len(values)
             else:
-                labels = (
-                    column
-                    if isinstance(sel, slice)
-                    else [v for v, k in zip(column, sel, strict=True) if k]
-                )
+                labels = cast("list[str | None]", _select(column, sel))
                 cat = window.categorical.get(signal)
                 if cat is None:
                     cat = window.categorical[signal] = CategoricalAccumulator()
@@ -654,7 +650,11 @@ class Detector:
                 n = len(labels)
         window.n += n
         for config in policy.detectors.values():
-            if isinstance(config, FairnessConfig) and config.enabled:
+            if (
+                isinstance(config, FairnessConfig)
+                and config.enabled
+                and config.metric == "positive_rate"
+            ):
                 self._fold_segments(window, columns, sel, config)
 
     def _fold_segments(
@@ -667,23 +667,12 @@ class Detector:
         segment = columns.get(f"feature:{config.segment}")
         if segment is None:
             return
-        pred = columns["prediction"]
+        pred = _select(columns["prediction"], sel)
         if isinstance(pred, np.ndarray):
-            positive = pred[sel] >= config.positive_threshold
+            positive = pred >= config.positive_threshold
         else:
-            chosen = (
-                pred if isinstance(sel, slice) else [v for v, k in zip(pred, sel, strict=True) if k]
-            )
-            positive = np.array([v == config.positive_label for v in chosen], dtype=np.bool_)
-        if isinstance(segment, np.ndarray):
-            seg = [str(v) for v in segment[sel]]
-        else:
-            seg = [
-                str(v)
-                for v in (
-                    segment if isinstance(sel, slice) else np.array(segment, dtype=object)[sel]
-                )
-            ]
+            positive = np.array([v == config.positive_label for v in pred], dtype=np.bool_)
+        seg = _segment_labels(_select(segment, sel))
         labels, inverse = np.unique(np.array(seg, dtype=object), return_inverse=True)
         totals = np.bincount(inverse, minlength=len(labels))
         hits = np.bincount(inverse, weights=positive, minlength=len(labels))
@@ -745,8 +734,8 @@ class Detector:
         model: ModelState,
         version: str,
         policy: ModelPolicy,
-        docs: list[dict[str, Any]],
-        columns: dict[str, Any],
+        request_ids: list[str],
+        columns: dict[str, Column],
         now: float,
     ) -> None:
         configs = [
@@ -754,15 +743,20 @@ class Detector:
         ]
         if not configs:
             return
+        segments = {
+            c.segment: _segment_labels(columns[f"feature:{c.segment}"])
+            for c in policy.detectors.values()
+            if isinstance(c, FairnessConfig)
+            and c.enabled
+            and c.metric == "error_rate"
+            and f"feature:{c.segment}" in columns
+        }
+        prediction = columns["prediction"]
+        predictions = prediction.tolist() if isinstance(prediction, np.ndarray) else prediction
         limit = min(c.max_pending for c in configs)
-        model.pending.update((d["request_id"], (version, d["prediction"], now)) for d in docs)
         # Bounded join state: the oldest predictions give up waiting first.
-        excess = len(model.pending) - limit
-        if excess > 0:
-            # islice: take only the oldest keys, never a copy of the whole (bounded) state
-            for request_id in list(itertools.islice(model.pending, excess)):
-                del model.pending[request_id]
-            self.counts["join_evicted"] += excess
+        evicted = model.pending.add(request_ids, version, predictions, segments, now, limit)
+        self.counts["join_evicted"] += evicted
 
     async def _fold_outcomes(self, records: list[Record]) -> None:
         good, rejected = decode_batch(records, OutcomeEvent)
@@ -771,12 +765,14 @@ class Detector:
         losses: dict[VersionKey, list[float]] = defaultdict(list)
         for _, e in good:
             model = self.models.get(e.model_id)
-            waiting = model.pending.pop(e.request_id, None) if model else None
+            waiting = model.pending.pop(e.request_id) if model else None
             if waiting is None:
                 self.counts["outcomes_unmatched"] += 1
                 continue
-            version, prediction, _ = waiting
-            losses[(e.model_id, version)].append(_loss(prediction, e.outcome))
+            key = (e.model_id, waiting.version)
+            losses[key].append(_loss(waiting.prediction, e.outcome))
+            if waiting.segments:
+                self._count_segment_error(key, waiting, e.outcome)
         for key, values in losses.items():
             policy = self.policy.for_model(key[0])
             state = self._version(key)
@@ -792,6 +788,20 @@ class Detector:
                         )
                     break
             self.counts["outcomes_joined"] += len(values)
+
+    def _count_segment_error(self, key: VersionKey, waiting: Waiting, outcome: float | str) -> None:
+        state = self._version(key)
+        for config in self.policy.for_model(key[0]).detectors.values():
+            if not (isinstance(config, FairnessConfig) and config.metric == "error_rate"):
+                continue
+            if config.segment not in waiting.segments:
+                continue
+            label = waiting.segments[config.segment]
+            wrong = _is_error(waiting.prediction, outcome, config.positive_threshold)
+            counts = state.outcome_segments.setdefault(config.segment, {})
+            tally = counts.setdefault(str(label), [0, 0])
+            tally[0] += 1
+            tally[1] += int(wrong)
 
     def _reference_loss(self, key: VersionKey) -> float:
         ref = self._reference_version(key)
@@ -912,17 +922,16 @@ class Detector:
             elif isinstance(config, BusinessMetricConfig | CostConfig):
                 judged.append(_business(name, config, window, ref))
             elif isinstance(config, FairnessConfig) and config.metric == "error_rate":
-                # Needs outcomes per segment, which the join does not keep yet: say so.
-                m = detectors.Measurement(
-                    "fairness",
-                    f"segment:{config.segment}",
-                    "inconclusive",
-                    "disparity_ratio",
-                    1.0,
-                    config.min_ratio,
-                    window.n,
-                    None,
-                    {"reason": "not_measured_yet"},
+                # Outcomes joined since the version's last evaluation, per segment; measured
+                # once, then counted afresh.
+                tallies = state.outcome_segments.pop(config.segment, {})
+                m = detectors.fairness(
+                    {label: t[1] for label, t in tallies.items()},
+                    {label: t[0] for label, t in tallies.items()},
+                    segment=config.segment,
+                    metric=config.metric,
+                    min_ratio=config.min_ratio,
+                    min_events=config.min_events,
                 )
                 judged.append(Judged(name, config.tier, m))
             elif isinstance(config, FairnessConfig):
@@ -1018,6 +1027,26 @@ def _add_metric(sums: MetricSums, e: BusinessMetricEvent) -> None:
         sums.ratio_events += 1
     if e.value is not None:
         sums.total += e.value
+
+
+def _is_error(prediction: float | str, outcome: float | str, threshold: float) -> bool:
+    """A wrong call: labels that differ, or a score and an outcome on either side of the
+    positive threshold."""
+    if isinstance(prediction, str) or isinstance(outcome, str):
+        return str(prediction) != str(outcome)
+    return (float(prediction) >= threshold) != (float(outcome) >= threshold)
+
+
+def _select(column: Column, sel: slice | npt.NDArray[np.bool_]) -> Column:
+    if isinstance(column, np.ndarray) or isinstance(sel, slice):
+        return column[sel]
+    return list(itertools.compress(column, sel))
+
+
+def _segment_labels(column: Column) -> list[str | None]:
+    """Segment values as the labels fairness counts by (numbers too: '1.0')."""
+    values = column.tolist() if isinstance(column, np.ndarray) else column
+    return [str(v) for v in values]
 
 
 def _loss(prediction: float | str, outcome: float | str) -> float:

@@ -13,7 +13,8 @@ import asyncio
 import itertools
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -57,8 +58,14 @@ from rollguard.events import (
 from rollguard.logs import get_logger
 from rollguard.policy import ModelPolicy, PolicySet, PolicySource
 from rollguard.settings import RollguardSettings
-from services.detector import detectors
-from services.detector.decoding import Column, PredictionBatch, decode_predictions, take
+from services.detector import decoding, detectors
+from services.detector.decoding import (
+    Column,
+    PredictionBatch,
+    decode_predictions,
+    parse_predictions,
+    take,
+)
 from services.detector.evaluation import (
     CategoricalView,
     Judged,
@@ -87,6 +94,9 @@ from services.detector.windows import (
 log = get_logger("rollguard.detector")
 
 from services.detector.decoding import Record  # noqa: E402
+
+Batches = dict[TopicPartition, list[Record]]
+Parsed = dict[TopicPartition, decoding.Parsed]
 
 
 @dataclass
@@ -271,27 +281,62 @@ class Detector:
             self._policy.refresh()
 
     async def _loop(self, consumer: Any) -> None:
-        while True:
-            self._maybe_reload()
-            batches = await consumer.getmany(
-                timeout_ms=self.svc.poll_timeout_ms, max_records=self.svc.max_batch
-            )
-            if not self.ready.is_set() and consumer.assignment():
-                self.ready.set()
-            await self._poll_control(0)
-            await self.process(batches)
-            if batches:
-                await consumer.commit()
+        await self.consume(consumer, commit=True)
 
-    async def process(self, batches: dict[TopicPartition, list[Record]]) -> None:
-        """Fold one getmany result in, close windows, publish breaches (the whole hot path)."""
+    async def consume(
+        self, consumer: Any, *, commit: bool, stop: Callable[[], bool] = lambda: False
+    ) -> None:
+        """The hot loop, pipelined: while batch k is folded on the event loop, batch k+1 is
+        already fetched and its predictions are being parsed on a worker thread (Arrow
+        parses with the GIL released). Offsets are committed per folded batch only."""
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(1, thread_name_prefix="rollguard-decode") as pool:
+            ahead: tuple[Batches, asyncio.Future[Parsed]] | None = None
+            while not stop():
+                self._maybe_reload()
+                batches = await consumer.getmany(
+                    timeout_ms=0 if ahead else self.svc.poll_timeout_ms,
+                    max_records=self.svc.max_batch,
+                )
+                if not self.ready.is_set() and consumer.assignment():
+                    self.ready.set()
+                await self._poll_control(0)
+                started = (
+                    (batches, loop.run_in_executor(pool, self.parse, batches)) if batches else None
+                )
+                if ahead is not None:
+                    await self.process(ahead[0], await ahead[1])
+                    if commit:
+                        await consumer.commit(
+                            {tp: records[-1].offset + 1 for tp, records in ahead[0].items()}
+                        )
+                elif started is None:
+                    await self.process({})  # nothing fetched: still close idle windows
+                ahead = started
+            if ahead is not None:
+                ahead[1].cancel()
+
+    def parse(self, batches: Batches) -> Parsed:
+        """Parse the predictions of a getmany result (safe on a worker thread: no state)."""
+        return {
+            tp: parse_predictions(records)
+            for tp, records in batches.items()
+            if tp.topic == self._predictions_topic
+        }
+
+    async def process(self, batches: Batches, parsed: Parsed | None = None) -> None:
+        """Fold one getmany result in, close windows, publish breaches (the whole hot path).
+
+        ``parsed``: its predictions already parsed (``parse``), else they are parsed here.
+        """
         closed: list[LatencyWindow] = []
         # Predictions before outcomes, so an outcome fetched with its prediction joins it.
         for tp, records in sorted(batches.items(), key=lambda kv: self._topic_order(kv[0].topic)):
             if tp.topic == self._latency_topic:
                 closed += await self._fold_latency(records)
             elif tp.topic == self._predictions_topic:
-                await self._fold_predictions(records)
+                ready = parsed.get(tp) if parsed is not None else None
+                await self.fold_predictions(*decode_predictions(records, ready))
             elif tp.topic == self._business_topic:
                 await self._fold_business(records)
             elif tp.topic == self._health_topic:
@@ -487,9 +532,6 @@ class Detector:
             )
         return state
 
-    async def _fold_predictions(self, records: list[Record]) -> None:
-        await self.fold_predictions(*decode_predictions(records))
-
     async def fold_predictions(self, batch: PredictionBatch, rejected: list[Rejected]) -> None:
         """Fold a decoded batch (``decode_predictions``, which may run on another thread)."""
         now = time.time()
@@ -550,7 +592,7 @@ class Detector:
             self._fold_columns(state.capture.window, columns, slice(None), policy)
             self._check_capture(key, state, now)
         system_version = batch.system_version_of(int(rows[0]))
-        for window, sel in self.version_windows.spans(key, system_version, ts, now):
+        for window, sel in self.version_windows.spans(key, system_version, ts, now, counted=True):
             self._fold_columns(window, columns, sel, policy)
 
     def _columns(

@@ -122,17 +122,53 @@ def take(column: Column, rows: Rows) -> Column:
     return [column[i] for i in rows.tolist()]
 
 
-def decode_predictions(records: list[Record]) -> tuple[PredictionBatch, list[Rejected]]:
-    """Decode and validate a batch; what fails is returned as Rejected with pydantic's reason."""
+@dataclass(frozen=True)
+class Parsed:
+    """A batch as Arrow parsed it (``table`` None: Arrow could not; the next path decides)."""
+
+    values: list[Any]
+    table: pa.Table | None
+
+
+def parse_predictions(records: list[Record]) -> Parsed:
+    """Arrow's JSON parse of a batch: one call that runs with the GIL released, so a worker
+    thread can do it while the event loop goes on (and needs the GIL back only once)."""
+    values = [r.value for r in records]
+    try:
+        # Every value one JSON object on one line: then row i of the table is record i.
+        if not all(map(bytes.startswith, values, repeat(b"{"))):
+            return Parsed(values, None)
+        buf = b"\n".join(values)
+    except TypeError:  # a tombstone (None) or a non-bytes value
+        return Parsed(values, None)
+    if not values or buf.count(b"\n") != len(values) - 1:
+        return Parsed(values, None)
+    try:
+        table = pj.read_json(
+            pa.BufferReader(buf),
+            read_options=pj.ReadOptions(use_threads=False, block_size=len(buf) + 1),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return Parsed(values, None)
+    return Parsed(values, table)
+
+
+def decode_predictions(
+    records: list[Record], parsed: Parsed | None = None
+) -> tuple[PredictionBatch, list[Rejected]]:
+    """Decode and validate a batch; what fails is returned as Rejected with pydantic's reason.
+
+    ``parsed``: ``parse_predictions(records)`` done already (on a worker thread).
+    """
     if not records:
         return _from_docs([], [], np.zeros(0), "orjson"), []
-    values = [r.value for r in records]
-    batch = _from_arrow(records, values)
+    parsed = parsed or parse_predictions(records)
+    batch = _from_arrow(records, parsed)
     if batch is not None:
         return batch, []
     try:
         # One parse for the whole batch: per-call overhead is a large share of a small event.
-        docs: list[Any] = orjson.loads(b"[" + b",".join(values) + b"]")
+        docs: list[Any] = orjson.loads(b"[" + b",".join(parsed.values) + b"]")
     except (orjson.JSONDecodeError, TypeError):
         return _from_events(records)
     if len(docs) != len(records):  # a value holding "a, b" would shift every row after it
@@ -149,29 +185,16 @@ def decode_predictions(records: list[Record]) -> tuple[PredictionBatch, list[Rej
 # --- path 1: Arrow -----------------------------------------------------------------------------
 
 
-def _from_arrow(records: list[Record], values: list[Any]) -> PredictionBatch | None:
+def _from_arrow(records: list[Record], parsed: Parsed) -> PredictionBatch | None:
     """The whole batch through Arrow, or None when any of it needs a slower path."""
-    try:
-        # Every value one JSON object on one line: then row i of the table is record i.
-        if not all(map(bytes.startswith, values, repeat(b"{"))):
-            return None
-        buf = b"\n".join(values)
-    except TypeError:  # a tombstone (None) or a non-bytes value
-        return None
-    if buf.count(b"\n") != len(values) - 1:
-        return None
-    try:
-        table = pj.read_json(
-            pa.BufferReader(buf),
-            read_options=pj.ReadOptions(use_threads=False, block_size=len(buf) + 1),
-        )
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    table = parsed.table
+    if table is None:
         return None
     if table.num_rows != len(records) or not _KEYS.issuperset(table.column_names):
         return None
     cols = {name: table.column(name).combine_chunks() for name in table.column_names}
     try:
-        return _arrow_batch(records, values, cols)
+        return _arrow_batch(records, parsed.values, cols)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, _Refused):
         return None
 

@@ -222,6 +222,10 @@ class VersionWindows:
     nothing reached it for ``idle_s`` of wall time after its end plus the policy's grace. It
     also closes at ``max_events`` (count-based windows; 0 = time only). Events older than every
     open window fold into the oldest one (counted as late) rather than reopening a closed one.
+
+    Count-based windows are exact: ``spans(..., counted=True)`` gives a window no more than
+    the events it still has room for and starts the next one (same time bucket) with the
+    rest, so every full window holds exactly ``max_events`` predictions.
     """
 
     def __init__(
@@ -239,6 +243,7 @@ class VersionWindows:
         self._closed_until: dict[VersionKey, float] = {}
         self._watermark: dict[VersionKey, float] = {}
         self._touched: dict[int, float] = {}
+        self._full: list[VersionWindow] = []
         self.late = 0
 
     def __len__(self) -> int:
@@ -253,13 +258,19 @@ class VersionWindows:
         system_version: str | None,
         ts: npt.NDArray[np.float64],
         now: float = 0.0,
+        counted: bool = False,
     ) -> list[tuple[VersionWindow, slice | npt.NDArray[np.bool_]]]:
-        """Split events of one version (event time, epoch s) over its open windows."""
+        """Split events of one version (event time, epoch s) over its open windows.
+
+        ``counted``: these events count towards ``max_events`` (predictions do; business and
+        health events ride along in whatever window is open).
+        """
         seconds = self._policy(key[0]).seconds
         buckets = np.floor(ts / seconds) * seconds
         opened = self._open.setdefault(key, {})
         closed_until = self._closed_until.get(key, -np.inf)
         out: list[tuple[VersionWindow, slice | npt.NDArray[np.bool_]]] = []
+        dealt: dict[int, int] = {}  # count-based: events given to a window in this call
         starts = np.unique(buckets)
         for start in starts:
             sel: slice | npt.NDArray[np.bool_] = (
@@ -275,30 +286,61 @@ class VersionWindows:
                     key[0], key[1], system_version, begin, seconds
                 )
             self._touched[id(window)] = now
-            out.append((window, sel))
+            if counted and self._max_events > 0:
+                out += self._deal(key, window, np.arange(len(ts))[sel], len(ts), dealt, now)
+            else:
+                out.append((window, sel))
         self._watermark[key] = max(self._watermark.get(key, -np.inf), float(ts.max()))
         return out
 
+    def _deal(
+        self,
+        key: VersionKey,
+        window: VersionWindow,
+        rows: npt.NDArray[np.intp],
+        n: int,
+        dealt: dict[int, int],
+        now: float,
+    ) -> list[tuple[VersionWindow, slice | npt.NDArray[np.bool_]]]:
+        """Deal one time bucket's events (``rows`` of ``n``) into windows of ``max_events``."""
+        out: list[tuple[VersionWindow, slice | npt.NDArray[np.bool_]]] = []
+        while len(rows):
+            room = self._max_events - window.n - dealt.get(id(window), 0)
+            part, rows = rows[:room], rows[room:]
+            mask = np.zeros(n, dtype=np.bool_)
+            mask[part] = True
+            out.append((window, mask))
+            dealt[id(window)] = dealt.get(id(window), 0) + len(part)
+            if len(part) == room:  # full: closes at the next close_ready; a new one opens
+                self._full.append(window)
+                self._touched.pop(id(window), None)
+                window = self._open[key][window.start] = VersionWindow(
+                    key[0], key[1], window.system_version, window.start, window.seconds
+                )
+                self._touched[id(window)] = now
+        return out
+
     def close_ready(self, now: float) -> list[VersionWindow]:
-        """Windows past the watermark or idle, full count-based ones; oldest first."""
+        """Full count-based windows, and windows past the watermark or idle; oldest first."""
         closed: list[VersionWindow] = []
         for key, opened in self._open.items():
             grace = self._policy(key[0]).close_grace_s
             watermark = self._watermark.get(key, -np.inf)
             for start in sorted(opened):
                 w = opened[start]
-                full = self._max_events > 0 and w.n >= self._max_events
                 passed = watermark >= w.end + self._lateness_s
                 idle = now >= w.end + grace and now - self._touched.get(id(w), 0.0) >= self._idle_s
-                if full or passed or idle:
+                if passed or idle:
                     closed.append(w)
         for w in closed:
             del self._open[w.key][w.start]
             self._touched.pop(id(w), None)
             self._closed_until[w.key] = max(self._closed_until.get(w.key, -np.inf), w.end)
-        return sorted(closed, key=lambda w: (w.key, w.start))
+        full, self._full = self._full, []
+        return sorted(full + closed, key=lambda w: (w.key, w.start))
 
     def drop(self, key: VersionKey) -> None:
+        self._full = [w for w in self._full if w.key != key]
         for w in self._open.pop(key, {}).values():
             self._touched.pop(id(w), None)
         self._closed_until.pop(key, None)

@@ -11,6 +11,7 @@ rounds interleaved so both see the same machine.
 from __future__ import annotations
 
 import asyncio
+import gc
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -61,7 +62,10 @@ async def _timed(settings: RollguardSettings, drive: Callable[[Any], Awaitable[N
     """Events/s of ``drive`` consuming the whole topic, timed from the first non-empty fetch
     (the first fetch waits on the broker, not on the consumer)."""
     consumer = AIOKafkaConsumer(
-        **client_options(settings), enable_auto_commit=False, max_partition_fetch_bytes=4 << 20
+        **client_options(settings),
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 << 20,
+        fetch_max_wait_ms=DetectorSettings().fetch_max_wait_ms,
     )
     await consumer.start()
     try:
@@ -111,10 +115,13 @@ async def run() -> dict[str, Any]:
         ]
         await asyncio.gather(*futures)
         await producer.stop()
+        del payloads, futures
 
         rates: dict[str, list[float]] = {"bare": [], "detector": []}
         for _ in range(ROUNDS):
+            gc.collect()  # both start from the same heap: nothing left of the last round
             rates["bare"].append(await _timed(settings, bare))
+            gc.collect()
             detector = Detector(settings, PolicySet(), DetectorSettings(seed=1, max_batch=BATCH))
 
             async def drive(consumer: Any, detector: Detector = detector) -> None:
@@ -124,6 +131,7 @@ async def run() -> dict[str, Any]:
             rates["detector"].append(await _timed(settings, drive))
             assert detector.counts["prediction_events"] == EVENTS, detector.counts
             paths = {k: v for k, v in detector.counts.items() if k.startswith("prediction_batches")}
+            del detector, drive
     best_bare, best_detector = max(rates["bare"]), max(rates["detector"])
     return {
         "events": EVENTS,

@@ -21,6 +21,7 @@ from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from rollguard import baselines as bl
@@ -63,7 +64,6 @@ from services.detector.decoding import (
     Column,
     PredictionBatch,
     decode_predictions,
-    parse_predictions,
     take,
 )
 from services.detector.evaluation import (
@@ -300,9 +300,13 @@ class Detector:
                 )
                 if not self.ready.is_set() and consumer.assignment():
                     self.ready.set()
+                # Let the fetcher send its next fetch before the fold holds the loop.
+                await asyncio.sleep(0)
                 await self._poll_control(0)
                 started = (
-                    (batches, loop.run_in_executor(pool, self.parse, batches)) if batches else None
+                    (batches, loop.run_in_executor(pool, self.parse, self.join(batches)))
+                    if batches
+                    else None
                 )
                 if ahead is not None:
                     await self.process(ahead[0], await ahead[1])
@@ -316,13 +320,17 @@ class Detector:
             if ahead is not None:
                 ahead[1].cancel()
 
-    def parse(self, batches: Batches) -> Parsed:
-        """Parse the predictions of a getmany result (safe on a worker thread: no state)."""
+    def join(self, batches: Batches) -> dict[TopicPartition, decoding.Joined]:
         return {
-            tp: parse_predictions(records)
+            tp: decoding.join_values(records)
             for tp, records in batches.items()
             if tp.topic == self._predictions_topic
         }
+
+    @staticmethod
+    def parse(joined: dict[TopicPartition, decoding.Joined]) -> Parsed:
+        """Parse joined predictions (on the worker thread: Arrow, with the GIL released)."""
+        return {tp: decoding.parse_joined(j) for tp, j in joined.items()}
 
     async def process(self, batches: Batches, parsed: Parsed | None = None) -> None:
         """Fold one getmany result in, close windows, publish breaches (the whole hot path).
@@ -776,7 +784,7 @@ class Detector:
         model: ModelState,
         version: str,
         policy: ModelPolicy,
-        request_ids: list[str],
+        request_ids: pa.Array,
         columns: dict[str, Column],
         now: float,
     ) -> None:
@@ -793,11 +801,11 @@ class Detector:
             and c.metric == "error_rate"
             and f"feature:{c.segment}" in columns
         }
-        prediction = columns["prediction"]
-        predictions = prediction.tolist() if isinstance(prediction, np.ndarray) else prediction
         limit = min(c.max_pending for c in configs)
         # Bounded join state: the oldest predictions give up waiting first.
-        evicted = model.pending.add(request_ids, version, predictions, segments, now, limit)
+        evicted = model.pending.add(
+            request_ids, version, columns["prediction"], segments, now, limit
+        )
         self.counts["join_evicted"] += evicted
 
     async def _fold_outcomes(self, records: list[Record]) -> None:
@@ -805,16 +813,20 @@ class Detector:
         await self._reject(rejected)
         self.counts["outcome_events"] += len(good)
         losses: dict[VersionKey, list[float]] = defaultdict(list)
+        by_model: dict[str, list[OutcomeEvent]] = defaultdict(list)
         for _, e in good:
-            model = self.models.get(e.model_id)
-            waiting = model.pending.pop(e.request_id) if model else None
-            if waiting is None:
-                self.counts["outcomes_unmatched"] += 1
-                continue
-            key = (e.model_id, waiting.version)
-            losses[key].append(_loss(waiting.prediction, e.outcome))
-            if waiting.segments:
-                self._count_segment_error(key, waiting, e.outcome)
+            by_model[e.model_id].append(e)
+        for model_id, outcomes in by_model.items():
+            model = self.models.get(model_id)
+            found = model.pending.match([e.request_id for e in outcomes]) if model else []
+            self.counts["outcomes_unmatched"] += len(outcomes) - sum(w is not None for w in found)
+            for e, waiting in zip(outcomes, found, strict=False):
+                if waiting is None:
+                    continue
+                key = (model_id, waiting.version)
+                losses[key].append(_loss(waiting.prediction, e.outcome))
+                if waiting.segments:
+                    self._count_segment_error(key, waiting, e.outcome)
         for key, values in losses.items():
             policy = self.policy.for_model(key[0])
             state = self._version(key)

@@ -33,6 +33,7 @@ from aiokafka import ConsumerRecord
 
 from rollguard.bus import Rejected, decode_batch
 from rollguard.events import PredictionEvent
+from services.detector import arrow
 
 Record: TypeAlias = "ConsumerRecord[Any, Any]"
 VersionKey: TypeAlias = tuple[str, str]
@@ -74,7 +75,7 @@ class PredictionBatch:
     groups: dict[VersionKey, Rows]
     prediction: Column
     features: dict[str, Column]
-    request_id: pa.Array | list[str]
+    request_id: pa.Array  # string
     system_version: pa.Array | list[str | None] | None
     missing: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
     path: str = "arrow"  # which decoder took the batch: arrow / orjson / pydantic
@@ -82,12 +83,8 @@ class PredictionBatch:
     def __len__(self) -> int:
         return len(self.records)
 
-    def request_ids(self, rows: Rows) -> list[str]:
-        if not isinstance(self.request_id, list):
-            # Once per batch, and only when a join needs them (a Python str per event).
-            self.request_id = self.request_id.to_pylist()
-        ids = self.request_id
-        return [ids[i] for i in rows.tolist()]
+    def request_ids(self, rows: Rows) -> pa.Array:
+        return self.request_id.take(arrow.indices(rows))
 
     def system_version_of(self, row: int) -> str | None:
         if self.system_version is None:
@@ -130,27 +127,44 @@ class Parsed:
     table: pa.Table | None
 
 
-def parse_predictions(records: list[Record]) -> Parsed:
-    """Arrow's JSON parse of a batch: one call that runs with the GIL released, so a worker
-    thread can do it while the event loop goes on (and needs the GIL back only once)."""
+@dataclass(frozen=True)
+class Joined:
+    """A batch's values, and the newline-delimited buffer Arrow reads (None: not for Arrow)."""
+
+    values: list[Any]
+    buffer: bytes | None
+
+
+def join_values(records: list[Record]) -> Joined:
+    """The batch as one newline-delimited buffer (Python work: done where the GIL is held)."""
     values = [r.value for r in records]
     try:
-        # Every value one JSON object on one line: then row i of the table is record i.
-        if not all(map(bytes.startswith, values, repeat(b"{"))):
-            return Parsed(values, None)
-        buf = b"\n".join(values)
+        # Every value starts an object, so each yields one row or more (or a parse error);
+        # with as many rows as values (checked later), row i of the table is record i.
+        if values and all(map(bytes.startswith, values, repeat(b"{"))):
+            return Joined(values, b"\n".join(values))
     except TypeError:  # a tombstone (None) or a non-bytes value
-        return Parsed(values, None)
-    if not values or buf.count(b"\n") != len(values) - 1:
-        return Parsed(values, None)
+        pass
+    return Joined(values, None)
+
+
+def parse_joined(joined: Joined) -> Parsed:
+    """Arrow's JSON parse of a joined batch: one call that runs with the GIL released, so a
+    worker thread can do it while the event loop goes on."""
+    if joined.buffer is None:
+        return Parsed(joined.values, None)
     try:
         table = pj.read_json(
-            pa.BufferReader(buf),
-            read_options=pj.ReadOptions(use_threads=False, block_size=len(buf) + 1),
+            pa.BufferReader(joined.buffer),
+            read_options=pj.ReadOptions(use_threads=False, block_size=len(joined.buffer) + 1),
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return Parsed(values, None)
-    return Parsed(values, table)
+        return Parsed(joined.values, None)
+    return Parsed(joined.values, table)
+
+
+def parse_predictions(records: list[Record]) -> Parsed:
+    return parse_joined(join_values(records))
 
 
 def decode_predictions(
@@ -221,17 +235,13 @@ def _arrow_batch(
     score = cols.get("score")
     if score is not None and score.type != pa.null():
         _numeric(score)
-    stamps = cols.get("ts")
-    _require(stamps is not None and stamps.type == pa.string() and stamps.null_count == 0)
+    stamps = _present(cols, "ts")
+    _require(stamps.type == pa.string() and stamps.null_count == 0)
     _require(pc.all(pc.match_substring_regex(stamps, _UTC_STAMP)).as_py())
-    # Zone-naive parse of the stamp without its UTC suffix (a zoned cast would load pandas).
-    naive = pc.replace_substring_regex(stamps, r"(Z|\+00:00)$", "")
-    micros = _values(naive.cast(pa.timestamp("us")).cast(pa.int64()), np.int64)
+    micros = arrow.values(stamps.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()), np.int64)
     ts = micros.astype(np.float64) / 1e6
 
-    prediction = cols.get("prediction")
-    if prediction is None:
-        raise _Refused
+    prediction = _present(cols, "prediction")
     _require(prediction.null_count == 0)
     if prediction.type in _NUMERIC_TYPES:
         predicted: Column = _numeric(prediction)
@@ -252,6 +262,13 @@ def _arrow_batch(
     )
 
 
+def _present(cols: dict[str, pa.Array], name: str) -> pa.Array:
+    column = cols.get(name)
+    if column is None:
+        raise _Refused
+    return column
+
+
 def _require(ok: Any) -> None:
     if not ok:
         raise _Refused
@@ -268,31 +285,11 @@ def _numeric(column: pa.Array) -> npt.NDArray[np.float64]:
     _require(column.type in _NUMERIC_TYPES)
     if column.type == pa.float64():
         _require(pc.all(pc.is_finite(column)).as_py() is not False)
-    out = _values(column, np.float64 if column.type == pa.float64() else np.int64).astype(
+    out = arrow.values(column, np.float64 if column.type == pa.float64() else np.int64).astype(
         np.float64
     )
-    out[_nulls(column)] = np.nan
+    out[arrow.nulls(column)] = np.nan
     return out
-
-
-# Arrays are read from their buffers: Array.to_numpy would import pandas (~50 MB) for nothing.
-
-
-def _values(column: pa.Array, dtype: type[np.generic]) -> npt.NDArray[Any]:
-    """The data buffer of a fixed-width array as numpy (null slots hold whatever is there)."""
-    data = np.frombuffer(column.buffers()[1], dtype=dtype, count=column.offset + len(column))
-    return data[column.offset :]
-
-
-def _nulls(column: pa.Array) -> npt.NDArray[np.bool_]:
-    """Which slots are null, from the validity bitmap."""
-    if not column.null_count:
-        return np.zeros(len(column), dtype=np.bool_)
-    if column.type == pa.null():
-        return np.ones(len(column), dtype=np.bool_)
-    bits = np.unpackbits(np.frombuffer(column.buffers()[0], dtype=np.uint8), bitorder="little")
-    valid: npt.NDArray[np.bool_] = bits[column.offset : column.offset + len(column)] == 1
-    return ~valid
 
 
 def _arrow_features(
@@ -302,7 +299,7 @@ def _arrow_features(
         return {}, {}
     _require(pa.types.is_struct(column.type))
     features: dict[str, Column] = {}
-    nulls = _nulls(column)
+    nulls = arrow.nulls(column)
     for i, spec in enumerate(column.type):
         child = column.field(i)
         if child.type in _NUMERIC_TYPES:
@@ -312,7 +309,7 @@ def _arrow_features(
         else:
             _require(child.type == pa.null())
             features[spec.name] = np.full(len(child), np.nan)
-        nulls |= _nulls(child)
+        nulls |= arrow.nulls(child)
     missing: dict[str, npt.NDArray[np.bool_]] = {}
     for row in np.flatnonzero(nulls).tolist():
         # Null here may be a key sent as null or a key not sent at all: the document says.
@@ -327,9 +324,9 @@ def _arrow_groups(model_ids: pa.Array, versions: pa.Array) -> dict[VersionKey, R
     ids = pc.dictionary_encode(model_ids)
     vers = pc.dictionary_encode(versions)
     _require(ids.indices.type == vers.indices.type == pa.int32())
-    codes = _values(ids.indices, np.int32).astype(np.int64) * len(vers.dictionary) + _values(
-        vers.indices, np.int32
-    )
+    codes = arrow.values(ids.indices, np.int32).astype(np.int64) * len(
+        vers.dictionary
+    ) + arrow.values(vers.indices, np.int32)
     id_names, version_names = ids.dictionary.to_pylist(), vers.dictionary.to_pylist()
     keys, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
     rows_of = np.split(np.argsort(inverse, kind="stable"), np.cumsum(np.bincount(inverse))[:-1])
@@ -414,7 +411,7 @@ def _from_docs(
         groups={k: np.array(rows, dtype=np.intp) for k, rows in grouped.items()},
         prediction=[d["prediction"] for d in docs],
         features={name: [f.get(name) for f in feats] for name in sorted(names)},
-        request_id=[d["request_id"] for d in docs],
+        request_id=arrow.strings([d["request_id"] for d in docs]),
         system_version=[d.get("system_version") for d in docs],
         missing=missing,
         path=path,

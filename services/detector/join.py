@@ -1,20 +1,29 @@
 """Predictions waiting for their outcome: the ground-truth join state of one model, bounded.
 
-Held in generations of at most ``limit / GENERATIONS`` predictions each, column by column.
-A full generation is closed and a new one opened; when the state holds more than ``limit``
-predictions, or the newest prediction of the oldest generation is older than the TTL, that
-whole generation is dropped. Dropping whole generations frees memory in one piece instead of
-churning one dict entry per event, so the state's memory stays flat once it is full; the
-price is that between ``limit - limit / GENERATIONS`` and ``limit`` predictions are held, and
-a prediction may wait up to one generation's span longer than the TTL.
+Column by column and in generations. Request ids stay Arrow strings (about 12 bytes a
+prediction, against some 200 for a Python str in a dict with a tuple of values), and
+outcomes are looked up a batch at a time with Arrow's hash kernel (``index_in``), so
+remembering a batch of predictions costs no Python object per event.
+
+A generation holds at most ``limit / GENERATIONS`` predictions. When the state holds more
+than ``limit``, or the newest prediction of the oldest generation is older than the TTL,
+that whole generation is dropped: memory is freed in one piece and stays flat once the state
+is full. The price: between ``limit - limit / GENERATIONS`` and ``limit`` predictions are
+held, and a prediction may wait up to one generation's span longer than the TTL.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from services.detector import arrow
 
 GENERATIONS = 8
 
@@ -29,15 +38,50 @@ class Waiting:
 
 
 @dataclass
-class _Generation:
-    index: dict[str, int] = field(default_factory=dict)
-    versions: list[str] = field(default_factory=list)
-    predictions: list[Any] = field(default_factory=list)
-    segments: dict[str, list[str | None]] = field(default_factory=dict)
-    newest: float = 0.0
+class _Chunk:
+    """Predictions of one version from one batch."""
 
-    def __len__(self) -> int:
-        return len(self.versions)
+    ids: pa.Array
+    version: str
+    predictions: npt.NDArray[Any]  # float64, or object for labels
+    segments: dict[str, npt.NDArray[np.object_]]
+
+
+@dataclass
+class _Generation:
+    chunks: list[_Chunk] = field(default_factory=list)
+    size: int = 0
+    newest: float = 0.0
+    matched: set[int] = field(default_factory=set)
+    _ids: pa.Array | None = None
+    _starts: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(1, dtype=np.int64))
+
+    @property
+    def waiting(self) -> int:
+        return self.size - len(self.matched)
+
+    def add(self, chunk: _Chunk, now: float) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk.ids)
+        self.newest = now
+        self._ids = None
+
+    def ids(self) -> pa.Array:
+        """Every request id of the generation in one array (rebuilt after an add)."""
+        if self._ids is None:
+            self._ids = pa.concat_arrays([c.ids for c in self.chunks])
+            self._starts = np.cumsum([0] + [len(c.ids) for c in self.chunks], dtype=np.int64)
+        return self._ids
+
+    def at(self, j: int) -> Waiting:
+        k = int(np.searchsorted(self._starts, j, side="right")) - 1
+        chunk, i = self.chunks[k], j - int(self._starts[k])
+        prediction = chunk.predictions[i]
+        return Waiting(
+            chunk.version,
+            prediction if isinstance(prediction, str) else float(prediction),
+            {name: labels[i] for name, labels in chunk.segments.items()},
+        )
 
 
 class PendingJoin:
@@ -48,57 +92,70 @@ class PendingJoin:
 
     def __len__(self) -> int:
         """Predictions still waiting (matched ones no longer count)."""
-        return sum(len(g.index) for g in self._generations)
+        return sum(g.waiting for g in self._generations)
 
     def add(
         self,
-        request_ids: list[str],
+        request_ids: pa.Array,
         version: str,
-        predictions: list[Any],
+        predictions: npt.NDArray[np.float64] | list[Any],
         segments: dict[str, list[str | None]],
         now: float,
         limit: int,
     ) -> int:
         """Remember one batch of a version's predictions; returns how many old ones gave up."""
         size = max(1, -(-limit // GENERATIONS))
+        values = (
+            predictions
+            if isinstance(predictions, np.ndarray)
+            else np.array(predictions, dtype=object)
+        )
+        labels = {name: np.array(v, dtype=object) for name, v in segments.items()}
         done = 0
         while done < len(request_ids):
-            if not self._generations or len(self._generations[-1]) >= size:
+            if not self._generations or self._generations[-1].size >= size:
                 self._generations.append(_Generation())
             gen = self._generations[-1]
-            take = min(size - len(gen), len(request_ids) - done)
-            start = len(gen)
-            gen.index.update(
-                zip(request_ids[done : done + take], range(start, start + take), strict=True)
+            end = done + min(size - gen.size, len(request_ids) - done)
+            part = slice(done, end)
+            chunk = _Chunk(
+                request_ids.slice(done, end - done),
+                version,
+                values[part],
+                {name: v[part] for name, v in labels.items()},
             )
-            gen.versions.extend(repeat(version, take))
-            gen.predictions.extend(predictions[done : done + take])
-            for name in segments.keys() | gen.segments.keys():
-                column = gen.segments.setdefault(name, [None] * start)
-                labels = segments.get(name)
-                column.extend(labels[done : done + take] if labels else repeat(None, take))
-            gen.newest = now
-            done += take
+            gen.add(chunk, now)
+            done = end
         evicted = 0
-        while sum(map(len, self._generations)) > limit:
-            evicted += len(self._generations.popleft().index)
+        while sum(g.size for g in self._generations) > limit:
+            evicted += self._generations.popleft().waiting
         return evicted
 
-    def pop(self, request_id: str) -> Waiting | None:
-        """The prediction ``request_id`` made (the latest, if it was sent twice), forgotten."""
+    def match(self, request_ids: list[str]) -> list[Waiting | None]:
+        """The prediction each request id made, consumed (an id matches once); the newest
+        generation holding an id answers."""
+        found: list[Waiting | None] = [None] * len(request_ids)
+        if not request_ids or not self._generations:
+            return found
+        needles = arrow.strings(request_ids)
+        open_ = np.ones(len(request_ids), dtype=np.bool_)
         for gen in reversed(self._generations):
-            i = gen.index.pop(request_id, None)
-            if i is not None:
-                return Waiting(
-                    gen.versions[i],
-                    gen.predictions[i],
-                    {name: labels[i] for name, labels in gen.segments.items()},
-                )
-        return None
+            hits = pc.index_in(needles, value_set=gen.ids())
+            where = arrow.values(hits, np.int32)
+            for i in np.flatnonzero(~arrow.nulls(hits) & open_).tolist():
+                j = int(where[i])
+                if j in gen.matched:
+                    continue
+                gen.matched.add(j)
+                found[i] = gen.at(j)
+                open_[i] = False
+            if not open_.any():
+                break
+        return found
 
     def expire(self, now: float, ttl: float) -> int:
         """Drop generations whose newest prediction waited longer than ``ttl``."""
         expired = 0
         while self._generations and now - self._generations[0].newest > ttl:
-            expired += len(self._generations.popleft().index)
+            expired += self._generations.popleft().waiting
         return expired

@@ -1,9 +1,15 @@
 from __future__ import annotations
 
-import numpy as np
+import time
+from datetime import UTC, datetime
+from typing import Any
 
+import numpy as np
+from aiokafka import ConsumerRecord, TopicPartition
+
+from rollguard.events import Breach, PredictionEvent
 from rollguard.policy import WindowPolicy
-from services.detector.windows import LatencyWindows
+from services.detector.windows import LatencyWindows, VersionWindows
 
 
 def fold(windows: LatencyWindows, ts: list[float], errors: list[bool]) -> list:
@@ -43,3 +49,69 @@ def test_idle_windows_close_after_grace_and_state_is_dropped() -> None:
     assert windows.close_idle(now=51.4) == []
     assert len(windows.close_idle(now=51.5)) == 1
     assert len(windows) == 0
+
+
+def test_count_based_windows_hold_exactly_their_count() -> None:
+    windows = VersionWindows(lambda _: WindowPolicy(seconds=60.0), max_events=100)
+    key = ("m", "v2")
+    # 250 events in one time bucket, in two batches that do not line up with the count.
+    for ts in (np.linspace(0.0, 1.0, 130), np.linspace(1.0, 2.0, 120)):
+        for window, sel in windows.spans(key, None, ts, now=5.0, counted=True):
+            window.n += int(np.count_nonzero(np.ones(len(ts), np.bool_)[sel]))
+    closed = windows.close_ready(now=5.0)
+    assert [w.n for w in closed] == [100, 100]
+    assert [w.n for w in windows.open_windows(key)] == [50]
+    assert windows.late == 0  # a window that filled up is not a closed time bucket
+    # Business and health events ride along: they do not count.
+    (only,) = windows.spans(key, None, np.array([2.5]), now=5.0)
+    assert only[0].n == 50
+
+
+async def test_rapid_tests_slide_over_the_last_windows() -> None:
+    from benchmarks.common import offline_detector
+    from rollguard import baselines as bl
+    from tests.factories import manifest
+
+    detector = offline_detector(window_events=200, rapid_span_windows=3)
+    detector.on_manifest(manifest("v1", status="known_good"))
+    detector.versions[("m", "v1")].capture = None
+    detector.on_manifest(manifest("v2", status="live"))
+    rng = np.random.default_rng(4)
+    detector.install_baseline(bl.numeric_snapshot("m", "v1", "prediction", rng.normal(0, 1, 5000)))
+    found: list[Breach] = []
+
+    async def capture(breaches: Any) -> None:
+        found.extend(breaches)
+
+    detector.publish = capture  # type: ignore[method-assign]
+    start = float(int(time.time()) - 60)  # all 1,000 in one 1-second bucket
+    records = [
+        ConsumerRecord(
+            detector._predictions_topic,
+            0,
+            i,
+            0,
+            0,
+            b"m",
+            PredictionEvent(
+                ts=datetime.fromtimestamp(start + i / 1000, UTC),
+                model_id="m",
+                model_version="v2",
+                request_id=f"r{i}",
+                prediction=float(rng.normal(1.0, 1)),
+            ).encode(),
+            None,
+            1,
+            1,
+            (),
+        )
+        for i in range(1000)
+    ]
+    await detector.process({TopicPartition(detector._predictions_topic, 0): records})
+    assert detector.counts["evaluations"] == 5  # five full windows of 200, closed at once
+    ks = [b for b in found if b.detector == "prediction_ks"]
+    assert ks, found
+    # The span grows to the last three windows and then slides: 400 events when k-of-n
+    # sustain first lets a breach out (window 2), then 600 (windows 3, 4, 5).
+    assert [b.n for b in ks] == [400, 600, 600, 600]
+    assert len({b.window_start for b in ks}) == 1  # one time bucket: spans start together

@@ -1,0 +1,179 @@
+"""Prediction batches: the Arrow, orjson and pydantic paths agree, and no record is lost."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from aiokafka import ConsumerRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.detector import decoding as dec
+from services.detector.decoding import Parsed, PredictionBatch, decode_predictions
+
+TOPIC = "t.predictions"
+T0 = datetime(2026, 11, 22, 12, 0, 0, 250_000, tzinfo=UTC)
+
+
+def _record(offset: int, value: bytes | None) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(TOPIC, 0, offset, 0, 0, b"m", value, None, 1, len(value or b""), ())
+
+
+def _doc(i: int, **over: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "event_id": f"e{i}",
+        "ts": f"2026-11-22T12:00:{i % 60:02d}.{i:06d}Z",
+        "model_id": "m",
+        "model_version": f"v{i % 2}",
+        "request_id": f"r{i}",
+        "prediction": i / 7,
+        "features": {"f0": float(i), "city": "ab"[i % 2]},
+    }
+    doc.update(over)
+    return doc
+
+
+def _records(docs: list[dict[str, Any]]) -> list[ConsumerRecord[bytes, bytes]]:
+    return [_record(i, orjson.dumps(d)) for i, d in enumerate(docs)]
+
+
+def _rows(batch: PredictionBatch) -> dict[str, Any]:
+    """Everything a batch says, in plain values, to compare paths with."""
+    everything = np.arange(len(batch))
+    columns = {"prediction": batch.prediction, **batch.features}
+    return {
+        "offsets": [r.offset for r in batch.records],
+        "ts": batch.ts.round(6).tolist(),
+        "groups": {k: v.tolist() for k, v in batch.groups.items()},
+        "columns": {
+            name: [None if isinstance(v, float) and np.isnan(v) else v for v in list(column)]
+            for name, column in columns.items()
+        },
+        "missing": {name: batch.lacking(name, everything).tolist() for name in batch.features},
+        "request_ids": batch.request_ids(everything).to_pylist(),
+        "system_versions": [batch.system_version_of(i) for i in range(len(batch))],
+    }
+
+
+def _every_path(records: list[ConsumerRecord[bytes, bytes]]) -> dict[str, PredictionBatch]:
+    arrow, none = decode_predictions(records)
+    values = [r.value for r in records]
+    orjson_path, none2 = decode_predictions(records, Parsed(values, None))
+    pydantic, none3 = dec._from_events(records)
+    assert none == none2 == none3 == []
+    return {"arrow": arrow, "orjson": orjson_path, "pydantic": pydantic}
+
+
+def test_the_three_paths_agree_on_good_input() -> None:
+    docs = [_doc(i) for i in range(40)]
+    docs[3]["features"]["f0"] = None  # sent as null
+    del docs[5]["features"]["city"]  # not sent at all
+    docs[7]["features"] = None
+    docs[9]["system_version"] = "sys-9"
+    docs[11]["prediction"] = 3  # an int is a number too
+    docs[13]["ts"] = "2026-11-22T12:00:13+00:00"
+    docs[15]["score"] = 0.5
+    batches = _every_path(_records(docs))
+    assert {name: b.path for name, b in batches.items()} == {
+        "arrow": "arrow",
+        "orjson": "orjson",
+        "pydantic": "pydantic",
+    }
+    seen = {name: _rows(b) for name, b in batches.items()}
+    assert seen["arrow"] == seen["orjson"] == seen["pydantic"]
+    arrow = seen["arrow"]
+    assert list(arrow["groups"]) == [("m", "v0"), ("m", "v1")]  # in order of first appearance
+    assert arrow["columns"]["f0"][3] is None and 3 not in arrow["missing"]["f0"]
+    assert arrow["missing"]["city"] == [5, 7] and arrow["missing"]["f0"] == [7]
+    assert arrow["ts"][0] == pytest.approx(datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC).timestamp())
+
+
+def test_a_null_feature_and_a_missing_one_stay_apart_on_the_arrow_path() -> None:
+    docs = [
+        _doc(0),
+        _doc(1, features={"f0": None, "city": "a"}),
+        _doc(2, features={"city": "b"}),
+        _doc(3, features=None),
+    ]
+    batch, rejected = decode_predictions(_records(docs))
+    assert batch.path == "arrow" and rejected == []
+    assert [sorted(batch.feature_names(i)) for i in range(4)] == [
+        ["city", "f0"],
+        ["city", "f0"],
+        ["city"],
+        [],
+    ]
+    assert batch.lacking("f0", np.arange(4)).tolist() == [2, 3]
+    assert batch.lacking("never-sent", np.arange(4)).tolist() == [0, 1, 2, 3]
+
+
+def test_labels_and_numbers_in_one_batch_take_the_orjson_path() -> None:
+    docs = [_doc(0, prediction="cat"), _doc(1, prediction=0.5), _doc(2, prediction="dog")]
+    batch, rejected = decode_predictions(_records(docs))
+    assert batch.path == "orjson" and rejected == []
+    assert batch.prediction == ["cat", 0.5, "dog"]
+
+
+def _raw(kind: str, i: int) -> bytes | None:
+    """One record of a kind: good ones, and the bad input every path must refuse."""
+    good = orjson.dumps(_doc(i))
+    return {
+        "good": good,
+        "label": orjson.dumps(_doc(i, prediction="cat")),
+        "offset_zone": orjson.dumps(_doc(i, ts="2026-11-22T14:00:00+02:00")),
+        "nan": good.replace(orjson.dumps(i / 7), b"NaN"),
+        "inf_feature": orjson.dumps(_doc(i)).replace(
+            b'"f0":' + orjson.dumps(float(i)), b'"f0":1e999'
+        ),
+        "tombstone": None,
+        "empty": b"",
+        "blank": b"   ",
+        "two_objects": good + b"\n" + good,
+        "unknown_key": orjson.dumps(_doc(i, colour="red")),
+        "long_id": orjson.dumps(_doc(i, request_id="x" * 257)),
+        "wrong_tag": orjson.dumps(_doc(i, schema="LatencyEvent/v1")),
+        "naive_ts": orjson.dumps(_doc(i, ts="2026-11-22T12:00:00")),
+        "not_json": b"{nope",
+        "array": b"[1, 2]",
+        "nested_feature": orjson.dumps(_doc(i, features={"f0": {"a": 1}})),
+    }[kind]
+
+
+ACCEPTED = {"good", "label", "offset_zone"}
+REFUSED = ["nan", "inf_feature", "tombstone", "empty", "blank", "two_objects", "unknown_key"]
+REFUSED += ["long_id", "wrong_tag", "naive_ts", "not_json", "array", "nested_feature"]
+
+
+@pytest.mark.parametrize("kind", REFUSED)
+def test_bad_input_is_refused_with_a_reason_and_the_rest_kept(kind: str) -> None:
+    records = [_record(i, _raw("good", i)) for i in range(5)]
+    records.insert(2, _record(99, _raw(kind, 99)))
+    batch, rejected = decode_predictions(records)
+    assert [r.offset for r in batch.records] == [0, 1, 2, 3, 4]
+    assert [r.record.offset for r in rejected] == [99]
+    assert rejected[0].error and rejected[0].kind in {"malformed", "invalid"}
+    assert batch.request_ids(np.arange(5)).to_pylist() == [f"r{i}" for i in range(5)]
+
+
+def test_a_timestamp_with_another_zone_is_read_in_utc() -> None:
+    records = [_record(0, _raw("good", 0)), _record(1, _raw("offset_zone", 1))]
+    batch, rejected = decode_predictions(records)
+    assert rejected == [] and batch.path == "pydantic"
+    assert batch.ts[1] == datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(sorted(ACCEPTED) + REFUSED), min_size=1, max_size=12))
+def test_every_record_is_accepted_or_refused_exactly_once_in_order(kinds: list[str]) -> None:
+    records = [_record(i, _raw(kind, i)) for i, kind in enumerate(kinds)]
+    batch, rejected = decode_predictions(records)
+    accepted = [r.offset for r in batch.records]
+    refused = [r.record.offset for r in rejected]
+    assert accepted == [i for i, k in enumerate(kinds) if k in ACCEPTED]
+    assert sorted(refused) == [i for i, k in enumerate(kinds) if k not in ACCEPTED]
+    assert batch.request_ids(np.arange(len(batch))).to_pylist() == [f"r{i}" for i in accepted]
+    assert sum(len(rows) for rows in batch.groups.values()) == len(accepted)

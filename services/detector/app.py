@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from rollguard import baselines as bl
 from rollguard import topics
@@ -290,7 +291,7 @@ class Detector:
         already fetched and its predictions are being parsed on a worker thread (Arrow
         parses with the GIL released). Offsets are committed per folded batch only."""
         loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(1, thread_name_prefix="rollguard-decode") as pool:
+        with ThreadPoolExecutor(1, thread_name_prefix="rollguard-parse") as pool:
             ahead: tuple[Batches, asyncio.Future[Parsed]] | None = None
             while not stop():
                 self._maybe_reload()
@@ -304,23 +305,34 @@ class Detector:
                 await asyncio.sleep(0)
                 await self._poll_control(0)
                 started = (
-                    (batches, loop.run_in_executor(pool, self.parse, self.join(batches)))
+                    (batches, loop.run_in_executor(pool, self._parse, self._joined(batches)))
                     if batches
                     else None
                 )
                 if ahead is not None:
                     await self.process(ahead[0], await ahead[1])
                     if commit:
-                        await consumer.commit(
-                            {tp: records[-1].offset + 1 for tp, records in ahead[0].items()}
-                        )
+                        await self._commit(consumer, ahead[0])
                 elif started is None:
                     await self.process({})  # nothing fetched: still close idle windows
                 ahead = started
             if ahead is not None:
                 ahead[1].cancel()
 
-    def join(self, batches: Batches) -> dict[TopicPartition, decoding.Joined]:
+    async def _commit(self, consumer: Any, folded: Batches) -> None:
+        """Commit what was folded. A partition taken away by a rebalance meanwhile is not
+        ours to commit: its new owner reads that batch again (at least once)."""
+        assigned = consumer.assignment()
+        offsets = {tp: rs[-1].offset + 1 for tp, rs in folded.items() if tp in assigned}
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            self.counts["commits_failed"] += 1
+            log.warning("commit_failed", error=str(exc), partitions=len(offsets))
+
+    def _joined(self, batches: Batches) -> dict[TopicPartition, decoding.Joined]:
         return {
             tp: decoding.join_values(records)
             for tp, records in batches.items()
@@ -328,14 +340,14 @@ class Detector:
         }
 
     @staticmethod
-    def parse(joined: dict[TopicPartition, decoding.Joined]) -> Parsed:
+    def _parse(joined: dict[TopicPartition, decoding.Joined]) -> Parsed:
         """Parse joined predictions (on the worker thread: Arrow, with the GIL released)."""
         return {tp: decoding.parse_joined(j) for tp, j in joined.items()}
 
     async def process(self, batches: Batches, parsed: Parsed | None = None) -> None:
         """Fold one getmany result in, close windows, publish breaches (the whole hot path).
 
-        ``parsed``: its predictions already parsed (``parse``), else they are parsed here.
+        ``parsed``: its predictions already parsed (``_parse``), else they are parsed here.
         """
         closed: list[LatencyWindow] = []
         # Predictions before outcomes, so an outcome fetched with its prediction joins it.

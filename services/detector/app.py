@@ -22,7 +22,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from rollguard import baselines as bl
@@ -93,6 +93,33 @@ from services.detector.windows import (
 )
 
 log = get_logger("rollguard.detector")
+
+
+class Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Rebalances, as the hot loop needs to know them.
+
+    A revocation resets every partition's position to its last committed offset, so a batch
+    fetched before it is fetched again and must not be folded twice. A fold in flight is let
+    finish and commit before the group moves on (up to ``wait_s``), so its batch is not.
+    """
+
+    def __init__(self, folding: asyncio.Lock, wait_s: float) -> None:
+        self.count = 0
+        self._folding = folding
+        self._wait_s = wait_s
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.count += 1
+        try:
+            await asyncio.wait_for(self._folding.acquire(), self._wait_s)
+        except TimeoutError:
+            log.warning("rebalance_did_not_wait_for_fold", waited_s=self._wait_s)
+            return
+        self._folding.release()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        return None
+
 
 from services.detector.decoding import Record  # noqa: E402
 
@@ -197,21 +224,28 @@ class Detector:
         self._deployments_topic = settings.topic(topics.DEPLOYMENTS.name)
         self._baselines_topic = settings.topic(topics.BASELINES.name)
         self._breach_topic = settings.topic(topics.BREACHES.name)
+        self._folding = asyncio.Lock()
+        self.revocations = Revocations(self._folding, settings.rebalance_timeout_ms / 2000)
 
     # --- wiring ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         consumer = make_consumer(
             self.settings,
-            self._latency_topic,
-            self._predictions_topic,
-            self._business_topic,
-            self._health_topic,
-            self._outcomes_topic,
             group_id=self.svc.group_id,
             control=False,
             fetch_max_wait_ms=self.svc.fetch_max_wait_ms,
             max_poll_records=self.svc.max_batch,
+        )
+        consumer.subscribe(
+            [
+                self._latency_topic,
+                self._predictions_topic,
+                self._business_topic,
+                self._health_topic,
+                self._outcomes_topic,
+            ],
+            listener=self.revocations,
         )
         # Deployments and baselines are tables every detector needs whole: no group, from the
         # beginning, read to the end before the first data batch.
@@ -289,10 +323,13 @@ class Detector:
     ) -> None:
         """The hot loop, pipelined: while batch k is folded on the event loop, batch k+1 is
         already fetched and its predictions are being parsed on a worker thread (Arrow
-        parses with the GIL released). Offsets are committed per folded batch only."""
+        parses with the GIL released). Offsets are committed per folded batch only, and a
+        batch fetched before a rebalance is not folded (it is fetched again, see Revocations).
+        """
         loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(1, thread_name_prefix="rollguard-parse") as pool:
-            ahead: tuple[Batches, asyncio.Future[Parsed]] | None = None
+        pool = ThreadPoolExecutor(1, thread_name_prefix="rollguard-parse")
+        ahead: tuple[int, Batches, asyncio.Future[Parsed]] | None = None
+        try:
             while not stop():
                 self._maybe_reload()
                 batches = await consumer.getmany(
@@ -305,19 +342,42 @@ class Detector:
                 await asyncio.sleep(0)
                 await self._poll_control(0)
                 started = (
-                    (batches, loop.run_in_executor(pool, self._parse, self._joined(batches)))
+                    (
+                        self.revocations.count,
+                        batches,
+                        loop.run_in_executor(pool, self._parse, self._joined(batches)),
+                    )
                     if batches
                     else None
                 )
                 if ahead is not None:
-                    await self.process(ahead[0], await ahead[1])
-                    if commit:
-                        await self._commit(consumer, ahead[0])
+                    await self._fold_fetched(consumer, *ahead, commit=commit)
                 elif started is None:
                     await self.process({})  # nothing fetched: still close idle windows
                 ahead = started
+        finally:
             if ahead is not None:
-                ahead[1].cancel()
+                ahead[2].cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _fold_fetched(
+        self,
+        consumer: Any,
+        revocations: int,
+        batches: Batches,
+        parsing: asyncio.Future[Parsed],
+        *,
+        commit: bool,
+    ) -> None:
+        parsed = await parsing
+        async with self._folding:
+            if revocations != self.revocations.count:
+                # Fetched before a rebalance reset the positions: it is fetched again.
+                self.counts["batches_refetched"] += 1
+                return
+            await self.process(batches, parsed)
+            if commit:
+                await self._commit(consumer, batches)
 
     async def _commit(self, consumer: Any, folded: Batches) -> None:
         """Commit what was folded. A partition taken away by a rebalance meanwhile is not

@@ -19,6 +19,7 @@ things: Arrow reads both as null, so rows with a null feature are looked at agai
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, TypeAlias
@@ -58,7 +59,13 @@ _KEYS = frozenset(
 )
 _NUMBER = (float, int)
 _SCALAR = frozenset({float, int, str, type(None)})
-_UTC_STAMP = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|\+00:00)$"
+# What both fast paths take as a time: ISO 8601 in UTC, year 0001 or later, fields in range
+# (an impossible date such as 02-30 then fails the conversion). Anything else: pydantic.
+_UTC_STAMP = (
+    r"^([1-9]\d{3}|0[1-9]\d{2}|00[1-9]\d|000[1-9])-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+    r"T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?(Z|\+00:00)$"
+)
+_STAMP = re.compile(_UTC_STAMP)
 _NUMERIC_TYPES = (pa.float64(), pa.int64())
 
 
@@ -138,14 +145,25 @@ class Joined:
 def join_values(records: list[Record]) -> Joined:
     """The batch as one newline-delimited buffer (Python work: done where the GIL is held)."""
     values = [r.value for r in records]
+    return Joined(values, b"\n".join(values) if _one_object_each(values) else None)
+
+
+def _one_object_each(values: list[Any]) -> bool:
+    """Whether joining ``values`` can only give one document per value.
+
+    Every value starts with '{' and ends with '}', so no document can run from one value
+    into the next: after a closing '}' the parser wants ',' or '}', never the '{' that opens
+    the next value (nor a key after ','). Then each value is one document or more, and a
+    value holding two shows up as a row count above the number of values.
+    """
     try:
-        # Every value starts an object, so each yields one row or more (or a parse error);
-        # with as many rows as values (checked later), row i of the table is record i.
-        if values and all(map(bytes.startswith, values, repeat(b"{"))):
-            return Joined(values, b"\n".join(values))
+        return (
+            bool(values)
+            and all(map(bytes.startswith, values, repeat(b"{")))
+            and all(map(bytes.endswith, values, repeat(b"}")))
+        )
     except TypeError:  # a tombstone (None) or a non-bytes value
-        pass
-    return Joined(values, None)
+        return False
 
 
 def parse_joined(joined: Joined) -> Parsed:
@@ -158,6 +176,8 @@ def parse_joined(joined: Joined) -> Parsed:
             pa.BufferReader(joined.buffer),
             read_options=pj.ReadOptions(use_threads=False, block_size=len(joined.buffer) + 1),
         )
+        # The reader does not check UTF-8: a bad byte would fail later, on the event loop.
+        table.validate(full=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return Parsed(joined.values, None)
     return Parsed(joined.values, table)
@@ -180,6 +200,8 @@ def decode_predictions(
     batch = _from_arrow(records, parsed)
     if batch is not None:
         return batch, []
+    if not _one_object_each(parsed.values):
+        return _from_events(records)
     try:
         # One parse for the whole batch: per-call overhead is a large share of a small event.
         docs: list[Any] = orjson.loads(b"[" + b",".join(parsed.values) + b"]")
@@ -209,7 +231,13 @@ def _from_arrow(records: list[Record], parsed: Parsed) -> PredictionBatch | None
     cols = {name: table.column(name).combine_chunks() for name in table.column_names}
     try:
         return _arrow_batch(records, parsed.values, cols)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, _Refused):
+    except (
+        pa.ArrowInvalid,
+        pa.ArrowNotImplementedError,
+        _Refused,
+        UnicodeDecodeError,
+        orjson.JSONDecodeError,
+    ):
         return None
 
 
@@ -360,9 +388,9 @@ def _fast_batch(docs: list[Any]) -> bool:
         if _types(column) != {str} or not min(map(len, column)) > 0 or max(map(len, column)) > 256:
             return False
     stamps = [d.get("ts") for d in docs]
-    if _types(stamps) != {str} or min(map(len, stamps)) < 20:
+    if _types(stamps) != {str}:
         return False
-    if not all(s[10] == "T" and (s[-1] == "Z" or s.endswith("+00:00")) for s in stamps):
+    if not all(map(_STAMP.match, stamps)):
         return False
     if not _types([d.get("prediction") for d in docs]) <= {float, int, str}:
         return False

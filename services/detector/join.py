@@ -66,10 +66,12 @@ class _Generation:
         self.newest = now
         self._ids = None
 
-    def ids(self) -> pa.Array:
-        """Every request id of the generation in one array (rebuilt after an add)."""
+    def newest_first(self) -> pa.Array:
+        """Every request id of the generation, newest first, in one array (rebuilt after an
+        add): ``index_in`` answers the first occurrence, which is then the latest."""
         if self._ids is None:
-            self._ids = pa.concat_arrays([c.ids for c in self.chunks])
+            ids = pa.concat_arrays([c.ids for c in self.chunks])
+            self._ids = ids.take(arrow.indices(np.arange(len(ids) - 1, -1, -1)))
             self._starts = np.cumsum([0] + [len(c.ids) for c in self.chunks], dtype=np.int64)
         return self._ids
 
@@ -132,23 +134,24 @@ class PendingJoin:
         return evicted
 
     def match(self, request_ids: list[str]) -> list[Waiting | None]:
-        """The prediction each request id made, consumed (an id matches once); the newest
-        generation holding an id answers."""
+        """The prediction each request id made, consumed (an id matches once). An id
+        predicted twice is answered by the later prediction; the earlier one is not
+        reachable any more (as if overwritten) and gives up with its generation."""
         found: list[Waiting | None] = [None] * len(request_ids)
         if not request_ids or not self._generations:
             return found
         needles = arrow.strings(request_ids)
         open_ = np.ones(len(request_ids), dtype=np.bool_)
         for gen in reversed(self._generations):
-            hits = pc.index_in(needles, value_set=gen.ids())
-            where = arrow.values(hits, np.int32)
+            hits = pc.index_in(needles, value_set=gen.newest_first())
+            where = gen.size - 1 - arrow.values(hits, np.int32).astype(np.int64)
             for i in np.flatnonzero(~arrow.nulls(hits) & open_).tolist():
                 j = int(where[i])
+                open_[i] = False  # the latest prediction with this id answers, or nothing
                 if j in gen.matched:
                     continue
                 gen.matched.add(j)
                 found[i] = gen.at(j)
-                open_[i] = False
             if not open_.any():
                 break
         return found

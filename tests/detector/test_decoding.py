@@ -140,12 +140,22 @@ def _raw(kind: str, i: int) -> bytes | None:
         "not_json": b"{nope",
         "array": b"[1, 2]",
         "nested_feature": orjson.dumps(_doc(i, features={"f0": {"a": 1}})),
+        "bad_utf8_model": good.replace(b'"model_id":"m"', b'"model_id":"m\xff"'),
+        "bad_utf8_feature": good.replace(b'"city":"', b'"city":"\xfe'),
+        "bad_utf8_event_id": good.replace(b'"event_id":"e', b'"event_id":"\xffe'),
+        "year_zero": orjson.dumps(_doc(i, ts="0000-01-01T00:00:00Z")),
+        "hour_24": orjson.dumps(_doc(i, ts="2026-11-22T24:00:00Z")),
+        "zone_then_z": orjson.dumps(_doc(i, ts="2026-11-22T12:00:00-05:00Z")),
+        "two_zones": orjson.dumps(_doc(i, ts="2026-11-22T12:00:00+01:00+00:00")),
+        "dot_z": orjson.dumps(_doc(i, ts="2026-11-22T12:00:00.Z")),
     }[kind]
 
 
 ACCEPTED = {"good", "label", "offset_zone"}
 REFUSED = ["nan", "inf_feature", "tombstone", "empty", "blank", "two_objects", "unknown_key"]
 REFUSED += ["long_id", "wrong_tag", "naive_ts", "not_json", "array", "nested_feature"]
+REFUSED += ["bad_utf8_model", "bad_utf8_feature", "bad_utf8_event_id", "year_zero", "hour_24"]
+REFUSED += ["zone_then_z", "two_zones", "dot_z"]
 
 
 @pytest.mark.parametrize("kind", REFUSED)
@@ -164,6 +174,23 @@ def test_a_timestamp_with_another_zone_is_read_in_utc() -> None:
     batch, rejected = decode_predictions(records)
     assert rejected == [] and batch.path == "pydantic"
     assert batch.ts[1] == datetime(2026, 11, 22, 12, 0, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize("separator", [b"\n", b","])
+def test_a_document_split_over_records_is_not_taken_for_two(separator: bytes) -> None:
+    """One event cut in two records, and two events in one record, keep the row count
+    (so a count check alone would shift every row); the fast paths must see through it."""
+    whole = orjson.dumps(_doc(0))
+    cut = whole.index(b'"f0"')
+    head, tail = whole[:cut], whole[cut:]
+    if separator == b"\n":  # the Arrow path joins with newlines: the tail starts an object
+        head, tail = whole[: whole.index(b"{", 1)], whole[whole.index(b"{", 1) :]
+    pair = orjson.dumps(_doc(2)) + (b"\n" if separator == b"\n" else b",") + orjson.dumps(_doc(3))
+    records = [_record(0, head), _record(1, tail), _record(2, pair), _record(3, _raw("good", 4))]
+    batch, rejected = decode_predictions(records)
+    assert [r.offset for r in batch.records] == [3]
+    assert sorted(r.record.offset for r in rejected) == [0, 1, 2]
+    assert batch.request_ids(np.arange(1)).to_pylist() == ["r4"]
 
 
 @settings(max_examples=60, deadline=None)

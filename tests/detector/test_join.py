@@ -135,3 +135,12 @@ async def test_error_rate_fairness_breaches_when_one_segment_is_wrong_more_often
     assert fair.value == pytest.approx(0.0)  # best segment's error rate 0 over the worst's 0.5
     assert fair.evidence["highest"] == "b" and fair.evidence["metric"] == "error_rate"
     assert detector.versions[("m", "v2")].outcome_segments == {}  # counted afresh next time
+
+
+def test_an_id_predicted_twice_is_answered_by_the_later_prediction() -> None:
+    join = PendingJoin()
+    join.add(arrow.strings(["a"]), "v1", np.array([0.1]), {}, now=0.0, limit=80)
+    join.add(arrow.strings(["a"]), "v2", np.array([0.2]), {}, now=1.0, limit=80)  # same generation
+    (got,) = join.match(["a"])
+    assert got is not None and (got.version, got.prediction) == ("v2", 0.2)
+    assert join.match(["a"]) == [None]  # consumed; the earlier copy does not answer either

@@ -53,7 +53,6 @@ from rollguard.events import (
     Breach,
     BusinessMetricEvent,
     HealthCheckEvent,
-    LatencyEvent,
     OutcomeEvent,
     SystemManifest,
 )
@@ -64,6 +63,7 @@ from services.detector import decoding, detectors
 from services.detector.decoding import (
     Column,
     PredictionBatch,
+    decode_latency,
     decode_predictions,
     take,
 )
@@ -396,12 +396,13 @@ class Detector:
         return {
             tp: decoding.join_values(records)
             for tp, records in batches.items()
-            if tp.topic == self._predictions_topic
+            if tp.topic in (self._predictions_topic, self._latency_topic)
         }
 
     @staticmethod
     def _parse(joined: dict[TopicPartition, decoding.Joined]) -> Parsed:
-        """Parse joined predictions (on the worker thread: Arrow, with the GIL released)."""
+        """Parse joined predictions and latency events (on the worker thread: Arrow, with
+        the GIL released)."""
         return {tp: decoding.parse_joined(j) for tp, j in joined.items()}
 
     async def process(self, batches: Batches, parsed: Parsed | None = None) -> None:
@@ -412,10 +413,10 @@ class Detector:
         closed: list[LatencyWindow] = []
         # Predictions before outcomes, so an outcome fetched with its prediction joins it.
         for tp, records in sorted(batches.items(), key=lambda kv: self._topic_order(kv[0].topic)):
+            ready = parsed.get(tp) if parsed is not None else None
             if tp.topic == self._latency_topic:
-                closed += await self._fold_latency(records)
+                closed += await self._fold_latency(records, ready)
             elif tp.topic == self._predictions_topic:
-                ready = parsed.get(tp) if parsed is not None else None
                 await self.fold_predictions(*decode_predictions(records, ready))
             elif tp.topic == self._business_topic:
                 await self._fold_business(records)
@@ -505,23 +506,23 @@ class Detector:
 
     # --- latency (immediate tier) -----------------------------------------------------------
 
-    async def _fold_latency(self, records: list[Record]) -> list[LatencyWindow]:
-        good, rejected = decode_batch(records, LatencyEvent)
+    async def _fold_latency(
+        self, records: list[Record], parsed: decoding.Parsed | None
+    ) -> list[LatencyWindow]:
+        batch, rejected = decode_latency(records, parsed)
         await self._reject(rejected)
-        self.counts["latency_events"] += len(good)
-        groups: dict[VersionKey, list[LatencyEvent]] = defaultdict(list)
-        for _, event in good:
-            groups[(event.model_id, event.model_version)].append(event)
+        self.counts["latency_events"] += len(batch)
+        self.counts[f"latency_batches_{batch.path}"] += 1
         closed: list[LatencyWindow] = []
         now = time.time()
-        for key, events in groups.items():
-            self._saw(key, events[0].ts.timestamp(), len(events), now)
+        for key, rows in batch.groups.items():
+            self._saw(key, float(batch.ts[rows[0]]), len(rows), now)
             closed += self.windows.add(
                 key,
-                events[-1].system_version,
-                np.fromiter((e.ts.timestamp() for e in events), np.float64, len(events)),
-                np.fromiter((e.latency_ms for e in events), np.float64, len(events)),
-                np.fromiter((e.status == "error" for e in events), np.bool_, len(events)),
+                batch.system_version_of(int(rows[-1])),
+                batch.ts[rows],
+                batch.latency_ms[rows],
+                batch.errors[rows],
             )
         return closed
 

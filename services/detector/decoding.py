@@ -1,25 +1,27 @@
-"""Prediction batches decoded into columns, without a Python object per event.
+"""Prediction and latency batches decoded into columns, without a Python object per event.
 
 Three paths, tried in order, all producing the same ``PredictionBatch``:
 
 1. **Arrow** — the batch's values joined into one newline-delimited buffer and parsed by
-   pyarrow's JSON reader into typed columns, validated column by column with Arrow compute
-   kernels. Parsing and validation run in C++ with the GIL released, so the detector runs
-   this part on a worker thread while the event loop fetches the next batch.
+   pyarrow's JSON reader into typed columns (C++, GIL released: the detector runs the parse
+   on a worker thread while the event loop folds the previous batch), then validated column
+   by column with Arrow compute kernels.
 2. **orjson** — one ``orjson.loads`` for the whole batch and a column-wise shape check, for
    batches Arrow cannot type (a topic mixing numeric and label predictions, booleans).
 3. **pydantic** — ``rollguard.bus.decode_batch`` (per record only when the batch fails), so
    every dead-letter reason is pydantic's.
 
 Paths 1 and 2 accept only documents ``PredictionEvent`` would accept as they are (exact JSON
-types, bounds, no unknown keys, the schema tag, a UTC timestamp, finite numbers); anything
-else goes one path down. A missing feature and a feature sent as ``null`` stay different
-things: Arrow reads both as null, so rows with a null feature are looked at again.
+types, bounds, no unknown keys, the schema tag, a UTC timestamp, finite numbers, valid
+UTF-8, one object per record); anything else goes one path down. A missing feature and a
+feature sent as ``null`` stay different things: Arrow reads both as null, so rows with a
+null feature are looked at again. Latency events take path 1 or 3 (``LatencyBatch``).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, TypeAlias
@@ -33,7 +35,7 @@ import pyarrow.json as pj
 from aiokafka import ConsumerRecord
 
 from rollguard.bus import Rejected, decode_batch
-from rollguard.events import PredictionEvent
+from rollguard.events import MAX_LATENCY_MS, Event, LatencyEvent, PredictionEvent
 from services.detector import arrow
 
 Record: TypeAlias = "ConsumerRecord[Any, Any]"
@@ -43,20 +45,14 @@ Column: TypeAlias = "npt.NDArray[np.float64] | list[Any]"
 Rows: TypeAlias = "npt.NDArray[np.intp]"
 
 _TAG = PredictionEvent.SCHEMA
-_KEYS = frozenset(
-    {
-        "event_id",
-        "ts",
-        "model_id",
-        "model_version",
-        "system_version",
-        "schema",
-        "request_id",
-        "prediction",
-        "score",
-        "features",
-    }
-)
+
+
+def _json_keys(model: type[Event]) -> frozenset[str]:
+    return frozenset(f.alias or name for name, f in model.model_fields.items())
+
+
+_KEYS = _json_keys(PredictionEvent)
+_LATENCY_KEYS = _json_keys(LatencyEvent)
 _NUMBER = (float, int)
 _SCALAR = frozenset({float, int, str, type(None)})
 # What both fast paths take as a time: ISO 8601 in UTC, year 0001 or later, fields in range
@@ -70,28 +66,18 @@ _NUMERIC_TYPES = (pa.float64(), pa.int64())
 
 
 @dataclass
-class PredictionBatch:
-    """Accepted predictions of one batch, column by column, grouped by model version.
-
-    ``missing`` holds, per feature name, which rows lack that key (as opposed to sending it
-    as null); a name present in every row has no entry.
-    """
+class Batch:
+    """What every decoded batch has: the accepted records, their event time (epoch s) and
+    their rows grouped by model version, in order of first appearance."""
 
     records: list[Record]
     ts: npt.NDArray[np.float64]
     groups: dict[VersionKey, Rows]
-    prediction: Column
-    features: dict[str, Column]
-    request_id: pa.Array  # string
     system_version: pa.Array | list[str | None] | None
-    missing: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
-    path: str = "arrow"  # which decoder took the batch: arrow / orjson / pydantic
+    path: str  # which decoder took the batch: arrow / orjson / pydantic
 
     def __len__(self) -> int:
         return len(self.records)
-
-    def request_ids(self, rows: Rows) -> pa.Array:
-        return self.request_id.take(arrow.indices(rows))
 
     def system_version_of(self, row: int) -> str | None:
         if self.system_version is None:
@@ -102,6 +88,31 @@ class PredictionBatch:
             else self.system_version[row].as_py()
         )
         return value
+
+
+@dataclass
+class LatencyBatch(Batch):
+    """Accepted latency events of one batch: milliseconds and whether each was an error."""
+
+    latency_ms: npt.NDArray[np.float64]
+    errors: npt.NDArray[np.bool_]
+
+
+@dataclass
+class PredictionBatch(Batch):
+    """Accepted predictions of one batch, column by column.
+
+    ``missing`` holds, per feature name, which rows lack that key (as opposed to sending it
+    as null); a name present in every row has no entry.
+    """
+
+    prediction: Column
+    features: dict[str, Column]
+    request_id: pa.Array  # string
+    missing: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
+
+    def request_ids(self, rows: Rows) -> pa.Array:
+        return self.request_id.take(arrow.indices(rows))
 
     def feature_names(self, row: int) -> frozenset[str]:
         """The feature keys row ``row`` sent (null values included)."""
@@ -183,7 +194,7 @@ def parse_joined(joined: Joined) -> Parsed:
     return Parsed(joined.values, table)
 
 
-def parse_predictions(records: list[Record]) -> Parsed:
+def parse_records(records: list[Record]) -> Parsed:
     return parse_joined(join_values(records))
 
 
@@ -192,11 +203,11 @@ def decode_predictions(
 ) -> tuple[PredictionBatch, list[Rejected]]:
     """Decode and validate a batch; what fails is returned as Rejected with pydantic's reason.
 
-    ``parsed``: ``parse_predictions(records)`` done already (on a worker thread).
+    ``parsed``: ``parse_records(records)`` done already (on a worker thread).
     """
     if not records:
         return _from_docs([], [], np.zeros(0), "orjson"), []
-    parsed = parsed or parse_predictions(records)
+    parsed = parsed or parse_records(records)
     batch = _from_arrow(records, parsed)
     if batch is not None:
         return batch, []
@@ -223,21 +234,10 @@ def decode_predictions(
 
 def _from_arrow(records: list[Record], parsed: Parsed) -> PredictionBatch | None:
     """The whole batch through Arrow, or None when any of it needs a slower path."""
-    table = parsed.table
-    if table is None:
-        return None
-    if table.num_rows != len(records) or not _KEYS.issuperset(table.column_names):
-        return None
-    cols = {name: table.column(name).combine_chunks() for name in table.column_names}
+    cols = _arrow_columns(records, parsed, _KEYS)
     try:
-        return _arrow_batch(records, parsed.values, cols)
-    except (
-        pa.ArrowInvalid,
-        pa.ArrowNotImplementedError,
-        _Refused,
-        UnicodeDecodeError,
-        orjson.JSONDecodeError,
-    ):
+        return None if cols is None else _arrow_batch(records, parsed.values, cols)
+    except _NOT_FOR_ARROW:
         return None
 
 
@@ -245,29 +245,63 @@ class _Refused(Exception):
     """A column the Arrow path does not take as it is (the next path decides)."""
 
 
-def _arrow_batch(
-    records: list[Record], values: list[Any], cols: dict[str, pa.Array]
-) -> PredictionBatch:
-    for name, limit in (("model_id", 256), ("model_version", 256), ("request_id", 256)):
-        _require_ids(cols.get(name), limit)
+_NOT_FOR_ARROW = (
+    pa.ArrowInvalid,
+    pa.ArrowNotImplementedError,
+    _Refused,
+    UnicodeDecodeError,
+    orjson.JSONDecodeError,
+)
+
+
+def _arrow_columns(
+    records: list[Record], parsed: Parsed, keys: frozenset[str]
+) -> dict[str, pa.Array] | None:
+    """The parsed table's columns, if it has one row per record and only known keys."""
+    table = parsed.table
+    if table is None or table.num_rows != len(records) or not keys.issuperset(table.column_names):
+        return None
+    return {name: table.column(name).combine_chunks() for name in table.column_names}
+
+
+def _envelope(
+    cols: dict[str, pa.Array], tag: str
+) -> tuple[npt.NDArray[np.float64], dict[VersionKey, Rows], pa.Array | None]:
+    """The fields every model event has, checked: event time, version groups, system version."""
+    for name in ("model_id", "model_version"):
+        _require_ids(cols.get(name), 256)
     if "event_id" in cols:
         _require_ids(cols["event_id"], 128)
     if "schema" in cols:
-        tag = cols["schema"]
-        _require(tag.type == pa.string() and tag.null_count == 0)
-        _require(pc.dictionary_encode(tag).dictionary.to_pylist() == [_TAG])
-    system = cols.get("system_version")
-    if system is not None and system.type != pa.null():
-        _require(system.type == pa.string())
-        _require((pc.max(pc.utf8_length(system)).as_py() or 0) <= 256)
-    score = cols.get("score")
-    if score is not None and score.type != pa.null():
-        _numeric(score)
+        tags = cols["schema"]
+        _require(tags.type == pa.string() and tags.null_count == 0)
+        _require(pc.dictionary_encode(tags).dictionary.to_pylist() == [tag])
+    system = _optional_strings(cols.get("system_version"))
     stamps = _present(cols, "ts")
     _require(stamps.type == pa.string() and stamps.null_count == 0)
     _require(pc.all(pc.match_substring_regex(stamps, _UTC_STAMP)).as_py())
     micros = arrow.values(stamps.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()), np.int64)
-    ts = micros.astype(np.float64) / 1e6
+    groups = _arrow_groups(cols["model_id"], cols["model_version"])
+    return micros.astype(np.float64) / 1e6, groups, system
+
+
+def _optional_strings(column: pa.Array | None, limit: int = 256) -> pa.Array | None:
+    """A nullable string field of at most ``limit`` characters (None: never sent)."""
+    if column is None or column.type == pa.null():
+        return None
+    _require(column.type == pa.string())
+    _require((pc.max(pc.utf8_length(column)).as_py() or 0) <= limit)
+    return column
+
+
+def _arrow_batch(
+    records: list[Record], values: list[Any], cols: dict[str, pa.Array]
+) -> PredictionBatch:
+    ts, groups, system = _envelope(cols, _TAG)
+    _require_ids(cols.get("request_id"), 256)
+    score = cols.get("score")
+    if score is not None and score.type != pa.null():
+        _numeric(score)
 
     prediction = _present(cols, "prediction")
     _require(prediction.null_count == 0)
@@ -281,12 +315,61 @@ def _arrow_batch(
     return PredictionBatch(
         records=list(records),
         ts=ts,
-        groups=_arrow_groups(cols["model_id"], cols["model_version"]),
+        groups=groups,
+        system_version=system,
+        path="arrow",
         prediction=predicted,
         features=features,
         request_id=cols["request_id"],
-        system_version=system if system is not None and system.type != pa.null() else None,
         missing=missing,
+    )
+
+
+def _arrow_latency(records: list[Record], cols: dict[str, pa.Array]) -> LatencyBatch:
+    ts, groups, system = _envelope(cols, LatencyEvent.SCHEMA)
+    _require_ids(cols.get("request_id"), 256)
+    latency = _present(cols, "latency_ms")
+    _require(latency.null_count == 0)
+    ms = _numeric(latency)
+    _require(bool((ms >= 0).all() and (ms <= MAX_LATENCY_MS).all()))
+    status = _present(cols, "status")
+    _require(status.type == pa.string() and status.null_count == 0)
+    codes = pc.dictionary_encode(status)
+    labels = codes.dictionary.to_pylist()
+    _require(set(labels) <= {"ok", "error"})
+    errors = (
+        arrow.values(codes.indices, np.int32) == labels.index("error")
+        if "error" in labels
+        else np.zeros(len(status), dtype=np.bool_)
+    )
+    _optional_strings(cols.get("error_kind"))
+    return LatencyBatch(list(records), ts, groups, system, "arrow", ms, errors)
+
+
+def decode_latency(
+    records: list[Record], parsed: Parsed | None = None
+) -> tuple[LatencyBatch, list[Rejected]]:
+    """Latency events as columns: Arrow for a batch it takes whole, else pydantic."""
+    parsed = parsed or parse_records(records)
+    cols = _arrow_columns(records, parsed, _LATENCY_KEYS)
+    if cols is not None:
+        try:
+            return _arrow_latency(records, cols), []
+        except _NOT_FOR_ARROW:
+            pass
+    good, rejected = decode_batch(records, LatencyEvent)
+    events = [e for _, e in good]
+    return (
+        LatencyBatch(
+            records=[r for r, _ in good],
+            ts=np.array([e.ts.timestamp() for e in events], dtype=np.float64),
+            groups=_groups((e.model_id, e.model_version) for e in events),
+            system_version=[e.system_version for e in events],
+            path="pydantic",
+            latency_ms=np.array([e.latency_ms for e in events], dtype=np.float64),
+            errors=np.array([e.status == "error" for e in events], dtype=np.bool_),
+        ),
+        rejected,
     )
 
 
@@ -423,9 +506,6 @@ def _epoch_seconds(stamps: list[str]) -> npt.NDArray[np.float64]:
 def _from_docs(
     records: list[Record], docs: list[dict[str, Any]], ts: npt.NDArray[np.float64], path: str
 ) -> PredictionBatch:
-    grouped: dict[VersionKey, list[int]] = {}
-    for i, doc in enumerate(docs):
-        grouped.setdefault((doc["model_id"], doc["model_version"]), []).append(i)
     feats = [d.get("features") or {} for d in docs]
     names: set[str] = set().union(*feats)
     missing = {
@@ -436,14 +516,21 @@ def _from_docs(
     return PredictionBatch(
         records=records,
         ts=ts,
-        groups={k: np.array(rows, dtype=np.intp) for k, rows in grouped.items()},
+        groups=_groups((d["model_id"], d["model_version"]) for d in docs),
+        system_version=[d.get("system_version") for d in docs],
+        path=path,
         prediction=[d["prediction"] for d in docs],
         features={name: [f.get(name) for f in feats] for name in sorted(names)},
         request_id=arrow.strings([d["request_id"] for d in docs]),
-        system_version=[d.get("system_version") for d in docs],
         missing=missing,
-        path=path,
     )
+
+
+def _groups(keys: Iterable[VersionKey]) -> dict[VersionKey, Rows]:
+    grouped: dict[VersionKey, list[int]] = {}
+    for i, key in enumerate(keys):
+        grouped.setdefault(key, []).append(i)
+    return {k: np.array(rows, dtype=np.intp) for k, rows in grouped.items()}
 
 
 # --- path 3: pydantic --------------------------------------------------------------------------

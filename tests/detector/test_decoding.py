@@ -204,3 +204,52 @@ def test_every_record_is_accepted_or_refused_exactly_once_in_order(kinds: list[s
     assert sorted(refused) == [i for i, k in enumerate(kinds) if k not in ACCEPTED]
     assert batch.request_ids(np.arange(len(batch))).to_pylist() == [f"r{i}" for i in accepted]
     assert sum(len(rows) for rows in batch.groups.values()) == len(accepted)
+
+
+def _latency(i: int, **over: Any) -> bytes:
+    doc: dict[str, Any] = {
+        "ts": f"2026-11-22T12:00:{i % 60:02d}.{i:06d}Z",
+        "model_id": "m",
+        "model_version": f"v{i % 3}",
+        "request_id": f"r{i}",
+        "latency_ms": 10.0 + i,
+        "status": "error" if i % 4 == 0 else "ok",
+    }
+    doc.update(over)
+    return orjson.dumps(doc)
+
+
+def test_latency_events_decode_alike_on_both_paths() -> None:
+    records = [_record(i, _latency(i)) for i in range(30)]
+    records[5] = _record(5, _latency(5, error_kind="timeout", system_version="sys-2"))
+    fast, none = dec.decode_latency(records)
+    slow, none2 = dec.decode_latency(records, Parsed([r.value for r in records], None))
+    assert (fast.path, slow.path, none, none2) == ("arrow", "pydantic", [], [])
+    for batch in (fast, slow):
+        assert {k: v.tolist() for k, v in batch.groups.items()} == {
+            ("m", f"v{j}"): list(range(j, 30, 3)) for j in range(3)
+        }
+    assert fast.ts.tolist() == slow.ts.tolist()
+    assert fast.latency_ms.tolist() == slow.latency_ms.tolist() == [10.0 + i for i in range(30)]
+    assert fast.errors.tolist() == slow.errors.tolist() == [i % 4 == 0 for i in range(30)]
+    assert fast.system_version_of(5) == slow.system_version_of(5) == "sys-2"
+
+
+@pytest.mark.parametrize(
+    ("bad", "field_"),
+    [
+        (_latency(99, latency_ms=-1.0), "latency_ms"),
+        (_latency(99, latency_ms=86_400_001.0), "latency_ms"),
+        (_latency(99).replace(b'"latency_ms":109.0', b'"latency_ms":NaN'), "(event)"),
+        (_latency(99, status="slow"), "status"),
+        (_latency(99, schema="PredictionEvent/v1"), "schema"),
+        (_latency(99, request_id=""), "request_id"),
+    ],
+)
+def test_bad_latency_events_are_refused_and_the_rest_kept(bad: bytes, field_: str) -> None:
+    records = [_record(i, _latency(i)) for i in range(4)]
+    records.insert(2, _record(99, bad))
+    batch, rejected = dec.decode_latency(records)
+    assert [r.offset for r in batch.records] == [0, 1, 2, 3]
+    assert [r.record.offset for r in rejected] == [99]
+    assert rejected[0].error.startswith(field_) or rejected[0].kind == "malformed"

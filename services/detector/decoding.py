@@ -189,7 +189,7 @@ def parse_joined(joined: Joined) -> Parsed:
         )
         # The reader does not check UTF-8: a bad byte would fail later, on the event loop.
         table.validate(full=True)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+    except pa.ArrowException:
         return Parsed(joined.values, None)
     return Parsed(joined.values, table)
 
@@ -246,8 +246,7 @@ class _Refused(Exception):
 
 
 _NOT_FOR_ARROW = (
-    pa.ArrowInvalid,
-    pa.ArrowNotImplementedError,
+    pa.ArrowException,
     _Refused,
     UnicodeDecodeError,
     orjson.JSONDecodeError,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -253,3 +254,47 @@ def test_bad_latency_events_are_refused_and_the_rest_kept(bad: bytes, field_: st
     assert [r.offset for r in batch.records] == [0, 1, 2, 3]
     assert [r.record.offset for r in rejected] == [99]
     assert rejected[0].error.startswith(field_) or rejected[0].kind == "malformed"
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+_FIELDS = [*sorted(dec._KEYS), "features.f0", "features.city", "extra"]
+
+
+@st.composite
+def _mutant(draw: st.DrawFn, i: int) -> bytes:
+    """A good prediction with one field set to any JSON value (or raw bytes instead)."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=40))
+    doc = _doc(i)
+    name, value = draw(st.sampled_from(_FIELDS)), draw(_JSON)
+    if name.startswith("features."):
+        doc["features"][name.split(".")[1]] = value
+    else:
+        doc[name] = value
+    return json.dumps(doc).encode()  # the stdlib writes integers of any size
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_any_input_is_accepted_or_refused_never_raises(data: st.DataObject) -> None:
+    n = data.draw(st.integers(1, 8))
+    values = [
+        data.draw(_mutant(i)) if data.draw(st.booleans()) else _raw("good", i) for i in range(n)
+    ]
+    records = [_record(i, v) for i, v in enumerate(values)]
+    batch, rejected = decode_predictions(records)
+    accepted = [r.offset for r in batch.records]
+    assert sorted(accepted + [r.record.offset for r in rejected]) == list(range(n))
+    assert batch.request_ids(np.arange(len(batch))).to_pylist() == [
+        json.loads(values[i])["request_id"] for i in accepted
+    ]
+    # A fast path accepts what pydantic accepts, and reads the same values from it.
+    slow, refused = dec._from_events(records)
+    assert sorted(r.record.offset for r in refused) == sorted(r.record.offset for r in rejected)
+    assert _rows(batch) == _rows(slow)

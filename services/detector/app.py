@@ -393,10 +393,14 @@ class Detector:
             log.warning("commit_failed", error=str(exc), partitions=len(offsets))
 
     def _joined(self, batches: Batches) -> dict[TopicPartition, decoding.Joined]:
+        strings = {
+            self._predictions_topic: decoding.PREDICTION_STRINGS,
+            self._latency_topic: decoding.LATENCY_STRINGS,
+        }
         return {
-            tp: decoding.join_values(records)
+            tp: decoding.join_values(records, strings[tp.topic])
             for tp, records in batches.items()
-            if tp.topic in (self._predictions_topic, self._latency_topic)
+            if tp.topic in strings
         }
 
     @staticmethod

@@ -147,16 +147,26 @@ class Parsed:
 
 @dataclass(frozen=True)
 class Joined:
-    """A batch's values, and the newline-delimited buffer Arrow reads (None: not for Arrow)."""
+    """A batch's values, and the newline-delimited buffer Arrow reads (None: not for Arrow),
+    with the fields Arrow must read as strings."""
 
     values: list[Any]
     buffer: bytes | None
+    strings: tuple[str, ...]
 
 
-def join_values(records: list[Record]) -> Joined:
+# Required string fields, read as strings whatever they look like: left to inference, a
+# batch of whole-second stamps (or a version named "2026-11-22") would become a timestamp
+# column and miss the fast path. Optional ones stay inferred: an absent field would come
+# back as a null column, which is not the same thing.
+PREDICTION_STRINGS = ("ts", "model_id", "model_version", "request_id")
+LATENCY_STRINGS = (*PREDICTION_STRINGS, "status")
+
+
+def join_values(records: list[Record], strings: tuple[str, ...] = PREDICTION_STRINGS) -> Joined:
     """The batch as one newline-delimited buffer (Python work: done where the GIL is held)."""
     values = [r.value for r in records]
-    return Joined(values, b"\n".join(values) if _one_object_each(values) else None)
+    return Joined(values, b"\n".join(values) if _one_object_each(values) else None, strings)
 
 
 def _one_object_each(values: list[Any]) -> bool:
@@ -186,6 +196,10 @@ def parse_joined(joined: Joined) -> Parsed:
         table = pj.read_json(
             pa.BufferReader(joined.buffer),
             read_options=pj.ReadOptions(use_threads=False, block_size=len(joined.buffer) + 1),
+            parse_options=pj.ParseOptions(
+                explicit_schema=pa.schema([(name, pa.string()) for name in joined.strings]),
+                unexpected_field_behavior="infer",
+            ),
         )
         # The reader does not check UTF-8: a bad byte would fail later, on the event loop.
         table.validate(full=True)
@@ -194,8 +208,8 @@ def parse_joined(joined: Joined) -> Parsed:
     return Parsed(joined.values, table)
 
 
-def parse_records(records: list[Record]) -> Parsed:
-    return parse_joined(join_values(records))
+def parse_records(records: list[Record], strings: tuple[str, ...] = PREDICTION_STRINGS) -> Parsed:
+    return parse_joined(join_values(records, strings))
 
 
 def decode_predictions(
@@ -349,7 +363,7 @@ def decode_latency(
     records: list[Record], parsed: Parsed | None = None
 ) -> tuple[LatencyBatch, list[Rejected]]:
     """Latency events as columns: Arrow for a batch it takes whole, else pydantic."""
-    parsed = parsed or parse_records(records)
+    parsed = parsed or parse_records(records, LATENCY_STRINGS)
     cols = _arrow_columns(records, parsed, _LATENCY_KEYS)
     if cols is not None:
         try:

@@ -298,3 +298,11 @@ def test_any_input_is_accepted_or_refused_never_raises(data: st.DataObject) -> N
     slow, refused = dec._from_events(records)
     assert sorted(r.record.offset for r in refused) == sorted(r.record.offset for r in rejected)
     assert _rows(batch) == _rows(slow)
+
+
+def test_whole_second_stamps_and_date_like_versions_stay_on_the_arrow_path() -> None:
+    docs = [_doc(i, ts=f"2026-11-22T12:00:{i:02d}Z", model_version="2026-11-22") for i in range(5)]
+    batch, rejected = decode_predictions(_records(docs))
+    assert (batch.path, rejected) == ("arrow", [])
+    assert list(batch.groups) == [("m", "2026-11-22")]
+    assert batch.ts[1] - batch.ts[0] == 1.0

@@ -336,6 +336,9 @@ class Detector:
                     timeout_ms=0 if ahead else self.svc.poll_timeout_ms,
                     max_records=self.svc.max_batch,
                 )
+                # Before any other await: a revocation seen later means this batch is stale.
+                # (getmany itself waits out a rebalance, so what it returns is current.)
+                fetched_at = self.revocations.count
                 if not self.ready.is_set() and consumer.assignment():
                     self.ready.set()
                 # Let the fetcher send its next fetch before the fold holds the loop.
@@ -343,7 +346,7 @@ class Detector:
                 await self._poll_control(0)
                 started = (
                     (
-                        self.revocations.count,
+                        fetched_at,
                         batches,
                         loop.run_in_executor(pool, self._parse, self._joined(batches)),
                     )

@@ -61,7 +61,7 @@ _UTC_STAMP = (
     r"^([1-9]\d{3}|0[1-9]\d{2}|00[1-9]\d|000[1-9])-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
     r"T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?(Z|\+00:00)$"
 )
-_STAMP = re.compile(_UTC_STAMP)
+_STAMP = re.compile(_UTC_STAMP, re.ASCII)
 _NUMERIC_TYPES = (pa.float64(), pa.int64())
 
 
@@ -203,7 +203,7 @@ def parse_joined(joined: Joined) -> Parsed:
         )
         # The reader does not check UTF-8: a bad byte would fail later, on the event loop.
         table.validate(full=True)
-    except pa.ArrowException:
+    except (pa.ArrowException, UnicodeError):  # UnicodeError: a key that is not UTF-8
         return Parsed(joined.values, None)
     return Parsed(joined.values, table)
 
@@ -248,8 +248,8 @@ def decode_predictions(
 
 def _from_arrow(records: list[Record], parsed: Parsed) -> PredictionBatch | None:
     """The whole batch through Arrow, or None when any of it needs a slower path."""
-    cols = _arrow_columns(records, parsed, _KEYS)
     try:
+        cols = _arrow_columns(records, parsed, _KEYS)
         return None if cols is None else _arrow_batch(records, parsed.values, cols)
     except _NOT_FOR_ARROW:
         return None
@@ -295,7 +295,7 @@ def _envelope(
     _require(pc.all(pc.match_substring_regex(stamps, _UTC_STAMP)).as_py())
     micros = arrow.values(stamps.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()), np.int64)
     groups = _arrow_groups(cols["model_id"], cols["model_version"])
-    return micros.astype(np.float64) / 1e6, groups, system
+    return _seconds(micros), groups, system
 
 
 def _optional_strings(column: pa.Array | None, limit: int = 256) -> pa.Array | None:
@@ -364,12 +364,12 @@ def decode_latency(
 ) -> tuple[LatencyBatch, list[Rejected]]:
     """Latency events as columns: Arrow for a batch it takes whole, else pydantic."""
     parsed = parsed or parse_records(records, LATENCY_STRINGS)
-    cols = _arrow_columns(records, parsed, _LATENCY_KEYS)
-    if cols is not None:
-        try:
+    try:
+        cols = _arrow_columns(records, parsed, _LATENCY_KEYS)
+        if cols is not None:
             return _arrow_latency(records, cols), []
-        except _NOT_FOR_ARROW:
-            pass
+    except _NOT_FOR_ARROW:
+        pass
     good, rejected = decode_batch(records, LatencyEvent)
     events = [e for _, e in good]
     return (
@@ -486,7 +486,7 @@ def _fast_batch(docs: list[Any]) -> bool:
     stamps = [d.get("ts") for d in docs]
     if _types(stamps) != {str}:
         return False
-    if not all(map(_STAMP.match, stamps)):
+    if not all(map(_STAMP.fullmatch, stamps)):
         return False
     if not _types([d.get("prediction") for d in docs]) <= {float, int, str}:
         return False
@@ -512,8 +512,14 @@ def _fast_batch(docs: list[Any]) -> bool:
 def _epoch_seconds(stamps: list[str]) -> npt.NDArray[np.float64]:
     """UTC ISO-8601 stamps ('Z' or '+00:00') to epoch seconds, microsecond precision."""
     naive = [s[:-1] if s[-1] == "Z" else s[:-6] for s in stamps]
-    micros = np.array(naive, dtype="datetime64[us]").astype(np.int64)
-    return micros.astype(np.float64) / 1e6
+    return _seconds(np.array(naive, dtype="datetime64[us]").astype(np.int64))
+
+
+def _seconds(micros: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    """Epoch microseconds to seconds exactly as ``datetime.timestamp()`` rounds them (whole
+    seconds and fraction apart: a float64 holds every microsecond count only up to 2255)."""
+    whole: npt.NDArray[np.float64] = (micros // 1_000_000).astype(np.float64)
+    return whole + (micros % 1_000_000) / 1e6
 
 
 def _from_docs(

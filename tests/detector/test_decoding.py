@@ -48,7 +48,7 @@ def _rows(batch: PredictionBatch) -> dict[str, Any]:
     columns = {"prediction": batch.prediction, **batch.features}
     return {
         "offsets": [r.offset for r in batch.records],
-        "ts": batch.ts.round(6).tolist(),
+        "ts": batch.ts.tolist(),  # exactly: every path rounds as datetime.timestamp() does
         "groups": {k: v.tolist() for k, v in batch.groups.items()},
         "columns": {
             name: [None if isinstance(v, float) and np.isnan(v) else v for v in list(column)]
@@ -78,6 +78,8 @@ def test_the_three_paths_agree_on_good_input() -> None:
     docs[11]["prediction"] = 3  # an int is a number too
     docs[13]["ts"] = "2026-11-22T12:00:13+00:00"
     docs[15]["score"] = 0.5
+    docs[17]["ts"] = "0001-01-01T00:00:00.047515Z"  # far from 1970: float64 rounding shows
+    docs[19]["ts"] = "9999-12-31T23:59:59.023758Z"
     batches = _every_path(_records(docs))
     assert {name: b.path for name, b in batches.items()} == {
         "arrow": "arrow",
@@ -149,6 +151,8 @@ def _raw(kind: str, i: int) -> bytes | None:
         "zone_then_z": orjson.dumps(_doc(i, ts="2026-11-22T12:00:00-05:00Z")),
         "two_zones": orjson.dumps(_doc(i, ts="2026-11-22T12:00:00+01:00+00:00")),
         "dot_z": orjson.dumps(_doc(i, ts="2026-11-22T12:00:00.Z")),
+        "ts_newline": orjson.dumps(_doc(i, ts="2026-11-22T12:00:00.123456Z\n")),
+        "bad_utf8_key": good[:-1] + b',"\xff":1}',
     }[kind]
 
 
@@ -156,7 +160,7 @@ ACCEPTED = {"good", "label", "offset_zone"}
 REFUSED = ["nan", "inf_feature", "tombstone", "empty", "blank", "two_objects", "unknown_key"]
 REFUSED += ["long_id", "wrong_tag", "naive_ts", "not_json", "array", "nested_feature"]
 REFUSED += ["bad_utf8_model", "bad_utf8_feature", "bad_utf8_event_id", "year_zero", "hour_24"]
-REFUSED += ["zone_then_z", "two_zones", "dot_z"]
+REFUSED += ["zone_then_z", "two_zones", "dot_z", "ts_newline", "bad_utf8_key"]
 
 
 @pytest.mark.parametrize("kind", REFUSED)
@@ -245,6 +249,7 @@ def test_latency_events_decode_alike_on_both_paths() -> None:
         (_latency(99, status="slow"), "status"),
         (_latency(99, schema="PredictionEvent/v1"), "schema"),
         (_latency(99, request_id=""), "request_id"),
+        (_latency(99)[:-1] + b',"\xff":1}', "(event)"),
     ],
 )
 def test_bad_latency_events_are_refused_and_the_rest_kept(bad: bytes, field_: str) -> None:

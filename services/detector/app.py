@@ -322,8 +322,8 @@ class Detector:
         self, consumer: Any, *, commit: bool, stop: Callable[[], bool] = lambda: False
     ) -> None:
         """The hot loop, pipelined: while batch k is folded on the event loop, batch k+1 is
-        already fetched and its predictions are being parsed on a worker thread (Arrow
-        parses with the GIL released). Offsets are committed per folded batch only, and a
+        already fetched and its predictions and latency events are being parsed on a worker
+        thread (Arrow parses with the GIL released). Offsets are committed per folded batch only, and a
         batch fetched before a rebalance is not folded (it is fetched again, see Revocations).
         """
         loop = asyncio.get_running_loop()

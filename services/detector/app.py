@@ -716,9 +716,8 @@ class Detector:
         self, model: ModelState, signal: str, raw: Column, bad: dict[int, str], field_: str
     ) -> Column:
         if isinstance(raw, np.ndarray):  # typed numbers (NaN = null) from the Arrow path
-            known = raw[~np.isnan(raw)]
             kind = model.kinds.get(signal)
-            if kind is None and len(known):
+            if kind is None and not np.isnan(raw).all():
                 kind = model.kinds[signal] = "numeric"
             if kind != "categorical":
                 return raw
@@ -1055,23 +1054,18 @@ class Detector:
                 judged += self._feature_quality(name, config, window, ref)
             elif isinstance(config, BusinessMetricConfig | CostConfig):
                 judged.append(_business(name, config, window, ref))
-            elif isinstance(config, FairnessConfig) and config.metric == "error_rate":
-                # Outcomes joined since the version's last evaluation, per segment; measured
-                # once, then counted afresh.
-                tallies = state.outcome_segments.pop(config.segment, {})
-                m = detectors.fairness(
-                    {label: t[1] for label, t in tallies.items()},
-                    {label: t[0] for label, t in tallies.items()},
-                    segment=config.segment,
-                    metric=config.metric,
-                    min_ratio=config.min_ratio,
-                    min_events=config.min_events,
-                )
-                judged.append(Judged(name, config.tier, m))
             elif isinstance(config, FairnessConfig):
+                if config.metric == "error_rate":
+                    # Outcomes joined since the version's last evaluation, per segment;
+                    # measured once, then counted afresh.
+                    tallies = state.outcome_segments.pop(config.segment, {})
+                    hits = {label: t[1] for label, t in tallies.items()}
+                    totals = {label: t[0] for label, t in tallies.items()}
+                else:
+                    hits, totals = window.positives, window.segments
                 m = detectors.fairness(
-                    window.positives,
-                    window.segments,
+                    hits,
+                    totals,
                     segment=config.segment,
                     metric=config.metric,
                     min_ratio=config.min_ratio,

@@ -53,7 +53,6 @@ def _json_keys(model: type[Event]) -> frozenset[str]:
 
 _KEYS = _json_keys(PredictionEvent)
 _LATENCY_KEYS = _json_keys(LatencyEvent)
-_NUMBER = (float, int)
 _SCALAR = frozenset({float, int, str, type(None)})
 # What both fast paths take as a time: ISO 8601 in UTC, year 0001 or later, fields in range
 # (an impossible date such as 02-30 then fails the conversion). Anything else: pydantic.
@@ -464,10 +463,6 @@ def _arrow_groups(model_ids: pa.Array, versions: pa.Array) -> dict[VersionKey, R
 
 
 # --- path 2: orjson ----------------------------------------------------------------------------
-
-
-def _id(value: Any, limit: int = 256) -> bool:
-    return type(value) is str and 0 < len(value) <= limit
 
 
 def _types(values: list[Any]) -> set[type]:

@@ -21,9 +21,10 @@ RUN groupadd --system --gid 10001 rollguard \
 
 WORKDIR /app
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY rollguard/ rollguard/
 COPY services/ services/
+COPY shell/ shell/
 COPY policies/ policies/
 COPY schemas/ schemas/
 

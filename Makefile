@@ -10,28 +10,37 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+$(VENV)/.demo-installed: pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[embedded]'
 	touch $@
 
-$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+$(VENV)/.dev-installed: pyproject.toml setup.py | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed
 	$(BIN)/rollguard demo
 
-test: $(VENV)/.dev-installed
-	$(BIN)/ruff check rollguard services tests
-	$(BIN)/mypy rollguard services
+# mypy finds modules by folder name: services/ and shell/ are seen under their import names
+# through links in .typecheck/ (setup.py maps the folders the same way for the installs).
+MYPY := MYPYPATH=.typecheck $(BIN)/mypy -p rollguard -p rollguard_services -p rollguard_shell
+
+.typecheck:
+	mkdir -p .typecheck
+	ln -sfn ../services .typecheck/rollguard_services
+	ln -sfn ../shell .typecheck/rollguard_shell
+
+test: $(VENV)/.dev-installed | .typecheck
+	$(BIN)/ruff check rollguard services shell tests benchmarks
+	$(MYPY)
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check rollguard services tests
-	$(BIN)/ruff format --check rollguard services tests
+	$(BIN)/ruff check rollguard services shell tests benchmarks
+	$(BIN)/ruff format --check rollguard services shell tests benchmarks
 
-typecheck: $(VENV)/.dev-installed
-	$(BIN)/mypy rollguard services
+typecheck: $(VENV)/.dev-installed | .typecheck
+	$(MYPY)
 
 schemas: $(VENV)/.demo-installed
 	$(BIN)/rollguard schemas export
@@ -41,4 +50,4 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) .rollguard .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .rollguard .typecheck .mypy_cache .ruff_cache .pytest_cache

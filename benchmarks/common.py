@@ -10,8 +10,8 @@ from typing import Any
 
 from rollguard.policy import PolicySet
 from rollguard.settings import RollguardSettings
-from services.detector.app import Detector
-from services.detector.settings import DetectorSettings
+from rollguard_services.detector.app import Detector
+from rollguard_services.detector.settings import DetectorSettings
 
 RESULTS = Path(__file__).parent / "results"
 

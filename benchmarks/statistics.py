@@ -21,9 +21,9 @@ from scipy.stats import ks_2samp
 from benchmarks.common import offline_detector, rss_bytes, write
 from rollguard import baselines as bl
 from rollguard.events import SystemManifest
-from services.detector import detectors as d
-from services.detector.app import Detector
-from services.detector.windows import LatencyWindow, MetricSums, VersionWindow
+from rollguard_services.detector import detectors as d
+from rollguard_services.detector.app import Detector
+from rollguard_services.detector.windows import LatencyWindow, MetricSums, VersionWindow
 from tests.factories import manifest
 
 WINDOW = 1_000  # events per evaluation window (false-breach runs)

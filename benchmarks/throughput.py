@@ -29,8 +29,8 @@ from rollguard.bus import client_options, provision_topics
 from rollguard.events import PredictionEvent, utcnow
 from rollguard.policy import PolicySet
 from rollguard.settings import RollguardSettings
-from services.detector.app import Detector
-from services.detector.settings import DetectorSettings
+from rollguard_services.detector.app import Detector
+from rollguard_services.detector.settings import DetectorSettings
 
 EVENTS = 200_000
 VERSIONS = 10

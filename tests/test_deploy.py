@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rollguard.cli import build_parser
-from rollguard.runner import SERVICES
+from rollguard_shell.cli import build_parser
+from rollguard_shell.runner import SERVICES
 
 ROOT = Path(__file__).resolve().parents[1]
 

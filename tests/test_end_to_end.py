@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from rich.console import Console
 
-from rollguard.demo import run_demo
 from rollguard.settings import RollguardSettings
-from services.ledger.store import LedgerStore
+from rollguard_services.ledger.store import LedgerStore
+from rollguard_shell.demo import run_demo
 
 pytestmark = pytest.mark.broker
 

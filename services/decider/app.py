@@ -37,8 +37,8 @@ from rollguard.logs import get_logger
 from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer
-from services.decider import decisions as d
-from services.decider.settings import DeciderSettings
+from rollguard_services.decider import decisions as d
+from rollguard_services.decider.settings import DeciderSettings
 
 log = get_logger("rollguard.decider")
 E = TypeVar("E", bound=Event)
@@ -82,13 +82,13 @@ class Decider:
         settings: RollguardSettings,
         policy: PolicySource,
         signer: Signer,
-        decider_settings: DeciderSettings | None = None,
+        decider_settings: DeciderSettings,
         tokens: TokenRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
         self.signer = signer
-        self.svc = decider_settings or DeciderSettings()
+        self.svc = decider_settings
         self.tokens = (
             tokens if tokens is not None else TokenRegistry.load(settings.resolved_tokens_file)
         )

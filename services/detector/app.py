@@ -59,15 +59,15 @@ from rollguard.events import (
 from rollguard.logs import get_logger
 from rollguard.policy import ModelPolicy, PolicySet, PolicySource
 from rollguard.settings import RollguardSettings
-from services.detector import decoding, detectors
-from services.detector.decoding import (
+from rollguard_services.detector import decoding, detectors
+from rollguard_services.detector.decoding import (
     Column,
     PredictionBatch,
     decode_latency,
     decode_predictions,
     take,
 )
-from services.detector.evaluation import (
+from rollguard_services.detector.evaluation import (
     CategoricalView,
     Judged,
     NumericView,
@@ -78,9 +78,9 @@ from services.detector.evaluation import (
     run_ks,
     run_psi,
 )
-from services.detector.join import PendingJoin, Waiting
-from services.detector.settings import DetectorSettings
-from services.detector.windows import (
+from rollguard_services.detector.join import PendingJoin, Waiting
+from rollguard_services.detector.settings import DetectorSettings
+from rollguard_services.detector.windows import (
     CategoricalAccumulator,
     LatencyWindow,
     LatencyWindows,
@@ -121,7 +121,7 @@ class Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
 
-from services.detector.decoding import Record  # noqa: E402
+from rollguard_services.detector.decoding import Record  # noqa: E402
 
 Batches = dict[TopicPartition, list[Record]]
 Parsed = dict[TopicPartition, decoding.Parsed]
@@ -194,11 +194,11 @@ class Detector:
         self,
         settings: RollguardSettings,
         policy: PolicySet | PolicySource,
-        detector_settings: DetectorSettings | None = None,
+        detector_settings: DetectorSettings,
     ) -> None:
         self.settings = settings
         self._policy = policy
-        self.svc = detector_settings or DetectorSettings()
+        self.svc = detector_settings
         self.ready = asyncio.Event()
         self.windows = LatencyWindows(lambda model_id: policy.for_model(model_id).window)
         self.version_windows = VersionWindows(

@@ -36,7 +36,7 @@ from aiokafka import ConsumerRecord
 
 from rollguard.bus import Rejected, decode_batch
 from rollguard.events import MAX_LATENCY_MS, Event, LatencyEvent, PredictionEvent
-from services.detector import arrow
+from rollguard_services.detector import arrow
 
 Record: TypeAlias = "ConsumerRecord[Any, Any]"
 VersionKey: TypeAlias = tuple[str, str]

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rollguard.detector_policy import Correction, FalseAlarmPolicy, KsConfig, PsiConfig, Tier
-from services.detector import detectors as d
+from rollguard_services.detector import detectors as d
 
 SignalKey = tuple[str, str]  # (detector instance, signal)
 

@@ -23,7 +23,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from services.detector import arrow
+from rollguard_services.detector import arrow
 
 GENERATIONS = 8
 

@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from rollguard.baselines import Grid
 from rollguard.policy import WindowPolicy
-from services.detector.detectors import LATENCY_EDGES, latency_histogram
+from rollguard_services.detector.detectors import LATENCY_EDGES, latency_histogram
 
 VersionKey = tuple[str, str]
 

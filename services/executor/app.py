@@ -39,11 +39,11 @@ from rollguard.logs import get_logger
 from rollguard.policy import PolicySet, PolicyView
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_trusted_keys, verify_command
-from services.executor.appliers import build_appliers
-from services.executor.appliers.base import Applier, Effect, Step
-from services.executor.appliers.registry import LivePointer
-from services.executor.inbox import Inbox, StepRow
-from services.executor.settings import ExecutorSettings
+from rollguard_services.executor.appliers import build_appliers
+from rollguard_services.executor.appliers.base import Applier, Effect, Step
+from rollguard_services.executor.appliers.registry import LivePointer
+from rollguard_services.executor.inbox import Inbox, StepRow
+from rollguard_services.executor.settings import ExecutorSettings
 
 log = get_logger("rollguard.executor")
 
@@ -72,11 +72,11 @@ class Executor:
     def __init__(
         self,
         settings: RollguardSettings,
-        executor_settings: ExecutorSettings | None = None,
+        executor_settings: ExecutorSettings,
         policy: PolicyView | None = None,
     ) -> None:
         self.settings = settings
-        self.svc = executor_settings or ExecutorSettings()
+        self.svc = executor_settings
         #: The level-2 restore order is policy (rollback.component_order), per model.
         self.policy: PolicyView = policy if policy is not None else PolicySet()
         self.ready = asyncio.Event()

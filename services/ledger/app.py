@@ -22,9 +22,9 @@ from rollguard.events import utcnow
 from rollguard.logs import get_logger
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer, generate_keypair, load_signer
-from services.ledger.checkpoints import CheckpointFile, sign_checkpoint
-from services.ledger.settings import LedgerSettings
-from services.ledger.store import Incoming, LedgerStore
+from rollguard_services.ledger.checkpoints import CheckpointFile, sign_checkpoint
+from rollguard_services.ledger.settings import LedgerSettings
+from rollguard_services.ledger.store import Incoming, LedgerStore
 
 log = get_logger("rollguard.ledger")
 
@@ -41,11 +41,9 @@ def ledger_signer(settings: RollguardSettings, svc: LedgerSettings) -> Signer:
 class Ledger:
     name = "ledger"
 
-    def __init__(
-        self, settings: RollguardSettings, ledger_settings: LedgerSettings | None = None
-    ) -> None:
+    def __init__(self, settings: RollguardSettings, ledger_settings: LedgerSettings) -> None:
         self.settings = settings
-        self.svc = ledger_settings or LedgerSettings()
+        self.svc = ledger_settings
         self.ready = asyncio.Event()
         self.counts: Counter[str] = Counter()
         #: "starting", "ok" or "stalled"; ``stall_reason`` says why when stalled.

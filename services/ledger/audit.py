@@ -16,8 +16,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rollguard.errors import UsageError
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_trusted_keys
-from services.ledger.checkpoints import Checkpoint, CheckpointRead, signature_problem
-from services.ledger.store import LedgerStore
+from rollguard_services.ledger.checkpoints import (
+    Checkpoint,
+    CheckpointFile,
+    CheckpointRead,
+    signature_problem,
+)
+from rollguard_services.ledger.settings import LedgerSettings
+from rollguard_services.ledger.store import LedgerStore
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,7 @@ def verify_ledger(
 
 def verify_configured(
     settings: RollguardSettings,
+    ledger_settings: LedgerSettings,
     *,
     url: str | None = None,
     checkpoints: Path | None = None,
@@ -105,10 +112,7 @@ def verify_configured(
     Returns the report and the checkpoint file it read. Checkpoints with no trusted key to
     check them against are a usage error, not a pass.
     """
-    from services.ledger.checkpoints import CheckpointFile
-    from services.ledger.settings import LedgerSettings
-
-    svc = LedgerSettings()
+    svc = ledger_settings
     url = url or settings.resolved_ledger_url
     path = checkpoints or svc.resolved_checkpoint_file(url, settings.state_dir)
     trusted_dir = trusted_dir or svc.resolved_checkpoint_trusted_dir(settings.state_dir)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from services.ledger.store import Entry
+from rollguard_services.ledger.store import Entry
 
 #: Event types an incident is made of.
 INCIDENT_TYPES = (

@@ -22,18 +22,18 @@ from rollguard.events import Breach, CommandAck, Decision, Event, decode
 from rollguard.logs import get_logger
 from rollguard.policy import PolicySet, PolicySource, PolicyView
 from rollguard.settings import RollguardSettings
-from services.notifier.channels import configured_channels
-from services.notifier.channels.base import Channel
-from services.notifier.delivery import Pacer, deliver
-from services.notifier.notifications import (
+from rollguard_services.notifier.channels import configured_channels
+from rollguard_services.notifier.channels.base import Channel
+from rollguard_services.notifier.delivery import Pacer, deliver
+from rollguard_services.notifier.notifications import (
     PAGE_OPENERS,
     Notification,
     channels_for,
     from_ack,
     from_decision,
 )
-from services.notifier.outbox import IncidentInfo, Outbox
-from services.notifier.settings import NotifierSettings
+from rollguard_services.notifier.outbox import IncidentInfo, Outbox
+from rollguard_services.notifier.settings import NotifierSettings
 
 log = get_logger("rollguard.notifier")
 
@@ -53,11 +53,11 @@ class Notifier:
     def __init__(
         self,
         settings: RollguardSettings,
-        notifier_settings: NotifierSettings | None = None,
+        notifier_settings: NotifierSettings,
         policy: PolicyView | None = None,
     ) -> None:
         self.settings = settings
-        self.svc = notifier_settings or NotifierSettings()
+        self.svc = notifier_settings
         self.policy: PolicyView = policy if policy is not None else PolicySet()
         self.ready = asyncio.Event()
         self.counts: Counter[str] = Counter()

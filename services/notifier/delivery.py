@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from rollguard.retry_after import retry_after_s
-from services.notifier.settings import NotifierSettings
+from rollguard_services.notifier.settings import NotifierSettings
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from rollguard.errors import RollguardError
 from rollguard.events import Tier, utcnow
-from services.notifier.notifications import Notification
+from rollguard_services.notifier.notifications import Notification
 
 metadata = sa.MetaData()
 

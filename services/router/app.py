@@ -18,8 +18,8 @@ from rollguard.bus import make_consumer, make_producer
 from rollguard.events import SystemManifest, decode
 from rollguard.logs import get_logger
 from rollguard.settings import RollguardSettings
-from services.router.serving import Router, switch_report
-from services.router.settings import RouterSettings
+from rollguard_services.router.serving import Router, switch_report
+from rollguard_services.router.settings import RouterSettings
 
 log = get_logger("rollguard.router")
 
@@ -27,11 +27,9 @@ log = get_logger("rollguard.router")
 class RouterService:
     name = "router"
 
-    def __init__(
-        self, settings: RollguardSettings, router_settings: RouterSettings | None = None
-    ) -> None:
+    def __init__(self, settings: RollguardSettings, router_settings: RouterSettings) -> None:
         self.settings = settings
-        self.svc = router_settings or RouterSettings()
+        self.svc = router_settings
         self.ready = asyncio.Event()
         self.router = Router(
             self.svc.model_id, dict(self.svc.versions), np.random.default_rng(self.svc.seed)

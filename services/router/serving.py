@@ -14,7 +14,7 @@ from datetime import datetime
 import numpy as np
 
 from rollguard.events import LatencyEvent, PredictionEvent, SystemManifest, new_id, utcnow
-from services.router.settings import SyntheticModelSpec
+from rollguard_services.router.settings import SyntheticModelSpec
 
 
 @dataclass

@@ -24,9 +24,9 @@ from rollguard.events import (
 from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer, load_trusted_keys, verify_command
-from services.decider.app import Decider
-from services.decider.decisions import _id
-from services.decider.settings import DeciderSettings
+from rollguard_services.decider.app import Decider
+from rollguard_services.decider.decisions import _id
+from rollguard_services.decider.settings import DeciderSettings
 from tests.conftest import TopicReader, until
 from tests.factories import breach, manifest
 

@@ -18,7 +18,7 @@ from rollguard.signing import (
     load_trusted_keys,
     verify_command,
 )
-from services.decider import decisions as d
+from rollguard_services.decider import decisions as d
 from tests.factories import breach, manifest
 
 POLICY = ModelPolicy()

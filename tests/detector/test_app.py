@@ -13,8 +13,8 @@ from rollguard import topics
 from rollguard.events import Breach, DeadLetter, LatencyEvent, utcnow
 from rollguard.policy import PolicySet
 from rollguard.settings import RollguardSettings
-from services.detector.app import Detector
-from services.detector.settings import DetectorSettings
+from rollguard_services.detector.app import Detector
+from rollguard_services.detector.settings import DetectorSettings
 from tests.conftest import TopicReader, run_until
 
 pytestmark = pytest.mark.broker

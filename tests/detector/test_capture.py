@@ -9,9 +9,9 @@ from aiokafka import ConsumerRecord, TopicPartition
 from rollguard.events import PredictionEvent
 from rollguard.policy import PolicySet, WindowPolicy
 from rollguard.settings import RollguardSettings
-from services.detector.app import Detector
-from services.detector.settings import DetectorSettings
-from services.detector.windows import VersionWindows
+from rollguard_services.detector.app import Detector
+from rollguard_services.detector.settings import DetectorSettings
+from rollguard_services.detector.windows import VersionWindows
 from tests.factories import manifest
 
 TP = TopicPartition("t.predictions", 0)
@@ -50,7 +50,7 @@ async def test_known_good_version_is_captured_as_the_baseline() -> None:
 
 
 def test_malformed_batch_members_fall_back_and_keep_the_rest() -> None:
-    from services.detector.decoding import decode_predictions
+    from rollguard_services.detector.decoding import decode_predictions
 
     good = _records("v1", 3)
     bad = ConsumerRecord(TP.topic, 0, 9, 0, 0, b"m", orjson.dumps({"model_id": 1}), None, 1, 1, ())

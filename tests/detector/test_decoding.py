@@ -13,8 +13,8 @@ from aiokafka import ConsumerRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.detector import decoding as dec
-from services.detector.decoding import Parsed, PredictionBatch, decode_predictions
+from rollguard_services.detector import decoding as dec
+from rollguard_services.detector.decoding import Parsed, PredictionBatch, decode_predictions
 
 TOPIC = "t.predictions"
 T0 = datetime(2026, 11, 22, 12, 0, 0, 250_000, tzinfo=UTC)

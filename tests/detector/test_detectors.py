@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rollguard.errors import ConfigError
-from services.detector import detectors as d
+from rollguard_services.detector import detectors as d
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import numpy as np
 
 from rollguard import baselines as bl
 from rollguard.detector_policy import FalseAlarmPolicy, KsConfig
-from services.detector import detectors as d
-from services.detector.evaluation import (
+from rollguard_services.detector import detectors as d
+from rollguard_services.detector.evaluation import (
     Judged,
     NumericView,
     Sustain,

@@ -16,10 +16,10 @@ from rollguard.detector_policy import FairnessConfig, GroundTruthConfig
 from rollguard.events import Breach, OutcomeEvent, utcnow
 from rollguard.policy import ModelPolicy, PolicySet, WindowPolicy
 from rollguard.settings import RollguardSettings
-from services.detector import arrow
-from services.detector.app import Detector
-from services.detector.join import GENERATIONS, PendingJoin
-from services.detector.settings import DetectorSettings
+from rollguard_services.detector import arrow
+from rollguard_services.detector.app import Detector
+from rollguard_services.detector.join import GENERATIONS, PendingJoin
+from rollguard_services.detector.settings import DetectorSettings
 
 
 def _ids(start: int, n: int) -> Any:

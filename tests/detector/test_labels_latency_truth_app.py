@@ -15,8 +15,8 @@ from rollguard.bus import make_producer
 from rollguard.events import Breach, LatencyEvent, OutcomeEvent, PredictionEvent, utcnow
 from rollguard.policy import PolicySet
 from rollguard.settings import RollguardSettings
-from services.detector.app import Detector
-from services.detector.settings import DetectorSettings
+from rollguard_services.detector.app import Detector
+from rollguard_services.detector.settings import DetectorSettings
 from tests.conftest import TopicReader, until
 from tests.factories import manifest
 

@@ -12,8 +12,8 @@ from rollguard.bus import make_producer
 from rollguard.events import PredictionEvent, utcnow
 from rollguard.policy import PolicySet
 from rollguard.settings import RollguardSettings
-from services.detector.app import Batches, Detector, Parsed
-from services.detector.settings import DetectorSettings
+from rollguard_services.detector.app import Batches, Detector, Parsed
+from rollguard_services.detector.settings import DetectorSettings
 
 pytestmark = pytest.mark.broker
 

@@ -22,8 +22,8 @@ from rollguard.events import (
 )
 from rollguard.policy import PolicySet
 from rollguard.settings import RollguardSettings
-from services.detector.app import Detector
-from services.detector.settings import DetectorSettings
+from rollguard_services.detector.app import Detector
+from rollguard_services.detector.settings import DetectorSettings
 from tests.conftest import TopicReader, run_until
 from tests.factories import manifest
 

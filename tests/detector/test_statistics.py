@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import ks_2samp
 
 from rollguard import baselines as bl
-from services.detector import detectors as d
+from rollguard_services.detector import detectors as d
 
 
 def test_exact_ks_equals_scipy() -> None:

@@ -9,7 +9,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from rollguard.events import Breach, PredictionEvent
 from rollguard.policy import WindowPolicy
-from services.detector.windows import LatencyWindows, VersionWindows
+from rollguard_services.detector.windows import LatencyWindows, VersionWindows
 
 
 def fold(windows: LatencyWindows, ts: list[float], errors: list[bool]) -> list:

@@ -12,9 +12,9 @@ from rollguard.bus import make_producer
 from rollguard.events import CommandAck, DeadLetter, SystemManifest, utcnow
 from rollguard.settings import RollguardSettings
 from rollguard.signing import generate_keypair, load_signer
-from services.executor.app import Executor
-from services.executor.inbox import Inbox
-from services.executor.settings import ExecutorSettings
+from rollguard_services.executor.app import Executor
+from rollguard_services.executor.inbox import Inbox
+from rollguard_services.executor.settings import ExecutorSettings
 from tests.conftest import TopicReader, run_until
 from tests.factories import command
 

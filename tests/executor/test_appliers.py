@@ -19,11 +19,11 @@ from pydantic import SecretStr
 
 from rollguard.errors import ConfigError
 from rollguard.retry_after import retry_after_s
-from services.executor.appliers import build_appliers
-from services.executor.appliers.base import Step
-from services.executor.appliers.command import CommandApplier
-from services.executor.appliers.webhook import WebhookApplier
-from services.executor.settings import CommandSettings, ExecutorSettings, WebhookSettings
+from rollguard_services.executor.appliers import build_appliers
+from rollguard_services.executor.appliers.base import Step
+from rollguard_services.executor.appliers.command import CommandApplier
+from rollguard_services.executor.appliers.webhook import WebhookApplier
+from rollguard_services.executor.settings import CommandSettings, ExecutorSettings, WebhookSettings
 from tests.factories import command, manifest
 
 
@@ -349,8 +349,8 @@ def mlflow_step(version_from: str, version_to: str, model_id: str = "fraud", **k
 
 
 def mlflow_applier(uri: str, **kw: Any) -> Any:
-    from services.executor.appliers.mlflow import MlflowApplier
-    from services.executor.settings import MlflowSettings
+    from rollguard_services.executor.appliers.mlflow import MlflowApplier
+    from rollguard_services.executor.settings import MlflowSettings
 
     return MlflowApplier(MlflowSettings(tracking_uri=uri, registry_uri=uri, **kw))
 

@@ -36,7 +36,7 @@ from rollguard.bus import make_producer, provision_topics
 from rollguard.events import CommandAck, OutputInvalidation, RollbackCommand, SystemManifest
 from rollguard.settings import RollguardSettings
 from rollguard.signing import generate_keypair, load_signer
-from services.executor.inbox import Inbox
+from rollguard_services.executor.inbox import Inbox
 from tests.conftest import TopicReader
 from tests.factories import command, manifest
 

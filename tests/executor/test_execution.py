@@ -23,8 +23,8 @@ from rollguard.invalidations import InvalidationClient
 from rollguard.policy import ModelPolicy, PolicySet, RollbackPolicy
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer
-from services.executor.app import Executor
-from services.executor.settings import CommandSettings, ExecutorSettings, WebhookSettings
+from rollguard_services.executor.app import Executor
+from rollguard_services.executor.settings import CommandSettings, ExecutorSettings, WebhookSettings
 from tests.conftest import TopicReader, run_until
 from tests.factories import command, manifest
 

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from rollguard.events import CommandAck
-from services.executor.inbox import Inbox
+from rollguard_services.executor.inbox import Inbox
 
 
 @pytest.fixture

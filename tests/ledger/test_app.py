@@ -9,9 +9,9 @@ import pytest
 from rollguard import topics
 from rollguard.events import CommandAck
 from rollguard.settings import RollguardSettings
-from services.ledger.app import Ledger
-from services.ledger.settings import LedgerSettings
-from services.ledger.store import LedgerStore
+from rollguard_services.ledger.app import Ledger
+from rollguard_services.ledger.settings import LedgerSettings
+from rollguard_services.ledger.store import LedgerStore
 from tests.conftest import run_until, until
 from tests.factories import breach, command, manifest
 

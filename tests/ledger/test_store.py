@@ -8,7 +8,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from services.ledger.store import GENESIS, Incoming, LedgerStore, entry_hash, record_bytes
+from rollguard_services.ledger.store import GENESIS, Incoming, LedgerStore, entry_hash, record_bytes
 from tests.factories import breach, manifest
 
 

@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rollguard.signing import Signer, key_id
-from services.ledger.audit import VerifyReport, verify_ledger
-from services.ledger.checkpoints import Checkpoint, CheckpointRead, sign_checkpoint
-from services.ledger.store import Incoming, LedgerStore, entries, row_hash
+from rollguard_services.ledger.audit import VerifyReport, verify_ledger
+from rollguard_services.ledger.checkpoints import Checkpoint, CheckpointRead, sign_checkpoint
+from rollguard_services.ledger.store import Incoming, LedgerStore, entries, row_hash
 from tests.conftest import postgres_problem
 from tests.factories import breach
 

@@ -16,9 +16,9 @@ from aiohttp import web
 from rollguard import topics
 from rollguard.events import CommandAck, Decision, Reason
 from rollguard.settings import RollguardSettings
-from services.notifier.app import Notifier
-from services.notifier.delivery import Pacer, deliver
-from services.notifier.settings import NotifierSettings
+from rollguard_services.notifier.app import Notifier
+from rollguard_services.notifier.delivery import Pacer, deliver
+from rollguard_services.notifier.settings import NotifierSettings
 from tests.conftest import until
 from tests.factories import breach
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 
 from rollguard.events import LatencyEvent, PredictionEvent
-from services.router.serving import Router
-from services.router.settings import SyntheticModelSpec
+from rollguard_services.router.serving import Router
+from rollguard_services.router.settings import SyntheticModelSpec
 from tests.factories import manifest
 
 

@@ -11,9 +11,9 @@ import pytest
 
 from rollguard import topics
 from rollguard.settings import RollguardSettings
-from services.router.app import RouterService
-from services.router.serving import Switch, switch_report
-from services.router.settings import RouterSettings, SyntheticModelSpec
+from rollguard_services.router.app import RouterService
+from rollguard_services.router.serving import Switch, switch_report
+from rollguard_services.router.settings import RouterSettings, SyntheticModelSpec
 from tests.conftest import until
 from tests.factories import manifest
 

@@ -8,30 +8,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from services.executor.appliers.base import Applier
-from services.executor.settings import ExecutorSettings
+from rollguard_services.executor.appliers.base import Applier
+from rollguard_services.executor.settings import ExecutorSettings
 
 
 def _registry(settings: ExecutorSettings) -> Applier:
-    from services.executor.appliers.registry import RegistryApplier
+    from rollguard_services.executor.appliers.registry import RegistryApplier
 
     return RegistryApplier()
 
 
 def _mlflow(settings: ExecutorSettings) -> Applier:
-    from services.executor.appliers.mlflow import MlflowApplier
+    from rollguard_services.executor.appliers.mlflow import MlflowApplier
 
     return MlflowApplier(settings.mlflow)
 
 
 def _webhook(settings: ExecutorSettings) -> Applier:
-    from services.executor.appliers.webhook import WebhookApplier
+    from rollguard_services.executor.appliers.webhook import WebhookApplier
 
     return WebhookApplier(settings.webhook)
 
 
 def _command(settings: ExecutorSettings) -> Applier:
-    from services.executor.appliers.command import CommandApplier
+    from rollguard_services.executor.appliers.command import CommandApplier
 
     return CommandApplier(settings.command)
 

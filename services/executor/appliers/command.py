@@ -18,8 +18,8 @@ import signal
 import orjson
 
 from rollguard.errors import ConfigError
-from services.executor.appliers.base import Effect, Step
-from services.executor.settings import CommandSettings
+from rollguard_services.executor.appliers.base import Effect, Step
+from rollguard_services.executor.settings import CommandSettings
 
 #: How much of the script's output goes into the ack's detail.
 _OUTPUT_SHOWN = 300

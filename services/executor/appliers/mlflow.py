@@ -13,8 +13,8 @@ import asyncio
 from typing import Any
 
 from rollguard.errors import ConfigError
-from services.executor.appliers.base import Effect, Step
-from services.executor.settings import MlflowSettings
+from rollguard_services.executor.appliers.base import Effect, Step
+from rollguard_services.executor.settings import MlflowSettings
 
 #: MLflow error codes that no retry can fix: the model or version is not there, or is wrong.
 _FINAL_ERRORS = {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "PERMISSION_DENIED"}

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from rollguard.events import RollbackCommand, SystemManifest, utcnow
-from services.executor.appliers.base import Effect, Step
+from rollguard_services.executor.appliers.base import Effect, Step
 
 
 def restored_manifests(command: RollbackCommand) -> tuple[SystemManifest, SystemManifest]:

@@ -19,8 +19,8 @@ import orjson
 
 from rollguard.errors import ConfigError
 from rollguard.retry_after import retry_after_s
-from services.executor.appliers.base import Effect, Step
-from services.executor.settings import WebhookSettings
+from rollguard_services.executor.appliers.base import Effect, Step
+from rollguard_services.executor.settings import WebhookSettings
 
 #: What the target said, at most this much of it, goes into the ack's detail.
 _BODY_SHOWN = 300

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from services.notifier.channels.base import Channel
-from services.notifier.channels.pagerduty import PagerDutyChannel
-from services.notifier.channels.slack import SlackChannel
-from services.notifier.channels.webhook import WebhookChannel
-from services.notifier.settings import NotifierSettings
+from rollguard_services.notifier.channels.base import Channel
+from rollguard_services.notifier.channels.pagerduty import PagerDutyChannel
+from rollguard_services.notifier.channels.slack import SlackChannel
+from rollguard_services.notifier.channels.webhook import WebhookChannel
+from rollguard_services.notifier.settings import NotifierSettings
 
 
 def _pagerduty(s: NotifierSettings) -> Channel | None:

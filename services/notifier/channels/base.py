@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from services.notifier.notifications import Notification
+from rollguard_services.notifier.notifications import Notification
 
 
 class Channel(Protocol):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.notifier.channels.base import incident_url
-from services.notifier.notifications import Notification
+from rollguard_services.notifier.channels.base import incident_url
+from rollguard_services.notifier.notifications import Notification
 
 _SEVERITY = {"immediate": "critical", "rapid": "error", "delayed": "warning"}
 

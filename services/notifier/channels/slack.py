@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.notifier.channels.base import incident_url
-from services.notifier.notifications import Notification
+from rollguard_services.notifier.channels.base import incident_url
+from rollguard_services.notifier.notifications import Notification
 
 _TITLE = {
     "rollback_decided": ":rotating_light: Rollback decided",

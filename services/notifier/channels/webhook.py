@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from services.notifier.channels.base import incident_url
-from services.notifier.notifications import Notification
+from rollguard_services.notifier.channels.base import incident_url
+from rollguard_services.notifier.notifications import Notification
 
 #: Alertmanager's "not ended yet".
 _OPEN_END = "0001-01-01T00:00:00Z"

@@ -35,8 +35,13 @@ from rollguard.events import (
     SystemManifest,
 )
 from rollguard.policy import resolve_policy
-from rollguard.runner import SERVICES, ensure_keys, kafka, run_services
 from rollguard.settings import RollguardSettings
+from rollguard_services.ledger.audit import verify_configured
+from rollguard_services.ledger.settings import LedgerSettings
+from rollguard_services.ledger.store import LedgerStore
+from rollguard_services.router.app import RouterService
+from rollguard_services.router.settings import RouterSettings
+from rollguard_shell.runner import SERVICES, ensure_keys, kafka, run_services
 
 MODEL_ID = "demo-model"
 GOOD, BAD = "v1", "v2"
@@ -207,9 +212,6 @@ async def run_demo(
     ensure_keys(base)
 
     async with kafka(base, demo_dir / "broker.log") as settings:
-        from services.router.app import RouterService
-        from services.router.settings import RouterSettings
-
         router_service = RouterService(
             settings, RouterSettings(model_id=MODEL_ID, rate_rps=rate_rps)
         )
@@ -319,7 +321,6 @@ async def run_demo(
             report.time_to_verified_s = _secs(verified.ts, deployed)
 
             phase = "waiting for the ledger to catch up"
-            from services.ledger.store import LedgerStore
 
             # One connection for the whole wait: opening a store creates its schema and triggers.
             store = LedgerStore(settings.resolved_ledger_url)
@@ -343,10 +344,8 @@ async def run_demo(
             await asyncio.gather(*background, return_exceptions=True)
             await producer.stop()
 
-    from services.ledger.audit import verify_configured
-
     # The chain and every signed checkpoint (the ledger writes one as it stops).
-    verdict, _ = verify_configured(settings)
+    verdict, _ = verify_configured(settings, LedgerSettings())
     report.ledger_entries = verdict.entries
     report.ledger_verified = verdict.ok
     if not verdict.ok and not report.reason:

@@ -17,7 +17,7 @@ def rollguard(
 ) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ROLLGUARD_")}
     return subprocess.run(
-        [sys.executable, "-m", "rollguard.cli", *args],
+        [sys.executable, "-m", "rollguard_shell.cli", *args],
         capture_output=True,
         text=True,
         env={**clean, **(env or {})},

@@ -9,11 +9,11 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from rollguard.commands import Parser, admin, baseline, incident, ledger, operations, running
-from rollguard.commands import invalidations as invalidations_cmd
 from rollguard.errors import RollguardError, UsageError
 from rollguard.logs import configure_logging
 from rollguard.settings import RollguardSettings
+from rollguard_shell.commands import Parser, admin, baseline, incident, ledger, operations, running
+from rollguard_shell.commands import invalidations as invalidations_cmd
 
 #: Every command group, in --help order. A new group is a module with register(sub).
 GROUPS = (running, operations, admin, ledger, incident, baseline, invalidations_cmd)

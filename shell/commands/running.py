@@ -8,15 +8,17 @@ import json
 import signal
 import sys
 
-from rollguard.commands import Subparsers
 from rollguard.errors import UsageError
 from rollguard.logs import configure_logging, get_logger
 from rollguard.settings import RollguardSettings
+from rollguard_shell import SERVICE_NAMES
+from rollguard_shell.commands import Subparsers
+
+# The runner and the demo are imported by the handlers that use them: they import every
+# service, which the other commands and --help do not need.
 
 
 def register(sub: Subparsers) -> None:
-    from rollguard.runner import SERVICES
-
     demo = sub.add_parser("demo", help="detect and roll back a bad deployment, end to end")
     demo.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     demo.add_argument("--rate", type=float, default=200.0, help="requests per second")
@@ -29,7 +31,7 @@ def register(sub: Subparsers) -> None:
     up.set_defaults(handler=_up)
 
     run = sub.add_parser("run", help="run one service (what containers use)")
-    run.add_argument("service", choices=sorted(SERVICES))
+    run.add_argument("service", choices=sorted(SERVICE_NAMES))
     run.set_defaults(handler=_run)
 
 
@@ -38,7 +40,7 @@ def _demo(args: argparse.Namespace, settings: RollguardSettings) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from rollguard.demo import run_demo
+    from rollguard_shell.demo import run_demo
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with open(settings.state_dir / "demo.log", "w") as logf:
@@ -75,7 +77,7 @@ def _demo(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 
 def _up(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    from rollguard.runner import CORE_SERVICES
+    from rollguard_shell.runner import CORE_SERVICES
 
     names = [*CORE_SERVICES, *(["router"] if args.with_router else [])]
     return asyncio.run(_serve(settings, names))
@@ -91,7 +93,7 @@ def _run(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 
 async def _serve(settings: RollguardSettings, names: list[str]) -> int:
-    from rollguard.runner import build_service, ensure_keys, kafka, run_services
+    from rollguard_shell.runner import build_service, ensure_keys, kafka, run_services
 
     log = get_logger("rollguard")
     main_task = asyncio.current_task()

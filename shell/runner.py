@@ -1,4 +1,8 @@
-"""Builds services by name and runs them together: what `up`, `run` and the demo share."""
+"""Builds services by name and runs them together: what `up`, `run` and the demo share.
+
+The only place that reads each service's settings from the environment (ROLLGUARD_<SERVICE>_*);
+the services take them as constructor arguments.
+"""
 
 from __future__ import annotations
 
@@ -15,48 +19,49 @@ from rollguard.policy import PolicySource
 from rollguard.service import Service
 from rollguard.settings import RollguardSettings
 from rollguard.signing import generate_keypair, load_signer
+from rollguard_services.decider.app import Decider
+from rollguard_services.decider.settings import DeciderSettings
+from rollguard_services.detector.app import Detector
+from rollguard_services.detector.settings import DetectorSettings
+from rollguard_services.executor.app import Executor
+from rollguard_services.executor.settings import ExecutorSettings
+from rollguard_services.ledger.app import Ledger
+from rollguard_services.ledger.settings import LedgerSettings
+from rollguard_services.notifier.app import Notifier
+from rollguard_services.notifier.settings import NotifierSettings
+from rollguard_services.router.app import RouterService
+from rollguard_services.router.settings import RouterSettings
 
-log = get_logger("rollguard.runner")
+log = get_logger("rollguard_shell.runner")
 
 
 def _router(settings: RollguardSettings) -> Service:
-    from services.router.app import RouterService
-
-    return RouterService(settings)
+    return RouterService(settings, RouterSettings())
 
 
 def _detector(settings: RollguardSettings) -> Service:
-    from services.detector.app import Detector
-
-    return Detector(settings, PolicySource(settings.policy_path))
+    return Detector(settings, PolicySource(settings.policy_path), DetectorSettings())
 
 
 def _decider(settings: RollguardSettings) -> Service:
-    from services.decider.app import Decider
-
     return Decider(
         settings,
         PolicySource(settings.policy_path),
         load_signer(settings.resolved_signing_key_file),
+        DeciderSettings(),
     )
 
 
 def _executor(settings: RollguardSettings) -> Service:
-    from services.executor.app import Executor
-
-    return Executor(settings, policy=PolicySource(settings.policy_path))
+    return Executor(settings, ExecutorSettings(), policy=PolicySource(settings.policy_path))
 
 
 def _ledger(settings: RollguardSettings) -> Service:
-    from services.ledger.app import Ledger
-
-    return Ledger(settings)
+    return Ledger(settings, LedgerSettings())
 
 
 def _notifier(settings: RollguardSettings) -> Service:
-    from services.notifier.app import Notifier
-
-    return Notifier(settings, policy=PolicySource(settings.policy_path))
+    return Notifier(settings, NotifierSettings(), policy=PolicySource(settings.policy_path))
 
 
 #: Every service `rollguard run` knows, by the name docker-compose uses.

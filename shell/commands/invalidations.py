@@ -6,9 +6,9 @@ import argparse
 import asyncio
 import json
 
-from rollguard.commands import Subparsers, group
 from rollguard.errors import UsageError
 from rollguard.settings import RollguardSettings
+from rollguard_shell.commands import Subparsers, group
 
 
 def register(sub: Subparsers) -> None:

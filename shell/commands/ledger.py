@@ -10,9 +10,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rollguard.commands import Subparsers, group
 from rollguard.errors import UsageError
 from rollguard.settings import RollguardSettings
+from rollguard_services.ledger.audit import verify_configured
+from rollguard_services.ledger.incidents import INCIDENT_TYPES, describe, find_incident
+from rollguard_services.ledger.settings import LedgerSettings
+from rollguard_services.ledger.store import LedgerStore
+from rollguard_shell.commands import Subparsers, group
 
 
 def register(sub: Subparsers) -> None:
@@ -63,14 +67,12 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 
 def _open(args: argparse.Namespace, settings: RollguardSettings) -> Any:
-    from services.ledger.store import LedgerStore
 
     return LedgerStore(args.url or settings.resolved_ledger_url)
 
 
 def selected(args: argparse.Namespace, settings: RollguardSettings) -> list[Any]:
     """Entries matching the filters, in seq order."""
-    from services.ledger.incidents import INCIDENT_TYPES, find_incident
 
     since = parse_since(args.since) if args.since else None
     store = _open(args, settings)
@@ -94,10 +96,13 @@ def selected(args: argparse.Namespace, settings: RollguardSettings) -> list[Any]
 
 
 def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    from services.ledger.audit import verify_configured
 
     report, path = verify_configured(
-        settings, url=args.url, checkpoints=args.checkpoints, trusted_dir=args.trusted_dir
+        settings,
+        LedgerSettings(),
+        url=args.url,
+        checkpoints=args.checkpoints,
+        trusted_dir=args.trusted_dir,
     )
     if args.json:
         print(json.dumps(report.__dict__))
@@ -117,7 +122,6 @@ def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 
 def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    from services.ledger.incidents import describe
 
     entries = selected(args, settings)
     for e in entries:
@@ -135,7 +139,6 @@ def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 
 def _export(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    from services.ledger.store import LedgerStore
 
     if args.incident or args.model_version or args.model_id or args.since:
         rows = [e.as_json() for e in selected(args, settings)]

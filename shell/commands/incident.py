@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from rollguard.commands import Subparsers, group
 from rollguard.errors import UsageError
 from rollguard.settings import RollguardSettings
+from rollguard_services.ledger.incidents import INCIDENT_TYPES, describe, find_incident
+from rollguard_services.ledger.store import LedgerStore
+from rollguard_shell.commands import Subparsers, group
 
 _FIGURES = (
     ("mttd_s", "MTTD (bad version live → breach)"),
@@ -30,8 +32,6 @@ def register(sub: Subparsers) -> None:
 
 
 def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    from services.ledger.incidents import INCIDENT_TYPES, describe, find_incident
-    from services.ledger.store import LedgerStore
 
     store = LedgerStore(args.url or settings.resolved_ledger_url)
     try:

@@ -18,7 +18,6 @@ import yaml
 from rollguard import topics
 from rollguard.authority import ROLES, create_token, hash_token
 from rollguard.bus import publish_one, read_topic, wait_for_broker
-from rollguard.commands import Subparsers, group
 from rollguard.errors import UsageError
 from rollguard.events import (
     Approval,
@@ -30,6 +29,7 @@ from rollguard.events import (
 )
 from rollguard.policy import load_policy, resolve_policy
 from rollguard.settings import RollguardSettings
+from rollguard_shell.commands import Subparsers, group
 
 #: The decider's state table, as faust names its changelog topic.
 STATE_CHANGELOG = "{prefix}decider-model-state-changelog"
@@ -164,7 +164,7 @@ def _faust_str(raw: bytes) -> str:
 
 def _deploy_check(args: argparse.Namespace, settings: RollguardSettings) -> int:
     _need_kafka(settings)
-    from services.decider.decisions import ModelState, rollback_target, target_ready
+    from rollguard_services.decider.decisions import ModelState, rollback_target, target_ready
 
     raw = decider_state(settings, args.model_id)
     if raw is None:

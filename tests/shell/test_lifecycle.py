@@ -21,7 +21,7 @@ def _start(
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLGUARD_")}
     env.update({"ROLLGUARD_STATE_DIR": str(state), **(extra or {})})
     return subprocess.Popen(
-        [sys.executable, "-m", "rollguard.cli", *args],
+        [sys.executable, "-m", "rollguard_shell.cli", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -14,9 +14,11 @@ from rollguard.events import Decision, RollbackCommand
 from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer
-from services.decider.app import Decider
+from rollguard_services.decider.app import Decider
+from rollguard_services.decider.settings import DeciderSettings
+from rollguard_services.detector.settings import DetectorSettings
 from tests.conftest import TopicReader, until
-from tests.core.test_cli import one_line_error, rollguard
+from tests.shell.test_cli import one_line_error, rollguard
 
 
 def env_of(settings: RollguardSettings, token: str | None = None) -> dict[str, str]:
@@ -145,7 +147,10 @@ async def test_record_check_rollback_and_approve_through_the_decider(
     )
 
     decider = Decider(
-        topics_ready, PolicySource(None), load_signer(topics_ready.resolved_signing_key_file)
+        topics_ready,
+        PolicySource(None),
+        load_signer(topics_ready.resolved_signing_key_file),
+        DeciderSettings(),
     )
     task = asyncio.create_task(decider.run())
     try:
@@ -214,12 +219,12 @@ async def test_record_check_rollback_and_approve_through_the_decider(
 def test_detector_follows_a_changed_policy_file(tmp_path: Path) -> None:
     import os
 
-    from services.detector.app import Detector
+    from rollguard_services.detector.app import Detector
 
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"defaults": {"window": {"seconds": 1.0}}}))
     settings = RollguardSettings(kafka_bootstrap="127.0.0.1:1", state_dir=tmp_path)
-    detector = Detector(settings, PolicySource(path))
+    detector = Detector(settings, PolicySource(path), DetectorSettings())
     assert detector.policy.defaults.window.seconds == 1.0
     path.write_text(yaml.safe_dump({"defaults": {"window": {"seconds": 5.0}}}))
     os.utime(path, (3, 3))

@@ -303,7 +303,9 @@ async def read_topic(
         await consumer.start()
         await consumer.topics()
         topic = settings.topic(name) if not name.startswith(settings.topic_prefix) else name
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        parts = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
         if not parts:
             return out
         consumer.assign(parts)

@@ -163,10 +163,34 @@ class BaselineSnapshot(ModelEvent):
     checksum: str = Field(default="", description="SHA-256 of the canonical snapshot body.")
 
 
+class Sustain(BaseModel):
+    """How a rapid-tier breach was sustained: ``hits`` breaching windows of the last ``n``,
+    where ``k`` were needed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    k: int = Field(ge=1)
+    n: int = Field(ge=1)
+    hits: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Sustain:
+        if not self.k <= self.n or self.hits > self.n:
+            raise ValueError(
+                f"needs k <= n and hits <= n, got k={self.k} n={self.n} hits={self.hits}"
+            )
+        return self
+
+
 class Breach(ModelEvent):
+    """A detector's measurement past its threshold, as the decider and the incident figures read
+    it. ``evidence`` carries detector-specific numbers for people and reports only: no other
+    service branches on its keys."""
+
     SCHEMA: ClassVar[str] = "Breach/v1"
     schema_tag: Literal["Breach/v1"] = _tag("Breach")
-    detector: str = Field(min_length=1)
+    detector: str = Field(min_length=1, description="The policy's name of the detector instance.")
+    kind: str = Field(min_length=1, description="The detector kind (ks, psi, error_rate, ...).")
     signal: str = Field(min_length=1)
     statistic: str = Field(min_length=1, description="Name of the statistic, e.g. wilson_lower")
     value: float
@@ -176,7 +200,27 @@ class Breach(ModelEvent):
     window_end: AwareDatetime
     n: int = Field(ge=0)
     tier: Tier
+    sustain: Sustain | None = Field(
+        default=None,
+        description="Rapid tier: k of n windows breached (hits >= k); none for the other tiers.",
+    )
+    version_first_event_ts: AwareDatetime | None = Field(
+        default=None, description="First event of this model version the detector saw (MTTD)."
+    )
+    version_events: int | None = Field(
+        default=None, ge=0, description="Events of this version seen so far (blast radius)."
+    )
     evidence: dict[str, float | int | str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sustained(self) -> Breach:
+        # An unsustained rapid measurement is not a breach: the detector holds it back.
+        if self.sustain is not None and self.sustain.hits < self.sustain.k:
+            raise ValueError(
+                f"sustain: {self.sustain.hits} of the last {self.sustain.n} windows breached, "
+                f"{self.sustain.k} needed"
+            )
+        return self
 
 
 class Reason(BaseModel):

@@ -56,6 +56,7 @@ def breach(version: str = "v2", tier: str = "immediate", **kw: Any) -> ev.Breach
         "model_id": "m",
         "model_version": version,
         "detector": "error_rate",
+        "kind": "error_rate",
         "signal": "error_rate",
         "statistic": "wilson_lower",
         "value": 0.17,

@@ -374,8 +374,6 @@ def decide(
             "not_live_version",
             f"breach is for {breach.model_version}, live is {live.model_version}",
         )
-    if breach.tier == "rapid" and str(breach.evidence.get("sustained", 1)) in ("0", "false"):
-        return outcome("hold", "within_variation", "not sustained over the policy's k of n windows")
     change = policy.expected_change(breach.model_version, breach.ts)
     if change is not None:
         return outcome(
@@ -426,13 +424,12 @@ def decide(
 def incident_metrics(breach: Breach, now: datetime) -> dict[str, float]:
     """MTTD (first event of the bad version → breach), time to decision, blast radius so far."""
     metrics: dict[str, float] = {}
-    first = breach.evidence.get("version_first_event_ts")
-    if isinstance(first, (int, float)):
-        metrics["mttd_s"] = max(0.0, breach.ts.timestamp() - float(first))
-        metrics["time_to_decision_s"] = max(0.0, now.timestamp() - float(first))
-    events = breach.evidence.get("version_events")
-    if isinstance(events, (int, float)):
-        metrics["blast_radius_events"] = float(events)
+    first = breach.version_first_event_ts
+    if first is not None:
+        metrics["mttd_s"] = max(0.0, (breach.ts - first).total_seconds())
+        metrics["time_to_decision_s"] = max(0.0, (now - first).total_seconds())
+    if breach.version_events is not None:
+        metrics["blast_radius_events"] = float(breach.version_events)
     return metrics
 
 

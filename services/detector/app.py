@@ -584,19 +584,14 @@ class Detector:
         self, key: VersionKey, system_version: str | None, start: float, end: float, j: Judged
     ) -> Breach:
         m = j.measurement
-        evidence = dict(m.evidence)
-        evidence["kind"] = m.detector
         seen = self.seen.get(key)
-        if seen is not None:
-            # What the decider needs for MTTD (first event → breach) and blast radius.
-            evidence["version_first_event_ts"] = seen.first_ts
-            evidence["version_events"] = seen.events
         p_value = None if m.p_value is None else min(1.0, max(0.0, m.p_value))
         return Breach(
             model_id=key[0],
             model_version=key[1],
             system_version=system_version,
             detector=j.instance,
+            kind=m.detector,
             signal=m.signal,
             statistic=m.statistic,
             value=m.value,
@@ -606,7 +601,13 @@ class Detector:
             window_end=datetime.fromtimestamp(end, UTC),
             n=m.n,
             tier=j.tier,
-            evidence=evidence,
+            sustain=j.sustain,
+            # What the decider needs for MTTD (first event → breach) and blast radius.
+            version_first_event_ts=None
+            if seen is None
+            else datetime.fromtimestamp(seen.first_ts, UTC),
+            version_events=None if seen is None else seen.events,
+            evidence=dict(m.evidence),
         )
 
     # --- predictions -----------------------------------------------------------------------

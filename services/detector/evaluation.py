@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from rollguard.detector_policy import Correction, FalseAlarmPolicy, KsConfig, PsiConfig, Tier
+from rollguard.events import Sustain as SustainCount
 from rollguard_services.detector import detectors as d
 
 SignalKey = tuple[str, str]  # (detector instance, signal)
@@ -46,6 +47,8 @@ class Judged:
     instance: str
     tier: Tier
     measurement: d.Measurement
+    #: Set on a rapid-tier measurement once it is sustained (k of the last n windows).
+    sustain: SustainCount | None = None
 
 
 def run_ks(instance: str, config: KsConfig, view: NumericView) -> Judged:
@@ -173,8 +176,9 @@ def publishable(judged: list[Judged], sustain: Sustain) -> list[Judged]:
             sustained, hits = sustain.update(j)
             if sustained:
                 m = j.measurement
-                ev = {**m.evidence, "sustain": f"{hits}/{sustain.n}", "sustain_k": sustain.k}
-                out.append(replace(j, measurement=replace(m, evidence=ev)))
+                ev = {**m.evidence, "sustain": f"{hits}/{sustain.n}"}
+                counted = SustainCount(k=sustain.k, n=sustain.n, hits=hits)
+                out.append(replace(j, measurement=replace(m, evidence=ev), sustain=counted))
         elif j.measurement.phase == "breach":
             out.append(j)
     return out

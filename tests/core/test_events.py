@@ -88,3 +88,18 @@ def test_naive_timestamps_are_refused() -> None:
 def test_tombstone_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="tombstone"):
         ev.decode(ev.Breach, None)
+
+
+def test_a_rapid_breach_must_be_sustained() -> None:
+    from pydantic import ValidationError
+
+    from rollguard.events import Sustain
+    from tests.factories import breach
+
+    assert breach(tier="rapid", sustain=Sustain(k=2, n=3, hits=2)).sustain == Sustain(
+        k=2, n=3, hits=2
+    )
+    with pytest.raises(ValidationError, match="1 of the last 3 windows breached, 2 needed"):
+        breach(tier="rapid", sustain=Sustain(k=2, n=3, hits=1))
+    with pytest.raises(ValidationError, match="k <= n"):
+        Sustain(k=4, n=3, hits=3)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import orjson
 import pytest
 import yaml
 
@@ -18,6 +19,7 @@ from rollguard.events import (
     Decision,
     RollbackCommand,
     RollbackRequest,
+    Sustain,
     SystemManifest,
     utcnow,
 )
@@ -63,6 +65,12 @@ def policy_file(tmp_path: Path) -> Path:
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
+
+
+def unsustained(model_id: str) -> bytes:
+    """What a detector that skipped the k-of-n rule would publish: 1 of 3 windows, 2 needed."""
+    doc = breach("v2", model_id=model_id, tier="rapid").model_dump(mode="json", by_alias=True)
+    return orjson.dumps({**doc, "sustain": {"k": 2, "n": 3, "hits": 1}})
 
 
 def good_and_bad(model_id: str, **bad: object) -> list[SystemManifest]:
@@ -119,8 +127,9 @@ async def test_every_outcome_through_the_broker(
             breach("v2", model_id="unknown"),
             breach("v1", model_id="notlive"),
             breach("v2", model_id="delayed", tier="delayed"),
-            breach("v2", model_id="rapid", tier="rapid", evidence={"sustained": 1}),
-            breach("v2", model_id="rapidvar", tier="rapid", evidence={"sustained": 0}),
+            breach("v2", model_id="rapid", tier="rapid", sustain=Sustain(k=2, n=3, hits=2)),
+            # An unsustained rapid measurement is not a Breach: refused as bad input.
+            unsustained("rapidvar"),
             breach("v2", model_id="notarget"),
             breach("v2", model_id="expected"),
             inflight,
@@ -141,7 +150,7 @@ async def test_every_outcome_through_the_broker(
         await publish(topics.REQUESTS.name, l3)
         await publish(topics.REQUESTS.name, l4)
         await until(
-            lambda: decider.counts["RollbackRequest"] == 2 and decider.counts["Breach"] >= 14, 30
+            lambda: decider.counts["RollbackRequest"] == 2 and decider.counts["Breach"] >= 13, 30
         )
 
         def approve(model: str, req: RollbackRequest, who: str, role: str) -> Approval:
@@ -197,13 +206,13 @@ async def test_every_outcome_through_the_broker(
             ),
             30,
         )
-        await until(lambda: decider.counts["Breach"] >= 18, 30)
+        await until(lambda: decider.counts["Breach"] >= 17, 30)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
     decisions: dict[str, list[Decision]] = {}
-    for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 26):
+    for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 25):
         dec = Decision.model_validate_json(r.value)
         decisions.setdefault(dec.model_id, []).append(dec)
 
@@ -218,7 +227,7 @@ async def test_every_outcome_through_the_broker(
     assert last_codes("notlive") == [("hold", "not_live_version")]
     assert last_codes("delayed") == [("investigate", "tier_not_automatic")]
     assert [x.action for x in decisions["rapid"]] == ["rollback"]
-    assert last_codes("rapidvar") == [("hold", "within_variation")]
+    assert "rapidvar" not in decisions
     assert last_codes("notarget") == [("investigate", "no_known_good_target")]
     assert last_codes("expected") == [("hold", "expected_change")]
     assert [x.action for x in decisions["inflight"]] == ["rollback", "hold"]
@@ -267,8 +276,10 @@ async def test_every_outcome_through_the_broker(
 
     trusted = load_trusted_keys(topics_ready.resolved_trusted_keys_dir)
     assert all(verify_command(c, trusted, utcnow()).ok for c in commands.values())
-    (letter,) = [
+    letters = [
         DeadLetter.model_validate_json(r.value)
-        for r in await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) >= 1)
+        for r in await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) >= 2)
     ]
-    assert letter.consumer == "decider"
+    assert [x.consumer for x in letters] == ["decider", "decider"]
+    (refused,) = [x for x in letters if x.model_id == "rapidvar" or "sustain" in x.error]
+    assert "1 of the last 3 windows breached, 2 needed" in refused.error

@@ -88,9 +88,12 @@ async def test_sustained_ks_breach_against_the_published_baseline(
         "rapid",
         "v2",
     )
-    assert first.evidence["kind"] == "ks" and first.evidence["method"] == "exact"
+    assert first.kind == "ks" and first.evidence["method"] == "exact"
     assert first.evidence["sustain"] == "2/3" and first.value >= 0.1
-    assert first.evidence["version_events"] >= 800 and "version_first_event_ts" in first.evidence
+    assert first.sustain is not None and (first.sustain.k, first.sustain.n) == (2, 3)
+    assert first.sustain.hits >= 2
+    assert first.version_events is not None and first.version_events >= 800
+    assert first.version_first_event_ts is not None
     assert not any(b.signal == "feature:f0" for b in breaches)
 
     letters = [

@@ -87,7 +87,7 @@ async def test_label_mix_slow_responses_and_wrong_outcomes_breach(
     try:
         found = await _breaches(reader, {"prediction_psi", "latency"})
         psi, latency = found["prediction_psi"], found["latency"]
-        assert (psi.signal, psi.tier, psi.evidence["kind"]) == ("prediction", "rapid", "psi")
+        assert (psi.signal, psi.tier, psi.kind) == ("prediction", "rapid", "psi")
         assert psi.value > 0.25
         assert (latency.tier, latency.statistic) == ("immediate", "p99_ms")
         assert latency.value > 500

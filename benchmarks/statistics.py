@@ -1,6 +1,6 @@
 """False breaches on no-drift streams, detection delay, memory per signal, exact-path checks.
 
-Drives the detector's own window and evaluation code (Detector._fold_columns,
+Drives the detector's own window and evaluation code (Folder.fold_columns,
 close_version_window, judge) without a broker, at the default policy.
 """
 
@@ -21,8 +21,9 @@ from scipy.stats import ks_2samp
 from benchmarks.common import offline_detector, rss_bytes, write
 from rollguard import baselines as bl
 from rollguard.events import SystemManifest
-from rollguard_services.detector import detectors as d
+from rollguard_services.detector import histograms
 from rollguard_services.detector.app import Detector
+from rollguard_services.detector.kinds import ks, psi
 from rollguard_services.detector.windows import LatencyWindow, MetricSums, VersionWindow
 from tests.factories import manifest
 
@@ -52,7 +53,7 @@ def _install(det: Detector, signal: str, values: npt.NDArray[np.float64]) -> Non
 
 def _window(det: Detector, start: float, columns: dict[str, Any]) -> VersionWindow:
     w = VersionWindow("m", "v2", "sys-v2", start, 1.0)
-    det._fold_columns(w, columns, slice(None), det.policy.for_model("m"))
+    det.folder.fold_columns(w, columns, slice(None))
     return w
 
 
@@ -136,7 +137,11 @@ def _delay_latency(kind: str, trials: int, limit: int) -> list[int | None]:
             if kind == "latency":
                 latency = latency * 5
             errors = rng.random(DELAY_WINDOW) < error_rate
-            w.n, w.errors, w.counts = DELAY_WINDOW, int(errors.sum()), d.latency_histogram(latency)
+            w.n, w.errors, w.counts = (
+                DELAY_WINDOW,
+                int(errors.sum()),
+                histograms.latency_histogram(latency),
+            )
             if det.judge(w):
                 found = i + 1
                 break
@@ -298,10 +303,10 @@ def memory_in_fresh_process() -> dict[str, Any]:
 def correctness() -> dict[str, Any]:
     rng = np.random.default_rng(3)
     a, b = rng.normal(0, 1, 3_000), rng.normal(0.3, 1, 2_000)
-    d_exact, p_exact = d.ks_exact(a, b)
+    d_exact, p_exact = ks.ks_exact(a, b)
     ref = ks_2samp(a, b)
     grid = bl.grid_from_sample(b)
-    d_hist, _ = d.ks_from_counts(grid.count(a), grid.count(b))
+    d_hist, _ = ks.ks_from_counts(grid.count(a), grid.count(b))
     e, act = np.array([100, 50, 0, 25]), np.array([80, 60, 10, 0])
     es, as_ = (e + 0.5) / (e + 0.5).sum(), (act + 0.5) / (act + 0.5).sum()
     formula = float(sum((x - y) * np.log(x / y) for x, y in zip(as_, es, strict=True)))
@@ -309,7 +314,7 @@ def correctness() -> dict[str, Any]:
         "ks_d_abs_error": abs(d_exact - float(ref.statistic)),
         "ks_p_abs_error": abs(p_exact - float(ref.pvalue)),
         "ks_histogram_d_error": abs(d_hist - d_exact),
-        "psi_abs_error": abs(d.psi_value(e, act) - formula),
+        "psi_abs_error": abs(psi.psi_value(e, act) - formula),
     }
 
 

@@ -14,9 +14,22 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import yaml
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
 
-from rollguard.detector_policy import DetectorConfig, FalseAlarmPolicy, default_detectors
+from rollguard.detector_policy import (
+    DetectorBase,
+    DetectorKinds,
+    FalseAlarmPolicy,
+    default_detectors,
+)
 from rollguard.errors import ConfigError
 from rollguard.logs import get_logger
 
@@ -106,7 +119,8 @@ class NotificationPolicy(_Frozen):
 
 class ModelPolicy(_Frozen):
     window: WindowPolicy = WindowPolicy()
-    detectors: dict[str, DetectorConfig] = Field(default_factory=default_detectors)
+    #: Instance name → entry; typed by each kind's config class when loaded with the kinds.
+    detectors: dict[str, SerializeAsAny[DetectorBase]] = Field(default_factory=default_detectors)
     false_alarm: FalseAlarmPolicy = FalseAlarmPolicy()
     rollback: RollbackPolicy = RollbackPolicy()
     authority: AuthorityPolicy = AuthorityPolicy()
@@ -184,8 +198,43 @@ def _files(paths: list[Path]) -> list[Path]:
     return out
 
 
-def load_policy(*paths: Path) -> PolicySet:
-    """Load, merge and validate policy files; ConfigError names file, line, field."""
+def typed_detectors(
+    policy: ModelPolicy,
+    kinds: DetectorKinds,
+    where: tuple[Path, yaml.Node | None, tuple[Any, ...]] | None = None,
+) -> ModelPolicy:
+    """``policy`` with every detector entry validated by its kind's config class.
+
+    ConfigError for an unknown kind (listing the known ones) or a bad field; ``where`` (file,
+    YAML root, location prefix) lets it name the file and line.
+    """
+    typed: dict[str, DetectorBase] = {}
+    for name, entry in policy.detectors.items():
+        config = kinds.get(entry.kind)
+        loc = (*where[2], "detectors", name) if where else ("detectors", name)
+        if config is None:
+            at = f"{where[0]}:{_line_of(where[1], (*loc, 'kind'))}: " if where else ""
+            raise ConfigError(
+                f"{at}{'.'.join(map(str, loc))}.kind: unknown detector kind {entry.kind!r}; "
+                f"known: {', '.join(sorted(kinds))}"
+            )
+        if type(entry) is config:
+            typed[name] = entry
+            continue
+        try:
+            typed[name] = config.model_validate(entry.model_dump(exclude_unset=True))
+        except ValidationError as exc:
+            if where is None:
+                raise ConfigError(f"{'.'.join(map(str, loc))}: {exc.errors()[0]['msg']}") from exc
+            raise ConfigError(_describe(exc, where[0], where[1], (*loc, entry.kind))) from exc
+    return policy.model_copy(update={"detectors": typed})
+
+
+def load_policy(*paths: Path, kinds: DetectorKinds | None = None) -> PolicySet:
+    """Load, merge and validate policy files; ConfigError names file, line, field.
+
+    With ``kinds`` (kind → config class) every detector entry is validated by its kind too.
+    """
     defaults: dict[str, Any] = {}
     overrides: dict[str, tuple[dict[str, Any], Path, yaml.Node | None]] = {}
     files = _files(list(paths))
@@ -209,9 +258,11 @@ def load_policy(*paths: Path) -> PolicySet:
                 f"{path}: version {raw.get('version')!r} is not supported; allowed: 1"
             )
         try:
-            ModelPolicy.model_validate(_deep_merge(defaults, raw.get("defaults") or {}))
+            checked = ModelPolicy.model_validate(_deep_merge(defaults, raw.get("defaults") or {}))
         except ValidationError as exc:
             raise ConfigError(_describe(exc, path, root, ("defaults",))) from exc
+        if kinds is not None:
+            typed_detectors(checked, kinds, (path, root, ("defaults",)))
         defaults = _deep_merge(defaults, raw.get("defaults") or {})
         models = raw.get("models") or {}
         if not isinstance(models, dict):
@@ -221,28 +272,37 @@ def load_policy(*paths: Path) -> PolicySet:
             overrides[model_id] = (_deep_merge(previous, override or {}), path, root)
 
     base = ModelPolicy.model_validate(defaults)
+    if kinds is not None:
+        base = typed_detectors(base, kinds)
     validated: dict[str, ModelPolicy] = {}
     for model_id, (override, path, root) in overrides.items():
         try:
-            validated[model_id] = ModelPolicy.model_validate(
-                _deep_merge(base.model_dump(), override)
+            # Only what was set: a kind's own defaults are filled in by its config class.
+            merged = ModelPolicy.model_validate(
+                _deep_merge(base.model_dump(exclude_unset=True), override)
             )
         except ValidationError as exc:
             raise ConfigError(_describe(exc, path, root, ("models", model_id))) from exc
+        if kinds is not None:
+            merged = typed_detectors(merged, kinds, (path, root, ("models", model_id)))
+        validated[model_id] = merged
     return PolicySet(defaults=base, models=validated, sources=tuple(str(f) for f in files))
 
 
 SHIPPED_POLICY = Path("policies")
 
 
-def resolve_policy(path: Path | None) -> PolicySet:
+def resolve_policy(path: Path | None, kinds: DetectorKinds | None = None) -> PolicySet:
     """The policy at ``path`` (file or directory); without one, ./policies/ when present,
     else the built-in defaults."""
     if path is not None:
-        return load_policy(path)
+        return load_policy(path, kinds=kinds)
     if SHIPPED_POLICY.is_dir() and any(SHIPPED_POLICY.glob("*.yaml")):
-        return load_policy(SHIPPED_POLICY)
-    return PolicySet()
+        return load_policy(SHIPPED_POLICY, kinds=kinds)
+    if kinds is None:
+        return PolicySet()
+    defaults = typed_detectors(ModelPolicy(), kinds)
+    return PolicySet(defaults=defaults)
 
 
 class PolicyView(Protocol):
@@ -258,9 +318,10 @@ class PolicySource:
     whoever calls ``reload``).
     """
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, kinds: DetectorKinds | None = None) -> None:
         self.path = path
-        self.current = resolve_policy(path)
+        self.kinds = kinds
+        self.current = resolve_policy(path, kinds)
         self.last_error: str | None = None
         self._stamp = self._mtimes()
         self._checked = 0.0
@@ -301,7 +362,7 @@ class PolicySource:
     def reload(self) -> bool:
         """Load again; True when the new policy is in force, False when the old one stays."""
         try:
-            fresh = resolve_policy(self.path)
+            fresh = resolve_policy(self.path, self.kinds)
         except ConfigError as exc:
             self.last_error = str(exc)
             self._stamp = self._mtimes()  # do not retry the same bad files every tick

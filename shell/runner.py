@@ -22,6 +22,7 @@ from rollguard.signing import generate_keypair, load_signer
 from rollguard_services.decider.app import Decider
 from rollguard_services.decider.settings import DeciderSettings
 from rollguard_services.detector.app import Detector
+from rollguard_services.detector.kinds import config_classes
 from rollguard_services.detector.settings import DetectorSettings
 from rollguard_services.executor.app import Executor
 from rollguard_services.executor.settings import ExecutorSettings
@@ -35,25 +36,31 @@ from rollguard_services.router.settings import RouterSettings
 log = get_logger("rollguard_shell.runner")
 
 
+def policy(settings: RollguardSettings) -> PolicySource:
+    """The policy every service follows; detector entries are checked against their kinds at
+    load, so a typo fails with file, line and field before anything runs."""
+    return PolicySource(settings.policy_path, kinds=config_classes())
+
+
 def _router(settings: RollguardSettings) -> Service:
     return RouterService(settings, RouterSettings())
 
 
 def _detector(settings: RollguardSettings) -> Service:
-    return Detector(settings, PolicySource(settings.policy_path), DetectorSettings())
+    return Detector(settings, policy(settings), DetectorSettings())
 
 
 def _decider(settings: RollguardSettings) -> Service:
     return Decider(
         settings,
-        PolicySource(settings.policy_path),
+        policy(settings),
         load_signer(settings.resolved_signing_key_file),
         DeciderSettings(),
     )
 
 
 def _executor(settings: RollguardSettings) -> Service:
-    return Executor(settings, ExecutorSettings(), policy=PolicySource(settings.policy_path))
+    return Executor(settings, ExecutorSettings(), policy=policy(settings))
 
 
 def _ledger(settings: RollguardSettings) -> Service:
@@ -61,7 +68,7 @@ def _ledger(settings: RollguardSettings) -> Service:
 
 
 def _notifier(settings: RollguardSettings) -> Service:
-    return Notifier(settings, NotifierSettings(), policy=PolicySource(settings.policy_path))
+    return Notifier(settings, NotifierSettings(), policy=policy(settings))
 
 
 #: Every service `rollguard run` knows, by the name docker-compose uses.

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import compress, repeat
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -566,3 +566,16 @@ def _from_events(records: list[Record]) -> tuple[PredictionBatch, list[Rejected]
     ]
     ts = np.array([e.ts.timestamp() for _, e in good], dtype=np.float64)
     return _from_docs([r for r, _ in good], docs, ts, "pydantic"), rejected
+
+
+def select(column: Column, sel: slice | npt.NDArray[np.bool_]) -> Column:
+    """The rows of ``column`` a window takes (a slice or a boolean mask)."""
+    if isinstance(column, np.ndarray) or isinstance(sel, slice):
+        return column[sel]
+    return list(compress(column, sel))
+
+
+def segment_labels(column: Column) -> list[str | None]:
+    """Segment values as the labels fairness counts by (numbers too: '1.0')."""
+    values = column.tolist() if isinstance(column, np.ndarray) else column
+    return [str(v) for v in values]

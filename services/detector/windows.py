@@ -15,7 +15,7 @@ import numpy.typing as npt
 
 from rollguard.baselines import Grid
 from rollguard.policy import WindowPolicy
-from rollguard_services.detector.detectors import LATENCY_EDGES, latency_histogram
+from rollguard_services.detector.histograms import LATENCY_EDGES, latency_histogram
 
 VersionKey = tuple[str, str]
 
@@ -199,10 +199,10 @@ class VersionWindow:
     n: int = 0
     numeric: dict[str, NumericAccumulator] = field(default_factory=dict)
     categorical: dict[str, CategoricalAccumulator] = field(default_factory=dict)
-    positives: dict[str, int] = field(default_factory=dict)
-    segments: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, MetricSums] = field(default_factory=dict)
     health_checks: int = 0
+    #: What a detector kind folds for itself (segment tallies), by detector instance name.
+    kind_sums: dict[str, object] = field(default_factory=dict)
 
     @property
     def end(self) -> float:

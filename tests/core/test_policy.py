@@ -6,11 +6,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rollguard.detector_policy import ErrorRateConfig, KsConfig
 from rollguard.errors import ConfigError
-from rollguard.policy import ModelPolicy, PolicySet, load_policy, resolve_policy
+from rollguard.policy import ModelPolicy, PolicySet, load_policy, resolve_policy, typed_detectors
+from rollguard_services.detector.kinds import config_classes
+from rollguard_services.detector.kinds.error_rate import ErrorRateConfig
+from rollguard_services.detector.kinds.ks import KsConfig
 
 ROOT = Path(__file__).resolve().parents[2]
+KINDS = config_classes()
 
 
 def write(tmp_path: Path, doc: object, name: str = "p.yaml") -> Path:
@@ -20,8 +23,8 @@ def write(tmp_path: Path, doc: object, name: str = "p.yaml") -> Path:
 
 
 def test_shipped_default_policy_equals_the_documented_defaults() -> None:
-    shipped = load_policy(ROOT / "policies")
-    assert shipped.defaults == PolicySet().defaults
+    shipped = load_policy(ROOT / "policies", kinds=KINDS)
+    assert shipped.defaults == typed_detectors(PolicySet().defaults, KINDS)
     assert shipped.models == {}
 
 
@@ -34,13 +37,15 @@ def test_per_model_override_merges_field_by_field(tmp_path: Path) -> None:
             }
         },
     )
-    policy = load_policy(path)
+    policy = load_policy(path, kinds=KINDS)
     fraud = policy.for_model("fraud").detectors["error_rate"]
     assert isinstance(fraud, ErrorRateConfig)
     assert fraud.threshold == 0.02
     assert fraud.min_events == ErrorRateConfig().min_events
     assert set(policy.for_model("fraud").detectors) == set(ModelPolicy().detectors)
-    assert policy.for_model("other") == ModelPolicy()
+    assert policy.for_model("other") == typed_detectors(ModelPolicy(), KINDS)
+    # The kind's own defaults, not the bare entry's: tier and min_events of error_rate.
+    assert (fraud.tier, fraud.kind) == ("immediate", "error_rate")
 
 
 def test_files_of_a_directory_merge_in_name_order(tmp_path: Path) -> None:
@@ -81,7 +86,9 @@ models:
         ),
         (
             "defaults:\n  detectors:\n    x:\n      kind: kss\n",
-            r"p\.yaml:4: .*'error_rate', 'latency', 'health', 'ks'",
+            r"p\.yaml:4: defaults\.detectors\.x\.kind: unknown detector kind 'kss'; known: "
+            r"business_metric, cost, error_rate, fairness, feature_quality, ground_truth, health, "
+            r"ks, latency, psi",
         ),
         (
             "defaults:\n  rollbak: {}\n",
@@ -104,7 +111,7 @@ def test_bad_policy_names_file_line_field_and_allowed(
 ) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError, match=expected) as info:
-        load_policy(path)
+        load_policy(path, kinds=KINDS)
     assert str(path) in str(info.value)
 
 
@@ -138,5 +145,14 @@ def test_missing_path_is_a_config_error(tmp_path: Path) -> None:
 
 def test_every_detector_kind_has_a_default_instance() -> None:
     kinds = {c.kind for c in ModelPolicy().detectors.values()}
-    assert len(kinds) == 10
-    assert isinstance(ModelPolicy().detectors["prediction_ks"], KsConfig)
+    assert kinds == set(KINDS)
+    assert isinstance(typed_detectors(ModelPolicy(), KINDS).detectors["prediction_ks"], KsConfig)
+
+
+def test_without_the_kinds_a_policy_keeps_detector_entries_as_written(tmp_path: Path) -> None:
+    # What a service that reads no detectors (the decider, the executor) loads.
+    path = write(tmp_path, {"defaults": {"detectors": {"d": {"kind": "ks", "alpha": 0.02}}}})
+    entry = load_policy(path).defaults.detectors["d"]
+    assert (entry.kind, entry.model_extra, entry.tier) == ("ks", {"alpha": 0.02}, None)
+    typed = typed_detectors(load_policy(path).defaults, KINDS).detectors["d"]
+    assert isinstance(typed, KsConfig) and (typed.alpha, typed.tier) == (0.02, "rapid")

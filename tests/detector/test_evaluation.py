@@ -5,21 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from rollguard import baselines as bl
-from rollguard.detector_policy import FalseAlarmPolicy, KsConfig
-from rollguard_services.detector import detectors as d
-from rollguard_services.detector.evaluation import (
-    Judged,
-    NumericView,
-    Sustain,
-    confirm_ks,
-    correct,
-    publishable,
-    run_ks,
-)
+from rollguard.detector_policy import FalseAlarmPolicy
+from rollguard_services.detector.correction import correct
+from rollguard_services.detector.kinds import error_rate
+from rollguard_services.detector.kinds.base import Judged, Measurement, NumericView
+from rollguard_services.detector.kinds.ks import KsConfig, confirm_view, on_view
+from rollguard_services.detector.sustain import Sustain, publishable
 
 
 def _m(p: float, phase: str = "breach", signal: str = "s") -> Judged:
-    m = d.Measurement("ks", signal, phase, "ks_d", 0.2, 0.1, 500, p, {"alpha": 0.01})  # type: ignore[arg-type]
+    m = Measurement("ks", signal, phase, "ks_d", 0.2, 0.1, 500, p, {"alpha": 0.01})  # type: ignore[arg-type]
     return Judged("prediction_ks", "rapid", m)
 
 
@@ -40,15 +35,17 @@ def test_exact_confirmation_can_overrule_the_histogram() -> None:
     config = KsConfig()
     shifted = rng.normal(0.5, 1, 2000)
     view = NumericView("prediction", grid.count(shifted), grid.count(reference), shifted, reference)
-    judged = correct([run_ks("prediction_ks", config, view)], "holm")
-    confirmed = confirm_ks(judged[0], view, config.min_effect)
+    judged = correct([Judged("prediction_ks", "rapid", on_view(config, view))], "holm")
+    confirmed = Judged(
+        "prediction_ks", "rapid", confirm_view(judged[0].measurement, view, config.min_effect)
+    )
     assert confirmed.measurement.phase == "breach"
     assert confirmed.measurement.evidence["method"] == "exact"
     # The same counts with a sample from the reference: the exact test does not confirm.
     same = NumericView(
         "prediction", view.counts, view.reference_counts, reference[:1000], reference
     )
-    assert confirm_ks(judged[0], same, config.min_effect).measurement.phase == "ok"
+    assert confirm_view(judged[0].measurement, same, config.min_effect).phase == "ok"
 
 
 def test_rapid_breach_needs_k_of_n_windows_immediate_does_not() -> None:
@@ -63,6 +60,6 @@ def test_rapid_breach_needs_k_of_n_windows_immediate_does_not() -> None:
     immediate = Judged(
         "error_rate",
         "immediate",
-        d.error_rate(40, 200, threshold=0.05, min_events=50, confidence=0.95),
+        error_rate.measure(40, 200, threshold=0.05, min_events=50, confidence=0.95),
     )
     assert publishable([immediate], Sustain(2, 3)) == [immediate]

@@ -12,13 +12,14 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
 from rollguard import topics
-from rollguard.detector_policy import FairnessConfig, GroundTruthConfig
 from rollguard.events import Breach, OutcomeEvent, utcnow
 from rollguard.policy import ModelPolicy, PolicySet, WindowPolicy
 from rollguard.settings import RollguardSettings
 from rollguard_services.detector import arrow
 from rollguard_services.detector.app import Detector
 from rollguard_services.detector.join import GENERATIONS, PendingJoin
+from rollguard_services.detector.kinds.fairness import FairnessConfig
+from rollguard_services.detector.kinds.ground_truth import GroundTruthConfig
 from rollguard_services.detector.settings import DetectorSettings
 
 
@@ -134,7 +135,8 @@ async def test_error_rate_fairness_breaches_when_one_segment_is_wrong_more_often
     (fair,) = [b for b in published if b.detector == "fairness"]
     assert fair.value == pytest.approx(0.0)  # best segment's error rate 0 over the worst's 0.5
     assert fair.evidence["highest"] == "b" and fair.evidence["metric"] == "error_rate"
-    assert detector.versions[("m", "v2")].outcome_segments == {}  # counted afresh next time
+    # counted afresh next time
+    assert "fairness" not in detector.versions[("m", "v2")].kind_state
 
 
 def test_an_id_predicted_twice_is_answered_by_the_later_prediction() -> None:

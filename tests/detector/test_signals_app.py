@@ -23,6 +23,7 @@ from rollguard.events import (
 from rollguard.policy import PolicySet
 from rollguard.settings import RollguardSettings
 from rollguard_services.detector.app import Detector
+from rollguard_services.detector.kinds.ground_truth import drift_of
 from rollguard_services.detector.settings import DetectorSettings
 from tests.conftest import TopicReader, run_until
 from tests.factories import manifest
@@ -137,4 +138,4 @@ async def test_health_ctr_quality_fairness_and_cost_breach_through_the_broker(
     await run_until(detector, lambda: detector.counts["outcome_events"] >= 101, timeout_s=40)
     assert detector.counts["outcomes_joined"] == 100
     assert detector.counts["outcomes_unmatched"] == 1
-    assert detector.versions[("m", "v2")].drift.n == 100
+    assert drift_of("ground_truth", detector.versions[("m", "v2")]).n == 100

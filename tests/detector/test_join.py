@@ -146,3 +146,33 @@ def test_an_id_predicted_twice_is_answered_by_the_later_prediction() -> None:
     (got,) = join.match(["a"])
     assert got is not None and (got.version, got.prediction) == ("v2", 0.2)
     assert join.match(["a"]) == [None]  # consumed; the earlier copy does not answer either
+
+
+async def test_the_join_ttl_is_the_models_own_not_the_defaults() -> None:
+    """Review bug: the TTL was read from policy.defaults, so a model's own join_ttl_s was
+    ignored. Here the defaults wait a day and model ``m`` waits 5 s."""
+    settings = RollguardSettings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t.")
+    slow = {"ground_truth": GroundTruthConfig(join_ttl_s=86_400.0)}
+    policy = PolicySet(
+        defaults=ModelPolicy(detectors=slow),
+        models={"m": ModelPolicy(detectors={"ground_truth": GroundTruthConfig(join_ttl_s=5.0)})},
+    )
+    detector = Detector(settings, policy, DetectorSettings(seed=1))
+    predictions = settings.topic(topics.PREDICTIONS.name)
+    tp = TopicPartition(predictions, 0)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time()))
+    other = orjson.loads(_prediction(1, f"{stamp}.000000Z", "a"))
+    other.update(model_id="other", request_id="o1")
+    await detector.process(
+        {
+            tp: [
+                _record(predictions, 0, _prediction(0, f"{stamp}.000000Z", "a")),
+                _record(predictions, 1, orjson.dumps(other)),
+            ]
+        }
+    )
+    assert len(detector.models["m"].pending) == 1 and len(detector.models["other"].pending) == 1
+    detector.folder.forget_quiet(time.time() + 10)
+    assert len(detector.models["m"].pending) == 0  # gave up after its own 5 s
+    assert len(detector.models["other"].pending) == 1  # still within the default day
+    assert detector.counts["join_expired"] == 1

@@ -15,6 +15,7 @@ import signal
 import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import faust
@@ -37,8 +38,13 @@ from rollguard.logs import get_logger
 from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer
-from rollguard_services.decider import decisions as d
+from rollguard_services.decider.approvals import approve, request
+from rollguard_services.decider.breaches import decide
+from rollguard_services.decider.context import DecisionContext
+from rollguard_services.decider.outcome import DECIDER_ID, Outcome
 from rollguard_services.decider.settings import DeciderSettings
+from rollguard_services.decider.state import ModelState, apply_ack, apply_health, apply_manifest
+from rollguard_services.decider.timers import TICK_STEPS, due
 
 log = get_logger("rollguard.decider")
 E = TypeVar("E", bound=Event)
@@ -62,18 +68,6 @@ def faust_broker_options(settings: RollguardSettings) -> dict[str, Any]:
     return out
 
 
-def due(state: d.ModelState, source: PolicySource, now: Any) -> bool:
-    """Whether a tick would change anything for this model now (read-only)."""
-    policy = source.for_model(state.model_id)
-    if state.verifying is not None and now >= state.verifying.deadline:
-        return True
-    if any(now >= p.expires_at for p in state.pending):
-        return True
-    if state.in_flight is not None and now >= state.in_flight.expires_at:
-        return True
-    return d.bake(state, policy, now) is not None
-
-
 class Decider:
     name = "decider"
 
@@ -94,6 +88,15 @@ class Decider:
         )
         self.ready = asyncio.Event()
         self.counts: Counter[str] = Counter()
+
+    def context(self, model_id: str, now: datetime | None = None) -> DecisionContext:
+        """The policy in force for the model, the clock, the signing key: what a decision
+        function is given besides the state and its input."""
+        return DecisionContext(
+            policy=self.policy.for_model(model_id),
+            now=now if now is not None else utcnow(),
+            signer=self.signer,
+        )
 
     def reload(self) -> None:
         """SIGHUP: reload policy and tokens; a bad policy keeps the last good one."""
@@ -139,16 +142,16 @@ class Decider:
 
         dead_letters = DeadLetterSink(s, send, self.name)
 
-        def load(model_id: str) -> d.ModelState:
+        def load(model_id: str) -> ModelState:
             stored = states.get(model_id)
             if stored is None:
-                return d.ModelState(model_id=model_id)
-            return d.ModelState.model_validate_json(stored)
+                return ModelState(model_id=model_id)
+            return ModelState.model_validate_json(stored)
 
-        def save(state: d.ModelState) -> None:
+        def save(state: ModelState) -> None:
             states[state.model_id] = state.model_dump_json()
 
-        async def publish(outcome: d.Outcome) -> None:
+        async def publish(outcome: Outcome) -> None:
             save(outcome.state)
             key = outcome.state.model_id.encode()
             for decision in outcome.decisions:
@@ -186,7 +189,7 @@ class Decider:
                 await handle(parsed)
 
         async def on_manifest(manifest: SystemManifest) -> None:
-            save(d.apply_manifest(load(manifest.model_id), manifest))
+            save(apply_manifest(load(manifest.model_id), manifest))
             log.info(
                 "manifest",
                 model_id=manifest.model_id,
@@ -196,21 +199,15 @@ class Decider:
             )
 
         async def on_ack(ack: CommandAck) -> None:
-            if ack.executor_id == d.DECIDER_ID:
+            if ack.executor_id == DECIDER_ID:
                 return  # our own verified acks
-            save(d.apply_ack(load(ack.model_id), ack, self.policy.for_model(ack.model_id)))
+            save(apply_ack(load(ack.model_id), ack, self.context(ack.model_id)))
 
         async def on_health(check: HealthCheckEvent) -> None:
-            save(d.apply_health(load(check.model_id), check))
+            save(apply_health(load(check.model_id), check))
 
         async def on_breach(breach: Breach) -> None:
-            outcome = d.decide(
-                load(breach.model_id),
-                breach,
-                self.policy.for_model(breach.model_id),
-                utcnow(),
-                self.signer,
-            )
+            outcome = decide(load(breach.model_id), breach, self.context(breach.model_id))
             if outcome is None:
                 self.counts["duplicate_breaches"] += 1
                 return
@@ -218,26 +215,18 @@ class Decider:
 
         async def on_request(req: RollbackRequest) -> None:
             who = self.tokens.lookup(req.token_sha256)
-            policy = self.policy.for_model(req.model_id)
-            await publish(d.request(load(req.model_id), req, who, policy, utcnow(), self.signer))
+            await publish(request(load(req.model_id), req, who, self.context(req.model_id)))
 
         async def on_approval(approval: Approval) -> None:
             who = self.tokens.lookup(approval.token_sha256)
-            policy = self.policy.for_model(approval.model_id)
             state = load(approval.model_id)
-            await publish(d.approve(state, approval, who, policy, utcnow(), self.signer))
+            await publish(approve(state, approval, who, self.context(approval.model_id)))
 
         async def on_tick(model_id: str) -> None:
-            now = utcnow()
+            ctx = self.context(model_id)
             state = load(model_id)
-            steps: list[Callable[[d.ModelState], d.Outcome | None]] = [
-                lambda st: d.check_verification(st, now),
-                lambda st: d.expire_pending(st, now),
-                lambda st: d.expire_in_flight(st, now),
-                lambda st: d.bake(st, self.policy.for_model(model_id), now),
-            ]
-            for step in steps:
-                outcome = step(state)
+            for step in TICK_STEPS:
+                outcome = step(state, ctx)
                 if outcome is not None:
                     await publish(outcome)
                     state = outcome.state
@@ -277,7 +266,7 @@ class Decider:
                 self.tokens = TokenRegistry.load(self.settings.resolved_tokens_file)
             now = utcnow()
             for model_id, stored in list(states.items()):
-                if due(d.ModelState.model_validate_json(stored), self.policy, now):
+                if due(ModelState.model_validate_json(stored), self.context(model_id, now)):
                     await ticks.send(key=model_id.encode(), value=b"")
 
         @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust's stub wants a keyword-only signal arg

@@ -164,7 +164,8 @@ def _faust_str(raw: bytes) -> str:
 
 def _deploy_check(args: argparse.Namespace, settings: RollguardSettings) -> int:
     _need_kafka(settings)
-    from rollguard_services.decider.decisions import ModelState, rollback_target, target_ready
+    from rollguard_services.decider.state import ModelState
+    from rollguard_services.decider.targets import rollback_target, target_ready
 
     raw = decider_state(settings, args.model_id)
     if raw is None:
@@ -177,7 +178,7 @@ def _deploy_check(args: argparse.Namespace, settings: RollguardSettings) -> int:
             f"not ready: {args.model_id} has no known-good target other than the live {live}"
         )
     policy = resolve_policy(settings.policy_path).for_model(args.model_id)
-    not_ready = target_ready(state, target, policy, utcnow())
+    not_ready = target_ready(state, target, policy.rollback.target_ready_within_s, utcnow())
     if not_ready is not None:
         raise UsageError(f"not ready: {not_ready.detail}")
     if state.locked:

@@ -27,7 +27,7 @@ from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer, load_trusted_keys, verify_command
 from rollguard_services.decider.app import Decider
-from rollguard_services.decider.decisions import _id
+from rollguard_services.decider.outcome import derived_id
 from rollguard_services.decider.settings import DeciderSettings
 from tests.conftest import TopicReader, until
 from tests.factories import breach, manifest
@@ -156,7 +156,7 @@ async def test_every_outcome_through_the_broker(
         def approve(model: str, req: RollbackRequest, who: str, role: str) -> Approval:
             return Approval(
                 model_id=model,
-                decision_id=_id("request", req.event_id),
+                decision_id=derived_id("request", req.event_id),
                 role=role,
                 token_sha256=hash_token(who),
             )

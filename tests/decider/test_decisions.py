@@ -18,7 +18,10 @@ from rollguard.signing import (
     load_trusted_keys,
     verify_command,
 )
-from rollguard_services.decider import decisions as d
+from rollguard_services.decider import approvals, breaches, targets, timers
+from rollguard_services.decider.context import DecisionContext
+from rollguard_services.decider.outcome import DECIDER_ID, Outcome
+from rollguard_services.decider.state import ModelState, apply_ack, apply_manifest, is_known_good
 from tests.factories import breach, manifest
 
 POLICY = ModelPolicy()
@@ -35,14 +38,18 @@ def signer(tmp_path: Path) -> Signer:
     return load_signer(tmp_path / "k.pem")
 
 
-def state_with(*manifests: ev.SystemManifest) -> d.ModelState:
-    state = d.ModelState(model_id="m")
+def ctx(signer: Signer, policy: ModelPolicy = POLICY, now: datetime = T0) -> DecisionContext:
+    return DecisionContext(policy=policy, now=now, signer=signer)
+
+
+def state_with(*manifests: ev.SystemManifest) -> ModelState:
+    state = ModelState(model_id="m")
     for m in manifests:
-        state = d.apply_manifest(state, m)
+        state = apply_manifest(state, m)
     return state
 
 
-def live_v2(**v2: object) -> d.ModelState:
+def live_v2(**v2: object) -> ModelState:
     return state_with(
         manifest("v1", status="known_good", ts=T0 - timedelta(hours=2)),
         manifest("v2", status="live", ts=T0 - timedelta(minutes=5), **v2),  # type: ignore[arg-type]
@@ -54,18 +61,18 @@ def codes(decision: ev.Decision) -> list[str]:
 
 
 def decide(
-    state: d.ModelState,
+    state: ModelState,
     b: ev.Breach,
     signer: Signer,
     policy: ModelPolicy = POLICY,
     now: datetime = T0,
-) -> d.Outcome:
-    out = d.decide(state, b, policy, now, signer)
+) -> Outcome:
+    out = breaches.decide(state, b, ctx(signer, policy, now))
     assert out is not None
     return out
 
 
-def applied(out: d.Outcome, at: datetime) -> ev.CommandAck:
+def applied(out: Outcome, at: datetime) -> ev.CommandAck:
     assert out.command is not None
     return ev.CommandAck(
         model_id="m",
@@ -130,7 +137,7 @@ def expected_change_policy() -> ModelPolicy:
 @pytest.mark.parametrize(
     ("state", "brch", "policy", "action", "code"),
     [
-        (d.ModelState(model_id="m"), breach("v2"), POLICY, "hold", "unknown_model"),
+        (ModelState(model_id="m"), breach("v2"), POLICY, "hold", "unknown_model"),
         (live_v2(), breach("v1"), POLICY, "hold", "not_live_version"),
         (live_v2(), breach("v2", ts=T0), expected_change_policy(), "hold", "expected_change"),
         (live_v2(), breach("v2", tier="delayed"), POLICY, "investigate", "tier_not_automatic"),
@@ -176,7 +183,7 @@ def expected_change_policy() -> ModelPolicy:
 )
 def test_every_non_rollback_is_a_decision_with_its_reason(
     signer: Signer,
-    state: d.ModelState,
+    state: ModelState,
     brch: ev.Breach,
     policy: ModelPolicy,
     action: str,
@@ -217,7 +224,7 @@ def test_target_not_ready_escalates_instead(
 def test_duplicate_breach_is_ignored(signer: Signer) -> None:
     b = breach("v2")
     out = decide(live_v2(), b, signer)
-    assert d.decide(out.state, b, POLICY, T0, signer) is None
+    assert breaches.decide(out.state, b, ctx(signer)) is None
 
 
 def test_incident_metrics_come_from_the_breach_fields(signer: Signer) -> None:
@@ -241,25 +248,27 @@ def test_incident_metrics_come_from_the_breach_fields(signer: Signer) -> None:
 
 def test_applied_starts_cooldown_and_verification_then_verified(signer: Signer) -> None:
     out = decide(live_v2(), breach("v2"), signer)
-    after = d.apply_ack(out.state, applied(out, T0 + timedelta(seconds=1)), POLICY)
+    after = apply_ack(out.state, applied(out, T0 + timedelta(seconds=1)), ctx(signer))
     assert after.in_flight is None and after.verifying is not None
     assert after.cooldown_until == T0 + timedelta(seconds=1 + POLICY.rollback.cooldown_s)
-    assert d.check_verification(after, T0 + timedelta(seconds=60)) is None
-    done = d.check_verification(after, T0 + timedelta(seconds=1 + POLICY.rollback.verification_s))
+    assert timers.check_verification(after, ctx(signer, now=T0 + timedelta(seconds=60))) is None
+    done = timers.check_verification(
+        after, ctx(signer, now=T0 + timedelta(seconds=1 + POLICY.rollback.verification_s))
+    )
     assert done is not None and done.state.verifying is None
     (ack,) = done.acks
     assert (ack.status, ack.command_id, ack.executor_id) == (
         "verified",
         out.command.command_id,
-        d.DECIDER_ID,
+        DECIDER_ID,
     )  # type: ignore[union-attr]
     assert ack.timings["time_to_verified_s"] >= POLICY.rollback.verification_s
 
 
 def test_breach_of_the_restored_version_fails_verification_and_locks(signer: Signer) -> None:
     out = decide(live_v2(), breach("v2"), signer)
-    after = d.apply_ack(out.state, applied(out, T0), POLICY)
-    after = d.apply_manifest(after, manifest("v1", status="live", ts=T0))
+    after = apply_ack(out.state, applied(out, T0), ctx(signer))
+    after = apply_manifest(after, manifest("v1", status="live", ts=T0))
     failed = decide(after, breach("v1"), signer, now=T0 + timedelta(seconds=10))
     assert failed.decision.action == "investigate"
     assert codes(failed.decision)[-1] == "verification_failed"
@@ -272,10 +281,10 @@ def test_breach_of_the_restored_version_fails_verification_and_locks(signer: Sig
 def test_failed_ack_ends_the_flight_without_cooldown(signer: Signer) -> None:
     out = decide(live_v2(), breach("v2"), signer)
     ack = applied(out, T0).model_copy(update={"status": "failed"})
-    after = d.apply_ack(out.state, ack, POLICY)
+    after = apply_ack(out.state, ack, ctx(signer))
     assert after.in_flight is None and after.cooldown_until is None and after.verifying is None
     other = ack.model_copy(update={"command_id": "someone-else"})
-    assert d.apply_ack(out.state, other, POLICY) == out.state
+    assert apply_ack(out.state, other, ctx(signer)) == out.state
 
 
 def test_a_flapping_signal_rolls_back_at_most_once_per_cooldown(signer: Signer) -> None:
@@ -285,15 +294,15 @@ def test_a_flapping_signal_rolls_back_at_most_once_per_cooldown(signer: Signer) 
     for i in range(1200):
         now = T0 + timedelta(seconds=i)
         if state.live is not None and state.live.model_version == "v1":
-            state = d.apply_manifest(state, manifest("v2", status="live", ts=now))
+            state = apply_manifest(state, manifest("v2", status="live", ts=now))
         if i % 2:
             continue
         out = decide(state, breach("v2", ts=now), signer, now=now)
         state = out.state
         if out.command is not None:
             rollbacks.append(now)
-            state = d.apply_ack(state, applied(out, now), POLICY)
-            state = d.apply_manifest(state, manifest("v1", status="live", ts=now))
+            state = apply_ack(state, applied(out, now), ctx(signer))
+            state = apply_manifest(state, manifest("v1", status="live", ts=now))
             state = state.model_copy(update={"verifying": None})
     assert len(rollbacks) == 4  # 0 s, 300 s, 600 s, 900 s
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(rollbacks)]
@@ -305,13 +314,16 @@ def test_a_flapping_signal_rolls_back_at_most_once_per_cooldown(signer: Signer) 
 
 def test_live_version_becomes_known_good_after_bake_without_breach(signer: Signer) -> None:
     state = state_with(manifest("v1", status="live", ts=T0))
-    assert d.bake(state, POLICY, T0 + timedelta(seconds=POLICY.rollback.bake_s - 1)) is None
-    out = d.bake(state, POLICY, T0 + timedelta(seconds=POLICY.rollback.bake_s))
+    assert (
+        timers.bake(state, ctx(signer, now=T0 + timedelta(seconds=POLICY.rollback.bake_s - 1)))
+        is None
+    )
+    out = timers.bake(state, ctx(signer, now=T0 + timedelta(seconds=POLICY.rollback.bake_s)))
     assert out is not None
     (marked,) = out.manifests
     assert (marked.status, marked.system_version) == ("known_good", "sys-v1")
-    assert d.is_known_good(out.state, "sys-v1")
-    assert d.bake(out.state, POLICY, T0 + timedelta(days=1)) is None
+    assert is_known_good(out.state, "sys-v1")
+    assert timers.bake(out.state, ctx(signer, now=T0 + timedelta(days=1))) is None
 
 
 def test_a_breach_since_going_live_blocks_the_bake(signer: Signer) -> None:
@@ -320,7 +332,7 @@ def test_a_breach_since_going_live_blocks_the_bake(signer: Signer) -> None:
         manifest("v2", status="live", ts=T0),
     )
     state = decide(state, breach("v2", tier="delayed", ts=T0 + timedelta(seconds=5)), signer).state
-    assert d.bake(state, POLICY, T0 + timedelta(days=1)) is None
+    assert timers.bake(state, ctx(signer, now=T0 + timedelta(days=1))) is None
 
 
 def test_target_is_the_newest_known_good_other_than_live_and_never_rolled_back() -> None:
@@ -329,13 +341,13 @@ def test_target_is_the_newest_known_good_other_than_live_and_never_rolled_back()
         manifest("v2", status="known_good"),
         manifest("v3", status="live"),
     )
-    target = d.rollback_target(state)
+    target = targets.rollback_target(state)
     assert target is not None and target.model_version == "v2"
-    state = d.apply_manifest(state, manifest("v2", status="rolled_back"))
-    target = d.rollback_target(state)
+    state = apply_manifest(state, manifest("v2", status="rolled_back"))
+    target = targets.rollback_target(state)
     assert target is not None and target.model_version == "v1"
     assert state.live is not None and state.live.model_version == "v3"
-    assert d.rollback_target(state, "sys-v9") is None
+    assert targets.rollback_target(state, "sys-v9") is None
 
 
 # ------------------------------------------------------------------ people
@@ -357,7 +369,7 @@ def test_manual_level_one_goes_straight_to_a_command_and_overrides_cooldown(sign
     cooling = live_v2().model_copy(
         update={"cooldown_until": T0 + timedelta(hours=1), "locked": "verification_failed"}
     )
-    out = d.request(cooling, req(), ALICE, POLICY, T0, signer)
+    out = approvals.request(cooling, req(), ALICE, ctx(signer))
     assert out.command is not None and out.decision.action == "rollback"
     assert out.decision.requested_by == "alice" and out.state.locked is None
     assert codes(out.decision)[0] == "manual_request"
@@ -368,7 +380,7 @@ def test_manual_model_only_onto_other_pipeline_is_refused(signer: Signer) -> Non
         manifest("v1", status="known_good", feature_pipeline="fp-1"),
         manifest("v2", feature_pipeline="fp-2"),
     )
-    out = d.request(state, req(level=1), ALICE, POLICY, T0, signer)
+    out = approvals.request(state, req(level=1), ALICE, ctx(signer))
     assert out.command is None and codes(out.decision) == ["model_only_incompatible"]
 
 
@@ -378,90 +390,86 @@ def test_manual_model_only_onto_other_pipeline_is_refused(signer: Signer) -> Non
 def test_requests_with_bad_tokens_are_refused(
     signer: Signer, who: Identity | None, code: str
 ) -> None:
-    out = d.request(live_v2(), req(), who, POLICY, T0, signer)
+    out = approvals.request(live_v2(), req(), who, ctx(signer))
     assert out.command is None and codes(out.decision) == [code]
 
 
 def test_level_three_needs_one_data_engineering_lead_not_the_requester(signer: Signer) -> None:
-    asked = d.request(
-        live_v2(), req(level=3, role="data_engineering_lead"), DORA, POLICY, T0, signer
+    asked = approvals.request(
+        live_v2(), req(level=3, role="data_engineering_lead"), DORA, ctx(signer)
     )
     pending_id = asked.decision.event_id
     assert asked.command is None and codes(asked.decision)[-1] == "awaiting_approval"
     assert asked.decision.approvals_needed == 1
 
-    own = d.approve(
-        asked.state, approval(pending_id, "data_engineering_lead"), DORA, POLICY, T0, signer
+    own = approvals.approve(
+        asked.state, approval(pending_id, "data_engineering_lead"), DORA, ctx(signer)
     )
     assert own.command is None and "cannot approve" in own.decision.reasons[0].detail
-    wrong = d.approve(asked.state, approval(pending_id, "ml_lead"), MIKE, POLICY, T0, signer)
+    wrong = approvals.approve(asked.state, approval(pending_id, "ml_lead"), MIKE, ctx(signer))
     assert (
         wrong.command is None
         and "not one of data_engineering_lead" in wrong.decision.reasons[0].detail
     )
-    lying = d.approve(
-        asked.state, approval(pending_id, "data_engineering_lead"), MIKE, POLICY, T0, signer
+    lying = approvals.approve(
+        asked.state, approval(pending_id, "data_engineering_lead"), MIKE, ctx(signer)
     )
     assert (
         lying.command is None
         and "token belongs to role ml_lead" in lying.decision.reasons[0].detail
     )
 
-    ok = d.approve(
-        asked.state, approval(pending_id, "data_engineering_lead"), DAN, POLICY, T0, signer
+    ok = approvals.approve(
+        asked.state, approval(pending_id, "data_engineering_lead"), DAN, ctx(signer)
     )
     assert ok.command is not None and ok.command.level == 3
     assert ok.decision.approvals_given == ["dan"] and ok.decision.parent_decision_id == pending_id
-    late = d.approve(
-        ok.state, approval(pending_id, "data_engineering_lead"), DAN, POLICY, T0, signer
+    late = approvals.approve(
+        ok.state, approval(pending_id, "data_engineering_lead"), DAN, ctx(signer)
     )
     assert late.command is None and "not awaiting approval" in late.decision.reasons[0].detail
 
 
 def test_level_four_needs_two_distinct_approvers(signer: Signer) -> None:
-    asked = d.request(live_v2(), req(level=4), ALICE, POLICY, T0, signer)
+    asked = approvals.request(live_v2(), req(level=4), ALICE, ctx(signer))
     pid = asked.decision.event_id
     assert asked.decision.approvals_needed == 2
-    one = d.approve(asked.state, approval(pid, "data_engineering_lead"), DORA, POLICY, T0, signer)
+    one = approvals.approve(asked.state, approval(pid, "data_engineering_lead"), DORA, ctx(signer))
     assert one.command is None and "still needs ml_lead" in one.decision.reasons[0].detail
-    twice = d.approve(one.state, approval(pid, "data_engineering_lead"), DORA, POLICY, T0, signer)
+    twice = approvals.approve(one.state, approval(pid, "data_engineering_lead"), DORA, ctx(signer))
     assert twice.command is None and "already approved" in twice.decision.reasons[0].detail
-    same_role = d.approve(
-        one.state, approval(pid, "data_engineering_lead"), DAN, POLICY, T0, signer
+    same_role = approvals.approve(
+        one.state, approval(pid, "data_engineering_lead"), DAN, ctx(signer)
     )
     assert same_role.command is None and "already covered" in same_role.decision.reasons[0].detail
-    both = d.approve(one.state, approval(pid, "ml_lead"), MIKE, POLICY, T0, signer)
+    both = approvals.approve(one.state, approval(pid, "ml_lead"), MIKE, ctx(signer))
     assert both.command is not None and both.command.level == 4
     assert both.decision.approvals_given == ["dora", "mike"]
 
 
 def test_approvals_expire(signer: Signer) -> None:
-    asked = d.request(live_v2(), req(level=3), ALICE, POLICY, T0, signer)
+    asked = approvals.request(live_v2(), req(level=3), ALICE, ctx(signer))
     later = T0 + timedelta(seconds=POLICY.authority.approval_ttl_s)
-    refused = d.approve(
+    refused = approvals.approve(
         asked.state,
         approval(asked.decision.event_id, "data_engineering_lead"),
         DORA,
-        POLICY,
-        later,
-        signer,
+        ctx(signer, now=later),
     )
     assert refused.command is None and "expired" in refused.decision.reasons[0].detail
-    expired = d.expire_pending(asked.state, later)
+    expired = approvals.expire_pending(asked.state, ctx(signer, now=later))
     assert expired is not None and expired.state.pending == ()
     assert codes(expired.decision) == ["approval_expired"]
-    assert d.expire_pending(asked.state, T0) is None
+    assert approvals.expire_pending(asked.state, ctx(signer, now=T0)) is None
 
 
 def test_unlock_lifts_a_verification_lock(signer: Signer) -> None:
     locked = live_v2().model_copy(update={"locked": "verification_failed"})
-    out = d.request(
+    out = approvals.request(
         locked,
         req(action="unlock", reason="fixed the feature store"),
         Identity("mike", "ml_engineer"),
-        POLICY,
-        T0,
-        signer,
+        ctx(signer),
     )
     assert out.state.locked is None and codes(out.decision) == ["unlocked"] and out.command is None
 
@@ -469,8 +477,13 @@ def test_unlock_lifts_a_verification_lock(signer: Signer) -> None:
 def test_an_unacknowledged_command_expires_and_escalates(signer: Signer) -> None:
     out = decide(live_v2(), breach("v2"), signer)
     assert out.command is not None
-    assert d.expire_in_flight(out.state, out.command.expires_at - timedelta(seconds=1)) is None
-    expired = d.expire_in_flight(out.state, out.command.expires_at)
+    assert (
+        timers.expire_in_flight(
+            out.state, ctx(signer, now=out.command.expires_at - timedelta(seconds=1))
+        )
+        is None
+    )
+    expired = timers.expire_in_flight(out.state, ctx(signer, now=out.command.expires_at))
     assert expired is not None and expired.state.in_flight is None
     assert (expired.decision.action, codes(expired.decision)) == (
         "investigate",

@@ -1,0 +1,145 @@
+"""Breaches into decisions: hold, investigate or roll back, always with the reason.
+
+Every breach yields a Decision — a hold is a decision too. Only an exact redelivery of a
+breach already decided is ignored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from rollguard.events import Breach, DecisionAction, Reason
+from rollguard_services.decider.context import DecisionContext
+from rollguard_services.decider.outcome import Outcome, decision, launch
+from rollguard_services.decider.state import ModelState
+from rollguard_services.decider.targets import choose_level, rollback_target, target_ready
+
+#: How many handled breach ids a model remembers to drop redelivered duplicates.
+BREACH_MEMORY = 256
+
+
+def decide(state: ModelState, breach: Breach, ctx: DecisionContext) -> Outcome | None:
+    """Turn one breach into decisions (and a signed command when it is a rollback).
+
+    Returns None only for a breach id already decided (a redelivery).
+    """
+    if breach.event_id in state.handled_breaches:
+        return None
+    state = state.model_copy(
+        update={
+            "handled_breaches": (*state.handled_breaches, breach.event_id)[-BREACH_MEMORY:],
+            "last_breach": {**state.last_breach, breach.model_version: breach.ts},
+        }
+    )
+    policy, now = ctx.policy, ctx.now
+    decision_id = uuid.uuid4().hex
+    what = f"{breach.detector} {breach.statistic}={breach.value:.4g} > {breach.threshold:.4g}"
+    base: dict[str, Any] = {
+        "event_id": decision_id,
+        "model_version": breach.model_version,
+        "system_version": breach.system_version,
+        "tier": breach.tier,
+        "breach_ids": [breach.event_id],
+        "metrics": incident_metrics(breach, now),
+    }
+
+    def outcome(action: DecisionAction, code: str, detail: str) -> Outcome:
+        reasons = [Reason(code="breach", detail=what), Reason(code=code, detail=detail)]
+        return Outcome(state, [decision(state, ctx, **base, action=action, reasons=reasons)])
+
+    verifying = state.verifying
+    restored_breached = (
+        verifying is not None
+        and breach.model_version == verifying.restored_version
+        and breach.tier in ("immediate", "rapid")
+    )
+    if verifying is not None and restored_breached:
+        # The rollback did not help: stop acting on this model until a person does.
+        locked = state.model_copy(update={"verifying": None, "locked": "verification_failed"})
+        failed = decision(
+            locked,
+            ctx,
+            **base,
+            action="investigate",
+            parent_decision_id=verifying.decision_id,
+            command_id=verifying.command_id,
+            reasons=[
+                Reason(code="breach", detail=what),
+                Reason(
+                    code="verification_failed",
+                    detail=f"restored {verifying.restored_version} breached within the "
+                    "verification window; automatic action on this model stops until a "
+                    "person acts (rollguard rollback ... or unlock)",
+                ),
+            ],
+        )
+        return Outcome(locked, [failed])
+
+    live = state.live
+    if live is None:
+        return outcome("hold", "unknown_model", "no live manifest is known for this model")
+    if live.model_version != breach.model_version:
+        return outcome(
+            "hold",
+            "not_live_version",
+            f"breach is for {breach.model_version}, live is {live.model_version}",
+        )
+    change = policy.expected_change(breach.model_version, breach.ts)
+    if change is not None:
+        return outcome(
+            "hold",
+            "expected_change",
+            f"declared change until {change.end.isoformat()}: {change.reason}",
+        )
+    if breach.tier not in policy.rollback.automatic_tiers:
+        return outcome("investigate", "tier_not_automatic", f"{breach.tier} tier alerts humans")
+    if state.locked:
+        return outcome("hold", "locked", f"{state.locked}: waiting for a person to act")
+    if state.in_flight is not None:
+        return outcome(
+            "hold", "rollback_in_flight", f"command {state.in_flight.command_id} is in flight"
+        )
+    if state.cooldown_until is not None and now < state.cooldown_until:
+        return outcome("hold", "cooldown", f"cooldown until {state.cooldown_until.isoformat()}")
+    target = rollback_target(state)
+    if target is None:
+        return outcome(
+            "investigate",
+            "no_known_good_target",
+            "no known-good system version other than the live one; escalating",
+        )
+    not_ready = target_ready(state, target, policy.rollback.target_ready_within_s, now)
+    if not_ready is not None:
+        return outcome("investigate", not_ready.code, not_ready.detail + "; escalating")
+
+    level, level_reasons = choose_level(live, target, policy)
+    reasons = [Reason(code="breach", detail=what), *level_reasons]
+    if level == 2:
+        roles = ", ".join(policy.authority.notify_on_level2)
+        reasons.append(
+            Reason(code="notify_lead", detail=f"level 2 runs automatically; notify {roles}")
+        )
+    rollback = decision(
+        state,
+        ctx,
+        **base,
+        action="rollback",
+        level=level,
+        reasons=reasons,
+        target_system_version=target.system_version,
+    )
+    return launch(state, rollback, target, level, ctx)
+
+
+def incident_metrics(breach: Breach, now: datetime) -> dict[str, float]:
+    """MTTD (first event of the bad version → breach), time to decision, blast radius so far."""
+    metrics: dict[str, float] = {}
+    first = breach.version_first_event_ts
+    if first is not None:
+        metrics["mttd_s"] = max(0.0, (breach.ts - first).total_seconds())
+        metrics["time_to_decision_s"] = max(0.0, (now - first).total_seconds())
+    if breach.version_events is not None:
+        metrics["blast_radius_events"] = float(breach.version_events)
+    return metrics

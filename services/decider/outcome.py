@@ -1,0 +1,87 @@
+"""What a decision function hands back, and the builders of the events it publishes."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from rollguard.events import CommandAck, Decision, RollbackCommand, SystemManifest
+from rollguard_services.decider.context import DecisionContext
+from rollguard_services.decider.state import InFlight, ModelState
+
+#: ``executor_id`` of the acks the decider itself publishes (``verified``).
+DECIDER_ID = "rollguard-decider"
+
+
+def derived_id(*parts: object) -> str:
+    """A deterministic id: replaying the same input produces the same event ids."""
+    return uuid.uuid5(uuid.NAMESPACE_OID, ":".join(str(p) for p in parts)).hex
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: ModelState
+    decisions: list[Decision] = field(default_factory=list)
+    command: RollbackCommand | None = None
+    acks: list[CommandAck] = field(default_factory=list)
+    manifests: list[SystemManifest] = field(default_factory=list)
+
+    @property
+    def decision(self) -> Decision:
+        return self.decisions[0]
+
+
+def decision(state: ModelState, ctx: DecisionContext, **fields: Any) -> Decision:
+    """A Decision about the model, at the context's time; versions default to the live one."""
+    live = state.live
+    fields.setdefault("model_version", live.model_version if live else "unknown")
+    fields.setdefault("system_version", live.system_version if live else None)
+    return Decision(ts=ctx.now, model_id=state.model_id, **fields)
+
+
+def signed_command(
+    state: ModelState, decision_id: str, target: SystemManifest, level: int, ctx: DecisionContext
+) -> RollbackCommand:
+    live = state.live
+    assert live is not None
+    now = ctx.now
+    return ctx.signer.sign(
+        RollbackCommand(
+            ts=now,
+            model_id=live.model_id,
+            model_version=live.model_version,
+            system_version=live.system_version,
+            command_id=derived_id("command", decision_id),
+            decision_id=decision_id,
+            from_manifest=live,
+            to_manifest=target,
+            level=level,
+            issued_at=now,
+            expires_at=now + timedelta(seconds=ctx.policy.rollback.command_ttl_s),
+            nonce=secrets.token_hex(16),
+            key_id=ctx.signer.key_id,
+        )
+    )
+
+
+def launch(
+    state: ModelState, rollback: Decision, target: SystemManifest, level: int, ctx: DecisionContext
+) -> Outcome:
+    """Issue the signed command for a rollback decision and remember it is in flight."""
+    assert state.live is not None
+    command = signed_command(state, rollback.event_id, target, level, ctx)
+    rollback = rollback.model_copy(update={"command_id": command.command_id})
+    flight = InFlight(
+        command_id=command.command_id,
+        decision_id=rollback.event_id,
+        target=target,
+        bad=state.live,
+        level=level,
+        issued_at=ctx.now,
+        expires_at=command.expires_at,
+        metrics=dict(rollback.metrics),
+    )
+    return Outcome(state.model_copy(update={"in_flight": flight}), [rollback], command)

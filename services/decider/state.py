@@ -1,0 +1,127 @@
+"""What the decider knows of one model, and how deployments, health checks and executor acks
+change it. Pure functions: state and a fact in, the new state out."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel, ConfigDict
+
+from rollguard.events import CommandAck, HealthCheckEvent, SystemManifest
+from rollguard_services.decider.context import DecisionContext
+
+
+class InFlight(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    command_id: str
+    decision_id: str
+    target: SystemManifest
+    bad: SystemManifest
+    level: int
+    issued_at: datetime
+    expires_at: datetime
+    metrics: dict[str, float] = {}
+
+
+class Verifying(BaseModel):
+    """A rollback that was applied: the restored version must stay clean until ``deadline``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    command_id: str
+    decision_id: str
+    restored_version: str
+    applied_at: datetime
+    deadline: datetime
+    metrics: dict[str, float] = {}
+
+
+class Pending(BaseModel):
+    """A decision waiting for approvals (levels 3 and 4)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    decision_id: str
+    level: int
+    target: SystemManifest
+    requested_by: str
+    required_roles: tuple[str, ...]
+    approvals: tuple[tuple[str, str], ...] = ()  # (name, role)
+    expires_at: datetime
+
+
+class ModelState(BaseModel):
+    """What the decider knows of one model; stored in a faust table keyed by model_id."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_id: str
+    live: SystemManifest | None = None
+    known_good: tuple[SystemManifest, ...] = ()
+    in_flight: InFlight | None = None
+    verifying: Verifying | None = None
+    cooldown_until: datetime | None = None
+    locked: str | None = None
+    pending: tuple[Pending, ...] = ()
+    handled_breaches: tuple[str, ...] = ()
+    last_breach: dict[str, datetime] = {}  # model_version → last breach time
+    health: dict[str, tuple[datetime, bool]] = {}  # model_version → last check
+
+
+def apply_manifest(state: ModelState, manifest: SystemManifest) -> ModelState:
+    """Follow a deployment fact: the live pointer, and the known-good list (newest last)."""
+    live = manifest if manifest.serving else state.live
+    if (
+        live is not None
+        and state.live is not None
+        and (live.system_version == state.live.system_version and manifest.status == "known_good")
+    ):
+        live = state.live  # marking the live version known good does not restart its bake
+    others = tuple(k for k in state.known_good if k.system_version != manifest.system_version)
+    if manifest.status == "known_good":
+        known = (*others, manifest)
+    elif manifest.status == "rolled_back":
+        known = others
+    else:  # live or candidate again: its known-good standing, if any, is unchanged
+        known = state.known_good
+    return state.model_copy(update={"live": live, "known_good": known})
+
+
+def apply_health(state: ModelState, check: HealthCheckEvent) -> ModelState:
+    health = {**state.health, check.model_version: (check.ts, check.ok)}
+    return state.model_copy(update={"health": health})
+
+
+def apply_ack(state: ModelState, ack: CommandAck, ctx: DecisionContext) -> ModelState:
+    """A final ack for the command in flight ends it; ``applied`` starts the cooldown and the
+    verification window (both timed from the ack, not from ``ctx.now``)."""
+    flight = state.in_flight
+    if flight is None or ack.command_id != flight.command_id or ack.component is not None:
+        return state
+    rollback = ctx.policy.rollback
+    if ack.status == "applied":
+        metrics = {
+            **flight.metrics,
+            "time_to_applied_s": (ack.ts - flight.issued_at).total_seconds()
+            + flight.metrics.get("time_to_decision_s", 0.0),
+        }
+        verifying = Verifying(
+            command_id=flight.command_id,
+            decision_id=flight.decision_id,
+            restored_version=flight.target.model_version,
+            applied_at=ack.ts,
+            deadline=ack.ts + timedelta(seconds=rollback.verification_s),
+            metrics=metrics,
+        )
+        until = ack.ts + timedelta(seconds=rollback.cooldown_s)
+        return state.model_copy(
+            update={"in_flight": None, "verifying": verifying, "cooldown_until": until}
+        )
+    if ack.status in ("failed", "rejected"):
+        return state.model_copy(update={"in_flight": None})
+    return state
+
+
+def is_known_good(state: ModelState, system_version: str) -> bool:
+    return any(k.system_version == system_version for k in state.known_good)

@@ -1,0 +1,100 @@
+"""What time alone decides: a quiet live version baked known good, a verification window
+that passed, a command nobody acknowledged, approvals that ran out (see approvals.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+
+from rollguard.events import CommandAck, Reason
+from rollguard_services.decider.approvals import expire_pending
+from rollguard_services.decider.context import DecisionContext
+from rollguard_services.decider.outcome import DECIDER_ID, Outcome, decision, derived_id
+from rollguard_services.decider.state import ModelState, apply_manifest, is_known_good
+
+
+def bake(state: ModelState, ctx: DecisionContext) -> Outcome | None:
+    """Mark the live version known good once it has been live ``bake_s`` without a breach."""
+    live = state.live
+    if live is None or is_known_good(state, live.system_version) or state.locked:
+        return None
+    bake_s = ctx.policy.rollback.bake_s
+    if ctx.now - live.ts < timedelta(seconds=bake_s):
+        return None
+    last = state.last_breach.get(live.model_version)
+    if last is not None and last >= live.ts:
+        return None
+    marked = live.model_copy(
+        update={
+            "event_id": derived_id(live.system_version, "known_good", live.event_id),
+            "ts": ctx.now,
+            "status": "known_good",
+            "note": f"baked {bake_s:g}s without a breach",
+        }
+    )
+    return Outcome(apply_manifest(state, marked), manifests=[marked])
+
+
+def check_verification(state: ModelState, ctx: DecisionContext) -> Outcome | None:
+    """Once the window passed without a breach of the restored version: a ``verified`` ack."""
+    verifying = state.verifying
+    now = ctx.now
+    if verifying is None or now < verifying.deadline:
+        return None
+    live = state.live
+    metrics = {
+        **verifying.metrics,
+        "time_to_verified_s": verifying.metrics.get("time_to_applied_s", 0.0)
+        + (now - verifying.applied_at).total_seconds(),
+    }
+    ack = CommandAck(
+        event_id=derived_id(verifying.command_id, "verified"),
+        ts=now,
+        model_id=state.model_id,
+        model_version=live.model_version if live else verifying.restored_version,
+        system_version=live.system_version if live else None,
+        command_id=verifying.command_id,
+        status="verified",
+        executor_id=DECIDER_ID,
+        detail=f"{verifying.restored_version} stayed within thresholds for the verification window",
+        timings=metrics,
+    )
+    return Outcome(state.model_copy(update={"verifying": None}), acks=[ack])
+
+
+def expire_in_flight(state: ModelState, ctx: DecisionContext) -> Outcome | None:
+    """A command nobody acknowledged as applied or failed before it expired: stop waiting for
+    it and escalate (the executor may be down), so later breaches are decided again."""
+    flight = state.in_flight
+    if flight is None or ctx.now < flight.expires_at:
+        return None
+    freed = state.model_copy(update={"in_flight": None})
+    escalated = decision(
+        freed,
+        ctx,
+        event_id=derived_id("unacknowledged", flight.command_id),
+        action="investigate",
+        level=flight.level,
+        parent_decision_id=flight.decision_id,
+        command_id=flight.command_id,
+        target_system_version=flight.target.system_version,
+        reasons=[
+            Reason(
+                code="command_unacknowledged",
+                detail=f"command {flight.command_id} expired at {flight.expires_at.isoformat()} "
+                "without an applied or failed ack; is an executor running?",
+            )
+        ],
+    )
+    return Outcome(freed, [escalated])
+
+
+TimerStep = Callable[[ModelState, DecisionContext], Outcome | None]
+
+#: What a tick runs, in this order, each on the state the previous one left.
+TICK_STEPS: tuple[TimerStep, ...] = (check_verification, expire_pending, expire_in_flight, bake)
+
+
+def due(state: ModelState, ctx: DecisionContext) -> bool:
+    """Whether a tick would change anything for this model now."""
+    return any(step(state, ctx) is not None for step in TICK_STEPS)

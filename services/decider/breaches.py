@@ -6,13 +6,12 @@ breach already decided is ignored.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
 from rollguard.events import Breach, DecisionAction, Reason
 from rollguard_services.decider.context import DecisionContext
-from rollguard_services.decider.outcome import Outcome, decision, launch
+from rollguard_services.decider.outcome import Outcome, decision, derived_id, launch
 from rollguard_services.decider.state import ModelState
 from rollguard_services.decider.targets import choose_level, rollback_target, target_ready
 
@@ -34,7 +33,7 @@ def decide(state: ModelState, breach: Breach, ctx: DecisionContext) -> Outcome |
         }
     )
     policy, now = ctx.policy, ctx.now
-    decision_id = uuid.uuid4().hex
+    decision_id = derived_id("breach", breach.event_id)
     what = f"{breach.detector} {breach.statistic}={breach.value:.4g} > {breach.threshold:.4g}"
     base: dict[str, Any] = {
         "event_id": decision_id,

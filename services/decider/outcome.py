@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -17,7 +16,8 @@ DECIDER_ID = "rollguard-decider"
 
 
 def derived_id(*parts: object) -> str:
-    """A deterministic id: replaying the same input produces the same event ids."""
+    """A deterministic id (32 hex digits) from the inputs it stands for: replaying the same
+    input stream produces the same decisions and commands, byte for byte."""
     return uuid.uuid5(uuid.NAMESPACE_OID, ":".join(str(p) for p in parts)).hex
 
 
@@ -48,20 +48,24 @@ def signed_command(
     live = state.live
     assert live is not None
     now = ctx.now
+    command_id = derived_id("command", decision_id)
     return ctx.signer.sign(
         RollbackCommand(
+            event_id=command_id,
             ts=now,
             model_id=live.model_id,
             model_version=live.model_version,
             system_version=live.system_version,
-            command_id=derived_id("command", decision_id),
+            command_id=command_id,
             decision_id=decision_id,
             from_manifest=live,
             to_manifest=target,
             level=level,
             issued_at=now,
             expires_at=now + timedelta(seconds=ctx.policy.rollback.command_ttl_s),
-            nonce=secrets.token_hex(16),
+            # Derived, not random: a replay signs the same bytes. The executor's inbox, keyed
+            # by command_id, is what refuses a replayed command.
+            nonce=derived_id("nonce", decision_id),
             key_id=ctx.signer.key_id,
         )
     )

@@ -227,6 +227,24 @@ def test_duplicate_breach_is_ignored(signer: Signer) -> None:
     assert breaches.decide(out.state, b, ctx(signer)) is None
 
 
+def test_replaying_a_breach_gives_the_same_decision_and_command_byte_for_byte(
+    signer: Signer,
+) -> None:
+    """Ids and the nonce come from the input, and Ed25519 is deterministic: deciding the same
+    breach from the same state at the same time twice gives identical events."""
+    state, b = live_v2(), breach("v2")
+    first, again = decide(state, b, signer), decide(state, b, signer)
+    assert first.command is not None and again.command is not None
+    assert first.decision == again.decision and first.command == again.command
+    assert first.decision.encode() == again.decision.encode()
+    assert first.command.encode() == again.command.encode()
+    assert first.command.signature and first.command.signature == again.command.signature
+    assert first.state == again.state
+    other = decide(state, breach("v2"), signer)  # another breach: other ids
+    assert other.decision.event_id != first.decision.event_id
+    assert other.command is not None and other.command.nonce != first.command.nonce
+
+
 def test_incident_metrics_come_from_the_breach_fields(signer: Signer) -> None:
     b = breach(
         "v2",

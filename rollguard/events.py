@@ -223,12 +223,47 @@ class Breach(ModelEvent):
         return self
 
 
+#: Every reason a decision can give, a closed set: each one is documented, with what it means
+#: and what an operator does, in docs/policies.md ("Reason codes").
+ReasonCode = Literal[
+    # the input behind a decision
+    "breach",
+    "manual_request",
+    # rollbacks and their level
+    "model_only",
+    "model_only_incompatible",
+    "policy_system_level",
+    "notify_lead",
+    # holds and escalations of a breach
+    "unknown_model",
+    "not_live_version",
+    "expected_change",
+    "tier_not_automatic",
+    "locked",
+    "rollback_in_flight",
+    "cooldown",
+    "no_known_good_target",
+    "target_not_ready",
+    # after a command
+    "command_unacknowledged",
+    "verification_failed",
+    # people: requests and approvals
+    "unknown_token",
+    "wrong_role",
+    "unlocked",
+    "awaiting_approval",
+    "approval_rejected",
+    "approved",
+    "approval_expired",
+]
+
+
 class Reason(BaseModel):
     """One machine-readable reason behind a decision (``code``) with words for people."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    code: str = Field(min_length=1)
+    code: ReasonCode
     detail: str = ""
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from rollguard.authority import Identity
-from rollguard.events import Approval, Reason, RollbackRequest
+from rollguard.events import Approval, Reason, ReasonCode, RollbackRequest
 from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.outcome import Outcome, decision, derived_id, launch
 from rollguard_services.decider.state import ModelState, Pending
@@ -23,7 +23,7 @@ def request(
     policy = ctx.policy
     decision_id = derived_id("request", req.event_id)
 
-    def refuse(code: str, detail: str) -> Outcome:
+    def refuse(code: ReasonCode, detail: str) -> Outcome:
         return Outcome(
             state,
             [
@@ -130,7 +130,7 @@ def approve(
     the requester, issue the command."""
     pending = next((p for p in state.pending if p.decision_id == approval.decision_id), None)
 
-    def refuse(code: str, detail: str) -> Outcome:
+    def refuse(code: ReasonCode, detail: str) -> Outcome:
         refused = decision(
             state,
             ctx,

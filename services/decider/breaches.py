@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from rollguard.events import Breach, DecisionAction, Reason
+from rollguard.events import Breach, DecisionAction, Reason, ReasonCode
 from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.outcome import Outcome, decision, derived_id, launch
 from rollguard_services.decider.state import ModelState
@@ -44,7 +44,7 @@ def decide(state: ModelState, breach: Breach, ctx: DecisionContext) -> Outcome |
         "metrics": incident_metrics(breach, now),
     }
 
-    def outcome(action: DecisionAction, code: str, detail: str) -> Outcome:
+    def outcome(action: DecisionAction, code: ReasonCode, detail: str) -> Outcome:
         reasons = [Reason(code="breach", detail=what), Reason(code=code, detail=detail)]
         return Outcome(state, [decision(state, ctx, **base, action=action, reasons=reasons)])
 

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
 
-from rollguard.events import CommandAck, HealthCheckEvent, SystemManifest
+from rollguard.events import CommandAck, HealthCheckEvent, ReasonCode, SystemManifest
 from rollguard_services.decider.context import DecisionContext
 
 
@@ -62,7 +62,7 @@ class ModelState(BaseModel):
     in_flight: InFlight | None = None
     verifying: Verifying | None = None
     cooldown_until: datetime | None = None
-    locked: str | None = None
+    locked: ReasonCode | None = None  # why automatic action stopped
     pending: tuple[Pending, ...] = ()
     handled_breaches: tuple[str, ...] = ()
     last_breach: dict[str, datetime] = {}  # model_version → last breach time

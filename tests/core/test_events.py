@@ -103,3 +103,23 @@ def test_a_rapid_breach_must_be_sustained() -> None:
         breach(tier="rapid", sustain=Sustain(k=2, n=3, hits=1))
     with pytest.raises(ValidationError, match="k <= n"):
         Sustain(k=4, n=3, hits=3)
+
+
+def test_reason_codes_are_a_closed_set() -> None:
+    from typing import get_args
+
+    assert ev.Reason(code="cooldown").code == "cooldown"
+    with pytest.raises(ValidationError, match="within_variation"):
+        ev.Reason.model_validate({"code": "within_variation"})
+    schema = ev.Decision.model_json_schema(by_alias=True)
+    assert schema["$defs"]["Reason"]["properties"]["code"]["enum"] == list(get_args(ev.ReasonCode))
+
+
+def test_every_reason_code_is_documented_once_in_policies_md() -> None:
+    import re
+    from typing import get_args
+
+    text = (ROOT / "docs" / "policies.md").read_text()
+    section = text.split("\n## Reason codes\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.MULTILINE)
+    assert sorted(rows) == sorted(get_args(ev.ReasonCode))  # each once, none unknown

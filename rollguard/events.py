@@ -381,6 +381,126 @@ class DeadLetter(Event):
     raw_b64: str = Field(description="The raw message value, base64.")
 
 
+class LastHealthCheck(BaseModel):
+    """The latest health check of one model version."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    ts: AwareDatetime
+    ok: bool
+
+
+class CommandInFlight(BaseModel):
+    """A rollback command issued and not yet applied, failed or expired."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command_id: str = Field(min_length=1, max_length=128)
+    level: RollbackLevel
+    target_system_version: str = Field(min_length=1)
+    expires_at: AwareDatetime
+
+
+class RollbackVerifying(BaseModel):
+    """An applied rollback whose restored version must stay clean until ``deadline``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    command_id: str = Field(min_length=1, max_length=128)
+    restored_version: str = Field(min_length=1, description="The restored model version.")
+    deadline: AwareDatetime
+
+
+class Approver(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    role: str = Field(min_length=1)
+
+
+class PendingApproval(BaseModel):
+    """A decision (level 3 or 4) waiting for approvals."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    decision_id: str = Field(min_length=1)
+    level: RollbackLevel
+    required_roles: list[str] = Field(min_length=1)
+    approvers: list[Approver] = Field(default_factory=list, description="Approvals so far.")
+    expires_at: AwareDatetime
+
+
+def target_health_problem(
+    model_version: str, last: LastHealthCheck | None, within_s: float | None, now: datetime
+) -> str | None:
+    """Why a rollback target may not take traffic (None: it may).
+
+    With ``within_s`` None no health check is required; else the target's last check must be
+    ok and at most ``within_s`` seconds old at ``now``. The decider (``target_not_ready``) and
+    ``rollguard deploy check`` both apply this rule.
+    """
+    if within_s is None:
+        return None
+    if last is None:
+        return f"no health check of {model_version}"
+    if not last.ok:
+        return f"{model_version} failed its last health check"
+    age_s = (now - last.ts).total_seconds()
+    if age_s > within_s:
+        return f"last health check of {model_version} is {age_s:.0f}s old"
+    return None
+
+
+class ModelStatus(Event):
+    """What the decider knows of one model, published whenever a field of it changes: the
+    public view of the decider's private state (compacted; the latest per model counts)."""
+
+    SCHEMA: ClassVar[str] = "ModelStatus/v1"
+    schema_tag: Literal["ModelStatus/v1"] = _tag("ModelStatus")
+    model_id: str = Field(min_length=1, max_length=256)
+    live: SystemManifest | None = Field(default=None, description="None: no deployment known.")
+    known_good: list[SystemManifest] = Field(
+        default_factory=list, description="Known-good system versions, newest last."
+    )
+    rollback_target: SystemManifest | None = Field(
+        default=None, description="Newest known good other than live; None: nothing to go to."
+    )
+    target_health: LastHealthCheck | None = Field(
+        default=None, description="Last health check of the target's model version."
+    )
+    locked: ReasonCode | None = Field(
+        default=None, description="Why automatic action on the model stopped (until a person acts)."
+    )
+    cooldown_until: AwareDatetime | None = None
+    in_flight: CommandInFlight | None = None
+    verifying: RollbackVerifying | None = None
+    pending: list[PendingApproval] = Field(default_factory=list)
+
+    @property
+    def key(self) -> bytes:
+        return self.model_id.encode()
+
+    def not_ready(self, target_ready_within_s: float | None, now: datetime) -> str | None:
+        """Why a rollback of this model could not run now (None: it could) — what a deploy
+        gate asks. ``target_ready_within_s`` is the model's policy value."""
+        if self.live is None:
+            return f"the decider knows no deployment of {self.model_id}"
+        target = self.rollback_target
+        if target is None:
+            return (
+                f"{self.model_id} has no known-good target other than the live "
+                f"{self.live.system_version}"
+            )
+        problem = target_health_problem(
+            target.model_version, self.target_health, target_ready_within_s, now
+        )
+        if problem is not None:
+            return problem
+        if self.locked:
+            return f"{self.model_id} is locked ({self.locked}); unlock it first"
+        return None
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     PredictionEvent,
     LatencyEvent,
@@ -397,6 +517,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     CommandAck,
     OutputInvalidation,
     DeadLetter,
+    ModelStatus,
 )
 
 E = TypeVar("E", bound=Event)

@@ -11,9 +11,11 @@ from rollguard import events as ev
 class TopicSpec:
     name: str
     event: type[ev.Event]
-    #: Control topics carry decisions and their effects: acks=all, small fetch wait, ledgered.
+    #: Control topics carry decisions and their effects: acks=all, small fetch wait.
     control: bool
     compacted: bool = False
+    #: Recorded by the ledger (only control topics are).
+    ledgered: bool = True
 
 
 PREDICTIONS = TopicSpec("predictions", ev.PredictionEvent, control=False)
@@ -31,6 +33,13 @@ COMMANDS = TopicSpec("commands", ev.RollbackCommand, control=True)
 ACKS = TopicSpec("acks", ev.CommandAck, control=True)
 INVALIDATIONS = TopicSpec("invalidations", ev.OutputInvalidation, control=True, compacted=True)
 DEADLETTER = TopicSpec("deadletter", ev.DeadLetter, control=False)
+# Derived state, not a fact: every status follows from ledgered events (deployments,
+# decisions, commands, acks) and health checks, and it is republished on every change
+# (a health check of the target too). The ledger keeps the facts; ledgering this view would
+# copy each of them again in another shape. Control all the same: acks=all, short fetch wait.
+MODEL_STATUS = TopicSpec(
+    "model-status", ev.ModelStatus, control=True, compacted=True, ledgered=False
+)
 
 ALL: tuple[TopicSpec, ...] = (
     PREDICTIONS,
@@ -48,9 +57,10 @@ ALL: tuple[TopicSpec, ...] = (
     ACKS,
     INVALIDATIONS,
     DEADLETTER,
+    MODEL_STATUS,
 )
 
-#: What the ledger records: every control topic.
-LEDGERED: tuple[TopicSpec, ...] = tuple(t for t in ALL if t.control)
+#: What the ledger records: the control topics that carry facts.
+LEDGERED: tuple[TopicSpec, ...] = tuple(t for t in ALL if t.control and t.ledgered)
 
 BY_NAME: dict[str, TopicSpec] = {t.name: t for t in ALL}

@@ -2,7 +2,8 @@
 rollback commands; applied rollbacks → verification; quiet live versions → known good.
 
 Low volume, stateful: per-model state lives in a faust table whose changelog makes it
-durable. Every input topic is keyed by model_id and co-partitioned, so the worker that owns a
+durable. The table is private: what others need of it is the ModelStatus published on
+``model-status`` whenever it changes. Every input topic is keyed by model_id and co-partitioned, so the worker that owns a
 model's partition owns its state. faust only lets a table change inside a stream, so the
 timer does not touch state itself: it sends a tick for each model with something due, and
 the tick agent does the work.
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 import faust
 from pydantic import ValidationError
 
+from rollguard import topics
 from rollguard.authority import TokenRegistry
 from rollguard.bus import DeadLetterSink, client_options
 from rollguard.events import (
@@ -44,6 +46,7 @@ from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.outcome import DECIDER_ID, Outcome
 from rollguard_services.decider.settings import DeciderSettings
 from rollguard_services.decider.state import ModelState, apply_ack, apply_health, apply_manifest
+from rollguard_services.decider.status import status_change
 from rollguard_services.decider.timers import TICK_STEPS, due
 
 log = get_logger("rollguard.decider")
@@ -126,6 +129,7 @@ class Decider:
         deployments, breaches, acks = raw("deployments"), raw("breaches"), raw("acks")
         approvals, requests, health = raw("approvals"), raw("requests"), raw("health")
         decisions_out, commands_out = raw("decisions"), raw("commands")
+        status_out = raw(topics.MODEL_STATUS.name)
         ticks = app.topic(
             f"{s.topic_prefix}{self.svc.app_id}-ticks",
             key_serializer="raw",
@@ -148,11 +152,16 @@ class Decider:
                 return ModelState(model_id=model_id)
             return ModelState.model_validate_json(stored)
 
-        def save(state: ModelState) -> None:
-            states[state.model_id] = state.model_dump_json()
+        async def store(before: ModelState, after: ModelState, now: datetime) -> None:
+            """Keep the new state; publish the model's status when what it shows changed."""
+            states[after.model_id] = after.model_dump_json()
+            status = status_change(before, after, now)
+            if status is not None:
+                await status_out.send(key=status.key, value=status.encode())
+                self.counts["status_published"] += 1
 
-        async def publish(outcome: Outcome) -> None:
-            save(outcome.state)
+        async def publish(before: ModelState, outcome: Outcome, now: datetime) -> None:
+            states[outcome.state.model_id] = outcome.state.model_dump_json()
             key = outcome.state.model_id.encode()
             for decision in outcome.decisions:
                 await decisions_out.send(key=key, value=decision.encode())
@@ -174,6 +183,8 @@ class Decider:
             for manifest in outcome.manifests:
                 await deployments.send(key=key, value=manifest.encode())
                 self.counts[f"manifest_{manifest.status}"] += 1
+            # Last, so whoever sees a command in flight in the status finds it on its topic.
+            await store(before, outcome.state, now)
 
         async def each(
             stream: faust.StreamT[Any], cls: type[E], handle: Callable[[E], Awaitable[None]]
@@ -189,7 +200,8 @@ class Decider:
                 await handle(parsed)
 
         async def on_manifest(manifest: SystemManifest) -> None:
-            save(apply_manifest(load(manifest.model_id), manifest))
+            before = load(manifest.model_id)
+            await store(before, apply_manifest(before, manifest), utcnow())
             log.info(
                 "manifest",
                 model_id=manifest.model_id,
@@ -201,26 +213,30 @@ class Decider:
         async def on_ack(ack: CommandAck) -> None:
             if ack.executor_id == DECIDER_ID:
                 return  # our own verified acks
-            save(apply_ack(load(ack.model_id), ack, self.context(ack.model_id)))
+            before, ctx = load(ack.model_id), self.context(ack.model_id)
+            await store(before, apply_ack(before, ack, ctx), ctx.now)
 
         async def on_health(check: HealthCheckEvent) -> None:
-            save(apply_health(load(check.model_id), check))
+            before = load(check.model_id)
+            await store(before, apply_health(before, check), utcnow())
 
         async def on_breach(breach: Breach) -> None:
-            outcome = decide(load(breach.model_id), breach, self.context(breach.model_id))
+            before, ctx = load(breach.model_id), self.context(breach.model_id)
+            outcome = decide(before, breach, ctx)
             if outcome is None:
                 self.counts["duplicate_breaches"] += 1
                 return
-            await publish(outcome)
+            await publish(before, outcome, ctx.now)
 
         async def on_request(req: RollbackRequest) -> None:
             who = self.tokens.lookup(req.token_sha256)
-            await publish(request(load(req.model_id), req, who, self.context(req.model_id)))
+            before, ctx = load(req.model_id), self.context(req.model_id)
+            await publish(before, request(before, req, who, ctx), ctx.now)
 
         async def on_approval(approval: Approval) -> None:
             who = self.tokens.lookup(approval.token_sha256)
-            state = load(approval.model_id)
-            await publish(approve(state, approval, who, self.context(approval.model_id)))
+            before, ctx = load(approval.model_id), self.context(approval.model_id)
+            await publish(before, approve(before, approval, who, ctx), ctx.now)
 
         async def on_tick(model_id: str) -> None:
             ctx = self.context(model_id)
@@ -228,7 +244,7 @@ class Decider:
             for step in TICK_STEPS:
                 outcome = step(state, ctx)
                 if outcome is not None:
-                    await publish(outcome)
+                    await publish(state, outcome, ctx.now)
                     state = outcome.state
 
         @app.agent(deployments)

@@ -3,9 +3,9 @@ may take traffic."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from rollguard.events import Reason, SystemManifest
+from rollguard.events import LastHealthCheck, Reason, SystemManifest, target_health_problem
 from rollguard.policy import ModelPolicy
 from rollguard_services.decider.state import ModelState
 
@@ -56,23 +56,9 @@ def choose_level(
 def target_ready(
     state: ModelState, target: SystemManifest, within_s: float | None, now: datetime
 ) -> Reason | None:
-    """None when the target may take traffic: no health check is required (``within_s`` is
-    None), or its last one was ok and at most ``within_s`` seconds before ``now``."""
-    within = within_s
-    if within is None:
-        return None
+    """None when the target may take traffic (the rule is the core's, shared with
+    ``rollguard deploy check``); else why not, as a ``target_not_ready`` reason."""
     last = state.health.get(target.model_version)
-    if last is None:
-        return Reason(code="target_not_ready", detail=f"no health check of {target.model_version}")
-    ts, ok = last
-    if not ok:
-        return Reason(
-            code="target_not_ready", detail=f"{target.model_version} failed its last health check"
-        )
-    age = now - ts
-    if age > timedelta(seconds=within):
-        return Reason(
-            code="target_not_ready",
-            detail=f"last health check of {target.model_version} is {age.total_seconds():.0f}s old",
-        )
-    return None
+    check = LastHealthCheck(ts=last[0], ok=last[1]) if last is not None else None
+    problem = target_health_problem(target.model_version, check, within_s, now)
+    return None if problem is None else Reason(code="target_not_ready", detail=problem)

@@ -12,7 +12,6 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import orjson
 import yaml
 
 from rollguard import topics
@@ -23,16 +22,15 @@ from rollguard.events import (
     Approval,
     Components,
     Decision,
+    ModelStatus,
     RollbackRequest,
     SystemManifest,
+    decode,
     utcnow,
 )
 from rollguard.policy import load_policy, resolve_policy
 from rollguard.settings import RollguardSettings
 from rollguard_shell.commands import Subparsers, group
-
-#: The decider's state table, as faust names its changelog topic.
-STATE_CHANGELOG = "{prefix}decider-model-state-changelog"
 
 
 def register(sub: Subparsers) -> None:
@@ -138,54 +136,37 @@ def _deploy_record(args: argparse.Namespace, settings: RollguardSettings) -> int
     return 0
 
 
-def decider_state(settings: RollguardSettings, model_id: str) -> dict[str, Any] | None:
-    """The decider's latest state of one model, read from its table's changelog."""
-    name = STATE_CHANGELOG.format(prefix=settings.topic_prefix)
-    records = asyncio.run(read_topic(settings, name))
-    latest: dict[str, Any] | None = None
-    for record in records:
-        if record.key is None or _faust_str(record.key) != model_id:
-            continue
-        if record.value is None:
-            latest = None
-            continue
-        latest = orjson.loads(_faust_str(record.value))
-    return latest
-
-
-def _faust_str(raw: bytes) -> str:
-    """faust writes a table's str keys and values JSON-encoded."""
+def model_status(settings: RollguardSettings, model_id: str) -> ModelStatus | None:
+    """The latest ModelStatus the decider published for one model; None when there is none."""
+    topic = settings.topic(topics.MODEL_STATUS.name)
+    latest: bytes | None = None
+    for record in asyncio.run(read_topic(settings, topics.MODEL_STATUS.name)):
+        if record.key == model_id.encode():
+            latest = record.value  # None: a tombstone, the model was forgotten
+    if latest is None:
+        return None
     try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw.decode(errors="replace")
-    return value if isinstance(value, str) else raw.decode(errors="replace")
+        return decode(ModelStatus, latest)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise UsageError(
+            f"the latest status of {model_id} on {topic} is not readable: {exc}"
+        ) from exc
 
 
 def _deploy_check(args: argparse.Namespace, settings: RollguardSettings) -> int:
     _need_kafka(settings)
-    from rollguard_services.decider.state import ModelState
-    from rollguard_services.decider.targets import rollback_target, target_ready
-
-    raw = decider_state(settings, args.model_id)
-    if raw is None:
+    status = model_status(settings, args.model_id)
+    if status is None:
         raise UsageError(f"not ready: the decider knows no deployment of {args.model_id}")
-    state = ModelState.model_validate(raw)
-    target = rollback_target(state)
-    live = state.live.system_version if state.live else "none"
-    if target is None:
-        raise UsageError(
-            f"not ready: {args.model_id} has no known-good target other than the live {live}"
-        )
     policy = resolve_policy(settings.policy_path).for_model(args.model_id)
-    not_ready = target_ready(state, target, policy.rollback.target_ready_within_s, utcnow())
+    not_ready = status.not_ready(policy.rollback.target_ready_within_s, utcnow())
     if not_ready is not None:
-        raise UsageError(f"not ready: {not_ready.detail}")
-    if state.locked:
-        raise UsageError(f"not ready: {args.model_id} is locked ({state.locked}); unlock it first")
+        raise UsageError(f"not ready: {not_ready}")
+    live, target = status.live, status.rollback_target
+    assert live is not None and target is not None  # not_ready() said so
     print(
-        f"ready: {args.model_id} can roll back from {live} to {target.system_version} "
-        f"(model {target.model_version})"
+        f"ready: {args.model_id} can roll back from {live.system_version} to "
+        f"{target.system_version} (model {target.model_version})"
     )
     return 0
 

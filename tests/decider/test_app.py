@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import orjson
@@ -17,6 +18,7 @@ from rollguard.events import (
     CommandAck,
     DeadLetter,
     Decision,
+    ModelStatus,
     RollbackCommand,
     RollbackRequest,
     Sustain,
@@ -283,3 +285,77 @@ async def test_every_outcome_through_the_broker(
     assert [x.consumer for x in letters] == ["decider", "decider"]
     (refused,) = [x for x in letters if x.model_id == "rapidvar" or "sustain" in x.error]
     assert "1 of the last 3 windows breached, 2 needed" in refused.error
+
+
+async def test_model_status_follows_the_rollback(
+    topics_ready: RollguardSettings,
+    keys: str,
+    publish: Callable[..., Awaitable[None]],
+    reader: TopicReader,
+) -> None:
+    """One ModelStatus per visible change on rollguard.model-status: deployments, the command
+    in flight, then the ack (in flight cleared, verification and cooldown running); none for a
+    tick with nothing due."""
+    for m in good_and_bad("st"):
+        await publish(topics.DEPLOYMENTS.name, m)
+    decider = Decider(
+        topics_ready,
+        PolicySource(None),
+        load_signer(topics_ready.resolved_signing_key_file),
+        DeciderSettings(tick_s=0.2),
+        tokens=TOKENS,
+    )
+
+    async def statuses(n: int) -> list[ModelStatus]:
+        records = await reader.read(topics.MODEL_STATUS.name, until=lambda r: len(r) >= n)
+        assert all(r.key == b"st" for r in records)
+        return [ModelStatus.model_validate_json(r.value) for r in records]
+
+    task = asyncio.create_task(decider.run())
+    try:
+        await until(lambda: decider.counts["status_published"] == 2, 60)
+        deployed = (await statuses(2))[-1]
+        assert deployed.live is not None and deployed.live.system_version == "sys-v2"
+        assert [k.system_version for k in deployed.known_good] == ["sys-v1"]
+        assert deployed.rollback_target is not None
+        assert deployed.rollback_target.system_version == "sys-v1"
+        assert deployed.in_flight is None and deployed.verifying is None
+
+        await publish(topics.BREACHES.name, breach("v2", model_id="st"))
+        (record,) = await reader.read(topics.COMMANDS.name, until=lambda r: len(r) >= 1)
+        command = RollbackCommand.model_validate_json(record.value)
+        await until(lambda: decider.counts["status_published"] == 3, 30)
+        flying = (await statuses(3))[-1]
+        assert flying.in_flight is not None
+        assert (
+            flying.in_flight.command_id,
+            flying.in_flight.level,
+            flying.in_flight.target_system_version,
+            flying.in_flight.expires_at,
+        ) == (command.command_id, 1, "sys-v1", command.expires_at)
+        assert flying.verifying is None and flying.cooldown_until is None
+
+        applied = CommandAck(
+            model_id="st",
+            model_version="v2",
+            command_id=command.command_id,
+            status="applied",
+            executor_id="x",
+        )
+        await publish(topics.ACKS.name, applied)
+        await until(lambda: decider.counts["status_published"] == 4, 30)
+        verifying = (await statuses(4))[-1]
+        assert verifying.in_flight is None and verifying.verifying is not None
+        assert (verifying.verifying.command_id, verifying.verifying.restored_version) == (
+            command.command_id,
+            "v1",
+        )
+        assert verifying.verifying.deadline == applied.ts + timedelta(seconds=120)
+        assert verifying.cooldown_until == applied.ts + timedelta(seconds=300)
+
+        await asyncio.sleep(1.0)  # five ticks, nothing due (verification runs 120 s)
+        assert decider.counts["status_published"] == 4
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert len(await statuses(4)) == 4

@@ -4,13 +4,15 @@ check readiness, ask for rollbacks, approve them."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
 from rollguard import topics
-from rollguard.events import Decision, RollbackCommand
+from rollguard.events import Decision, HealthCheckEvent, RollbackCommand
 from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer
@@ -18,6 +20,7 @@ from rollguard_services.decider.app import Decider
 from rollguard_services.decider.settings import DeciderSettings
 from rollguard_services.detector.settings import DetectorSettings
 from tests.conftest import TopicReader, until
+from tests.factories import manifest
 from tests.shell.test_cli import one_line_error, rollguard
 
 
@@ -155,6 +158,8 @@ async def test_record_check_rollback_and_approve_through_the_decider(
     task = asyncio.create_task(decider.run())
     try:
         await until(lambda: decider.counts["SystemManifest"] == 3, 60)
+        # m: two manifests, two statuses; lonely: one
+        await until(lambda: decider.counts["status_published"] == 3, 30)
         ready = await run("deploy", "check", "m")
         assert ready.returncode == 0, ready.stderr  # type: ignore[attr-defined]
         assert "ready: m can roll back from s2 to s1" in ready.stdout  # type: ignore[attr-defined]
@@ -214,6 +219,60 @@ async def test_record_check_rollback_and_approve_through_the_decider(
         "s1",
         decisions[-1].event_id,
     )
+
+
+@pytest.mark.broker
+async def test_deploy_check_reads_the_public_status_whatever_the_decider_app_id(
+    topics_ready: RollguardSettings,
+    keys: str,
+    publish: Callable[..., Awaitable[None]],
+    tmp_path: Path,
+) -> None:
+    """deploy check reads rollguard.model-status, not the decider's faust table: a decider
+    with another app id (so other internal topics) serves it the same, and the target's
+    health checks reach it through the status."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        yaml.safe_dump({"models": {"m": {"rollback": {"target_ready_within_s": 60}}}})
+    )
+    env = {**env_of(topics_ready), "ROLLGUARD_POLICY_PATH": str(policy)}
+
+    async def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(rollguard, *args, env=env)
+
+    for m in [manifest("v1", status="known_good"), manifest("v2", status="live")]:
+        await publish(topics.DEPLOYMENTS.name, m)
+    decider = Decider(
+        topics_ready,
+        PolicySource(policy),
+        load_signer(topics_ready.resolved_signing_key_file),
+        DeciderSettings(app_id="decider-blue", tick_s=0.2),
+    )
+    task = asyncio.create_task(decider.run())
+    try:
+        await until(lambda: decider.counts["status_published"] == 2, 60)
+        unchecked = await run("deploy", "check", "m")
+        assert unchecked.returncode == 2
+        assert "not ready: no health check of v1" in one_line_error(unchecked)
+
+        await publish(
+            topics.HEALTH.name, HealthCheckEvent(model_id="m", model_version="v1", ok=True)
+        )
+        await until(lambda: decider.counts["status_published"] == 3, 30)
+        ready = await run("deploy", "check", "m")
+        assert ready.returncode == 0, ready.stderr
+        assert "ready: m can roll back from sys-v2 to sys-v1 (model v1)" in ready.stdout
+
+        # a health check of the live version changes nothing the status shows
+        await publish(
+            topics.HEALTH.name, HealthCheckEvent(model_id="m", model_version="v2", ok=False)
+        )
+        await until(lambda: decider.counts["HealthCheckEvent"] == 2, 30)
+        await asyncio.sleep(1.0)  # five ticks with nothing due
+        assert decider.counts["status_published"] == 3
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 def test_detector_follows_a_changed_policy_file(tmp_path: Path) -> None:

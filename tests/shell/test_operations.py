@@ -289,4 +289,4 @@ def test_detector_follows_a_changed_policy_file(tmp_path: Path) -> None:
     os.utime(path, (3, 3))
     detector._maybe_reload()
     assert detector.policy.defaults.window.seconds == 5.0
-    assert detector.windows._policy("m").seconds == 5.0  # the windows see the new policy too
+    assert detector.folder.latency_windows._policy("m").seconds == 5.0  # the windows see the new policy too

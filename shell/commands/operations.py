@@ -88,7 +88,11 @@ def register(sub: Subparsers) -> None:
 
 
 def _policy_lint(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    policy = load_policy(*args.paths)
+    # Imported here, not at the top: the detector kinds pull in scipy and pyarrow, which
+    # every other command (and --help) would pay for at start-up.
+    from rollguard_services.detector.kinds import config_classes
+
+    policy = load_policy(*args.paths, kinds=config_classes())
     shown: dict[str, Any] = {"defaults": policy.defaults.model_dump(mode="json")}
     for model_id in sorted({*policy.models, *args.model_id}):
         shown[f"model {model_id}"] = policy.for_model(model_id).model_dump(mode="json")

@@ -54,6 +54,14 @@ def test_policy_lint_prints_the_effective_policy_and_names_bad_lines(tmp_path: P
         f"{bad}:3: defaults.rollback.level: Input should be 'auto' or 'system'"
         in one_line_error(result)
     )
+    # Detector entries are checked against their kind: a misspelt field of a KS detector.
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("defaults:\n  detectors:\n    drift:\n      kind: ks\n      alpah: 0.05\n")
+    result = rollguard("policy", "lint", str(typo))
+    assert result.returncode == 2
+    assert f"{typo}:5: defaults.detectors.drift.ks.alpah: Extra inputs are not permitted" in (
+        one_line_error(result)
+    )
 
 
 def test_policy_source_reloads_and_keeps_the_last_good_policy(tmp_path: Path) -> None:
@@ -289,4 +297,6 @@ def test_detector_follows_a_changed_policy_file(tmp_path: Path) -> None:
     os.utime(path, (3, 3))
     detector._maybe_reload()
     assert detector.policy.defaults.window.seconds == 5.0
-    assert detector.folder.latency_windows._policy("m").seconds == 5.0  # the windows see the new policy too
+    assert (
+        detector.folder.latency_windows._policy("m").seconds == 5.0
+    )  # the windows see the new policy too

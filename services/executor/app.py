@@ -29,7 +29,6 @@ from rollguard.bus import DeadLetterSink, make_consumer, make_producer, producer
 from rollguard.events import (
     AckStatus,
     CommandAck,
-    OutputInvalidation,
     RollbackCommand,
     decode,
     utcnow,
@@ -42,15 +41,14 @@ from rollguard.signing import load_trusted_keys, verify_command
 from rollguard_services.executor.appliers import build_appliers
 from rollguard_services.executor.appliers.base import Applier, Effect, Step
 from rollguard_services.executor.appliers.registry import LivePointer
-from rollguard_services.executor.inbox import Inbox, StepRow
+from rollguard_services.executor.inbox import Inbox, InboxRow, Source, StepKey, StepRow
+from rollguard_services.executor.plans import Plan, Refusal, plan_for
 from rollguard_services.executor.settings import ExecutorSettings
 
 log = get_logger("rollguard.executor")
 
 #: The step that moves rollguard's own live pointer, recorded like a component step.
-POINTER = "live_pointer"
-#: Levels and the components they restore; level 2 uses the configured order.
-LEVEL_COMPONENTS: dict[int, tuple[str, ...]] = {1: ("model",), 3: ("feature_pipeline",)}
+POINTER = StepKey("live_pointer")
 
 
 class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -171,44 +169,18 @@ class Executor:
         Invalidations first: whoever sees a command's ``applied`` ack can rely on its
         invalidation being on the topic already.
         """
-        for event_id, payload in self.inbox.unsent_invalidations():
-            invalidation = OutputInvalidation.model_validate_json(payload)
+        for invalidation in self.inbox.unsent_invalidations():
             await publish_invalidation(producer, self._invalidations_topic, invalidation)
-            self.inbox.mark_invalidation_sent(event_id)
-        for ack_id, payload in self.inbox.unsent():
-            ack = CommandAck.model_validate_json(payload)
-            await producer.send_and_wait(self._acks_topic, payload, key=ack.key)
+            self.inbox.mark_invalidation_sent(invalidation.event_id)
+        for ack in self.inbox.unsent():
+            await producer.send_and_wait(self._acks_topic, ack.encode(), key=ack.key)
             if ack.component is None and ack.status in ("applied", "failed", "rejected"):
                 self._crash_point("after_ack")
-            self.inbox.mark_sent(ack_id)
+            self.inbox.mark_sent(ack.event_id)
 
-    def plan(self, command: RollbackCommand) -> list[Step] | str:
+    def plan(self, command: RollbackCommand) -> Plan | Refusal:
         """The component steps of ``command`` in order, or why it cannot be executed."""
-        components: tuple[str, ...]
-        if command.level == 2:
-            components = self.policy.for_model(command.model_id).rollback.component_order
-        elif command.level in LEVEL_COMPONENTS:
-            components = LEVEL_COMPONENTS[command.level]
-        else:
-            return f"unsupported_level: level {command.level} (data) has no applier"
-        before, after = command.from_manifest.components, command.to_manifest.components
-        plan = []
-        for component in components:
-            if self.svc.applier_for(command.model_id, component) is None:
-                return (
-                    f"unknown_model: no applier configured for {component} of "
-                    f"{command.model_id} (ROLLGUARD_EXECUTOR_APPLIERS_BY_MODEL)"
-                )
-            plan.append(
-                Step(
-                    command,
-                    component,
-                    from_version=getattr(before, component),
-                    to_version=getattr(after, component),
-                    single=len(components) == 1,
-                )
-            )
-        return plan
+        return plan_for(command, self.policy, self.svc)
 
     async def handle(self, record: ConsumerRecord[Any, Any], producer: AIOKafkaProducer) -> None:
         bound = log.bind(topic=record.topic, partition=record.partition, offset=record.offset)
@@ -222,17 +194,17 @@ class Executor:
             model_version=command.model_version,
             command_id=command.command_id,
         )
-        source = (record.topic, record.partition, record.offset)
+        source = Source(record.topic, record.partition, record.offset)
         row = self.inbox.get(command.command_id)
-        if row is not None and (row.topic, row.partition, row.offset) != source:
+        if row is not None and row.source != source:
             # The same command id at another offset: a replay. It never acts twice.
             self.counts["replayed"] += 1
             self.inbox.owe(
                 self._ack(
                     command,
                     "rejected",
-                    f"replayed: command first seen at {row.topic}[{row.partition}]@{row.offset}",
-                    suffix=f":replay:{record.topic}:{record.partition}:{record.offset}",
+                    f"replayed: command first seen at {row.source}",
+                    suffix=f":replay:{source.topic}:{source.partition}:{source.offset}",
                 )
             )
             bound.warning("rejected", reason="replayed")
@@ -256,24 +228,28 @@ class Executor:
     def _receive(
         self,
         command: RollbackCommand,
-        source: tuple[str, int, int],
+        source: Source,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> None:
         verdict = verify_command(command, self.trusted, utcnow())
         plan = self.plan(command)
-        if verdict.ok and isinstance(plan, str):
-            reason, _, detail = plan.partition(": ")
-        else:
+        reason: str
+        # A bad signature or an expired command says so before what its plan would refuse.
+        if not verdict.ok:
             reason, detail = verdict.reason, verdict.detail
-        if verdict.ok and not isinstance(plan, str):
+        elif isinstance(plan, Refusal):
+            reason, detail = plan.reason, plan.detail
+        else:
             issued = (utcnow() - command.issued_at).total_seconds()
             ack = self._ack(command, "received", "", timings={"since_issued_s": issued})
-            self.inbox.receive(command.command_id, source, command.model_id, "received", "", ack)
-            bound.info("received", steps=[s.component for s in plan])
+            row = InboxRow(command.command_id, source, command.model_id, "received", "")
+            self.inbox.receive(row, ack)
+            bound.info("received", steps=[s.component for s in plan.steps])
             return
         text = f"{reason}: {detail}"
         ack = self._ack(command, "rejected", text)
-        self.inbox.receive(command.command_id, source, command.model_id, "rejected", text, ack)
+        row = InboxRow(command.command_id, source, command.model_id, "rejected", text)
+        self.inbox.receive(row, ack)
         bound.warning("rejected", reason=reason, detail=detail)
 
     async def _execute(
@@ -284,18 +260,18 @@ class Executor:
     ) -> None:
         """Run the remaining steps of a received command, compensating when one fails."""
         plan = self.plan(command)
-        assert not isinstance(plan, str), "a command that cannot be planned is rejected at receive"
+        assert isinstance(plan, Plan), "a command that cannot be planned is rejected at receive"
         cid = command.command_id
         done = self.inbox.steps(cid)
-        per_component = len(plan) > 1  # level 2 acks every component; level 1 only the command
+        per_component = plan.per_component
         loop = asyncio.get_running_loop()
         started = loop.time()
         attempts_total = 0
         changed: list[Step] = []
         failed: tuple[str, StepRow] | None = None
 
-        for step in plan:
-            prior = done.get((step.component, False))
+        for step in plan.steps:
+            prior = done.get(StepKey(step.component))
             if prior is None:
                 prior, attempts = await self._run_step(
                     command, step, command.expires_at, per_component, producer, bound
@@ -306,10 +282,10 @@ class Executor:
                 break
             changed.append(step)
 
-        if failed is None and done.get((POINTER, False)) is None:
+        if failed is None and POINTER not in done:
             pointer_step = Step(
                 command,
-                POINTER,
+                POINTER.component,
                 from_version=command.from_manifest.system_version,
                 to_version=command.to_manifest.system_version,
             )
@@ -318,13 +294,11 @@ class Executor:
                 self.pointer, pointer_step, command.expires_at, bound
             )
             self._crash_point("after_effect")
-            self.inbox.record_step(
-                cid, POINTER, False, (effect.status, effect.detail, effect.retriable), None
-            )
+            self.inbox.record_step(cid, POINTER, StepRow.of(effect), None)
             if effect.status != "applied":
-                failed = (POINTER, StepRow(effect.status, effect.detail, effect.retriable))
-        elif failed is None and done[(POINTER, False)].status != "applied":
-            failed = (POINTER, done[(POINTER, False)])
+                failed = (POINTER.component, StepRow.of(effect))
+        elif failed is None and done[POINTER].status != "applied":
+            failed = (POINTER.component, done[POINTER])
 
         timings = {
             "apply_s": loop.time() - started,
@@ -334,10 +308,12 @@ class Executor:
             applied_at = utcnow()
             recorded = self.inbox.steps(cid)
             if per_component:
-                what = ", ".join(f"{s.component} {s.from_version} → {s.to_version}" for s in plan)
+                what = ", ".join(
+                    f"{s.component} {s.from_version} → {s.to_version}" for s in plan.steps
+                )
             else:
-                what = recorded[(plan[0].component, False)].detail
-            detail = f"{what}; {recorded[(POINTER, False)].detail}"
+                what = recorded[StepKey(plan.steps[0].component)].detail
+            detail = f"{what}; {recorded[POINTER].detail}"
             ack = self._ack(command, "applied", detail, timings=timings, attempts=attempts_total)
             self.inbox.finish(cid, "applied", detail, ack, invalidation_for(command, applied_at))
             bound.info("applied", detail=detail, apply_s=round(timings["apply_s"], 4))
@@ -374,7 +350,7 @@ class Executor:
             self._applier_for(step), step, deadline, bound
         )
         self._crash_point("after_effect")
-        row = StepRow(effect.status, effect.detail, effect.retriable)
+        row = StepRow.of(effect)
         ack = None
         if per_component:
             ack = self._ack(
@@ -387,11 +363,7 @@ class Executor:
                 attempts=attempts,
             )
         self.inbox.record_step(
-            command.command_id,
-            step.component,
-            step.compensation,
-            (row.status, row.detail, row.retriable),
-            ack,
+            command.command_id, StepKey(step.component, step.compensation), row, ack
         )
         if step.compensation:
             bound.warning("compensated", component=step.component, status=effect.status)
@@ -404,7 +376,7 @@ class Executor:
         self,
         command: RollbackCommand,
         changed: list[Step],
-        done: dict[tuple[str, bool], StepRow],
+        done: dict[StepKey, StepRow],
         per_component: bool,
         producer: AIOKafkaProducer,
         bound: structlog.typing.FilteringBoundLogger,
@@ -417,7 +389,7 @@ class Executor:
             if step.from_version == step.to_version:
                 continue  # nothing was changed, so nothing to undo
             undo = step.undo()
-            prior = done.get((step.component, True))
+            prior = done.get(StepKey(step.component, compensation=True))
             if prior is None:
                 prior, _ = await self._run_step(
                     command, undo, deadline, per_component, producer, bound

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
+from typing import Literal, TypeVar, get_args
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
+from rollguard.database import engine_for
 from rollguard.events import CommandAck, OutputInvalidation, utcnow
+from rollguard_services.executor.appliers.base import Effect, EffectStatus
 
 metadata = sa.MetaData()
 
@@ -71,31 +72,72 @@ invalidations_outbox = sa.Table(
 )
 
 
-@dataclass(frozen=True)
-class StepRow:
-    """A step's recorded outcome: what redelivery skips (applied) or resumes from (failed)."""
+#: Where a command is: ``received`` until it finishes ``applied`` or ``failed``; ``rejected``
+#: at receive, never acted on.
+CommandStatus = Literal["received", "applied", "failed", "rejected"]
+FinalStatus = Literal["applied", "failed"]
 
-    status: str
-    detail: str
-    retriable: bool
+
+@dataclass(frozen=True)
+class Source:
+    """Where a command was read: its first (topic, partition, offset) is its only one."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
 @dataclass(frozen=True)
 class InboxRow:
     command_id: str
-    topic: str
-    partition: int
-    offset: int
-    status: str
+    source: Source
+    model_id: str
+    status: CommandStatus
     detail: str
+
+
+@dataclass(frozen=True)
+class StepKey:
+    """One step of a command: a component, forwards or undoing (``compensation``)."""
+
+    component: str
+    compensation: bool = False
+
+
+@dataclass(frozen=True)
+class StepRow:
+    """A step's recorded outcome: what redelivery skips (applied) or resumes from (failed)."""
+
+    status: EffectStatus
+    detail: str
+    retriable: bool
+
+    @classmethod
+    def of(cls, effect: Effect) -> StepRow:
+        return cls(effect.status, effect.detail, effect.retriable)
+
+
+_Status = TypeVar("_Status", bound=str)
+
+
+def _known(value: str, allowed: tuple[_Status, ...]) -> _Status:
+    """``value`` as one of the statuses the inbox writes; anything else is a broken database."""
+    for status in allowed:
+        if status == value:
+            return status
+    raise ValueError(f"executor inbox holds status {value!r}, not one of {allowed}")
+
+
+_COMMAND_STATUSES: tuple[CommandStatus, ...] = get_args(CommandStatus)
+_EFFECT_STATUSES: tuple[EffectStatus, ...] = get_args(EffectStatus)
 
 
 class Inbox:
     def __init__(self, url: str) -> None:
-        parsed = make_url(url)
-        if parsed.drivername.startswith("sqlite") and parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = sa.create_engine(url)
+        self.engine = engine_for(url)
         metadata.create_all(self.engine)
 
     def get(self, command_id: str) -> InboxRow | None:
@@ -106,82 +148,77 @@ class Inbox:
         if row is None:
             return None
         return InboxRow(
-            row.command_id, row.topic, row.partition, row.offset, row.status, row.detail
+            row.command_id,
+            Source(row.topic, row.partition, row.offset),
+            row.model_id,
+            _known(row.status, _COMMAND_STATUSES),
+            row.detail,
         )
 
-    def receive(
-        self,
-        command_id: str,
-        source: tuple[str, int, int],
-        model_id: str,
-        status: str,
-        detail: str,
-        ack: CommandAck,
-    ) -> None:
-        """Record a new command (``received`` or ``rejected``) and the ack it is owed."""
-        topic, partition, offset = source
+    def receive(self, row: InboxRow, ack: CommandAck) -> None:
+        """Record a new command (``received`` or ``rejected``) and the ack it is owed.
+
+        Raises IntegrityError when the command id, or its source, is in the inbox already.
+        """
         now = utcnow()
         with self.engine.begin() as conn:
             conn.execute(
                 sa.insert(inbox).values(
-                    command_id=command_id,
-                    topic=topic,
-                    partition=partition,
-                    offset=offset,
-                    model_id=model_id,
-                    status=status,
-                    detail=detail,
+                    command_id=row.command_id,
+                    topic=row.source.topic,
+                    partition=row.source.partition,
+                    offset=row.source.offset,
+                    model_id=row.model_id,
+                    status=row.status,
+                    detail=row.detail,
                     received_at=now,
-                    finished_at=now if status == "rejected" else None,
+                    finished_at=now if row.status == "rejected" else None,
                 )
             )
             self._owe(conn, ack)
 
     def record_step(
-        self,
-        command_id: str,
-        component: str,
-        compensation: bool,
-        outcome: tuple[str, str, bool],
-        ack: CommandAck | None,
+        self, command_id: str, key: StepKey, outcome: StepRow, ack: CommandAck | None
     ) -> None:
-        """Record one step's (status, detail, retriable) with the ack it owes, atomically."""
-        status, detail, retriable = outcome
+        """Record one step's outcome with the ack it owes, atomically; a step recorded before
+        (its effect redone after a crash) is replaced."""
         with self.engine.begin() as conn:
             conn.execute(
                 sa.delete(steps).where(
                     steps.c.command_id == command_id,
-                    steps.c.component == component,
-                    steps.c.compensation == compensation,
+                    steps.c.component == key.component,
+                    steps.c.compensation == key.compensation,
                 )
             )
             conn.execute(
                 sa.insert(steps).values(
                     command_id=command_id,
-                    component=component,
-                    compensation=compensation,
-                    status=status,
-                    detail=detail,
-                    retriable=retriable,
+                    component=key.component,
+                    compensation=key.compensation,
+                    status=outcome.status,
+                    detail=outcome.detail,
+                    retriable=outcome.retriable,
                     done_at=utcnow(),
                 )
             )
             if ack is not None:
                 self._owe(conn, ack)
 
-    def steps(self, command_id: str) -> dict[tuple[str, bool], StepRow]:
-        """Recorded steps by (component, compensation)."""
+    def steps(self, command_id: str) -> dict[StepKey, StepRow]:
+        """The recorded steps of a command."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(steps).where(steps.c.command_id == command_id)).all()
         return {
-            (r.component, bool(r.compensation)): StepRow(r.status, r.detail, bool(r.retriable))
+            StepKey(r.component, bool(r.compensation)): StepRow(
+                _known(r.status, _EFFECT_STATUSES), r.detail, bool(r.retriable)
+            )
             for r in rows
         }
 
     def finish(
         self,
         command_id: str,
-        status: str,
+        status: FinalStatus,
         detail: str,
         ack: CommandAck,
         invalidation: OutputInvalidation | None = None,
@@ -204,14 +241,15 @@ class Inbox:
                     )
                 )
 
-    def unsent_invalidations(self) -> list[tuple[str, bytes]]:
+    def unsent_invalidations(self) -> list[OutputInvalidation]:
+        """Owed invalidations, oldest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(invalidations_outbox.c.event_id, invalidations_outbox.c.payload)
+                sa.select(invalidations_outbox.c.payload)
                 .where(invalidations_outbox.c.sent_at.is_(None))
                 .order_by(invalidations_outbox.c.owed_at, invalidations_outbox.c.event_id)
             ).all()
-        return [(r.event_id, r.payload) for r in rows]
+        return [OutputInvalidation.model_validate_json(r.payload) for r in rows]
 
     def mark_invalidation_sent(self, event_id: str) -> None:
         with self.engine.begin() as conn:
@@ -239,14 +277,15 @@ class Inbox:
                 )
             )
 
-    def unsent(self) -> list[tuple[str, bytes]]:
+    def unsent(self) -> list[CommandAck]:
+        """Owed acks, oldest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(outbox.c.ack_id, outbox.c.payload)
+                sa.select(outbox.c.payload)
                 .where(outbox.c.sent_at.is_(None))
                 .order_by(outbox.c.owed_at, outbox.c.ack_id)
             ).all()
-        return [(r.ack_id, r.payload) for r in rows]
+        return [CommandAck.model_validate_json(r.payload) for r in rows]
 
     def mark_sent(self, ack_id: str, at: datetime | None = None) -> None:
         with self.engine.begin() as conn:

@@ -24,6 +24,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from rollguard.database import engine_for, sqlite_file
 from rollguard.errors import LedgerError
 from rollguard.events import utcnow
 
@@ -217,19 +218,15 @@ class LedgerStore:
         self.dialect = parsed.get_backend_name()
         self.url = parsed.render_as_string(hide_password=True)
         #: The SQLite file, whose disappearance must stop appends (see ``append``).
-        self.sqlite_path: Path | None = None
-        if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
-            self.sqlite_path = Path(parsed.database)
-            try:
-                self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise LedgerError(f"cannot create the ledger directory: {exc}") from exc
+        self.sqlite_path: Path | None = sqlite_file(parsed)
         try:
-            self.engine = sa.create_engine(url)
+            self.engine = engine_for(url)
             metadata.create_all(self.engine)
             with self.engine.begin() as conn:
                 for ddl in _SQLITE_TRIGGERS if self.dialect == "sqlite" else _PG_TRIGGERS:
                     conn.exec_driver_sql(ddl)
+        except OSError as exc:
+            raise LedgerError(f"cannot create the ledger directory: {exc}") from exc
         except sa.exc.SQLAlchemyError as exc:
             raise LedgerError(f"cannot open the ledger at {self.url}: {_first_line(exc)}") from exc
 

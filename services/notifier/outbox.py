@@ -8,11 +8,10 @@ carry neither.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
+from rollguard.database import engine_for
 from rollguard.errors import RollguardError
 from rollguard.events import Tier, utcnow
 from rollguard_services.notifier.notifications import Notification
@@ -67,11 +66,8 @@ class Pending:
 
 class Outbox:
     def __init__(self, url: str) -> None:
-        parsed = make_url(url)
-        if parsed.get_backend_name() == "sqlite" and parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.engine = sa.create_engine(url)
+            self.engine = engine_for(url)
             metadata.create_all(self.engine)
         except sa.exc.SQLAlchemyError as exc:
             raise OutboxError(f"cannot open the notifier outbox: {exc}") from exc

@@ -13,7 +13,7 @@ from rollguard.events import CommandAck, DeadLetter, SystemManifest, utcnow
 from rollguard.settings import RollguardSettings
 from rollguard.signing import generate_keypair, load_signer
 from rollguard_services.executor.app import Executor
-from rollguard_services.executor.inbox import Inbox
+from rollguard_services.executor.inbox import Inbox, InboxRow, Source
 from rollguard_services.executor.settings import ExecutorSettings
 from tests.conftest import TopicReader, run_until
 from tests.factories import command
@@ -140,11 +140,13 @@ async def test_crash_after_receive_resumes_with_the_effect_and_both_acks(
     inbox = Inbox(topics_ready.resolved_executor_db_url)
     owed = ex._ack(cmd, "received", "")
     inbox.receive(
-        cmd.command_id,
-        (meta.topic, meta.partition, meta.offset),
-        cmd.model_id,
-        "received",
-        "",
+        InboxRow(
+            cmd.command_id,
+            Source(meta.topic, meta.partition, meta.offset),
+            cmd.model_id,
+            "received",
+            "",
+        ),
         owed,
     )
     inbox.close()

@@ -209,7 +209,7 @@ async def check_lane(lane: Lane) -> dict[str, int]:
         for cid in by_id:
             row = inbox.get(cid)
             assert row is not None and row.status == "applied", (lane.point, cid, row)
-            assert not any(comp for (_, comp) in inbox.steps(cid)), "nothing is compensated"
+            assert not any(k.compensation for k in inbox.steps(cid)), "nothing is compensated"
         assert inbox.unsent() == [] and inbox.unsent_invalidations() == []
     finally:
         inbox.close()

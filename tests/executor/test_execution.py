@@ -24,6 +24,7 @@ from rollguard.policy import ModelPolicy, PolicySet, RollbackPolicy
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer
 from rollguard_services.executor.app import Executor
+from rollguard_services.executor.plans import Plan, Refusal
 from rollguard_services.executor.settings import CommandSettings, ExecutorSettings, WebhookSettings
 from tests.conftest import TopicReader, run_until
 from tests.factories import command, manifest
@@ -221,12 +222,37 @@ def test_level_2_order_is_the_models_policy(settings: RollguardSettings, keys: s
     policy = PolicySet(models={"m": ModelPolicy(rollback=RollbackPolicy(component_order=order))})
     ex = Executor(settings, ExecutorSettings(), policy)
     plan = ex.plan(level2())
-    assert not isinstance(plan, str)
-    assert [s.component for s in plan] == ["model", "infra", "config", "feature_pipeline"]
+    assert isinstance(plan, Plan)
+    assert [s.component for s in plan.steps] == ["model", "infra", "config", "feature_pipeline"]
     default = Executor(settings, ExecutorSettings()).plan(level2())
-    assert not isinstance(default, str)
-    assert [s.component for s in default] == ["feature_pipeline", "config", "model", "infra"]
-    assert [s.component for s in default] != [s.component for s in plan]
+    assert isinstance(default, Plan)
+    assert [s.component for s in default.steps] == [
+        "feature_pipeline",
+        "config",
+        "model",
+        "infra",
+    ]
+    assert [s.component for s in default.steps] != [s.component for s in plan.steps]
+
+
+def test_a_command_that_cannot_be_planned_is_refused_with_its_reason(
+    settings: RollguardSettings, keys: str
+) -> None:
+    ex = Executor(settings, ExecutorSettings(applier=None, appliers_by_model={"m": "registry"}))
+    data = ex.plan(command(level=4))
+    assert data == Refusal("unsupported_level", "level 4 (data) has no applier")
+    stranger = ex.plan(
+        command(
+            model_id="stranger",
+            from_manifest=manifest("v2", model_id="stranger"),
+            to_manifest=manifest("v1", model_id="stranger", status="known_good"),
+        )
+    )
+    assert isinstance(stranger, Refusal) and stranger.reason == "unknown_model"
+    assert stranger.detail.startswith("no applier configured for model of stranger")
+    one = ex.plan(command())
+    assert isinstance(one, Plan) and not one.per_component
+    assert [(s.component, s.single) for s in one.steps] == [("model", True)]
 
 
 class Target:

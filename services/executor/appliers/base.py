@@ -13,6 +13,8 @@ from typing import Any, Literal, Protocol
 
 from rollguard.events import RollbackCommand
 
+EffectStatus = Literal["applied", "failed"]
+
 
 @dataclass(frozen=True)
 class Effect:
@@ -21,7 +23,7 @@ class Effect:
     ``retry_after_s`` is the target's own word on when to try again (HTTP Retry-After).
     """
 
-    status: Literal["applied", "failed"]
+    status: EffectStatus
     detail: str
     retriable: bool = False
     retry_after_s: float | None = None

@@ -1,7 +1,7 @@
 """Kafka plumbing in one place: clients, topic provisioning, dead letters.
 
 Control producers use ``acks="all"`` explicitly (aiokafka's default is 1) and are idempotent
-unless the broker cannot do it (the embedded broker). Consumers that cause effects never
+unless the broker refuses it (``start_control_producer`` asks; the embedded broker refuses). Consumers that cause effects never
 auto-commit; they commit ``offset + 1`` after the effect is durable.
 """
 
@@ -330,11 +330,50 @@ async def read_topic(
         await consumer.stop()
 
 
-async def publish_one(settings: RollguardSettings, name: str, event: Event, key: bytes) -> None:
-    """Publish one control event with a short-lived producer (for the CLI)."""
+async def start_control_producer(
+    settings: RollguardSettings,
+) -> tuple[AIOKafkaProducer, RollguardSettings]:
+    """A started control producer, idempotent if the broker can do it; if it refuses the
+    producer id (the embedded broker does), one warning and acks=all without idempotence.
+    Returns the settings that worked, for the next producer."""
     producer = make_producer(settings, control=True)
     try:
         await producer.start()
+        return producer, settings
+    except KafkaConnectionError as exc:
+        await producer.stop()
+        raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    except KafkaError as exc:
+        await producer.stop()
+        if not settings.enable_idempotence:
+            raise
+        log.warning(
+            "idempotence_refused",
+            bootstrap=settings.kafka_bootstrap,
+            error=type(exc).__name__,
+            fallback="acks=all without idempotence",
+        )
+    settings = settings.model_copy(update={"enable_idempotence": False})
+    producer = make_producer(settings, control=True)
+    try:
+        await producer.start()
+    except KafkaConnectionError as exc:
+        await producer.stop()
+        raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
+    return producer, settings
+
+
+async def negotiate_idempotence(settings: RollguardSettings) -> RollguardSettings:
+    """The settings with idempotence as the broker supports it (asked once, at start)."""
+    producer, settings = await start_control_producer(settings)
+    await producer.stop()
+    return settings
+
+
+async def publish_one(settings: RollguardSettings, name: str, event: Event, key: bytes) -> None:
+    """Publish one control event with a short-lived producer (for the CLI)."""
+    producer, _ = await start_control_producer(settings)
+    try:
         await producer.send_and_wait(settings.topic(name), event.encode(), key=key)
     except KafkaConnectionError as exc:
         raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc

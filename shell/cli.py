@@ -14,6 +14,7 @@ from rollguard.logs import configure_logging
 from rollguard.settings import RollguardSettings
 from rollguard_shell.commands import Parser, admin, baseline, incident, ledger, operations, running
 from rollguard_shell.commands import invalidations as invalidations_cmd
+from rollguard_shell.discovery import BrokerRecord, with_running_broker
 
 #: Every command group, in --help order. A new group is a module with register(sub).
 GROUPS = (running, operations, admin, ledger, incident, baseline, invalidations_cmd)
@@ -36,10 +37,24 @@ def load_settings() -> RollguardSettings:
         raise UsageError(f"{field}: {err['msg']}") from None
 
 
+def refuse_second_up(settings: RollguardSettings) -> None:
+    running = BrokerRecord.read(settings.state_dir) if settings.embedded else None
+    if running is not None:
+        raise UsageError(
+            f"rollguard up is already running on {settings.state_dir} (pid {running.pid}, "
+            f"broker at {running.bootstrap}); other commands use it as they are, or set "
+            "ROLLGUARD_STATE_DIR for a second one"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
+        if args.command == "up":
+            refuse_second_up(settings)
+        elif args.command != "demo":  # the demo runs a broker of its own
+            settings = with_running_broker(settings)
         if getattr(args, "logs", True):
             configure_logging(settings.log_level, settings.log_format)
         code: int = args.handler(args, settings)

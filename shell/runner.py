@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from rollguard.broker import EmbeddedBroker
-from rollguard.bus import provision_topics, wait_for_broker
+from rollguard.bus import negotiate_idempotence, provision_topics, wait_for_broker
 from rollguard.errors import UsageError
 from rollguard.logs import get_logger
 from rollguard.policy import PolicySource
@@ -32,6 +33,7 @@ from rollguard_services.notifier.app import Notifier
 from rollguard_services.notifier.settings import NotifierSettings
 from rollguard_services.router.app import RouterService
 from rollguard_services.router.settings import RouterSettings
+from rollguard_shell.discovery import BrokerRecord
 
 log = get_logger("rollguard_shell.runner")
 
@@ -103,23 +105,26 @@ def ensure_keys(settings: RollguardSettings) -> None:
 
 @contextlib.asynccontextmanager
 async def kafka(
-    settings: RollguardSettings, broker_log: Path | None = None
+    settings: RollguardSettings, broker_log: Path | None = None, *, record: bool = False
 ) -> AsyncIterator[RollguardSettings]:
-    """Settings pointing at a reachable broker with every topic provisioned.
+    """Settings pointing at a reachable broker with every topic provisioned, and control
+    producers the broker accepts (idempotent where it can do it).
 
-    Without ROLLGUARD_KAFKA_BOOTSTRAP an embedded broker is started for the duration.
+    Without ROLLGUARD_KAFKA_BOOTSTRAP an embedded broker is started for the duration; with
+    ``record`` (``rollguard up``) its address is written to the state directory, where every
+    other command run with the same state directory finds it.
     """
     broker: EmbeddedBroker | None = None
+    written: BrokerRecord | None = None
     if settings.embedded:
         broker = EmbeddedBroker(broker_log or settings.state_dir / "broker.log")
         await asyncio.to_thread(broker.start)
         settings = settings.model_copy(
             update={
                 "kafka_bootstrap": broker.bootstrap,
-                # Tansu has no idempotent producer, and holds every group join for about half
-                # the session timeout (measured: 10 s → 5 s, 6 s → 3 s, whatever the
-                # rebalance timeout): one process owns every group here, so keep it short.
-                "enable_idempotence": False,
+                # Tansu holds every group join for about half the session timeout
+                # (measured: 10 s → 5 s, 6 s → 3 s, whatever the rebalance timeout): one
+                # process owns every group here, so keep it short.
                 "session_timeout_ms": min(settings.session_timeout_ms, 4_000),
                 "heartbeat_interval_ms": min(settings.heartbeat_interval_ms, 500),
                 "rebalance_timeout_ms": min(settings.rebalance_timeout_ms, 1_000),
@@ -128,10 +133,16 @@ async def kafka(
         log.info("embedded_broker", bootstrap=broker.bootstrap, log=str(broker.log_path))
     try:
         await wait_for_broker(settings)
+        settings = await negotiate_idempotence(settings)
         created = await provision_topics(settings)
         log.info("topics", bootstrap=settings.kafka_bootstrap, created=created)
+        if broker is not None and record:
+            written = BrokerRecord(broker.bootstrap, os.getpid())
+            written.write(settings.state_dir)
         yield settings
     finally:
+        if written is not None:
+            written.remove(settings.state_dir)
         if broker is not None:
             await asyncio.to_thread(broker.stop)
 

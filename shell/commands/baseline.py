@@ -31,7 +31,7 @@ def register(sub: Subparsers) -> None:
 
 def _import(args: argparse.Namespace, settings: RollguardSettings) -> int:
     from rollguard import baselines, topics
-    from rollguard.bus import make_producer, wait_for_broker
+    from rollguard.bus import start_control_producer, wait_for_broker
 
     snapshots = baselines.snapshots_from_table(
         args.model_id,
@@ -49,8 +49,7 @@ def _import(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
     async def publish() -> None:
         await wait_for_broker(settings)
-        producer = make_producer(settings, control=True)
-        await producer.start()
+        producer, _ = await start_control_producer(settings)
         try:
             await baselines.publish(producer, settings.topic(topics.BASELINES.name), snapshots)
         finally:

@@ -109,7 +109,10 @@ def _token(settings: RollguardSettings) -> str:
 
 def _need_kafka(settings: RollguardSettings) -> None:
     if settings.embedded:
-        raise UsageError("set ROLLGUARD_KAFKA_BOOTSTRAP to the Kafka rollguard runs on")
+        raise UsageError(
+            "no broker: set ROLLGUARD_KAFKA_BOOTSTRAP to the Kafka rollguard runs on, or start "
+            f"`rollguard up` with this state directory ({settings.state_dir})"
+        )
 
 
 def _send(settings: RollguardSettings, topic: str, event: Any, key: bytes) -> None:

@@ -80,26 +80,26 @@ def _up(args: argparse.Namespace, settings: RollguardSettings) -> int:
     from rollguard_shell.runner import CORE_SERVICES
 
     names = [*CORE_SERVICES, *(["router"] if args.with_router else [])]
-    return asyncio.run(_serve(settings, names))
+    return asyncio.run(_serve(settings, names, record=True))
 
 
 def _run(args: argparse.Namespace, settings: RollguardSettings) -> int:
     if settings.embedded:
         raise UsageError(
-            "rollguard run needs ROLLGUARD_KAFKA_BOOTSTRAP; `rollguard up` starts an"
-            " embedded broker"
+            "rollguard run needs ROLLGUARD_KAFKA_BOOTSTRAP, or a `rollguard up` running on the"
+            f" same state directory ({settings.state_dir})"
         )
     return asyncio.run(_serve(settings, [args.service]))
 
 
-async def _serve(settings: RollguardSettings, names: list[str]) -> int:
+async def _serve(settings: RollguardSettings, names: list[str], *, record: bool = False) -> int:
     from rollguard_shell.runner import build_service, ensure_keys, kafka, run_services
 
     log = get_logger("rollguard")
     main_task = asyncio.current_task()
     assert main_task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
-    async with kafka(settings) as live_settings:
+    async with kafka(settings, record=record) as live_settings:
         if "decider" in names:  # a decider signs; an executor alone only needs public keys
             ensure_keys(live_settings)
         services = [build_service(n, live_settings) for n in names]

@@ -38,3 +38,10 @@ class LedgerError(RollguardError):
     """The ledger store cannot be read or written."""
 
     retriable = True
+
+
+class LedgerMissing(LedgerError):
+    """A command that only reads the ledger found none where it was pointed."""
+
+    retriable = False
+    exit_code = 2

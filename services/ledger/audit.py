@@ -120,7 +120,7 @@ def verify_configured(
     read = CheckpointFile(path).read()
     if read.checkpoints and not trusted:
         raise UsageError(f"no trusted checkpoint keys in {trusted_dir} (--trusted-dir)")
-    store = LedgerStore(url)
+    store = LedgerStore(url, create=False)
     try:
         return verify_ledger(store, read, trusted), path
     finally:

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from rollguard.database import engine_for, sqlite_file
-from rollguard.errors import LedgerError
+from rollguard.errors import LedgerError, LedgerMissing
 from rollguard.events import utcnow
 
 GENESIS = "0" * 64
@@ -213,14 +213,24 @@ class Entry:
 
 
 class LedgerStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """Open the ledger at ``url``; ``create=False`` (what read-only commands use) opens
+        only a ledger that exists, writes nothing, and raises LedgerMissing otherwise, so
+        that a mistyped path is an error, never an empty ledger that verifies."""
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         self.url = parsed.render_as_string(hide_password=True)
         #: The SQLite file, whose disappearance must stop appends (see ``append``).
         self.sqlite_path: Path | None = sqlite_file(parsed)
+        if not create and self.sqlite_path is not None and not self.sqlite_path.is_file():
+            raise LedgerMissing(f"no ledger at {self.sqlite_path} (mistyped path or state dir?)")
         try:
-            self.engine = engine_for(url)
+            self.engine = engine_for(url) if create else sa.create_engine(url)
+            if not create:
+                if not sa.inspect(self.engine).has_table(entries.name):
+                    self.engine.dispose()
+                    raise LedgerMissing(f"no ledger table {entries.name!r} at {self.url}")
+                return
             metadata.create_all(self.engine)
             with self.engine.begin() as conn:
                 for ddl in _SQLITE_TRIGGERS if self.dialect == "sqlite" else _PG_TRIGGERS:

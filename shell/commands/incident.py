@@ -33,7 +33,7 @@ def register(sub: Subparsers) -> None:
 
 def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
-    store = LedgerStore(args.url or settings.resolved_ledger_url)
+    store = LedgerStore(args.url or settings.resolved_ledger_url, create=False)
     try:
         incident = find_incident(store.iter_entries(event_types=INCIDENT_TYPES), args.id)
     finally:

@@ -68,7 +68,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 
 def _open(args: argparse.Namespace, settings: RollguardSettings) -> Any:
 
-    return LedgerStore(args.url or settings.resolved_ledger_url)
+    return LedgerStore(args.url or settings.resolved_ledger_url, create=False)
 
 
 def selected(args: argparse.Namespace, settings: RollguardSettings) -> list[Any]:
@@ -143,7 +143,7 @@ def _export(args: argparse.Namespace, settings: RollguardSettings) -> int:
     if args.incident or args.model_version or args.model_id or args.since:
         rows = [e.as_json() for e in selected(args, settings)]
     else:
-        store = LedgerStore(args.url or settings.resolved_ledger_url)
+        store = LedgerStore(args.url or settings.resolved_ledger_url, create=False)
         try:
             rows = [e.as_json() for e in store.iter_entries()]
         finally:

@@ -88,3 +88,31 @@ def test_keys_generate_refuses_to_overwrite(tmp_path: Path) -> None:
     again = rollguard("keys", "generate", env=env)
     assert again.returncode == 2
     assert "exists" in one_line_error(again)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ledger", "verify"],
+        ["ledger", "show"],
+        ["ledger", "export"],
+        ["incident", "show", "someid"],
+    ],
+)
+def test_read_only_ledger_commands_never_create_a_ledger(tmp_path: Path, args: list[str]) -> None:
+    """A mistyped state dir used to create an empty database that verified "ok: 0 entries"."""
+    missing = tmp_path / "typo"
+    result = rollguard(*args, env={"ROLLGUARD_STATE_DIR": str(missing)})
+    assert result.returncode == 2
+    assert f"no ledger at {missing / 'ledger.db'}" in one_line_error(result)
+    assert not missing.exists()  # nothing created on the way
+
+
+def test_verify_of_a_database_without_a_ledger_table_is_an_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    result = rollguard("ledger", "verify", "--url", f"sqlite:///{other}")
+    assert result.returncode == 2
+    assert "no ledger table 'ledger_entries'" in one_line_error(result)

@@ -200,6 +200,9 @@ class Detector:
                 good_b, rejected = decode_batch(records, BaselineSnapshot)
                 for _, snapshot in good_b:
                     self.install_baseline(snapshot)
+                # The detector is the only reader of baselines: what it cannot take is kept
+                # (bad deployments are the decider's to dead-letter, not a second copy here).
+                await self._reject(rejected)
             self.counts["control_rejected"] += len(rejected)
 
     @property

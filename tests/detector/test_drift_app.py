@@ -104,3 +104,23 @@ async def test_sustained_ks_breach_against_the_published_baseline(
     assert any("features.f0: missing" in r for r in reasons)
     assert any("features.f0: expected a number" in r for r in reasons)
     assert any("'v9' has no manifest" in r for r in reasons)
+
+
+async def test_garbage_on_the_baselines_topic_is_dead_lettered(
+    topics_ready: RollguardSettings,
+    publish: Callable[..., Awaitable[None]],
+    reader: TopicReader,
+) -> None:
+    rng = np.random.default_rng(5)
+    good = bl.numeric_snapshot("m", "v1", "prediction", rng.normal(0, 1, 500))
+    await publish(topics.BASELINES.name, b"{not a snapshot", key=b"m")
+    await publish(topics.BASELINES.name, good)
+    detector = Detector(topics_ready, PolicySet(), DetectorSettings(group_id="bl-garbage"))
+    await run_until(detector, lambda: detector.ready.is_set(), timeout_s=40)
+    assert detector.counts["baselines"] == 1
+    (letter,) = [
+        DeadLetter.model_validate_json(r.value)
+        for r in await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) >= 1)
+    ]
+    assert letter.source_topic == topics_ready.topic(topics.BASELINES.name)
+    assert letter.consumer == "detector" and letter.error.startswith("malformed")

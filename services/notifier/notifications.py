@@ -150,8 +150,14 @@ def from_decision(
 
 
 def from_ack(ack: CommandAck, tier: Tier | None, decision_id: str | None) -> Notification | None:
-    """Acks worth telling: applied, verified, failed, rejected ('received' is routine)."""
+    """Acks worth telling: applied, verified, failed, rejected ('received' is routine).
+
+    One per command: the executor's per-component acks (and the compensations undoing them)
+    are steps of it, told by its final ack, whose detail lists every component.
+    """
     kind: Kind
+    if ack.component is not None and ack.component != "verification":
+        return None
     if ack.status == "applied":
         kind, verb = "rollback_applied", "applied"
     elif ack.status == "verified":

@@ -26,6 +26,7 @@ from rollguard.signing import load_signer
 from rollguard_services.executor.app import Executor
 from rollguard_services.executor.plans import Plan, Refusal
 from rollguard_services.executor.settings import CommandSettings, ExecutorSettings, WebhookSettings
+from rollguard_services.notifier.notifications import from_ack
 from tests.conftest import TopicReader, run_until
 from tests.factories import command, manifest
 
@@ -110,6 +111,11 @@ async def test_level_2_restores_in_order_acks_each_component_and_invalidates_onc
     assert acks[1].detail == "feature_pipeline now fp-1" and acks[1].attempts == 1
     assert acks[5].detail.startswith("feature_pipeline fp-2 → fp-1, config cfg-1 → cfg-1")
     assert "live pointer sys-v2 → sys-v1" in acks[5].detail
+    # What the notifier makes of these acks: one "applied" for the command, listing its
+    # components, not one per component; the refused replay is told once, as a rejection.
+    told = [n for a in acks if (n := from_ack(a, "immediate", None)) is not None]
+    assert [n.kind for n in told] == ["rollback_applied", "rollback_failed"]
+    assert "feature_pipeline fp-2 → fp-1" in told[0].summary and "model v2 → v1" in told[0].summary
 
     deployments = await reader.read(topics.DEPLOYMENTS.name, until=lambda r: len(r) >= 2)
     live = SystemManifest.model_validate_json(deployments[0].value)
@@ -212,6 +218,9 @@ async def test_a_failed_component_undoes_the_earlier_ones_last_first(
     assert final.detail.startswith("model failed: ")
     assert "pipeline controller refused" in final.detail
     assert final.detail.endswith("compensated: config back to cfg-2, feature_pipeline back to fp-2")
+    # One "failed" notification for the command, not one per failed or undone component.
+    told = [n for a in acks if (n := from_ack(a, "immediate", None)) is not None]
+    assert [(n.kind, n.command_id) for n in told] == [("rollback_failed", final.command_id)]
     # Nothing moved: the live pointer and the invalidation wait for a whole success.
     assert await reader.read(topics.DEPLOYMENTS.name, until=lambda r: False, timeout_s=1) == []
     assert await reader.read(topics.INVALIDATIONS.name, until=lambda r: False, timeout_s=0.5) == []

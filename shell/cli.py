@@ -15,6 +15,7 @@ from rollguard.settings import RollguardSettings
 from rollguard_shell.commands import Parser, admin, baseline, incident, ledger, operations, running
 from rollguard_shell.commands import invalidations as invalidations_cmd
 from rollguard_shell.discovery import BrokerRecord, with_running_broker
+from rollguard_shell.environment import check_environment
 
 #: Every command group, in --help order. A new group is a module with register(sub).
 GROUPS = (running, operations, admin, ledger, incident, baseline, invalidations_cmd)
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_settings() -> RollguardSettings:
+    check_environment(os.environ)
     try:
         return RollguardSettings()
     except ValidationError as exc:

@@ -116,3 +116,50 @@ def test_verify_of_a_database_without_a_ledger_table_is_an_error(tmp_path: Path)
     result = rollguard("ledger", "verify", "--url", f"sqlite:///{other}")
     assert result.returncode == 2
     assert "no ledger table 'ledger_entries'" in one_line_error(result)
+
+
+def test_a_misspelt_setting_is_an_error_naming_the_nearest_one(tmp_path: Path) -> None:
+    """It used to be ignored: ROLLGUARD_KAFKA_BOOSTRAP=... started a private embedded broker."""
+    result = rollguard(
+        "ledger",
+        "verify",
+        env={"ROLLGUARD_KAFKA_BOOSTRAP": "kafka:9092", "ROLLGUARD_STATE_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 2
+    assert (
+        "unknown setting ROLLGUARD_KAFKA_BOOSTRAP (did you mean ROLLGUARD_KAFKA_BOOTSTRAP?)"
+        in one_line_error(result)
+    )
+    # Nested settings and what the command applier gives its scripts are not unknown.
+    fine = rollguard(
+        "ledger",
+        "verify",
+        env={
+            "ROLLGUARD_EXECUTOR_WEBHOOK__SECRET": "s",
+            "ROLLGUARD_COMMAND_ID": "c",
+            "ROLLGUARD_STATE_DIR": str(tmp_path),
+        },
+    )
+    assert "unknown setting" not in fine.stderr
+
+
+def test_every_variable_the_docs_name_is_a_setting() -> None:
+    import re
+
+    from rollguard_shell.environment import known_variables
+
+    names, prefixes = known_variables()
+    texts = [ROOT / "README.md", ROOT / "docker-compose.yml", *ROOT.glob("docs/*.md")]
+    texts += list(ROOT.glob("deploy/**/*.yaml"))
+    named = {m for p in texts for m in re.findall(r"ROLLGUARD_[A-Z0-9_]*[A-Z0-9]", p.read_text())}
+    unknown = {
+        n
+        for n in named
+        if n not in names
+        and not n.startswith(tuple(prefixes))
+        and not any(
+            k.startswith(n + "_")
+            for k in names  # a prefix named in prose: ROLLGUARD_DECIDER
+        )
+    }
+    assert unknown == set()

@@ -21,6 +21,17 @@ from rollguard.errors import ConfigError
 from rollguard_services.executor.appliers.base import Effect, Step
 from rollguard_services.executor.settings import CommandSettings
 
+#: What a script learns of its step from the environment (besides the JSON on stdin).
+STEP_VARIABLES = (
+    "ROLLGUARD_COMMAND_ID",
+    "ROLLGUARD_IDEMPOTENCY_KEY",
+    "ROLLGUARD_MODEL_ID",
+    "ROLLGUARD_COMPONENT",
+    "ROLLGUARD_FROM_VERSION",
+    "ROLLGUARD_TO_VERSION",
+    "ROLLGUARD_COMPENSATION",
+)
+
 #: How much of the script's output goes into the ack's detail.
 _OUTPUT_SHOWN = 300
 
@@ -39,16 +50,16 @@ class CommandApplier:
         s = self.settings
         # The child inherits the executor's environment (PATH, credentials its script needs),
         # plus what this step is about.
-        env = {
-            **os.environ,
-            "ROLLGUARD_COMMAND_ID": step.command.command_id,
-            "ROLLGUARD_IDEMPOTENCY_KEY": step.idempotency_key,
-            "ROLLGUARD_MODEL_ID": step.command.model_id,
-            "ROLLGUARD_COMPONENT": step.component,
-            "ROLLGUARD_FROM_VERSION": step.from_version,
-            "ROLLGUARD_TO_VERSION": step.to_version,
-            "ROLLGUARD_COMPENSATION": "1" if step.compensation else "0",
-        }
+        values = (
+            step.command.command_id,
+            step.idempotency_key,
+            step.command.model_id,
+            step.component,
+            step.from_version,
+            step.to_version,
+            "1" if step.compensation else "0",
+        )
+        env = {**os.environ, **dict(zip(STEP_VARIABLES, values, strict=True))}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *s.argv,

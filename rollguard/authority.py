@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
@@ -60,6 +61,42 @@ class TokenRegistry:
                 )
             identities[digest] = Identity(str(name), str(role))
         return cls(identities)
+
+
+class TokenSource:
+    """The tokens file as it is now: reloaded when it changes (created, edited, removed),
+    checked at most once per ``min_interval_s``. A file that does not load keeps the last good
+    registry and says why (``last_error``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.current = TokenRegistry.load(path)
+        self.last_error: str | None = None
+        self._stamp = self._mtime()
+        self._checked = 0.0
+
+    def _mtime(self) -> float | None:
+        try:
+            return self.path.stat().st_mtime_ns / 1e9
+        except OSError:
+            return None
+
+    def refresh(self, min_interval_s: float = 1.0, *, force: bool = False) -> bool:
+        """True when a new registry is in force."""
+        now = time.monotonic()
+        if not force and now - self._checked < min_interval_s:
+            return False
+        self._checked = now
+        stamp = self._mtime()
+        if not force and stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            self.current, self.last_error = TokenRegistry.load(self.path), None
+        except ConfigError as exc:
+            self.last_error = str(exc)
+            return False
+        return True
 
 
 def create_token(path: Path, name: str, role: str) -> str:

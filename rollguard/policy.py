@@ -184,11 +184,18 @@ def _describe(
     return f"{at}: {where}: {first['msg']} (got {first.get('input')!r})"
 
 
+#: The shipped defaults' file name in a policy directory: merged first, whatever the others are.
+SHIPPED_DEFAULT_NAMES = ("default.yaml", "default.yml")
+
+
 def _files(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            out += sorted(p.glob("*.yaml")) + sorted(p.glob("*.yml"))
+            # The shipped default first, then the team's files in name order: a team's
+            # 50-team.yaml overrides default.yaml, never the other way round.
+            found = sorted([*p.glob("*.yaml"), *p.glob("*.yml")], key=lambda f: f.name)
+            out += sorted(found, key=lambda f: f.name not in SHIPPED_DEFAULT_NAMES)
         elif p.is_file():
             out.append(p)
         else:
@@ -336,8 +343,11 @@ class PolicySource:
                 stamps.append((source, Path(source).stat().st_mtime))
             except OSError:
                 stamps.append((source, -1.0))
-        if self.path is not None and self.path.is_dir():
-            stamps += [(str(p), p.stat().st_mtime) for p in sorted(self.path.glob("*.y*ml"))]
+        # A directory (given, or the ./policies/ used when none is): files added to it or
+        # removed from it count as a change too.
+        folder = self.path if self.path is not None else SHIPPED_POLICY
+        if folder.is_dir():
+            stamps += [(str(p), p.stat().st_mtime) for p in sorted(folder.glob("*.y*ml"))]
         return tuple(sorted(set(stamps)))
 
     def changed(self) -> bool:

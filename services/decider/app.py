@@ -23,7 +23,7 @@ import faust
 from pydantic import ValidationError
 
 from rollguard import topics
-from rollguard.authority import TokenRegistry
+from rollguard.authority import TokenRegistry, TokenSource
 from rollguard.bus import DeadLetterSink, client_options
 from rollguard.events import (
     Approval,
@@ -86,9 +86,13 @@ class Decider:
         self.policy = policy
         self.signer = signer
         self.svc = decider_settings
-        self.tokens = (
-            tokens if tokens is not None else TokenRegistry.load(settings.resolved_tokens_file)
-        )
+        #: Followed as the file changes, unless fixed tokens are given (tests).
+        self._token_source: TokenSource | None = None
+        if tokens is None:
+            self._token_source = TokenSource(settings.resolved_tokens_file)
+            tokens = self._token_source.current
+        self.tokens = tokens
+        self._token_error: str | None = None
         self.ready = asyncio.Event()
         self.counts: Counter[str] = Counter()
 
@@ -104,7 +108,19 @@ class Decider:
     def reload(self) -> None:
         """SIGHUP: reload policy and tokens; a bad policy keeps the last good one."""
         self.policy.refresh(force=True)
-        self.tokens = TokenRegistry.load(self.settings.resolved_tokens_file)
+        self._refresh_tokens(force=True)
+
+    def _refresh_tokens(self, *, force: bool = False) -> None:
+        source = self._token_source
+        if source is None:
+            return
+        if source.refresh(force=force):
+            self.tokens = source.current
+            log.info("tokens_reloaded", path=str(source.path), tokens=len(self.tokens))
+        if source.last_error != self._token_error:  # say it once per bad version of the file
+            self._token_error = source.last_error
+            if source.last_error is not None:
+                log.error("tokens_rejected", error=source.last_error, kept="last good tokens")
 
     def build_app(self) -> faust.App:
         s = self.settings
@@ -278,8 +294,8 @@ class Decider:
 
         @app.timer(self.svc.tick_s)  # type: ignore[untyped-decorator]  # faust's timer is untyped
         async def tick() -> None:
-            if self.policy.refresh(0.0) is not None:
-                self.tokens = TokenRegistry.load(self.settings.resolved_tokens_file)
+            self.policy.refresh()
+            self._refresh_tokens()
             now = utcnow()
             for model_id, stored in list(states.items()):
                 if due(ModelState.model_validate_json(stored), self.context(model_id, now)):

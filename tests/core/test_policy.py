@@ -7,7 +7,14 @@ import pytest
 import yaml
 
 from rollguard.errors import ConfigError
-from rollguard.policy import ModelPolicy, PolicySet, load_policy, resolve_policy, typed_detectors
+from rollguard.policy import (
+    ModelPolicy,
+    PolicySet,
+    PolicySource,
+    load_policy,
+    resolve_policy,
+    typed_detectors,
+)
 from rollguard_services.detector.kinds import config_classes
 from rollguard_services.detector.kinds.error_rate import ErrorRateConfig
 from rollguard_services.detector.kinds.ks import KsConfig
@@ -156,3 +163,25 @@ def test_without_the_kinds_a_policy_keeps_detector_entries_as_written(tmp_path: 
     assert (entry.kind, entry.model_extra, entry.tier) == ("ks", {"alpha": 0.02}, None)
     typed = typed_detectors(load_policy(path).defaults, KINDS).detectors["d"]
     assert isinstance(typed, KsConfig) and (typed.alpha, typed.tier) == (0.02, "rapid")
+
+
+def test_the_shipped_default_merges_first_and_a_teams_file_overrides_it(tmp_path: Path) -> None:
+    (tmp_path / "default.yaml").write_text((ROOT / "policies" / "default.yaml").read_text())
+    write(tmp_path, {"defaults": {"rollback": {"cooldown_s": 30}}}, name="50-team.yaml")
+    policy = load_policy(tmp_path, kinds=KINDS)
+    assert policy.defaults.rollback.cooldown_s == 30
+    assert [Path(s).name for s in policy.sources] == ["default.yaml", "50-team.yaml"]
+
+
+def test_a_policy_file_added_to_or_removed_from_the_directory_is_picked_up(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, {"defaults": {"rollback": {"cooldown_s": 30}}}, name="10-base.yaml")
+    source = PolicySource(tmp_path, kinds=KINDS)
+    assert source.refresh(0.0) is None  # nothing changed
+    added = write(tmp_path, {"defaults": {"rollback": {"cooldown_s": 45}}}, name="60-late.yaml")
+    assert source.refresh(0.0) is True
+    assert source.current.defaults.rollback.cooldown_s == 45
+    added.unlink()
+    assert source.refresh(0.0) is True
+    assert source.current.defaults.rollback.cooldown_s == 30

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -55,3 +57,24 @@ def test_key_rotation_trusts_every_public_key(tmp_path: Path) -> None:
     trusted = load_trusted_keys(tmp_path / "trusted")
     for name in ("old.pem", "new.pem"):
         assert verify_command(load_signer(tmp_path / name).sign(command()), trusted, ev.utcnow()).ok
+
+
+def test_a_token_created_while_running_is_picked_up_and_a_bad_file_keeps_the_last(
+    tmp_path: Path,
+) -> None:
+    from rollguard.authority import TokenSource, create_token, hash_token
+
+    path = tmp_path / "tokens.yaml"
+    source = TokenSource(path)  # no file yet: nobody may approve
+    assert len(source.current) == 0
+    token = create_token(path, "dora", "data_engineering_lead")
+    assert source.refresh(0.0) is True
+    who = source.current.lookup(hash_token(token))
+    assert who is not None and who.name == "dora"
+    assert source.refresh(0.0) is False  # unchanged
+    path.write_text("tokens: [{name: x}]\n")  # broken
+    os.utime(path, ns=(1, time.time_ns() + 10**9))  # a new mtime even on a coarse clock
+    assert source.refresh(0.0) is False and source.last_error is not None
+    assert source.current.lookup(hash_token(token)) is not None  # the last good registry stays
+    path.unlink()  # revoked by removing the file
+    assert source.refresh(0.0) is True and len(source.current) == 0

@@ -176,12 +176,15 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
 def _describe(
     exc: ValidationError, path: Path, root: yaml.Node | None, prefix: tuple[Any, ...]
 ) -> str:
-    first = exc.errors()[0]
-    loc = (*prefix, *first["loc"])
-    where = ".".join(str(p) for p in loc) or "(top level)"
-    line = _line_of(root, loc)
-    at = f"{path}:{line}" if line else str(path)
-    return f"{at}: {where}: {first['msg']} (got {first.get('input')!r})"
+    """Every error of one validation, a line each: ``file:line: field: message (got ...)``."""
+    lines = []
+    for error in exc.errors():
+        loc = (*prefix, *error["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(root, loc)
+        at = f"{path}:{line}" if line else str(path)
+        lines.append(f"{at}: {where}: {error['msg']} (got {error.get('input')!r})")
+    return "\n".join(lines)
 
 
 #: The shipped defaults' file name in a policy directory: merged first, whatever the others are.

@@ -300,3 +300,17 @@ def test_detector_follows_a_changed_policy_file(tmp_path: Path) -> None:
     assert (
         detector.folder.latency_windows._policy("m").seconds == 5.0
     )  # the windows see the new policy too
+
+
+def test_policy_lint_reports_every_error_of_a_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("defaults:\n  rollback:\n    level: sideways\n    cooldown_s: -1\n")
+    result = rollguard("policy", "lint", str(bad))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, result.stderr
+    text = "\n".join(lines)
+    assert f"{bad}:3: defaults.rollback.level: Input should be 'auto' or 'system'" in text
+    assert (
+        f"{bad}:4: defaults.rollback.cooldown_s: Input should be greater than or equal to" in text
+    )

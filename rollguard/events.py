@@ -202,7 +202,7 @@ class Breach(ModelEvent):
     tier: Tier
     sustain: Sustain | None = Field(
         default=None,
-        description="Rapid tier: k of n windows breached (hits >= k); none for the other tiers.",
+        description="Rapid tier (required): k of n windows breached, hits >= k; none otherwise.",
     )
     version_first_event_ts: AwareDatetime | None = Field(
         default=None, description="First event of this model version the detector saw (MTTD)."
@@ -214,7 +214,10 @@ class Breach(ModelEvent):
 
     @model_validator(mode="after")
     def _sustained(self) -> Breach:
-        # An unsustained rapid measurement is not a breach: the detector holds it back.
+        # An unsustained rapid measurement is not a breach: the detector holds it back, and
+        # a rapid breach must say how it was sustained.
+        if self.tier == "rapid" and self.sustain is None:
+            raise ValueError("sustain: a rapid-tier breach needs its k of n (sustain)")
         if self.sustain is not None and self.sustain.hits < self.sustain.k:
             raise ValueError(
                 f"sustain: {self.sustain.hits} of the last {self.sustain.n} windows breached, "

@@ -287,10 +287,13 @@ def load_policy(*paths: Path, kinds: DetectorKinds | None = None) -> PolicySet:
     validated: dict[str, ModelPolicy] = {}
     for model_id, (override, path, root) in overrides.items():
         try:
-            # Only what was set: a kind's own defaults are filled in by its config class.
-            merged = ModelPolicy.model_validate(
-                _deep_merge(base.model_dump(exclude_unset=True), override)
-            )
+            # Only what was set, so a kind's own defaults are filled in by its config class;
+            # but every detector entry of the defaults, set or defaulted, is kept.
+            dumped = base.model_dump(exclude_unset=True)
+            dumped["detectors"] = {
+                name: entry.model_dump(exclude_unset=True) for name, entry in base.detectors.items()
+            }
+            merged = ModelPolicy.model_validate(_deep_merge(dumped, override))
         except ValidationError as exc:
             raise ConfigError(_describe(exc, path, root, ("models", model_id))) from exc
         if kinds is not None:

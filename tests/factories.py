@@ -66,5 +66,7 @@ def breach(version: str = "v2", tier: str = "immediate", **kw: Any) -> ev.Breach
         "n": 200,
         "tier": tier,
     }
+    if tier == "rapid":
+        base["sustain"] = ev.Sustain(k=2, n=3, hits=2)  # as the detector publishes it
     base.update(kw)
     return ev.Breach(**base)

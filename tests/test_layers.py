@@ -23,14 +23,30 @@ FLOORS = {
 FLOOR_OF = {name: floor for name, floor in FLOORS.values()}
 
 
-def imports_of(path: Path) -> list[tuple[int, str]]:
-    """Every module a file imports (line, dotted name), including imports inside functions."""
+def imports_of(path: Path, package: str) -> list[tuple[int, str]]:
+    """Every module a file imports (line, dotted name): imports inside functions too, each
+    name of ``from X import a, b`` as ``X.a`` / ``X.b`` (it may be a module), relative
+    imports resolved against ``package``, and ``importlib.import_module("...")`` /
+    ``__import__("...")`` with a literal name."""
     found: list[tuple[int, str]] = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found.append((node.lineno, node.module))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parent = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{parent}.{base}" if base else parent
+            found.append((node.lineno, base))
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+        elif isinstance(node, ast.Call) and node.args:
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first = node.args[0]
+            literal = isinstance(first, ast.Constant) and isinstance(first.value, str)
+            if name in ("import_module", "__import__") and literal:
+                found.append((node.lineno, str(first.value)))  # type: ignore[attr-defined]
     return found
 
 
@@ -40,7 +56,9 @@ def layering_faults(root: Path) -> list[str]:
         for path in sorted((root / folder).rglob("*.py")):
             rel = path.relative_to(root)
             own_service = rel.parts[1] if folder == "services" and len(rel.parts) > 2 else None
-            for line, module in imports_of(path):
+            inside = path.parent.relative_to(root / folder).parts
+            package = ".".join([FLOORS[folder][0], *inside])
+            for line, module in imports_of(path, package):
                 top = module.split(".")[0]
                 if top == "services":
                     faults.append(
@@ -74,12 +92,24 @@ def test_the_check_sees_a_core_module_importing_a_service(tmp_path: Path) -> Non
         "def load():\n    from rollguard_services.detector import kinds\n"
     )
     (tmp_path / "services" / "detector" / "app.py").write_text(
-        "import rollguard_shell.cli\nfrom rollguard_services.decider import state\n"
+        "import rollguard_shell.cli\n"
+        "from rollguard_services.decider import state\n"
+        "from rollguard_services import executor\n"
+        "from ..notifier import outbox\n"
+        "import importlib\n"
+        "importlib.import_module('rollguard_shell.runner')\n"
+        "from . import folding\n"
     )
-    assert layering_faults(tmp_path) == [
+    assert sorted(set(layering_faults(tmp_path))) == [
         "rollguard/policy.py:2 imports rollguard_services.detector, a floor above",
+        "rollguard/policy.py:2 imports rollguard_services.detector.kinds, a floor above",
         "services/detector/app.py:1 imports rollguard_shell.cli, a floor above",
         "services/detector/app.py:2 imports another service: rollguard_services.decider",
+        "services/detector/app.py:2 imports another service: rollguard_services.decider.state",
+        "services/detector/app.py:3 imports another service: rollguard_services.executor",
+        "services/detector/app.py:4 imports another service: rollguard_services.notifier",
+        "services/detector/app.py:4 imports another service: rollguard_services.notifier.outbox",
+        "services/detector/app.py:6 imports rollguard_shell.runner, a floor above",
     ]
 
 

@@ -257,7 +257,8 @@ class Folder:
                 acc = window.numeric.get(signal)
                 if acc is None:
                     acc = window.numeric[signal] = NumericAccumulator(
-                        model.grids.get(signal), Reservoir(self._reservoir_cap(configs), self.rng)
+                        model.grids.get(signal),
+                        Reservoir(self._reservoir_cap(window.model_id), self.rng),
                     )
                 acc.add(values)
                 n = len(values)
@@ -274,10 +275,12 @@ class Folder:
             if fold is not None:
                 fold(name, config, window, columns, sel)
 
-    def _reservoir_cap(self, configs: dict[str, DetectorBase]) -> int:
+    def _reservoir_cap(self, model_id: str) -> int:
+        """The largest sample any detector instance asks for; disabled ones count too (as
+        they always have: the cap also sizes captured baselines, which outlive a toggle)."""
         caps = [
             reservoir(config)
-            for config in configs.values()
+            for config in self.kinds.typed(self._policy(model_id)).values()
             if (reservoir := self.kinds.kind(config).reservoir) is not None
         ]
         return max(caps) if caps else bl.REFERENCE_CAP

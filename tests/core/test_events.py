@@ -103,6 +103,8 @@ def test_a_rapid_breach_must_be_sustained() -> None:
         breach(tier="rapid", sustain=Sustain(k=2, n=3, hits=1))
     with pytest.raises(ValidationError, match="k <= n"):
         Sustain(k=4, n=3, hits=3)
+    with pytest.raises(ValidationError, match="a rapid-tier breach needs its k of n"):
+        breach(tier="rapid", sustain=None)
 
 
 def test_reason_codes_are_a_closed_set() -> None:

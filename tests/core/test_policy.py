@@ -185,3 +185,26 @@ def test_a_policy_file_added_to_or_removed_from_the_directory_is_picked_up(
     added.unlink()
     assert source.refresh(0.0) is True
     assert source.current.defaults.rollback.cooldown_s == 30
+
+
+@pytest.mark.parametrize("kinds", [None, KINDS], ids=["without-kinds", "with-kinds"])
+def test_a_model_override_keeps_the_default_detectors_with_or_without_the_kinds(
+    tmp_path: Path, kinds: object
+) -> None:
+    """Review: loaded without the kinds (deploy check, the demo), an override that changed one
+    field of a default detector lost its kind, and one that added a detector lost the rest."""
+    path = write(
+        tmp_path,
+        {
+            "models": {
+                "m1": {"detectors": {"prediction_ks": {"alpha": 0.05}}},
+                "m2": {"detectors": {"extra": {"kind": "ks", "alpha": 0.02}}},
+            }
+        },
+    )
+    policy = load_policy(path, kinds=kinds)  # type: ignore[arg-type]
+    m1, m2 = policy.for_model("m1").detectors, policy.for_model("m2").detectors
+    assert m1["prediction_ks"].kind == "ks"
+    alpha = (m1["prediction_ks"].model_extra or {}).get("alpha") if kinds is None else None
+    assert alpha == 0.05 or getattr(m1["prediction_ks"], "alpha", None) == 0.05
+    assert set(m2) == {*ModelPolicy().detectors, "extra"}

@@ -97,3 +97,22 @@ async def test_a_kind_defined_in_a_test_is_evaluated_through_the_broker(
         ("too_high", "mean_above", "v2", "immediate")
     }
     assert all(b.value > 2.0 and b.statistic == "mean" for b in breaches)
+
+
+def test_a_disabled_ks_entry_still_sizes_the_reservoir() -> None:
+    """Review: the reservoir cap was the largest of every KS entry, enabled or not; the
+    refactor had quietly made it enabled-only (and so changed exact-test samples)."""
+    from rollguard.policy import ModelPolicy, PolicySet
+    from rollguard_services.detector.kinds.ks import KsConfig
+
+    policy = PolicySet(
+        defaults=ModelPolicy(
+            detectors={
+                "ks": KsConfig(reservoir=300),
+                "ks_off": KsConfig(enabled=False, reservoir=5000),
+            }
+        )
+    )
+    settings = RollguardSettings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t.")
+    detector = Detector(settings, policy, DetectorSettings(seed=1))
+    assert detector.folder._reservoir_cap("m") == 5000

@@ -66,15 +66,18 @@ class Resolved:
 
     def configs(self, policy: ModelPolicy) -> dict[str, DetectorBase]:
         """Enabled detector instances of one model's policy, by instance name."""
+        return {name: c for name, c in self.typed(policy).items() if c.enabled}
+
+    def typed(self, policy: ModelPolicy) -> dict[str, DetectorBase]:
+        """Every detector instance of the policy, enabled or not, typed by its kind."""
         hit = self._cache.get(id(policy))
         if hit is not None and hit[0] is policy:
             return hit[1]
         typed = typed_detectors(policy, self._classes).detectors
-        enabled = {name: c for name, c in typed.items() if c.enabled}
         if len(self._cache) >= 256:  # policies change rarely; never grow without bound
             self._cache.clear()
-        self._cache[id(policy)] = (policy, enabled)
-        return enabled
+        self._cache[id(policy)] = (policy, typed)
+        return typed
 
     def kind(self, config: DetectorBase) -> AnyKind:
         return get_kind(config.kind, self.kinds)

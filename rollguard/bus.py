@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -192,6 +193,12 @@ def producer_send(producer: AIOKafkaProducer) -> Send:
     return send
 
 
+#: The most of a rejected record's value a dead letter keeps: base64 makes it a third larger,
+#: and the letter must stay far below the producer's 1 MiB request limit, however large the
+#: record was (a record too large to copy whole is never a reason to crash).
+MAX_DEAD_LETTER_RAW = 256 * 1024
+
+
 class DeadLetterSink:
     """Sends what a consumer cannot accept to the dead-letter topic, and counts it by kind."""
 
@@ -204,6 +211,8 @@ class DeadLetterSink:
     async def send(self, record: SourceRecord, error: str, kind: str) -> None:
         raw = record.value if isinstance(record.value, bytes) else b""
         key = record.key if isinstance(record.key, bytes) else None
+        if key is not None and len(key) > 256:
+            key = key[:256]
         letter = DeadLetter(
             model_id=key.decode(errors="replace") if key else None,
             source_topic=record.topic,
@@ -211,7 +220,10 @@ class DeadLetterSink:
             offset=record.offset,
             consumer=self._consumer,
             error=f"{kind}: {error}"[:4000],
-            raw_b64=base64.b64encode(raw).decode(),
+            raw_b64=base64.b64encode(raw[:MAX_DEAD_LETTER_RAW]).decode(),
+            raw_size=len(raw),
+            raw_sha256=hashlib.sha256(raw).hexdigest(),
+            raw_truncated=len(raw) > MAX_DEAD_LETTER_RAW,
         )
         self.counts[kind] += 1
         log.warning(

@@ -381,7 +381,12 @@ class DeadLetter(Event):
     offset: int
     consumer: str
     error: str
-    raw_b64: str = Field(description="The raw message value, base64.")
+    raw_b64: str = Field(description="The raw message value, base64 (its start if truncated).")
+    raw_size: int = Field(default=0, ge=0, description="Size of the whole raw value, bytes.")
+    raw_sha256: str = Field(default="", description="SHA-256 of the whole raw value (hex).")
+    raw_truncated: bool = Field(
+        default=False, description="Only the start of the value is kept (it was too large)."
+    )
 
 
 class LastHealthCheck(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -104,3 +105,31 @@ async def test_bad_version_breaches_good_one_does_not_and_bad_input_is_dead_lett
     assert all(letter.source_topic == topics_ready.topic(topics.LATENCY.name) for letter in letters)
     assert any("latency_ms" in letter.error for letter in letters)
     assert any("schema" in letter.error for letter in letters)
+
+
+async def test_a_record_too_large_to_copy_is_dead_lettered_truncated_and_the_loop_goes_on(
+    topics_ready: RollguardSettings,
+    publish: Callable[..., Awaitable[None]],
+    reader: TopicReader,
+) -> None:
+    """Issue 11: a ~900 KB invalid message made a dead letter (base64 of it all) larger than the
+    producer's 1 MiB limit, and MessageSizeTooLargeError stopped the detector."""
+    import hashlib
+
+    huge = b'{"model_id": "m", "junk": "' + b"x" * 900_000 + b'"}'
+    await publish(topics.LATENCY.name, huge, key=b"m")
+    for event in traffic("v2", 400, 0.25, seed=4):  # after it: still judged
+        await publish(topics.LATENCY.name, event)
+    detector = Detector(topics_ready, PolicySet(), DetectorSettings(group_id="det-huge"))
+    await run_until(
+        detector,
+        lambda: detector.counts["breaches"] >= 1 and detector.counts["latency_events"] == 400,
+    )
+    (letter,) = [
+        DeadLetter.model_validate_json(r.value)
+        for r in await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) >= 1)
+    ]
+    assert letter.raw_truncated and letter.raw_size == len(huge)
+    assert letter.raw_sha256 == hashlib.sha256(huge).hexdigest()
+    assert huge.startswith(base64.b64decode(letter.raw_b64))
+    assert len(letter.encode()) < 512 * 1024

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -65,6 +65,7 @@ from rollguard_services.detector.sustain import publishable
 from rollguard_services.detector.windows import LatencyWindow, VersionKey, VersionWindow
 
 log = get_logger("rollguard.detector")
+E = TypeVar("E", BusinessMetricEvent, HealthCheckEvent)
 
 Batches = dict[TopicPartition, list[Record]]
 Parsed = dict[TopicPartition, decoding.Parsed]
@@ -322,19 +323,19 @@ class Detector:
             ready = parsed.get(tp) if parsed is not None else None
             if tp.topic == self._latency_topic:
                 batch, rejected = decode_latency(records, ready)
-                await self._reject(rejected)
                 self.counts["latency_events"] += len(batch)
                 self.counts[f"latency_batches_{batch.path}"] += 1
-                closed += self.folder.fold_latency(batch, time.time())
+                closed += self.folder.fold_latency(batch, time.time(), rejected)
+                await self._reject(rejected)
             elif tp.topic == self._predictions_topic:
                 await self.fold_predictions(*decode_predictions(records, ready))
             elif tp.topic == self._business_topic:
-                good_b, rejected = decode_batch(records, BusinessMetricEvent)
+                good_b, rejected = self._not_ahead(decode_batch(records, BusinessMetricEvent))
                 await self._reject(rejected)
                 self.counts["business_events"] += len(good_b)
                 self.folder.fold_business([e for _, e in good_b], time.time())
             elif tp.topic == self._health_topic:
-                good_h, rejected = decode_batch(records, HealthCheckEvent)
+                good_h, rejected = self._not_ahead(decode_batch(records, HealthCheckEvent))
                 await self._reject(rejected)
                 self.counts["health_events"] += len(good_h)
                 self.folder.fold_health([e for _, e in good_h], time.time())
@@ -351,6 +352,26 @@ class Detector:
             await self.publish(self.judge(window))
         for vw in closed_versions:
             await self.publish(self.close_version_window(vw))
+
+    def _not_ahead(
+        self, decoded: tuple[list[tuple[Record, E]], list[Rejected]]
+    ) -> tuple[list[tuple[Record, E]], list[Rejected]]:
+        """Business and health events dated too far ahead are refused like latency ones."""
+        good, rejected = decoded
+        limit = time.time() + self.svc.max_future_s
+        kept = [(r, e) for r, e in good if e.ts.timestamp() <= limit]
+        for record, e in good:
+            if e.ts.timestamp() > limit:
+                rejected.append(
+                    Rejected(
+                        record,
+                        "invalid",
+                        "ts: ahead of the detector's clock by more "
+                        f"than max_future_s={self.svc.max_future_s:g}",
+                    )
+                )
+        self.counts["events_from_the_future"] += len(good) - len(kept)
+        return kept, rejected
 
     def _topic_order(self, topic: str) -> int:
         order = (self._latency_topic, self._predictions_topic, self._business_topic)

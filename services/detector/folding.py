@@ -167,9 +167,39 @@ class Folder:
 
     # --- latency ---------------------------------------------------------------------------
 
-    def fold_latency(self, batch: LatencyBatch, now: float) -> list[LatencyWindow]:
+    def refuse_future(
+        self,
+        batch: LatencyBatch | PredictionBatch,
+        rows: npt.NDArray[np.intp],
+        now: float,
+        rejected: list[Rejected],
+    ) -> npt.NDArray[np.intp]:
+        """``rows`` without those dated more than ``max_future_s`` ahead of ``now``, which go
+        to ``rejected``: a producer with a fast clock must not open a window in the future
+        that every later event of its version folds into."""
+        ahead = batch.ts[rows] > now + self.svc.max_future_s
+        if not ahead.any():
+            return rows
+        for i in rows[ahead].tolist():
+            rejected.append(
+                Rejected(
+                    batch.records[i],
+                    "invalid",
+                    f"ts: {batch.ts[i] - now:.0f}s ahead of the detector's clock "
+                    f"(more than max_future_s={self.svc.max_future_s:g})",
+                )
+            )
+        self.counts["events_from_the_future"] += int(ahead.sum())
+        return rows[~ahead]
+
+    def fold_latency(
+        self, batch: LatencyBatch, now: float, rejected: list[Rejected]
+    ) -> list[LatencyWindow]:
         closed: list[LatencyWindow] = []
-        for key, rows in batch.groups.items():
+        for key, all_rows in batch.groups.items():
+            rows = self.refuse_future(batch, all_rows, now, rejected)
+            if len(rows) == 0:
+                continue
             self.saw(key, float(batch.ts[rows[0]]), len(rows), now)
             closed += self.latency_windows.add(
                 key,
@@ -191,6 +221,9 @@ class Folder:
         now: float,
     ) -> None:
         """Fold one version's rows of a prediction batch; bad rows go to ``rejected``."""
+        rows = self.refuse_future(batch, rows, now, rejected)
+        if len(rows) == 0:
+            return
         model = self.model(key[0])
         columns, bad = self._columns(model, batch, rows)
         if bad:

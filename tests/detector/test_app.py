@@ -133,3 +133,28 @@ async def test_a_record_too_large_to_copy_is_dead_lettered_truncated_and_the_loo
     assert letter.raw_sha256 == hashlib.sha256(huge).hexdigest()
     assert huge.startswith(base64.b64decode(letter.raw_b64))
     assert len(letter.encode()) < 512 * 1024
+
+
+async def test_an_event_from_the_future_is_refused_and_does_not_blind_the_version(
+    topics_ready: RollguardSettings,
+    publish: Callable[..., Awaitable[None]],
+    reader: TopicReader,
+) -> None:
+    """Issue 11: one schema-valid LatencyEvent dated an hour ahead opened a window in the
+    future that every later event folded into: 0 breaches for bad traffic."""
+    bad = traffic("v2", 400, 0.25, seed=6)
+    ahead = bad[0].model_copy(update={"ts": utcnow() + timedelta(hours=1), "request_id": "skew"})
+    await publish(topics.LATENCY.name, ahead)
+    for event in bad:
+        await publish(topics.LATENCY.name, event)
+    detector = Detector(topics_ready, PolicySet(), DetectorSettings(group_id="det-future"))
+    await run_until(
+        detector,
+        lambda: detector.counts["breaches"] >= 1 and detector.counts["latency_events"] == 401,
+    )
+    assert detector.counts["events_from_the_future"] == 1
+    (letter,) = [
+        DeadLetter.model_validate_json(r.value)
+        for r in await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) >= 1)
+    ]
+    assert "ahead of the detector's clock" in letter.error and letter.error.startswith("invalid")

@@ -365,7 +365,7 @@ class Detector:
                 rejected.append(
                     Rejected(
                         record,
-                        "invalid",
+                        "clock_skew",
                         "ts: ahead of the detector's clock by more "
                         f"than max_future_s={self.svc.max_future_s:g}",
                     )

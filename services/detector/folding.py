@@ -184,7 +184,7 @@ class Folder:
             rejected.append(
                 Rejected(
                     batch.records[i],
-                    "invalid",
+                    "clock_skew",
                     f"ts: {batch.ts[i] - now:.0f}s ahead of the detector's clock "
                     f"(more than max_future_s={self.svc.max_future_s:g})",
                 )

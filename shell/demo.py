@@ -31,6 +31,7 @@ from rollguard.events import (
     Components,
     Decision,
     Event,
+    OutputInvalidation,
     RollbackCommand,
     SystemManifest,
 )
@@ -104,7 +105,10 @@ def manifest(version: str, system_version: str, status: str) -> SystemManifest:
 class Observer:
     """Reads the control topics like any other consumer, to show and time what happens."""
 
-    WATCHED = (topics.DEPLOYMENTS, topics.BREACHES, topics.DECISIONS, topics.COMMANDS, topics.ACKS)
+    #: Every topic the ledger records, so "the ledger has as many entries as were seen" means
+    #: it has these very events (watching fewer let an unwatched invalidation stand in for a
+    #: verified ack not yet recorded).
+    WATCHED = topics.LEDGERED
 
     def __init__(self, settings: RollguardSettings) -> None:
         self.settings = settings
@@ -165,6 +169,11 @@ def describe(event: Event) -> str:
         )
     if isinstance(event, CommandAck):
         return f"ack         {event.status} by {event.executor_id}: {event.detail}"
+    if isinstance(event, OutputInvalidation):
+        return (
+            f"invalidated outputs of {', '.join(event.bad_versions)} from "
+            f"{event.valid_from:%H:%M:%S} to {event.valid_to:%H:%M:%S}"
+        )
     return type(event).__name__
 
 
@@ -325,11 +334,14 @@ async def run_demo(
             # One connection for the whole wait: opening a store creates its schema and triggers.
             store = LedgerStore(settings.resolved_ledger_url)
             try:
-                await until(
-                    lambda: store.count() >= len(observer.events),
-                    15,
-                    "ledger did not record every control event",
-                )
+
+                def recorded() -> bool:
+                    if store.count() < len(observer.events):
+                        return False
+                    acks = store.iter_entries(MODEL_ID, event_types=("CommandAck",))
+                    return any(e.event_id == verified.event_id for e in acks)
+
+                await until(recorded, 15, "ledger did not record every control event")
             finally:
                 store.close()
         except DemoFailed as exc:

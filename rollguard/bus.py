@@ -352,31 +352,27 @@ async def start_control_producer(
     """A started control producer, idempotent if the broker can do it; if it refuses the
     producer id (the embedded broker does), one warning and acks=all without idempotence.
     Returns the settings that worked, for the next producer."""
-    producer = make_producer(settings, control=True)
-    try:
-        await producer.start()
-        return producer, settings
-    except KafkaConnectionError as exc:
-        await producer.stop()
-        raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-    except KafkaError as exc:
-        await producer.stop()
-        if not settings.enable_idempotence:
-            raise
-        log.warning(
-            "idempotence_refused",
-            bootstrap=settings.kafka_bootstrap,
-            error=type(exc).__name__,
-            fallback="acks=all without idempotence",
-        )
-    settings = settings.model_copy(update={"enable_idempotence": False})
-    producer = make_producer(settings, control=True)
-    try:
-        await producer.start()
-    except KafkaConnectionError as exc:
-        await producer.stop()
-        raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
-    return producer, settings
+    while True:
+        producer = make_producer(settings, control=True)
+        try:
+            await producer.start()
+            return producer, settings
+        except KafkaConnectionError as exc:
+            await producer.stop()
+            raise BrokerUnavailable(
+                f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}"
+            ) from exc
+        except KafkaError as exc:
+            await producer.stop()
+            if not settings.enable_idempotence:
+                raise
+            log.warning(
+                "idempotence_refused",
+                bootstrap=settings.kafka_bootstrap,
+                error=type(exc).__name__,
+                fallback="acks=all without idempotence",
+            )
+            settings = settings.model_copy(update={"enable_idempotence": False})
 
 
 async def negotiate_idempotence(settings: RollguardSettings) -> RollguardSettings:

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -65,7 +65,6 @@ from rollguard_services.detector.sustain import publishable
 from rollguard_services.detector.windows import LatencyWindow, VersionKey, VersionWindow
 
 log = get_logger("rollguard.detector")
-E = TypeVar("E", BusinessMetricEvent, HealthCheckEvent)
 
 Batches = dict[TopicPartition, list[Record]]
 Parsed = dict[TopicPartition, decoding.Parsed]
@@ -330,15 +329,17 @@ class Detector:
             elif tp.topic == self._predictions_topic:
                 await self.fold_predictions(*decode_predictions(records, ready))
             elif tp.topic == self._business_topic:
-                good_b, rejected = self._not_ahead(decode_batch(records, BusinessMetricEvent))
+                good_b, rejected = decode_batch(records, BusinessMetricEvent)
+                business = self.folder.refuse_future_events(good_b, time.time(), rejected)
                 await self._reject(rejected)
-                self.counts["business_events"] += len(good_b)
-                self.folder.fold_business([e for _, e in good_b], time.time())
+                self.counts["business_events"] += len(business)
+                self.folder.fold_business(business, time.time())
             elif tp.topic == self._health_topic:
-                good_h, rejected = self._not_ahead(decode_batch(records, HealthCheckEvent))
+                good_h, rejected = decode_batch(records, HealthCheckEvent)
+                health = self.folder.refuse_future_events(good_h, time.time(), rejected)
                 await self._reject(rejected)
-                self.counts["health_events"] += len(good_h)
-                self.folder.fold_health([e for _, e in good_h], time.time())
+                self.counts["health_events"] += len(health)
+                self.folder.fold_health(health, time.time())
             elif tp.topic == self._outcomes_topic:
                 good_o, rejected = decode_batch(records, OutcomeEvent)
                 await self._reject(rejected)
@@ -352,26 +353,6 @@ class Detector:
             await self.publish(self.judge(window))
         for vw in closed_versions:
             await self.publish(self.close_version_window(vw))
-
-    def _not_ahead(
-        self, decoded: tuple[list[tuple[Record, E]], list[Rejected]]
-    ) -> tuple[list[tuple[Record, E]], list[Rejected]]:
-        """Business and health events dated too far ahead are refused like latency ones."""
-        good, rejected = decoded
-        limit = time.time() + self.svc.max_future_s
-        kept = [(r, e) for r, e in good if e.ts.timestamp() <= limit]
-        for record, e in good:
-            if e.ts.timestamp() > limit:
-                rejected.append(
-                    Rejected(
-                        record,
-                        "clock_skew",
-                        "ts: ahead of the detector's clock by more "
-                        f"than max_future_s={self.svc.max_future_s:g}",
-                    )
-                )
-        self.counts["events_from_the_future"] += len(good) - len(kept)
-        return kept, rejected
 
     def _topic_order(self, topic: str) -> int:
         order = (self._latency_topic, self._predictions_topic, self._business_topic)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
-from typing import cast
+from typing import TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +33,7 @@ from rollguard_services.detector.decoding import (
     Column,
     LatencyBatch,
     PredictionBatch,
+    Record,
     segment_labels,
     select,
     take,
@@ -57,6 +58,7 @@ from rollguard_services.detector.windows import (
 )
 
 log = get_logger("rollguard.detector")
+E = TypeVar("E", BusinessMetricEvent, HealthCheckEvent)
 
 #: Called with a finished baseline capture's snapshots (install them, publish them).
 Captured = Callable[[VersionKey, list[BaselineSnapshot]], None]
@@ -180,17 +182,31 @@ class Folder:
         ahead = batch.ts[rows] > now + self.svc.max_future_s
         if not ahead.any():
             return rows
-        for i in rows[ahead].tolist():
-            rejected.append(
-                Rejected(
-                    batch.records[i],
-                    "clock_skew",
-                    f"ts: {batch.ts[i] - now:.0f}s ahead of the detector's clock "
-                    f"(more than max_future_s={self.svc.max_future_s:g})",
-                )
-            )
-        self.counts["events_from_the_future"] += int(ahead.sum())
+        rejected += [self._clock_skew(batch.records[i], batch.ts[i], now) for i in rows[ahead]]
         return rows[~ahead]
+
+    def refuse_future_events(
+        self, good: list[tuple[Record, E]], now: float, rejected: list[Rejected]
+    ) -> list[E]:
+        """The same for events decoded one by one (business, health): the ones to fold."""
+        limit = now + self.svc.max_future_s
+        kept: list[E] = []
+        for record, event in good:
+            ts = event.ts.timestamp()
+            if ts > limit:
+                rejected.append(self._clock_skew(record, ts, now))
+            else:
+                kept.append(event)
+        return kept
+
+    def _clock_skew(self, record: Record, ts: float, now: float) -> Rejected:
+        self.counts["events_from_the_future"] += 1
+        return Rejected(
+            record,
+            "clock_skew",
+            f"ts: {ts - now:.0f}s ahead of the detector's clock "
+            f"(more than max_future_s={self.svc.max_future_s:g})",
+        )
 
     def fold_latency(
         self, batch: LatencyBatch, now: float, rejected: list[Rejected]

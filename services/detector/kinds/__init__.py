@@ -62,22 +62,31 @@ class Resolved:
     def __init__(self, kinds: Mapping[str, AnyKind] = KINDS) -> None:
         self.kinds = kinds
         self._classes = config_classes(kinds)
-        self._cache: dict[int, tuple[ModelPolicy, dict[str, DetectorBase]]] = {}
+        self._cache: dict[
+            int, tuple[ModelPolicy, dict[str, DetectorBase], dict[str, DetectorBase]]
+        ] = {}
 
     def configs(self, policy: ModelPolicy) -> dict[str, DetectorBase]:
         """Enabled detector instances of one model's policy, by instance name."""
-        return {name: c for name, c in self.typed(policy).items() if c.enabled}
+        return self._resolve(policy)[1]
 
     def typed(self, policy: ModelPolicy) -> dict[str, DetectorBase]:
         """Every detector instance of the policy, enabled or not, typed by its kind."""
+        return self._resolve(policy)[0]
+
+    def _resolve(
+        self, policy: ModelPolicy
+    ) -> tuple[dict[str, DetectorBase], dict[str, DetectorBase]]:
+        # Asked on every fold and evaluation: typed and filtered once per policy object.
         hit = self._cache.get(id(policy))
         if hit is not None and hit[0] is policy:
-            return hit[1]
+            return hit[1], hit[2]
         typed = typed_detectors(policy, self._classes).detectors
+        enabled = {name: c for name, c in typed.items() if c.enabled}
         if len(self._cache) >= 256:  # policies change rarely; never grow without bound
             self._cache.clear()
-        self._cache[id(policy)] = (policy, typed)
-        return typed
+        self._cache[id(policy)] = (policy, typed, enabled)
+        return typed, enabled
 
     def kind(self, config: DetectorBase) -> AnyKind:
         return get_kind(config.kind, self.kinds)

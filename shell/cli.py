@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -16,6 +17,7 @@ from rollguard_shell.commands import Parser, admin, baseline, incident, ledger, 
 from rollguard_shell.commands import invalidations as invalidations_cmd
 from rollguard_shell.discovery import BrokerRecord, with_running_broker
 from rollguard_shell.environment import check_environment
+from rollguard_shell.stopping import Stopped
 
 #: Every command group, in --help order. A new group is a module with register(sub).
 GROUPS = (running, operations, admin, ledger, incident, baseline, invalidations_cmd)
@@ -50,6 +52,9 @@ def refuse_second_up(settings: RollguardSettings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # Ctrl-C stops any command, even one started as a background job of a script (which
+    # inherits SIGINT ignored); the long-running ones stop cleanly (stopping.py).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
@@ -67,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         # The reader went away (`rollguard ledger export | head`): stop quietly, like cat.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(141) from None
+    except Stopped as stop:
+        print(f"rollguard: {stop}; everything it started has stopped", file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:
         print("rollguard: interrupted; everything it started has stopped", file=sys.stderr)
         raise SystemExit(130) from None

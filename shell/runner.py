@@ -34,6 +34,7 @@ from rollguard_services.notifier.settings import NotifierSettings
 from rollguard_services.router.app import RouterService
 from rollguard_services.router.settings import RouterSettings
 from rollguard_shell.discovery import BrokerRecord
+from rollguard_shell.stopping import on_abandon
 
 log = get_logger("rollguard_shell.runner")
 
@@ -131,15 +132,23 @@ async def kafka(
             }
         )
         log.info("embedded_broker", bootstrap=broker.bootstrap, log=str(broker.log_path))
+
+    def abandon() -> None:  # the process is ending now: leave no broker and no record behind
+        if broker is not None:
+            broker.kill()
+        if written is not None:
+            written.remove(settings.state_dir)
+
     try:
-        await wait_for_broker(settings)
-        settings = await negotiate_idempotence(settings)
-        created = await provision_topics(settings)
-        log.info("topics", bootstrap=settings.kafka_bootstrap, created=created)
-        if broker is not None and record:
-            written = BrokerRecord(broker.bootstrap, os.getpid())
-            written.write(settings.state_dir)
-        yield settings
+        with on_abandon(abandon):
+            await wait_for_broker(settings)
+            settings = await negotiate_idempotence(settings)
+            created = await provision_topics(settings)
+            log.info("topics", bootstrap=settings.kafka_bootstrap, created=created)
+            if broker is not None and record:
+                written = BrokerRecord(broker.bootstrap, os.getpid())
+                written.write(settings.state_dir)
+            yield settings
     finally:
         if written is not None:
             written.remove(settings.state_dir)

@@ -130,8 +130,19 @@ def reader(topics_ready: RollguardSettings) -> TopicReader:
     return TopicReader(topics_ready)
 
 
+#: How much longer than on an idle machine the suite's waits may take: 1 by default, raised by
+#: a CI that runs on a loaded machine (ROLLGUARD_TEST_TIME_FACTOR=3). Every wait for something
+#: to happen goes through scaled(); no test asserts how fast anything is (benchmarks do).
+TIME_FACTOR = float(os.environ.get("ROLLGUARD_TEST_TIME_FACTOR", "1"))
+
+
+def scaled(seconds: float) -> float:
+    return seconds * TIME_FACTOR
+
+
 async def until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
     loop = asyncio.get_running_loop()
+    timeout_s = scaled(timeout_s)
     deadline = loop.time() + timeout_s
     while not condition():
         if loop.time() > deadline:
@@ -142,6 +153,7 @@ async def until(condition: Callable[[], bool], timeout_s: float = 30) -> None:
 async def run_until(service: Any, condition: Callable[[], bool], timeout_s: float = 30) -> None:
     """Run a service until ``condition`` holds; fail the test with the service's error if any."""
     task = asyncio.create_task(service.run())
+    timeout_s = scaled(timeout_s)
     try:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s

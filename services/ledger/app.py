@@ -159,7 +159,10 @@ class Ledger:
         self._checkpointed_size = size
         self._uncovered_since = None
         self.counts["checkpoints"] += 1
-        log.info("checkpoint", size=size, head_hash=head[:16], final=final)
+        # The final one is told by the "stopped" line that follows (one line per service).
+        (log.debug if final else log.info)(
+            "checkpoint", size=size, head_hash=head[:16], final=final
+        )
 
     async def _open_store(self) -> LedgerStore:
         """Open the store, retrying with backoff (and saying why) until it answers."""

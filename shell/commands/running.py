@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import signal
 import sys
 
 from rollguard.errors import UsageError
@@ -13,6 +11,7 @@ from rollguard.logs import configure_logging, get_logger
 from rollguard.settings import RollguardSettings
 from rollguard_shell import SERVICE_NAMES
 from rollguard_shell.commands import Subparsers
+from rollguard_shell.stopping import run_stoppable
 
 # The runner and the demo are imported by the handlers that use them: they import every
 # service, which the other commands and --help do not need.
@@ -46,7 +45,7 @@ def _demo(args: argparse.Namespace, settings: RollguardSettings) -> int:
     with open(settings.state_dir / "demo.log", "w") as logf:
         configure_logging(settings.log_level, "json", stream=logf)
         err = Console(stderr=True)
-        report = asyncio.run(
+        report = run_stoppable(
             run_demo(
                 settings,
                 console=err,
@@ -80,7 +79,7 @@ def _up(args: argparse.Namespace, settings: RollguardSettings) -> int:
     from rollguard_shell.runner import CORE_SERVICES
 
     names = [*CORE_SERVICES, *(["router"] if args.with_router else [])]
-    return asyncio.run(_serve(settings, names, record=True))
+    return run_stoppable(_serve(settings, names, record=True))
 
 
 def _run(args: argparse.Namespace, settings: RollguardSettings) -> int:
@@ -89,23 +88,17 @@ def _run(args: argparse.Namespace, settings: RollguardSettings) -> int:
             "rollguard run needs ROLLGUARD_KAFKA_BOOTSTRAP, or a `rollguard up` running on the"
             f" same state directory ({settings.state_dir})"
         )
-    return asyncio.run(_serve(settings, [args.service]))
+    return run_stoppable(_serve(settings, [args.service]))
 
 
 async def _serve(settings: RollguardSettings, names: list[str], *, record: bool = False) -> int:
     from rollguard_shell.runner import build_service, ensure_keys, kafka, run_services
 
     log = get_logger("rollguard")
-    main_task = asyncio.current_task()
-    assert main_task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     async with kafka(settings, record=record) as live_settings:
         if "decider" in names:  # a decider signs; an executor alone only needs public keys
             ensure_keys(live_settings)
         services = [build_service(n, live_settings) for n in names]
         log.info("running", services=names, bootstrap=live_settings.kafka_bootstrap)
-        try:
-            await run_services(services)
-        except asyncio.CancelledError:
-            log.info("shutting_down", services=names)
+        await run_services(services)  # until a signal cancels it (rollguard_shell.stopping)
     return 0

@@ -95,6 +95,16 @@ async def publish(topics_ready: RollguardSettings) -> AsyncIterator[Callable[...
     await producer.stop()
 
 
+#: How much longer than on an idle machine the suite's waits may take: 1 by default, raised by
+#: a CI that runs on a loaded machine (ROLLGUARD_TEST_TIME_FACTOR=3). Every wait for something
+#: to happen goes through scaled(); no test asserts how fast anything is (benchmarks do).
+TIME_FACTOR = float(os.environ.get("ROLLGUARD_TEST_TIME_FACTOR", "1"))
+
+
+def scaled(seconds: float) -> float:
+    return seconds * TIME_FACTOR
+
+
 class TopicReader:
     """Reads whole topics from the beginning without a group: what a test asserts on."""
 
@@ -116,7 +126,7 @@ class TopicReader:
             consumer.assign(parts)
             await consumer.seek_to_beginning()
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout_s
+            deadline = loop.time() + scaled(timeout_s)
             while not until(got) and loop.time() < deadline:
                 for records in (await consumer.getmany(timeout_ms=100)).values():
                     got.extend(records)
@@ -128,16 +138,6 @@ class TopicReader:
 @pytest.fixture
 def reader(topics_ready: RollguardSettings) -> TopicReader:
     return TopicReader(topics_ready)
-
-
-#: How much longer than on an idle machine the suite's waits may take: 1 by default, raised by
-#: a CI that runs on a loaded machine (ROLLGUARD_TEST_TIME_FACTOR=3). Every wait for something
-#: to happen goes through scaled(); no test asserts how fast anything is (benchmarks do).
-TIME_FACTOR = float(os.environ.get("ROLLGUARD_TEST_TIME_FACTOR", "1"))
-
-
-def scaled(seconds: float) -> float:
-    return seconds * TIME_FACTOR
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 30) -> None:

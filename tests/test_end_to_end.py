@@ -9,6 +9,7 @@ from rich.console import Console
 from rollguard.settings import RollguardSettings
 from rollguard_services.ledger.store import LedgerStore
 from rollguard_shell.demo import run_demo
+from tests.conftest import scaled
 
 pytestmark = pytest.mark.broker
 
@@ -17,7 +18,11 @@ async def test_bad_deployment_is_rolled_back_and_the_ledger_links_every_step(
     settings: RollguardSettings,
 ) -> None:
     report = await run_demo(
-        settings, console=Console(quiet=True), live_display=False, warmup_s=1.5, timeout_s=30
+        settings,
+        console=Console(quiet=True),
+        live_display=False,
+        warmup_s=1.5,
+        timeout_s=scaled(30),
     )
     assert report.reason == ""
     assert report.rollback_applied and report.ledger_verified and report.rollback_verified

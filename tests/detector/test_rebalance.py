@@ -14,6 +14,7 @@ from rollguard.policy import PolicySet
 from rollguard.settings import RollguardSettings
 from rollguard_services.detector.app import Batches, Detector, Parsed
 from rollguard_services.detector.settings import DetectorSettings
+from tests.conftest import scaled
 
 pytestmark = pytest.mark.broker
 
@@ -63,13 +64,13 @@ async def test_a_member_joining_mid_stream_folds_nothing_twice(
     tasks = [asyncio.create_task(first.run())]
     try:
         await _produce(topics_ready, 0, 4_000, pause_s=0.0)
-        await asyncio.wait_for(first.ready.wait(), 30)
+        await asyncio.wait_for(first.ready.wait(), scaled(30))
         # Traffic keeps coming while the second member joins and the group rebalances.
         producing = asyncio.create_task(_produce(topics_ready, 4_000, 16_000, pause_s=0.1))
         await asyncio.sleep(0.5)
         tasks.append(asyncio.create_task(second.run()))
         await producing
-        deadline = asyncio.get_running_loop().time() + 60
+        deadline = asyncio.get_running_loop().time() + scaled(60)
         while folded() < 20_000 and asyncio.get_running_loop().time() < deadline:
             for task in tasks:
                 if task.done():

@@ -27,7 +27,7 @@ from rollguard_services.executor.app import Executor
 from rollguard_services.executor.plans import Plan, Refusal
 from rollguard_services.executor.settings import CommandSettings, ExecutorSettings, WebhookSettings
 from rollguard_services.notifier.notifications import from_ack
-from tests.conftest import TopicReader, run_until
+from tests.conftest import TopicReader, run_until, scaled
 from tests.factories import command, manifest
 
 pytestmark = pytest.mark.broker
@@ -157,7 +157,7 @@ async def test_level_2_restores_in_order_acks_each_component_and_invalidates_onc
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
     assert listed.returncode == 0, listed.stderr
     first, count = listed.stdout.splitlines()
@@ -169,7 +169,7 @@ async def test_level_2_restores_in_order_acks_each_component_and_invalidates_onc
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
     )
     assert (none.returncode, none.stdout) == (0, "")
 

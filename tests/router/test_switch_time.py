@@ -14,7 +14,7 @@ from rollguard.settings import RollguardSettings
 from rollguard_services.router.app import RouterService
 from rollguard_services.router.serving import Switch, switch_report
 from rollguard_services.router.settings import RouterSettings, SyntheticModelSpec
-from tests.conftest import until
+from tests.conftest import scaled, until
 from tests.factories import manifest
 
 pytestmark = pytest.mark.broker
@@ -42,7 +42,7 @@ async def test_switch_time_over_many_switches(
     )
     task = asyncio.create_task(service.run())
     try:
-        await asyncio.wait_for(service.ready.wait(), 30)
+        await asyncio.wait_for(service.ready.wait(), scaled(30))
         for i in range(SWITCHES):
             version = "v1" if i % 2 == 0 else "v2"
             await publish(topics.DEPLOYMENTS.name, manifest(version, status="live"))

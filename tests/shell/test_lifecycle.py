@@ -39,7 +39,7 @@ def _start(
 
 
 def _wait_for(path: Path, pattern: str, timeout_s: float = 30) -> re.Match[str]:
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + scaled(timeout_s)
     while time.monotonic() < deadline:
         if path.exists():
             found = re.search(pattern, path.read_text(errors="replace"))
@@ -106,7 +106,7 @@ def _launch(args: list[str], state: Path) -> Running:
 
 def _gone(pid: int, timeout_s: float = 3.0) -> bool:
     """True once ``pid`` neither runs nor lingers as a zombie."""
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + scaled(timeout_s)
     while time.monotonic() < deadline:
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
@@ -181,7 +181,7 @@ def test_a_stop_at_any_moment_is_clean(tmp_path: Path, moment: str, signum: int)
         before = len(run.said().splitlines())
         sent = time.monotonic()
         os.killpg(run.proc.pid, signum)
-        run.proc.wait(timeout=60)
+        run.proc.wait(timeout=scaled(60))
         took = time.monotonic() - sent
     finally:
         run.proc.kill()
@@ -222,7 +222,7 @@ def test_a_stop_while_the_broker_is_unreachable_is_clean(tmp_path: Path, fault: 
         if fault == "second-ctrl-c":
             time.sleep(0.2)
             os.killpg(run.proc.pid, signal.SIGINT)
-        run.proc.wait(timeout=60)
+        run.proc.wait(timeout=scaled(60))
         took = time.monotonic() - sent
     finally:
         run.proc.kill()
@@ -248,7 +248,7 @@ def _cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=scaled(120),
         check=False,
     )
 
@@ -281,14 +281,14 @@ def test_the_cli_finds_the_broker_of_a_running_up(tmp_path: Path) -> None:
         assert second.returncode == 2 and "already running" in second.stderr
         assert "Traceback" not in second.stderr
         # The manifest reached the ledger that `up` runs: the CLI used up's broker.
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         shown = _cli(tmp_path, "ledger", "show")
         while "deployment s1 (model v1)" not in shown.stdout and time.monotonic() < deadline:
             time.sleep(0.5)
             shown = _cli(tmp_path, "ledger", "show")
         assert "deployment s1 (model v1) → live" in shown.stdout, shown.stdout + shown.stderr
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=scaled(30))
     finally:
         proc.kill()
     assert proc.returncode == 143, err

@@ -3,8 +3,12 @@
 ``hash = SHA-256(prev_hash ‖ seq ‖ len(record) ‖ record ‖ payload)``: ``record`` is the
 canonical JSON of the entry's other columns (source topic/partition/offset, event type, id,
 model id, recorded_at), so changing any column of any row breaks the chain; ``payload`` is the
-canonical JSON of the event. seq counts from 1 without gaps, and (topic, partition, offset) is
-unique so a redelivered message is never stored twice. Triggers reject UPDATE and DELETE (and
+canonical JSON of the event. seq counts from 1 without gaps, and an event is stored once per
+topic by its identity (its event id; for a value with none, the SHA-256 of its bytes), never by
+its broker offset (a value without an id is identified by its bytes and where it arrived): a
+redelivered or re-published event is not stored twice, and a broker whose
+offsets start again at 0 (the in-memory embedded broker after a restart, a topic deleted and
+recreated on Kafka) has its new events stored, not mistaken for old ones. Triggers reject UPDATE and DELETE (and
 TRUNCATE on PostgreSQL); ``verify`` recomputes every link and names the first sequence number
 that does not hold. Cutting rows off the end leaves a valid shorter chain: signed checkpoints
 (``checkpoints.py``) are what reveal that.
@@ -46,8 +50,14 @@ entries = sa.Table(
     sa.Column("payload", sa.LargeBinary, nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
-    sa.UniqueConstraint("topic", "partition", "offset", name="uq_ledger_source"),
+    # Not unique: ledgers written before identity de-duplication may hold an event twice.
+    # The single writer (advisory lock on PostgreSQL) checks identity before appending.
+    sa.Index("ix_ledger_identity", "topic", "event_id"),
 )
+
+#: The constraint of ledgers made before identity de-duplication (see _migrate).
+_OLD_SOURCE_CONSTRAINT = "uq_ledger_source"
+
 
 _SQLITE_TRIGGERS = [
     """CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger_entries
@@ -88,7 +98,7 @@ def canonical_payload(value: bytes | None) -> tuple[bytes, str, str, str | None]
     return (
         orjson.dumps(doc, option=orjson.OPT_SORT_KEYS),
         event_type,
-        str(doc.get("event_id", ""))[:128],
+        str(doc.get("event_id") or "")[:128],
         str(model_id)[:256] if model_id is not None else None,
     )
 
@@ -231,6 +241,7 @@ class LedgerStore:
                     self.engine.dispose()
                     raise LedgerMissing(f"no ledger table {entries.name!r} at {self.url}")
                 return
+            self._migrate()
             metadata.create_all(self.engine)
             with self.engine.begin() as conn:
                 for ddl in _SQLITE_TRIGGERS if self.dialect == "sqlite" else _PG_TRIGGERS:
@@ -239,6 +250,37 @@ class LedgerStore:
             raise LedgerError(f"cannot create the ledger directory: {exc}") from exc
         except sa.exc.SQLAlchemyError as exc:
             raise LedgerError(f"cannot open the ledger at {self.url}: {_first_line(exc)}") from exc
+
+    def _migrate(self) -> None:
+        """Drop the (topic, partition, offset) constraint of a ledger made before identity
+        de-duplication: with it, the first event a reset broker delivers at an old offset
+        would stop the ledger. Rows, and so every hash, stay as they are."""
+        inspector = sa.inspect(self.engine)
+        if not inspector.has_table(entries.name):
+            return
+        names = {c["name"] for c in inspector.get_unique_constraints(entries.name)}
+        if _OLD_SOURCE_CONSTRAINT not in names:
+            return
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {entries.name} DROP CONSTRAINT {_OLD_SOURCE_CONSTRAINT}"
+                )
+                return
+            # SQLite cannot drop a constraint: copy the rows into a table without it. The old
+            # table's indexes and append-only triggers go with it; create_all and the trigger
+            # DDL that follow make the new one's.
+            indexes = [index["name"] for index in inspector.get_indexes(entries.name)]
+            conn.exec_driver_sql(f"ALTER TABLE {entries.name} RENAME TO {entries.name}_old")
+            for name in indexes:
+                conn.exec_driver_sql(f'DROP INDEX IF EXISTS "{name}"')
+            metadata.create_all(conn)
+            columns = ", ".join(f'"{c.name}"' for c in entries.columns)
+            conn.exec_driver_sql(
+                f"INSERT INTO {entries.name} ({columns}) "
+                f"SELECT {columns} FROM {entries.name}_old ORDER BY seq"
+            )
+            conn.exec_driver_sql(f"DROP TABLE {entries.name}_old")
 
     def append(self, records: Iterable[Incoming]) -> int:
         """Append records not yet stored, chained, in one transaction; returns how many.
@@ -262,13 +304,17 @@ class LedgerStore:
                 ).first()
                 seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
                 rows = []
-                seen: set[tuple[str, int, int]] = set()
+                seen: set[tuple[str, str]] = set()
                 for rec in records:
-                    source = (rec.topic, rec.partition, rec.offset)
-                    if source in seen or self._stored(conn, rec):
-                        continue
-                    seen.add(source)
                     payload, event_type, event_id, model_id = canonical_payload(rec.value)
+                    # A value without an event id is the same fact only at the same place.
+                    event_id = event_id or (
+                        f"sha256:{hashlib.sha256(payload).hexdigest()}@{rec.partition}:{rec.offset}"
+                    )
+                    identity = (rec.topic, event_id)
+                    if identity in seen or self._stored(conn, *identity):
+                        continue
+                    seen.add(identity)
                     seq += 1
                     recorded_at = utcnow()
                     record = record_bytes(
@@ -307,13 +353,11 @@ class LedgerStore:
             raise LedgerError(f"ledger append failed: {_first_line(exc)}") from exc
 
     @staticmethod
-    def _stored(conn: sa.Connection, rec: Incoming) -> bool:
+    def _stored(conn: sa.Connection, topic: str, event_id: str) -> bool:
         found = conn.execute(
-            sa.select(entries.c.seq).where(
-                entries.c.topic == rec.topic,
-                entries.c.partition == rec.partition,
-                entries.c.offset == rec.offset,
-            )
+            sa.select(entries.c.seq)
+            .where(entries.c.topic == topic, entries.c.event_id == event_id)
+            .limit(1)
         ).first()
         return found is not None
 
@@ -347,14 +391,6 @@ class LedgerStore:
         except sa.exc.SQLAlchemyError as exc:
             raise LedgerError(f"cannot read the ledger: {_first_line(exc)}") from exc
         return str(found.hash) if found else None
-
-    def stored_offsets(self) -> dict[tuple[str, int], int]:
-        """The highest stored offset per (topic, partition): what a consumer may commit past."""
-        query = sa.select(
-            entries.c.topic, entries.c.partition, sa.func.max(entries.c.offset)
-        ).group_by(entries.c.topic, entries.c.partition)
-        with self.engine.connect() as conn:
-            return {(r[0], int(r[1])): int(r[2]) for r in conn.execute(query)}
 
     def entries(
         self,

@@ -8,7 +8,14 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from rollguard_services.ledger.store import GENESIS, Incoming, LedgerStore, entry_hash, record_bytes
+from rollguard_services.ledger.store import (
+    GENESIS,
+    Incoming,
+    LedgerStore,
+    entries,
+    entry_hash,
+    record_bytes,
+)
 from tests.factories import breach, manifest
 
 
@@ -64,6 +71,64 @@ def test_redelivered_messages_are_stored_once(store: LedgerStore) -> None:
     assert store.append(batch) == 3
     assert store.append(batch + records(2, start=3)) == 2
     assert store.count() == 5 and store.verify().ok
+
+
+def test_a_broker_whose_offsets_start_again_loses_nothing(store: LedgerStore) -> None:
+    """Issue 11: after `rollguard up` restarted, the in-memory broker's offsets began at 0 again
+    and the ledger, de-duplicating on (topic, partition, offset), dropped every new event as
+    "redelivered". A topic deleted and recreated on Kafka does the same. Identity is the
+    event's id now."""
+    assert store.append(records(3)) == 3
+    assert store.append(records(3)) == 3  # new events at the same offsets 0, 1, 2
+    again = records(1)
+    assert store.append(again) == 1
+    # the same event re-published (an outbox flushed after a crash) at another offset
+    assert store.append([Incoming(again[0].topic, 2, 40, again[0].value)]) == 0
+    assert store.count() == 7 and store.verify().ok
+
+
+def test_values_without_an_id_are_told_apart_by_where_they_arrived(store: LedgerStore) -> None:
+    junk = [Incoming("rollguard.acks", 0, i, b"junk") for i in range(2)]
+    assert store.append(junk) == 2  # the same bytes twice are two arrivals
+    assert store.append(junk[:1]) == 0  # a redelivery of the first
+    ids = [e.event_id for e in store.entries()]
+    assert len(set(ids)) == 2 and all(i.startswith("sha256:") for i in ids)
+
+
+def test_a_ledger_made_before_identity_dedup_is_migrated(database_url: str) -> None:
+    """Ledgers written by earlier versions are unique on (topic, partition, offset): opened
+    for writing, they lose that constraint and keep every row and hash."""
+    old = LedgerStore(database_url)
+    old.append(records(3))
+    with old.engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(sa.select(entries))]
+    tamper(old, "DROP TABLE ledger_entries")
+    legacy = sa.MetaData()
+    sa.Table(
+        "ledger_entries",
+        legacy,
+        *(
+            sa.Column(c.name, c.type, nullable=c.nullable, primary_key=c.primary_key)
+            for c in entries.columns
+        ),
+        sa.UniqueConstraint("topic", "partition", "offset", name="uq_ledger_source"),
+    )
+    legacy.create_all(old.engine)
+    with old.engine.begin() as conn:
+        conn.execute(legacy.tables["ledger_entries"].insert(), rows)
+    old.close()
+
+    store = LedgerStore(database_url)
+    try:
+        uniques = sa.inspect(store.engine).get_unique_constraints("ledger_entries")
+        assert [u["name"] for u in uniques] == []
+        assert store.count() == 3 and store.verify().ok
+        assert store.append(records(3)) == 3  # offsets 0, 1, 2 again: stored
+        assert store.verify().ok and store.verify().entries == 6
+        with pytest.raises(sa.exc.DatabaseError), store.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE ledger_entries SET model_id = 'x'")  # still append-only
+    finally:
+        store.close()
 
 
 def test_odd_values_are_kept_faithfully(store: LedgerStore) -> None:

@@ -7,16 +7,18 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TypeVar
 
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
-from rollguard.errors import RollguardError, UsageError
+from rollguard.errors import ExitCode, RollguardError, UsageError
 from rollguard.logs import configure_logging
 from rollguard.settings import RollguardSettings
 from rollguard_shell.commands import Parser, admin, baseline, incident, ledger, operations, running
 from rollguard_shell.commands import invalidations as invalidations_cmd
 from rollguard_shell.discovery import BrokerRecord, with_running_broker
-from rollguard_shell.environment import check_environment
+from rollguard_shell.environment import SETTINGS, check_environment
 from rollguard_shell.stopping import Stopped
 
 #: Every command group, in --help order. A new group is a module with register(sub).
@@ -31,14 +33,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_settings() -> RollguardSettings:
-    check_environment(os.environ)
+_S = TypeVar("_S", bound=BaseSettings)
+
+
+def _validated(cls: type[_S]) -> _S:
     try:
-        return RollguardSettings()
+        return cls()
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = "ROLLGUARD_" + str(err["loc"][0]).upper() if err["loc"] else "settings"
+        prefix = str(cls.model_config.get("env_prefix", "")).upper()
+        names = [str(part).upper() for part in err["loc"] if isinstance(part, str)]
+        field = prefix + "__".join(names) if names else f"{prefix}* settings"
         raise UsageError(f"{field}: {err['msg']}") from None
+
+
+def load_settings() -> RollguardSettings:
+    """The shared settings; every service's settings are checked too, so that a bad value of
+    any ROLLGUARD_* variable is one line before a command starts, as an unknown one is."""
+    check_environment(os.environ)
+    settings = _validated(RollguardSettings)
+    for cls in SETTINGS:
+        if cls is not RollguardSettings:
+            _validated(cls)
+    return settings
 
 
 def refuse_second_up(settings: RollguardSettings) -> None:
@@ -71,13 +88,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     except BrokenPipeError:
         # The reader went away (`rollguard ledger export | head`): stop quietly, like cat.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(141) from None
+        raise SystemExit(ExitCode.BROKEN_PIPE) from None
     except Stopped as stop:
         print(f"rollguard: {stop}; everything it started has stopped", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:
         print("rollguard: interrupted; everything it started has stopped", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(ExitCode.INTERRUPTED) from None
     raise SystemExit(code)
 
 

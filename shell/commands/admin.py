@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 
-from rollguard.errors import UsageError
+from rollguard.errors import ExitCode, UsageError
 from rollguard.settings import RollguardSettings
-from rollguard_shell.commands import Subparsers, group
+from rollguard_shell.commands import Subparsers, group, require_broker, writing
 
 
 def register(sub: Subparsers) -> None:
@@ -33,8 +34,7 @@ def register(sub: Subparsers) -> None:
 def _topics_create(args: argparse.Namespace, settings: RollguardSettings) -> int:
     from rollguard.bus import provision_topics, wait_for_broker
 
-    if settings.embedded:
-        raise UsageError("set ROLLGUARD_KAFKA_BOOTSTRAP to the Kafka to provision")
+    require_broker(settings)
 
     async def create() -> list[str]:
         await wait_for_broker(settings)
@@ -51,11 +51,16 @@ def _schemas_export(args: argparse.Namespace, settings: RollguardSettings) -> in
     if args.check:
         stale = schemas.stale(args.dir)
         if stale:
-            print(f"stale schemas in {args.dir}: {', '.join(stale)} (run rollguard schemas export)")
-            return 1
+            print(
+                f"rollguard: stale schemas in {args.dir}: {', '.join(stale)} "
+                "(run rollguard schemas export)",
+                file=sys.stderr,
+            )
+            return ExitCode.NOT_READY
         print(f"{args.dir}: up to date")
         return 0
-    written = schemas.export(args.dir)
+    with writing("--dir"):
+        written = schemas.export(args.dir)
     print(f"wrote {len(written)} schema(s) to {args.dir}")
     return 0
 
@@ -67,6 +72,7 @@ def _keys_generate(args: argparse.Namespace, settings: RollguardSettings) -> int
     trusted = args.trusted_dir or settings.resolved_trusted_keys_dir
     if private.exists():
         raise UsageError(f"{private} exists; remove it first to rotate")
-    kid = generate_keypair(private, trusted)
+    with writing("--private, --trusted-dir or ROLLGUARD_STATE_DIR"):
+        kid = generate_keypair(private, trusted)
     print(f"key {kid}: private {private}, public {trusted / (kid + '.pub')}")
     return 0

@@ -6,9 +6,8 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from rollguard.errors import UsageError
 from rollguard.settings import RollguardSettings
-from rollguard_shell.commands import Subparsers, group
+from rollguard_shell.commands import Subparsers, group, require_broker
 
 
 def register(sub: Subparsers) -> None:
@@ -44,8 +43,7 @@ def _import(args: argparse.Namespace, settings: RollguardSettings) -> int:
     if args.dry_run:
         print(f"{args.file}: {len(snapshots)} snapshot(s): {summary}")
         return 0
-    if settings.embedded:
-        raise UsageError("set ROLLGUARD_KAFKA_BOOTSTRAP to the Kafka to publish the baseline to")
+    require_broker(settings)
 
     async def publish() -> None:
         await wait_for_broker(settings)

@@ -8,8 +8,8 @@ import json
 from rollguard.errors import UsageError
 from rollguard.settings import RollguardSettings
 from rollguard_services.ledger.incidents import INCIDENT_TYPES, describe, find_incident
-from rollguard_services.ledger.store import LedgerStore
 from rollguard_shell.commands import Subparsers, group
+from rollguard_shell.commands.ledger import open_ledger
 
 _FIGURES = (
     ("mttd_s", "MTTD (bad version live → breach)"),
@@ -32,8 +32,7 @@ def register(sub: Subparsers) -> None:
 
 
 def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:
-
-    store = LedgerStore(args.url or settings.resolved_ledger_url, create=False)
+    store = open_ledger(args, settings)
     try:
         incident = find_incident(store.iter_entries(event_types=INCIDENT_TYPES), args.id)
     finally:

@@ -6,9 +6,8 @@ import argparse
 import asyncio
 import json
 
-from rollguard.errors import UsageError
 from rollguard.settings import RollguardSettings
-from rollguard_shell.commands import Subparsers, group
+from rollguard_shell.commands import Subparsers, group, require_broker
 
 
 def register(sub: Subparsers) -> None:
@@ -26,8 +25,7 @@ def _list(args: argparse.Namespace, settings: RollguardSettings) -> int:
     from rollguard.bus import wait_for_broker
     from rollguard.invalidations import InvalidationClient, InvalidationIndex
 
-    if settings.embedded:
-        raise UsageError("set ROLLGUARD_KAFKA_BOOTSTRAP to the Kafka to read invalidations from")
+    require_broker(settings)
 
     async def read() -> InvalidationIndex:
         await wait_for_broker(settings)

@@ -10,13 +10,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rollguard.errors import UsageError
+from rollguard.errors import ExitCode, UsageError
 from rollguard.settings import RollguardSettings
 from rollguard_services.ledger.audit import verify_configured
 from rollguard_services.ledger.incidents import INCIDENT_TYPES, describe, find_incident
 from rollguard_services.ledger.settings import LedgerSettings
 from rollguard_services.ledger.store import LedgerStore
-from rollguard_shell.commands import Subparsers, group
+from rollguard_shell.commands import Subparsers, database_url, group, writing
 
 
 def register(sub: Subparsers) -> None:
@@ -66,16 +66,25 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def _open(args: argparse.Namespace, settings: RollguardSettings) -> Any:
+def ledger_url(args: argparse.Namespace, settings: RollguardSettings) -> str:
+    """The ledger's URL, from --url or the settings, checked before anything opens it."""
+    if args.url:
+        return database_url(args.url, "--url")
+    if settings.ledger_url:
+        return database_url(settings.ledger_url, "ROLLGUARD_LEDGER_URL")
+    return settings.resolved_ledger_url
 
-    return LedgerStore(args.url or settings.resolved_ledger_url, create=False)
+
+def open_ledger(args: argparse.Namespace, settings: RollguardSettings) -> LedgerStore:
+    """The ledger as it is, read-only: LedgerMissing (exit 2) if there is none."""
+    return LedgerStore(ledger_url(args, settings), create=False)
 
 
 def selected(args: argparse.Namespace, settings: RollguardSettings) -> list[Any]:
     """Entries matching the filters, in seq order."""
 
     since = parse_since(args.since) if args.since else None
-    store = _open(args, settings)
+    store = open_ledger(args, settings)
     try:
         if args.incident:
             incident = find_incident(
@@ -96,29 +105,38 @@ def selected(args: argparse.Namespace, settings: RollguardSettings) -> list[Any]
 
 
 def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
-
+    # Named explicitly, a checkpoint file or key directory that is not there is a typo, never
+    # "ok, 0 checkpoints": the defaults may be absent (a ledger without checkpoints yet).
+    if args.checkpoints is not None and not args.checkpoints.is_file():
+        raise UsageError(f"--checkpoints {args.checkpoints}: no such file")
+    if args.trusted_dir is not None and not args.trusted_dir.is_dir():
+        raise UsageError(f"--trusted-dir {args.trusted_dir}: no such directory")
     report, path = verify_configured(
         settings,
         LedgerSettings(),
-        url=args.url,
+        url=ledger_url(args, settings),
         checkpoints=args.checkpoints,
         trusted_dir=args.trusted_dir,
     )
     if args.json:
         print(json.dumps(report.__dict__))
-        return 0 if report.ok else 1
-    cps = f"{report.checkpoints_checked} checkpoint(s) from {path}"
-    if report.ok:
-        print(f"ledger ok: {report.entries} entries, head {report.head_hash[:16]}, {cps}")
-    elif report.first_bad_seq is not None:
-        print(f"ledger BROKEN at seq {report.first_bad_seq}: {report.reason}")
     else:
-        print(f"ledger checkpoints BROKEN: {report.reason}")
-    for problem in report.checkpoint_problems:
-        print(f"  checkpoint problem: {problem}")
-    for warning in report.warnings:
-        print(f"  warning: {warning}")
-    return 0 if report.ok else 1
+        cps = f"{report.checkpoints_checked} checkpoint(s) from {path}"
+        if report.ok:
+            print(f"ledger ok: {report.entries} entries, head {report.head_hash[:16]}, {cps}")
+        elif report.first_bad_seq is not None:
+            print(f"ledger BROKEN at seq {report.first_bad_seq}: {report.reason}")
+        else:
+            print(f"ledger checkpoints BROKEN: {report.reason}")
+        for problem in report.checkpoint_problems:
+            print(f"  checkpoint problem: {problem}")
+        for warning in report.warnings:
+            print(f"  warning: {warning}")
+    if report.ok:
+        return ExitCode.OK
+    where = f"at seq {report.first_bad_seq}" if report.first_bad_seq is not None else "checkpoints"
+    print(f"rollguard: the ledger does not verify ({where}; see the report)", file=sys.stderr)
+    return ExitCode.NOT_VERIFIED
 
 
 def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:
@@ -143,18 +161,17 @@ def _export(args: argparse.Namespace, settings: RollguardSettings) -> int:
     if args.incident or args.model_version or args.model_id or args.since:
         rows = [e.as_json() for e in selected(args, settings)]
     else:
-        store = LedgerStore(args.url or settings.resolved_ledger_url, create=False)
+        store = open_ledger(args, settings)
         try:
             rows = [e.as_json() for e in store.iter_entries()]
         finally:
             store.close()
-    out = open(args.output, "w") if args.output else sys.stdout  # noqa: SIM115
-    try:
+    if args.output is None:
+        for row in rows:
+            sys.stdout.write(json.dumps(row, sort_keys=True) + "\n")
+        return ExitCode.OK
+    with writing("--output"), open(args.output, "w") as out:
         for row in rows:
             out.write(json.dumps(row, sort_keys=True) + "\n")
-    finally:
-        if args.output:
-            out.close()
-    if args.output:
-        print(f"wrote {len(rows)} entries to {args.output}", file=sys.stderr)
-    return 0
+    print(f"wrote {len(rows)} entries to {args.output}", file=sys.stderr)
+    return ExitCode.OK

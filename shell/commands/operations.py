@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from rollguard import topics
-from rollguard.authority import ROLES, create_token, hash_token
+from rollguard.authority import ROLES, TokenRegistry, create_token, hash_token
 from rollguard.bus import publish_one, read_topic, wait_for_broker
-from rollguard.errors import UsageError
+from rollguard.errors import ExitCode, UsageError
 from rollguard.events import (
     Approval,
     Components,
@@ -30,7 +31,7 @@ from rollguard.events import (
 )
 from rollguard.policy import load_policy, resolve_policy
 from rollguard.settings import RollguardSettings
-from rollguard_shell.commands import Subparsers, group
+from rollguard_shell.commands import Subparsers, group, require_broker, writing
 
 
 def register(sub: Subparsers) -> None:
@@ -107,14 +108,6 @@ def _token(settings: RollguardSettings) -> str:
     return hash_token(settings.token.get_secret_value())
 
 
-def _need_kafka(settings: RollguardSettings) -> None:
-    if settings.embedded:
-        raise UsageError(
-            "no broker: set ROLLGUARD_KAFKA_BOOTSTRAP to the Kafka rollguard runs on, or start "
-            f"`rollguard up` with this state directory ({settings.state_dir})"
-        )
-
-
 def _send(settings: RollguardSettings, topic: str, event: Any, key: bytes) -> None:
     async def go() -> None:
         await wait_for_broker(settings)
@@ -123,8 +116,18 @@ def _send(settings: RollguardSettings, topic: str, event: Any, key: bytes) -> No
     asyncio.run(go())
 
 
+def _read(settings: RollguardSettings, topic: str) -> list[Any]:
+    """Every record of a topic; BrokerUnavailable (one line, exit 3) when no broker answers."""
+
+    async def go() -> list[Any]:
+        await wait_for_broker(settings)
+        return await read_topic(settings, topic)
+
+    return asyncio.run(go())
+
+
 def _deploy_record(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    _need_kafka(settings)
+    require_broker(settings)
     manifest = SystemManifest(
         model_id=args.model_id,
         model_version=args.model,
@@ -147,7 +150,7 @@ def model_status(settings: RollguardSettings, model_id: str) -> ModelStatus | No
     """The latest ModelStatus the decider published for one model; None when there is none."""
     topic = settings.topic(topics.MODEL_STATUS.name)
     latest: bytes | None = None
-    for record in asyncio.run(read_topic(settings, topics.MODEL_STATUS.name)):
+    for record in _read(settings, topics.MODEL_STATUS.name):
         if record.key == model_id.encode():
             latest = record.value  # None: a tombstone, the model was forgotten
     if latest is None:
@@ -160,15 +163,22 @@ def model_status(settings: RollguardSettings, model_id: str) -> ModelStatus | No
         ) from exc
 
 
+def _not_ready(why: str) -> int:
+    # An answer, not an error: CI tells this "no" (4) from a mistyped command (2).
+    print(f"rollguard: not ready: {why}", file=sys.stderr)
+    return ExitCode.NOT_READY
+
+
 def _deploy_check(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    _need_kafka(settings)
+    require_broker(settings)
+    # The policy before the topic: a bad policy file fails at once, not after the broker.
+    policy = resolve_policy(settings.policy_path).for_model(args.model_id)
     status = model_status(settings, args.model_id)
     if status is None:
-        raise UsageError(f"not ready: the decider knows no deployment of {args.model_id}")
-    policy = resolve_policy(settings.policy_path).for_model(args.model_id)
+        return _not_ready(f"the decider knows no deployment of {args.model_id}")
     not_ready = status.not_ready(policy.rollback.target_ready_within_s, utcnow())
     if not_ready is not None:
-        raise UsageError(f"not ready: {not_ready}")
+        return _not_ready(not_ready)
     live, target = status.live, status.rollback_target
     assert live is not None and target is not None  # not_ready() said so
     print(
@@ -179,7 +189,7 @@ def _deploy_check(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 
 def _rollback(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    _need_kafka(settings)
+    require_broker(settings)
     req = RollbackRequest(
         model_id=args.model_id,
         to_system_version=args.to_system_version,
@@ -196,7 +206,7 @@ def _rollback(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 
 def _unlock(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    _need_kafka(settings)
+    require_broker(settings)
     req = RollbackRequest(
         model_id=args.model_id,
         action="unlock",
@@ -210,11 +220,11 @@ def _unlock(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 
 def _approve(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    _need_kafka(settings)
+    require_broker(settings)
     token = _token(settings)
     model_id = args.model_id
     if model_id is None:
-        for record in asyncio.run(read_topic(settings, topics.DECISIONS.name)):
+        for record in _read(settings, topics.DECISIONS.name):
             try:
                 decision = Decision.model_validate_json(record.value)
             except ValueError:
@@ -239,7 +249,9 @@ def _approve(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 def _tokens_create(args: argparse.Namespace, settings: RollguardSettings) -> int:
     path = settings.resolved_tokens_file
-    token = create_token(path, args.name, args.role)
+    TokenRegistry.load(path)  # a file the decider would refuse is not added to
+    with writing("ROLLGUARD_TOKENS_FILE" if settings.tokens_file else "ROLLGUARD_STATE_DIR"):
+        token = create_token(path, args.name, args.role)
     print(f"token for {args.name} ({args.role}), shown once; its hash is in {path}:")
     print(token)
     return 0

@@ -6,11 +6,16 @@ import argparse
 import json
 import sys
 
-from rollguard.errors import UsageError
 from rollguard.logs import configure_logging, get_logger
 from rollguard.settings import RollguardSettings
+from rollguard_services.notifier.settings import NotifierSettings
 from rollguard_shell import SERVICE_NAMES
-from rollguard_shell.commands import Subparsers
+from rollguard_shell.commands import (
+    Subparsers,
+    database_url,
+    require_broker,
+    writable_state_dir,
+)
 from rollguard_shell.stopping import run_stoppable
 
 # The runner and the demo are imported by the handlers that use them: they import every
@@ -41,7 +46,7 @@ def _demo(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
     from rollguard_shell.demo import run_demo
 
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    writable_state_dir(settings)
     with open(settings.state_dir / "demo.log", "w") as logf:
         configure_logging(settings.log_level, "json", stream=logf)
         err = Console(stderr=True)
@@ -79,16 +84,36 @@ def _up(args: argparse.Namespace, settings: RollguardSettings) -> int:
     from rollguard_shell.runner import CORE_SERVICES
 
     names = [*CORE_SERVICES, *(["router"] if args.with_router else [])]
+    _ready_to_serve(settings, names, up=True)  # up records its broker there
     return run_stoppable(_serve(settings, names, record=True))
 
 
 def _run(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    if settings.embedded:
-        raise UsageError(
-            "rollguard run needs ROLLGUARD_KAFKA_BOOTSTRAP, or a `rollguard up` running on the"
-            f" same state directory ({settings.state_dir})"
-        )
+    require_broker(settings)
+    _ready_to_serve(settings, [args.service])
     return run_stoppable(_serve(settings, [args.service]))
+
+
+#: The services that write under the state directory (keys, databases, checkpoints); the
+#: router and the detector may run where it is read-only.
+_KEEP_STATE = {"decider", "executor", "ledger", "notifier"}
+
+
+def _ready_to_serve(settings: RollguardSettings, names: list[str], *, up: bool = False) -> None:
+    """What the services would otherwise find out with a traceback, once running: a state
+    directory that cannot be written, a database URL that is not one or whose driver is not
+    installed."""
+    if up or _KEEP_STATE.intersection(names):
+        writable_state_dir(settings)
+    urls = {
+        "ledger": ("ROLLGUARD_LEDGER_URL", settings.ledger_url),
+        "executor": ("ROLLGUARD_EXECUTOR_DB_URL", settings.executor_db_url),
+        "notifier": ("ROLLGUARD_NOTIFIER_OUTBOX_URL", NotifierSettings().outbox_url),
+    }
+    for name in names:
+        where, url = urls.get(name, ("", None))
+        if url:
+            database_url(url, where)
 
 
 async def _serve(settings: RollguardSettings, names: list[str], *, record: bool = False) -> int:

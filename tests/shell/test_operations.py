@@ -172,10 +172,10 @@ async def test_record_check_rollback_and_approve_through_the_decider(
         assert ready.returncode == 0, ready.stderr  # type: ignore[attr-defined]
         assert "ready: m can roll back from s2 to s1" in ready.stdout  # type: ignore[attr-defined]
         lonely = await run("deploy", "check", "lonely")
-        assert lonely.returncode == 2  # type: ignore[attr-defined]
+        assert lonely.returncode == 4  # type: ignore[attr-defined]
         assert "no known-good target other than the live s9" in one_line_error(lonely)  # type: ignore[arg-type]
         unknown = await run("deploy", "check", "ghost")
-        assert unknown.returncode == 2 and "knows no deployment of ghost" in one_line_error(unknown)  # type: ignore[arg-type,attr-defined]
+        assert unknown.returncode == 4 and "knows no deployment of ghost" in one_line_error(unknown)  # type: ignore[arg-type,attr-defined]
 
         asked = await run(
             "rollback",
@@ -260,7 +260,7 @@ async def test_deploy_check_reads_the_public_status_whatever_the_decider_app_id(
     try:
         await until(lambda: decider.counts["status_published"] == 2, 60)
         unchecked = await run("deploy", "check", "m")
-        assert unchecked.returncode == 2
+        assert unchecked.returncode == 4
         assert "not ready: no health check of v1" in one_line_error(unchecked)
 
         await publish(

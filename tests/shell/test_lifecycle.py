@@ -78,10 +78,10 @@ class Running:
     def broker(self) -> int | None:
         """The pid of the embedded broker this command started, once it runs."""
         for log in (self.state / "broker.log", self.state / "demo" / "broker.log"):
-            if log.exists():
-                found = re.search(r"listening on: (tcp://\S+)", log.read_text(errors="replace"))
+            if log.exists():  # the log of a state directory tells every start: the last one
+                found = re.findall(r"listening on: (tcp://\S+)", log.read_text(errors="replace"))
                 if found:
-                    pids = _processes_listening(found.group(1))
+                    pids = _processes_listening(found[-1])
                     return pids[0] if pids else None
         return None
 
@@ -116,6 +116,13 @@ def _gone(pid: int, timeout_s: float = 3.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def _group_empty(pgid: int) -> bool:
@@ -298,3 +305,42 @@ def test_the_cli_finds_the_broker_of_a_running_up(tmp_path: Path) -> None:
     # With no up running, the CLI says what to do in one line.
     orphan = _cli(tmp_path, "rollback", "m", "--as", "sre")
     assert orphan.returncode == 2 and "rollguard up" in orphan.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find processes")
+def test_a_killed_up_started_again_keeps_recording(tmp_path: Path) -> None:
+    """Issue 11: `rollguard up` killed with SIGKILL and started again on the same state
+    directory: its in-memory broker starts every offset at 0 again, and the ledger dropped the
+    new events as redelivered (`ledger show` → no entries match). Both manifests are there,
+    and the chain verifies."""
+
+    def record(system_version: str) -> None:
+        done = _cli(
+            tmp_path,
+            *("deploy", "record", "--model-id", "m", "--system-version", system_version),
+            *("--model", system_version, "--feature-pipeline", "fp", "--config", "c"),
+            *("--infra", "i", "--status", "live"),
+        )
+        assert done.returncode == 0, done.stderr
+
+    def shown() -> str:
+        return _cli(tmp_path, "ledger", "show").stdout
+
+    for version in ("s1", "s2"):
+        run = _launch(["up"], tmp_path)
+        try:
+            # the record a killed up left behind names another pid: wait for this one's
+            pid = run.proc.pid
+            _until(lambda: f'"pid":{pid}' in _read(tmp_path / "broker.json"), "no record")  # noqa: B023
+            broker = run.broker()
+            record(version)
+            wanted = f"deployment {version}"
+            _until(lambda: wanted in shown(), f"{version} never reached the ledger")  # noqa: B023
+        finally:
+            os.killpg(run.proc.pid, signal.SIGKILL)
+            run.proc.wait()
+        assert broker is not None and _gone(broker)  # the broker died with its parent
+    text = shown()
+    assert "deployment s1 (model s1) → live" in text and "deployment s2 (model s2) → live" in text
+    verified = _cli(tmp_path, "ledger", "verify")
+    assert verified.returncode == 0 and "ok" in verified.stdout, verified.stdout + verified.stderr

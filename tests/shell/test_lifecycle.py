@@ -304,7 +304,7 @@ def test_the_cli_finds_the_broker_of_a_running_up(tmp_path: Path) -> None:
     assert _processes_listening(f"tcp://{bootstrap}") == []
     # With no up running, the CLI says what to do in one line.
     orphan = _cli(tmp_path, "rollback", "m", "--as", "sre")
-    assert orphan.returncode == 2 and "rollguard up" in orphan.stderr
+    assert orphan.returncode == 3 and "rollguard up" in orphan.stderr  # no broker: 3
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find processes")

@@ -20,6 +20,9 @@ DecisionAction = Literal["rollback", "investigate", "hold"]
 AckStatus = Literal["received", "applied", "verified", "failed", "rejected"]
 RollbackLevel = Annotated[int, Field(ge=1, le=4)]
 Scalar = float | str | None
+#: A number on the wire: an int or a float. Never a boolean (``true`` is not 1 ms) nor a string
+#: ("5"): a producer sending either has a bug that must surface as a dead letter.
+Number = Annotated[float, Field(strict=True)]
 
 # A day in milliseconds: anything slower is a broken clock or a unit error, not a latency.
 MAX_LATENCY_MS = 86_400_000.0
@@ -68,8 +71,8 @@ class PredictionEvent(ModelEvent):
     SCHEMA: ClassVar[str] = "PredictionEvent/v1"
     schema_tag: Literal["PredictionEvent/v1"] = _tag("PredictionEvent")
     request_id: str = Field(min_length=1, max_length=256)
-    prediction: float | str = Field(description="A number (regression, score) or a label.")
-    score: float | None = None
+    prediction: Number | str = Field(description="A number (regression, score) or a label.")
+    score: Number | None = None
     features: dict[str, Scalar] | None = None
 
 
@@ -77,7 +80,7 @@ class LatencyEvent(ModelEvent):
     SCHEMA: ClassVar[str] = "LatencyEvent/v1"
     schema_tag: Literal["LatencyEvent/v1"] = _tag("LatencyEvent")
     request_id: str = Field(min_length=1, max_length=256)
-    latency_ms: float = Field(ge=0.0, le=MAX_LATENCY_MS, allow_inf_nan=False)
+    latency_ms: Number = Field(ge=0.0, le=MAX_LATENCY_MS, allow_inf_nan=False)
     status: Literal["ok", "error"]
     error_kind: str | None = Field(default=None, max_length=256)
 
@@ -86,9 +89,9 @@ class BusinessMetricEvent(ModelEvent):
     SCHEMA: ClassVar[str] = "BusinessMetricEvent/v1"
     schema_tag: Literal["BusinessMetricEvent/v1"] = _tag("BusinessMetricEvent")
     metric: str = Field(min_length=1, max_length=128, description="ctr, conversion, revenue, ...")
-    value: float | None = Field(default=None, allow_inf_nan=False)
-    numerator: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
-    denominator: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
+    value: Number | None = Field(default=None, allow_inf_nan=False)
+    numerator: Number | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    denominator: Number | None = Field(default=None, gt=0.0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _value_or_ratio(self) -> BusinessMetricEvent:
@@ -109,7 +112,7 @@ class OutcomeEvent(ModelEvent):
     SCHEMA: ClassVar[str] = "OutcomeEvent/v1"
     schema_tag: Literal["OutcomeEvent/v1"] = _tag("OutcomeEvent")
     request_id: str = Field(min_length=1, max_length=256)
-    outcome: float | str = Field(description="Ground truth for request_id; arrives late.")
+    outcome: Number | str = Field(description="Ground truth for request_id; arrives late.")
 
 
 class Components(BaseModel):

@@ -153,6 +153,8 @@ def _raw(kind: str, i: int) -> bytes | None:
         "dot_z": orjson.dumps(_doc(i, ts="2026-11-22T12:00:00.Z")),
         "ts_newline": orjson.dumps(_doc(i, ts="2026-11-22T12:00:00.123456Z\n")),
         "bad_utf8_key": good[:-1] + b',"\xff":1}',
+        "bool_prediction": orjson.dumps(_doc(i, prediction=True)),
+        "bool_score": orjson.dumps(_doc(i, score=False)),
     }[kind]
 
 
@@ -161,6 +163,7 @@ REFUSED = ["nan", "inf_feature", "tombstone", "empty", "blank", "two_objects", "
 REFUSED += ["long_id", "wrong_tag", "naive_ts", "not_json", "array", "nested_feature"]
 REFUSED += ["bad_utf8_model", "bad_utf8_feature", "bad_utf8_event_id", "year_zero", "hour_24"]
 REFUSED += ["zone_then_z", "two_zones", "dot_z", "ts_newline", "bad_utf8_key"]
+REFUSED += ["bool_prediction", "bool_score"]
 
 
 @pytest.mark.parametrize("kind", REFUSED)
@@ -250,6 +253,9 @@ def test_latency_events_decode_alike_on_both_paths() -> None:
         (_latency(99, schema="PredictionEvent/v1"), "schema"),
         (_latency(99, request_id=""), "request_id"),
         (_latency(99)[:-1] + b',"\xff":1}', "(event)"),
+        # a boolean or a string is not a number (`true` was read as 1 ms)
+        (_latency(99).replace(b'"latency_ms":109.0', b'"latency_ms":true'), "latency_ms"),
+        (_latency(99).replace(b'"latency_ms":109.0', b'"latency_ms":"109"'), "latency_ms"),
     ],
 )
 def test_bad_latency_events_are_refused_and_the_rest_kept(bad: bytes, field_: str) -> None:

@@ -9,6 +9,8 @@ from typing import Any, TextIO
 import structlog
 from structlog.typing import Processor
 
+from rollguard.outage import OUTAGES
+
 
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
@@ -35,6 +37,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     )
     # Libraries (aiokafka, faust, mode) log through stdlib; keep them to warnings and above.
     logging.basicConfig(level=logging.WARNING, stream=out, force=True)
+    for handler in logging.getLogger().handlers:  # an outage is two lines (rollguard.outage)
+        handler.addFilter(OUTAGES)
     for noisy in ("faust", "mode", "aiokafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING if level != "debug" else logging.INFO)
 

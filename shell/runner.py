@@ -16,6 +16,7 @@ from rollguard.broker import EmbeddedBroker
 from rollguard.bus import negotiate_idempotence, provision_topics, wait_for_broker
 from rollguard.errors import UsageError
 from rollguard.logs import get_logger
+from rollguard.outage import watch
 from rollguard.policy import PolicySource
 from rollguard.service import Service
 from rollguard.settings import RollguardSettings
@@ -148,7 +149,13 @@ async def kafka(
             if broker is not None and record:
                 written = BrokerRecord(broker.bootstrap, os.getpid())
                 written.write(settings.state_dir)
-            yield settings
+            assert settings.kafka_bootstrap is not None  # wait_for_broker reached it
+            watching = asyncio.create_task(watch(settings.kafka_bootstrap), name="broker-watch")
+            try:
+                yield settings
+            finally:
+                watching.cancel()
+                await asyncio.gather(watching, return_exceptions=True)
     finally:
         if written is not None:
             written.remove(settings.state_dir)

@@ -26,10 +26,10 @@ Subparsers = Any  # argparse's _SubParsersAction is private
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line."""
+    """An argument parser whose errors are one line, ``rollguard: error: ...`` like the rest."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"rollguard: error: {message} (see {self.prog} --help)\n")
 
 
 def group(sub: Subparsers, name: str, help_text: str) -> Subparsers:

@@ -40,13 +40,14 @@ def register(sub: Subparsers) -> None:
 
 
 def _demo(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    writable_state_dir(settings)  # before the demo's imports: every service, seconds
+
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     from rollguard_shell.demo import run_demo
 
-    writable_state_dir(settings)
     with open(settings.state_dir / "demo.log", "w") as logf:
         configure_logging(settings.log_level, "json", stream=logf)
         err = Console(stderr=True)
@@ -81,10 +82,12 @@ def _demo(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 
 def _up(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    # Before the runner's imports (every service, seconds): up records its broker in the
+    # state directory, and its services use every database.
+    _ready_to_serve(settings, list(SERVICE_NAMES), up=True)
     from rollguard_shell.runner import CORE_SERVICES
 
     names = [*CORE_SERVICES, *(["router"] if args.with_router else [])]
-    _ready_to_serve(settings, names, up=True)  # up records its broker there
     return run_stoppable(_serve(settings, names, record=True))
 
 

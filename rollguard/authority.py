@@ -12,11 +12,11 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import get_args
+from typing import Any, get_args
 
 import yaml
 
-from rollguard.errors import ConfigError
+from rollguard.errors import ConfigError, yaml_problem
 from rollguard.policy import Role
 
 ROLES: tuple[str, ...] = get_args(Role)
@@ -45,14 +45,8 @@ class TokenRegistry:
     @classmethod
     def load(cls, path: Path) -> TokenRegistry:
         """Read the tokens file; a missing file is an empty registry (nobody may approve)."""
-        if not path.exists():
-            return cls()
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
         identities: dict[str, Identity] = {}
-        for i, entry in enumerate(doc.get("tokens") or []):
+        for i, entry in enumerate(_token_entries(path)):
             name, role, digest = entry.get("name"), entry.get("role"), entry.get("sha256")
             if not name or role not in ROLES or not isinstance(digest, str) or len(digest) != 64:
                 raise ConfigError(
@@ -99,12 +93,26 @@ class TokenSource:
         return True
 
 
+def _token_entries(path: Path) -> list[Any]:
+    """The ``tokens`` list of a tokens file (none when it does not exist); ConfigError, in one
+    line, for a file that is not YAML or not shaped as one."""
+    if not path.exists():
+        return []
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_problem(path, exc)) from exc
+    entries = doc.get("tokens") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or not isinstance(entries, list | None):
+        raise ConfigError(f"{path}: a tokens file is a mapping with a list under 'tokens'")
+    return list(entries or [])
+
+
 def create_token(path: Path, name: str, role: str) -> str:
     """Add a person with a new random token to the tokens file; return the token (once)."""
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r}; known: {', '.join(ROLES)}")
-    doc = yaml.safe_load(path.read_text()) if path.exists() else None
-    entries = list((doc or {}).get("tokens") or [])
+    entries = _token_entries(path)
     token = secrets.token_urlsafe(32)
     entries.append({"name": name, "role": role, "sha256": hash_token(token)})
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -81,3 +81,12 @@ class LedgerMissing(LedgerError):
 
     retriable = False
     exit_code = ExitCode.USAGE
+
+
+def yaml_problem(path: object, exc: Exception) -> str:
+    """One line for a YAML syntax error: ``file:line:column: problem`` (PyYAML's own text
+    spans several lines, with a caret drawing)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    return f"{where}: not valid YAML: {problem}"

@@ -30,7 +30,7 @@ from rollguard.detector_policy import (
     FalseAlarmPolicy,
     default_detectors,
 )
-from rollguard.errors import ConfigError
+from rollguard.errors import ConfigError, yaml_problem
 from rollguard.logs import get_logger
 
 log = get_logger("rollguard.policy")
@@ -254,7 +254,7 @@ def load_policy(*paths: Path, kinds: DetectorKinds | None = None) -> PolicySet:
             root = yaml.compose(text)
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            raise ConfigError(yaml_problem(path, exc)) from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a policy file is a mapping with defaults and/or models")
         unknown = set(raw) - {"version", "defaults", "models"}

@@ -83,6 +83,16 @@ CASES = [
         "bad-policy.yaml:2: defaults.rollback.cooldown_s",
         {**UNREACHABLE, "ROLLGUARD_POLICY_PATH": "{policy}"},
     ),
+    # YAML that is not YAML, or not shaped as it should be: PyYAML's several lines, or a
+    # traceback, were what users got
+    Case("lint-not-yaml", ("policy", "lint", "{not_yaml}"), 2, "not-yaml.yaml:3:1: not valid YAML"),
+    Case(
+        "tokens-file-a-list",
+        ("tokens", "create", "--name", "dora", "--role", "sre"),
+        2,
+        "a tokens file is a mapping with a list under 'tokens'",
+        {"ROLLGUARD_TOKENS_FILE": "{tokens_list}"},
+    ),
     # ledgers that are not there, URLs that are not URLs
     Case(
         "verify-garbage-url",
@@ -227,6 +237,8 @@ def _world(base: Path) -> dict[str, str]:
     db.close()
     policy = base / "bad-policy.yaml"
     policy.write_text("defaults:\n  rollback: {cooldown_s: -1}\n")
+    (base / "not-yaml.yaml").write_text("defaults:\n  rollback: [1, 2\n")
+    (base / "tokens-list.yaml").write_text("- a\n- b\n")
     a_file = base / "a-file"
     a_file.write_text("not a directory")
     shim = base / "shim"
@@ -244,6 +256,8 @@ def _world(base: Path) -> dict[str, str]:
         "broken": f"sqlite:///{broken}",
         "missing": f"sqlite:///{base / 'typo' / 'ledger.db'}",
         "policy": str(policy),
+        "not_yaml": str(base / "not-yaml.yaml"),
+        "tokens_list": str(base / "tokens-list.yaml"),
         "file": str(a_file),
         "shim": str(shim),
     }

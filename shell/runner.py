@@ -1,7 +1,8 @@
 """Builds services by name and runs them together: what `up`, `run` and the demo share.
 
-The only place that reads each service's settings from the environment (ROLLGUARD_<SERVICE>_*);
-the services take them as constructor arguments.
+The place that builds each service's settings from the environment (ROLLGUARD_<SERVICE>_*; the
+CLI validates them all at start, so that a bad value is one line before anything runs); the
+services take them as constructor arguments.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from rollguard_shell.commands import Parser, admin, baseline, incident, ledger, 
 from rollguard_shell.commands import invalidations as invalidations_cmd
 from rollguard_shell.discovery import BrokerRecord, with_running_broker
 from rollguard_shell.environment import SETTINGS, check_environment
-from rollguard_shell.stopping import Stopped
+from rollguard_shell.stopping import Stopped, ignore_further_signals
 
 #: Every command group, in --help order. A new group is a module with register(sub).
 GROUPS = (running, operations, admin, ledger, incident, baseline, invalidations_cmd)
@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(ExitCode.BROKEN_PIPE) from None
     except Stopped as stop:
         print(f"rollguard: {stop}; everything it started has stopped", file=sys.stderr)
+        ignore_further_signals()
         raise SystemExit(stop.exit_code) from None
     except KeyboardInterrupt:
         print("rollguard: interrupted; everything it started has stopped", file=sys.stderr)

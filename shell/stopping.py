@@ -64,6 +64,13 @@ class Stopped(Exception):
         self.exit_code = EXIT_CODES[signum]
 
 
+def ignore_further_signals() -> None:
+    """Once a stop is complete and said: the interpreter's own shutdown puts SIGINT back to its
+    default, and a second Ctrl-C then would end the process by the signal instead of 130."""
+    for signum in EXIT_CODES:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def run_stoppable(main: Coroutine[Any, Any, T], *, grace_s: float = 7.0) -> T:
     """``asyncio.run(main)``, stopped cleanly by SIGINT or SIGTERM (see the module doc):
     raises Stopped once everything is released, whether ``main`` returned or was cancelled."""

@@ -148,6 +148,10 @@ class EmbeddedBroker:
                 proc.wait(timeout=reap_s)
 
     @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 

@@ -4,7 +4,7 @@ While the broker is away, aiokafka logs every attempt of every client at ERROR (
 second from `rollguard up`). ``OUTAGES``, a filter on the handlers ``configure_logging``
 installs, turns the first of them into one structured ``broker_unreachable`` warning and holds
 the rest back (counted); ``watch`` says ``broker_back`` once the clients have stopped failing
-and the broker accepts connections again, with how long it was away and how many lines it
+and the broker answers a request again, with how long it was away and how many lines it
 held back. The clients themselves keep retrying as they always do.
 """
 
@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 
 import structlog
+
+from rollguard.settings import RollguardSettings
 
 # structlog directly: rollguard.logs installs this module's filter.
 log = structlog.get_logger(logger_name="rollguard.broker")
@@ -78,21 +81,42 @@ class BrokerOutages(logging.Filter):
 OUTAGES = BrokerOutages()
 
 
-async def _answers(bootstrap: str, timeout_s: float = 1.0) -> bool:
+#: ApiVersions v0 (key 18), correlation id 1, client id "rollguard": the smallest request every
+#: Kafka-protocol broker answers, before any authentication.
+_API_VERSIONS = struct.pack(">hhih", 18, 0, 1, 9) + b"rollguard"
+
+
+async def answers(bootstrap: str, speak_kafka: bool, timeout_s: float = 1.0) -> bool:
+    """Whether a broker answers: a Kafka ApiVersions round trip where the listener is plain
+    (a frozen broker still accepts connections: its kernel does), else a TCP connection."""
     for address in bootstrap.split(","):
         host, _, port = address.strip().rpartition(":")
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, int(port)), timeout_s
+            )
         except (OSError, ValueError, TimeoutError):
             continue
-        writer.close()
-        return True
+        try:
+            if not speak_kafka:
+                return True
+            writer.write(struct.pack(">i", len(_API_VERSIONS)) + _API_VERSIONS)
+            await asyncio.wait_for(reader.readexactly(8), timeout_s)  # size, correlation id
+            return True
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            continue
+        finally:
+            writer.close()
     return False
 
 
-async def watch(bootstrap: str, outages: BrokerOutages = OUTAGES, every_s: float = 0.5) -> None:
+async def watch(
+    settings: RollguardSettings, outages: BrokerOutages = OUTAGES, every_s: float = 0.5
+) -> None:
     """Say ``broker_back`` when an outage is over; runs until cancelled."""
+    assert settings.kafka_bootstrap is not None
+    plain = settings.security_protocol in ("PLAINTEXT", "SASL_PLAINTEXT")
     while True:
         await asyncio.sleep(every_s)
-        if outages.settled() and await _answers(bootstrap):
+        if outages.settled() and await answers(settings.kafka_bootstrap, plain):
             outages.back()

@@ -150,8 +150,7 @@ async def kafka(
             if broker is not None and record:
                 written = BrokerRecord(broker.bootstrap, os.getpid())
                 written.write(settings.state_dir)
-            assert settings.kafka_bootstrap is not None  # wait_for_broker reached it
-            watching = asyncio.create_task(watch(settings.kafka_bootstrap), name="broker-watch")
+            watching = asyncio.create_task(watch(settings), name="broker-watch")
             try:
                 yield settings
             finally:

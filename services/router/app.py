@@ -11,6 +11,7 @@ from collections import Counter
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from rollguard import topics
@@ -98,9 +99,20 @@ class RouterService:
             owed -= n
             for event in self.router.serve(n):
                 topic = latency_topic if event.SCHEMA.startswith("Latency") else predictions_topic
-                await producer.send(topic, event.encode(), key=event.key)
+                try:
+                    sent = await producer.send(topic, event.encode(), key=event.key)
+                except KafkaError:
+                    # The broker is away (rollguard.outage says so once): a model server keeps
+                    # serving and counts the telemetry it could not hand over.
+                    self.counts["telemetry_dropped"] += 1
+                    continue
+                sent.add_done_callback(self._delivered)
                 self.counts[topic] += 1
             self._log_switches()
+
+    def _delivered(self, sent: asyncio.Future[object]) -> None:
+        if not sent.cancelled() and sent.exception() is not None:
+            self.counts["telemetry_dropped"] += 1
 
     def _log_switches(self) -> None:
         """Log each switch once, when the new version has served its first request."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
+import signal
 from pathlib import Path
 
 import orjson
@@ -13,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rollguard.broker import EmbeddedBroker
 from rollguard.bus import client_options
 from rollguard.logs import configure_logging
-from rollguard.outage import OUTAGES, watch
+from rollguard.outage import OUTAGES, answers, watch
 from rollguard.settings import RollguardSettings
 from tests.conftest import until
 
@@ -36,7 +38,7 @@ async def test_a_broker_away_and_back_is_two_lines(tmp_path: Path) -> None:
     settings = RollguardSettings(kafka_bootstrap=broker.bootstrap)
     producer = AIOKafkaProducer(**client_options(settings))
     consumer = AIOKafkaConsumer("t", **client_options(settings), fetch_max_wait_ms=50)
-    watching = asyncio.create_task(watch(broker.bootstrap, every_s=0.2))
+    watching = asyncio.create_task(watch(settings, every_s=0.2))
     try:
         await producer.start()
         await consumer.start()
@@ -65,3 +67,22 @@ async def test_a_broker_away_and_back_is_two_lines(tmp_path: Path) -> None:
     assert isinstance(back["outage_s"], float) and back["outage_s"] >= 2.0
     assert "Unable connect" not in said and "ERROR:aiokafka" not in said, said
     assert OUTAGES.down_since is None
+
+
+async def test_a_frozen_broker_is_not_taken_for_one_that_is_back(tmp_path: Path) -> None:
+    """A broker stopped with SIGSTOP still accepts connections (its kernel does): `broker_back`
+    must wait for an answer to a Kafka request, not a TCP handshake."""
+    broker = EmbeddedBroker(tmp_path / "broker.log")
+    await asyncio.to_thread(broker.start)
+    try:
+        assert broker.pid is not None
+        assert await answers(broker.bootstrap, speak_kafka=True)
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            assert await answers(broker.bootstrap, speak_kafka=False)  # the handshake passes
+            assert not await answers(broker.bootstrap, speak_kafka=True)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        assert await answers(broker.bootstrap, speak_kafka=True)
+    finally:
+        await asyncio.to_thread(broker.stop)

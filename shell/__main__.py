@@ -7,6 +7,7 @@ command is still importing ends it with one line and 130 or 143, like one at any
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -22,8 +23,10 @@ def main() -> None:
     try:
         from rollguard_shell.cli import main as cli_main
     except KeyboardInterrupt:
-        print("rollguard: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        # Straight out: nothing has started, and an interpreter interrupted while importing
+        # may end its own shutdown by the signal (-2) instead of the code (1 run in 40).
+        print("rollguard: interrupted", file=sys.stderr, flush=True)
+        os._exit(130)
     cli_main()
 
 

@@ -47,6 +47,11 @@ class RollguardSettings(BaseSettings):
     control_fetch_max_wait_ms: int = Field(default=10, ge=0, le=1_000)
 
     state_dir: Path = Path(".rollguard")
+    embedded_storage: Literal["disk", "memory"] = Field(
+        default="disk",
+        description="Where the embedded broker keeps its log: on disk under the state "
+        "directory (a restart loses nothing) or in memory (faster; a restart loses every topic).",
+    )
     ledger_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default sqlite under state_dir."
     )

@@ -113,14 +113,18 @@ async def kafka(
     """Settings pointing at a reachable broker with every topic provisioned, and control
     producers the broker accepts (idempotent where it can do it).
 
-    Without ROLLGUARD_KAFKA_BOOTSTRAP an embedded broker is started for the duration; with
+    Without ROLLGUARD_KAFKA_BOOTSTRAP an embedded broker is started for the duration, its log
+    kept beside ``broker_log`` in ``broker-data/`` (unless ROLLGUARD_EMBEDDED_STORAGE=memory), so
+    a later start on the same state directory has every topic, offset and group again; with
     ``record`` (``rollguard up``) its address is written to the state directory, where every
     other command run with the same state directory finds it.
     """
     broker: EmbeddedBroker | None = None
     written: BrokerRecord | None = None
     if settings.embedded:
-        broker = EmbeddedBroker(broker_log or settings.state_dir / "broker.log")
+        log_path = broker_log or settings.state_dir / "broker.log"
+        data_dir = log_path.parent / "broker-data" if settings.embedded_storage == "disk" else None
+        broker = EmbeddedBroker(log_path, data_dir=data_dir)
         await asyncio.to_thread(broker.start)
         settings = settings.model_copy(
             update={
@@ -133,7 +137,12 @@ async def kafka(
                 "rebalance_timeout_ms": min(settings.rebalance_timeout_ms, 1_000),
             }
         )
-        log.info("embedded_broker", bootstrap=broker.bootstrap, log=str(broker.log_path))
+        log.info(
+            "embedded_broker",
+            bootstrap=broker.bootstrap,
+            log=str(broker.log_path),
+            data=str(data_dir) if data_dir is not None else "memory",
+        )
 
     def abandon() -> None:  # the process is ending now: leave no broker and no record behind
         if broker is not None:

@@ -3,7 +3,10 @@ rollback commands; applied rollbacks → verification; quiet live versions → k
 
 Low volume, stateful: per-model state lives in a faust table whose changelog makes it
 durable. The table is private: what others need of it is the ModelStatus published on
-``model-status`` whenever it changes. Every input topic is keyed by model_id and co-partitioned, so the worker that owns a
+``model-status`` whenever it changes. What an outcome publishes is first written into the state
+as owed and flushed, then sent and flushed, then cleared: a kill at any point leaves either no
+trace of the outcome or its debts, which the next event of that model (or the timer) sends
+again — a command only if its topic does not have it yet. Every input topic is keyed by model_id and co-partitioned, so the worker that owns a
 model's partition owns its state. faust only lets a table change inside a stream, so the
 timer does not touch state itself: it sends a tick for each model with something due, and
 the tick agent does the work.
@@ -12,19 +15,21 @@ the tick agent does the work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import ssl
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
 import faust
+import orjson
 from pydantic import ValidationError
 
 from rollguard import topics
 from rollguard.authority import TokenRegistry, TokenSource
-from rollguard.bus import DeadLetterSink, client_options
+from rollguard.bus import DeadLetterSink, client_options, read_topic
 from rollguard.events import (
     Approval,
     Breach,
@@ -45,7 +50,13 @@ from rollguard_services.decider.breaches import decide
 from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.outcome import DECIDER_ID, Outcome
 from rollguard_services.decider.settings import DeciderSettings
-from rollguard_services.decider.state import ModelState, apply_ack, apply_health, apply_manifest
+from rollguard_services.decider.state import (
+    ModelState,
+    Owed,
+    apply_ack,
+    apply_health,
+    apply_manifest,
+)
 from rollguard_services.decider.status import status_change
 from rollguard_services.decider.timers import TICK_STEPS, due
 
@@ -69,6 +80,22 @@ def faust_broker_options(settings: RollguardSettings) -> dict[str, Any]:
     elif context is not None:
         out["broker_credentials"] = faust.SSLCredentials(context)
     return out
+
+
+def owed_by(outcome: Outcome) -> tuple[Owed, ...]:
+    """Every event an outcome publishes, in the order it is sent."""
+    owed = [Owed(topic="decisions", value=d.encode().decode()) for d in outcome.decisions]
+    if outcome.command is not None:
+        owed.append(
+            Owed(
+                topic="commands",
+                value=outcome.command.encode().decode(),
+                command_id=outcome.command.command_id,
+            )
+        )
+    owed += [Owed(topic="acks", value=a.encode().decode()) for a in outcome.acks]
+    owed += [Owed(topic="deployments", value=m.encode().decode()) for m in outcome.manifests]
+    return tuple(owed)
 
 
 class Decider:
@@ -162,11 +189,61 @@ class Decider:
 
         dead_letters = DeadLetterSink(s, send, self.name)
 
+        outputs = {
+            "decisions": decisions_out,
+            "commands": commands_out,
+            "acks": acks,
+            "deployments": deployments,
+        }
+        # One event at a time per model: a handler holds its model from load to store, so two
+        # agents (a breach and a tick, say) never write over each other's state.
+        locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
         def load(model_id: str) -> ModelState:
             stored = states.get(model_id)
             if stored is None:
                 return ModelState(model_id=model_id)
             return ModelState.model_validate_json(stored)
+
+        @contextlib.asynccontextmanager
+        async def model(model_id: str) -> AsyncIterator[ModelState]:
+            """The model's state, held; debts a killed run left are settled first."""
+            async with locks[model_id]:
+                state = load(model_id)
+                if state.owed:
+                    state = await settle(state)
+                yield state
+
+        async def send_owed(model_id: str, owed: tuple[Owed, ...]) -> None:
+            key = model_id.encode()
+            for item in owed:
+                await outputs[item.topic].send(key=key, value=item.value.encode())
+            await app.producer.flush()
+
+        async def settle(state: ModelState) -> ModelState:
+            """Send again what a run killed mid-publish owed; a command only if it is not on
+            its topic (the executor would refuse a second copy as a replay)."""
+            owed = state.owed
+            if any(item.command_id for item in owed):
+                on_topic = {
+                    orjson.loads(r.value).get("command_id")
+                    for r in await read_topic(s, topics.COMMANDS.name)
+                    if r.key == state.model_id.encode()
+                }
+                owed = tuple(
+                    i for i in owed if i.command_id is None or i.command_id not in on_topic
+                )
+            await send_owed(state.model_id, owed)
+            settled = state.model_copy(update={"owed": ()})
+            states[state.model_id] = settled.model_dump_json()
+            self.counts["owed_resent"] += len(owed)
+            log.warning(
+                "owed_resent",
+                model_id=state.model_id,
+                events=[i.topic for i in owed],
+                already_published=len(state.owed) - len(owed),
+            )
+            return settled
 
         async def store(before: ModelState, after: ModelState, now: datetime) -> None:
             """Keep the new state; publish the model's status when what it shows changed."""
@@ -177,10 +254,15 @@ class Decider:
                 self.counts["status_published"] += 1
 
         async def publish(before: ModelState, outcome: Outcome, now: datetime) -> None:
-            states[outcome.state.model_id] = outcome.state.model_dump_json()
-            key = outcome.state.model_id.encode()
+            """Owed, flushed; sent, flushed; cleared (see the module's docstring)."""
+            model_id = outcome.state.model_id
+            owed = owed_by(outcome)
+            if owed:
+                owing = outcome.state.model_copy(update={"owed": owed})
+                states[model_id] = owing.model_dump_json()
+                await app.producer.flush()
+                await send_owed(model_id, owed)
             for decision in outcome.decisions:
-                await decisions_out.send(key=key, value=decision.encode())
                 self.counts[f"decision_{decision.action}"] += 1
                 log.warning(
                     "decision",
@@ -191,16 +273,12 @@ class Decider:
                     reasons=[r.code for r in decision.reasons],
                     command_id=decision.command_id,
                 )
-            if outcome.command is not None:
-                await commands_out.send(key=key, value=outcome.command.encode())
             for ack in outcome.acks:
-                await acks.send(key=key, value=ack.encode())
                 self.counts[f"ack_{ack.status}"] += 1
             for manifest in outcome.manifests:
-                await deployments.send(key=key, value=manifest.encode())
                 self.counts[f"manifest_{manifest.status}"] += 1
             # Last, so whoever sees a command in flight in the status finds it on its topic.
-            await store(before, outcome.state, now)
+            await store(before, outcome.state.model_copy(update={"owed": ()}), now)
 
         async def each(
             stream: faust.StreamT[Any], cls: type[E], handle: Callable[[E], Awaitable[None]]
@@ -216,8 +294,8 @@ class Decider:
                 await handle(parsed)
 
         async def on_manifest(manifest: SystemManifest) -> None:
-            before = load(manifest.model_id)
-            await store(before, apply_manifest(before, manifest), utcnow())
+            async with model(manifest.model_id) as before:
+                await store(before, apply_manifest(before, manifest), utcnow())
             log.info(
                 "manifest",
                 model_id=manifest.model_id,
@@ -229,39 +307,43 @@ class Decider:
         async def on_ack(ack: CommandAck) -> None:
             if ack.executor_id == DECIDER_ID:
                 return  # our own verified acks
-            before, ctx = load(ack.model_id), self.context(ack.model_id)
-            await store(before, apply_ack(before, ack, ctx), ctx.now)
+            async with model(ack.model_id) as before:
+                ctx = self.context(ack.model_id)
+                await store(before, apply_ack(before, ack, ctx), ctx.now)
 
         async def on_health(check: HealthCheckEvent) -> None:
-            before = load(check.model_id)
-            await store(before, apply_health(before, check), utcnow())
+            async with model(check.model_id) as before:
+                await store(before, apply_health(before, check), utcnow())
 
         async def on_breach(breach: Breach) -> None:
-            before, ctx = load(breach.model_id), self.context(breach.model_id)
-            outcome = decide(before, breach, ctx)
-            if outcome is None:
-                self.counts["duplicate_breaches"] += 1
-                return
-            await publish(before, outcome, ctx.now)
+            async with model(breach.model_id) as before:
+                ctx = self.context(breach.model_id)
+                outcome = decide(before, breach, ctx)
+                if outcome is None:
+                    self.counts["duplicate_breaches"] += 1
+                    return
+                await publish(before, outcome, ctx.now)
 
         async def on_request(req: RollbackRequest) -> None:
             who = self.tokens.lookup(req.token_sha256)
-            before, ctx = load(req.model_id), self.context(req.model_id)
-            await publish(before, request(before, req, who, ctx), ctx.now)
+            async with model(req.model_id) as before:
+                ctx = self.context(req.model_id)
+                await publish(before, request(before, req, who, ctx), ctx.now)
 
         async def on_approval(approval: Approval) -> None:
             who = self.tokens.lookup(approval.token_sha256)
-            before, ctx = load(approval.model_id), self.context(approval.model_id)
-            await publish(before, approve(before, approval, who, ctx), ctx.now)
+            async with model(approval.model_id) as before:
+                ctx = self.context(approval.model_id)
+                await publish(before, approve(before, approval, who, ctx), ctx.now)
 
         async def on_tick(model_id: str) -> None:
-            ctx = self.context(model_id)
-            state = load(model_id)
-            for step in TICK_STEPS:
-                outcome = step(state, ctx)
-                if outcome is not None:
-                    await publish(state, outcome, ctx.now)
-                    state = outcome.state
+            async with model(model_id) as state:
+                ctx = self.context(model_id)
+                for step in TICK_STEPS:
+                    outcome = step(state, ctx)
+                    if outcome is not None:
+                        await publish(state, outcome, ctx.now)
+                        state = outcome.state
 
         @app.agent(deployments)
         async def deployment_agent(stream: faust.StreamT[Any]) -> None:
@@ -298,7 +380,8 @@ class Decider:
             self._refresh_tokens()
             now = utcnow()
             for model_id, stored in list(states.items()):
-                if due(ModelState.model_validate_json(stored), self.context(model_id, now)):
+                state = ModelState.model_validate_json(stored)
+                if state.owed or due(state, self.context(model_id, now)):
                     await ticks.send(key=model_id.encode(), value=b"")
 
         @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust's stub wants a keyword-only signal arg

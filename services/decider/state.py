@@ -51,6 +51,17 @@ class Pending(BaseModel):
     expires_at: datetime
 
 
+class Owed(BaseModel):
+    """An event the decider decided to publish and has not yet seen acknowledged by the
+    broker: kept in the state before it is sent, so a kill in between cannot lose it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    topic: str  # the topic's short name (rollguard.topics)
+    value: str  # the event's JSON
+    command_id: str | None = None  # a command: sent again only if its topic does not have it
+
+
 class ModelState(BaseModel):
     """What the decider knows of one model; stored in a faust table keyed by model_id."""
 
@@ -67,6 +78,9 @@ class ModelState(BaseModel):
     handled_breaches: tuple[str, ...] = ()
     last_breach: dict[str, datetime] = {}  # model_version → last breach time
     health: dict[str, tuple[datetime, bool]] = {}  # model_version → last check
+    #: What an outcome still owes the topics; only non-empty while it is being sent, or
+    #: after a kill in the middle, when the next event of the model sends it again.
+    owed: tuple[Owed, ...] = ()
 
 
 def apply_manifest(state: ModelState, manifest: SystemManifest) -> ModelState:

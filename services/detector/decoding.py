@@ -165,7 +165,25 @@ LATENCY_STRINGS = (*PREDICTION_STRINGS, "status")
 def join_values(records: list[Record], strings: tuple[str, ...] = PREDICTION_STRINGS) -> Joined:
     """The batch as one newline-delimited buffer (Python work: done where the GIL is held)."""
     values = [r.value for r in records]
-    return Joined(values, b"\n".join(values) if _one_object_each(values) else None, strings)
+    fit = _one_object_each(values) and _shallow(values)
+    return Joined(values, b"\n".join(values) if fit else None, strings)
+
+
+#: Arrow's JSON reader recurses once per level of nesting and overflows the thread's stack
+#: (SIGSEGV, the whole detector gone) somewhere past 10,000 levels; orjson and pydantic stop at
+#: 1,024 and 200 with an error. No event nests deeper than two, so a batch goes to Arrow only
+#: when no value can hold more than this many levels: one no longer than this, or with no
+#: more brackets than this.
+ARROW_MAX_DEPTH = 1_024
+
+
+def _shallow(values: list[bytes]) -> bool:
+    if max(map(len, values)) <= ARROW_MAX_DEPTH:  # the common case, one pass in C
+        return True
+    return all(
+        len(v) <= ARROW_MAX_DEPTH or v.count(b"{") + v.count(b"[") <= ARROW_MAX_DEPTH
+        for v in values
+    )
 
 
 def _one_object_each(values: list[Any]) -> bool:

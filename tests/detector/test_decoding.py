@@ -317,3 +317,41 @@ def test_whole_second_stamps_and_date_like_versions_stay_on_the_arrow_path() -> 
     assert (batch.path, rejected) == ("arrow", [])
     assert list(batch.groups) == [("m", "2026-11-22")]
     assert batch.ts[1] - batch.ts[0] == 1.0
+
+
+_DEEP = """
+from aiokafka import ConsumerRecord
+import orjson
+from rollguard_services.detector.decoding import decode_latency, decode_predictions
+
+envelope = {"model_id": "m", "model_version": "v1", "request_id": "r"}
+good = {
+    decode_predictions: orjson.dumps({**envelope, "prediction": 0.5}),
+    decode_latency: orjson.dumps({**envelope, "latency_ms": 3.0, "status": "ok"}),
+}
+for decode, value in good.items():
+    for deep in (  # one at a time: a batch holding two was refused before the deep recursion
+        value[:-1] + b',"features":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        value[:-1] + b',"features":' + b'{"a":' * 50_000 + b"1" + b"}" * 50_000 + b"}",
+        value[:-1] + b',"x":' + b"[" * 100_000 + b"}",  # never closed
+    ):
+        records = [ConsumerRecord("t", 0, i, 0, 0, b"m", v, None, 1, len(v), ())
+                   for i, v in enumerate([value, deep, value])]
+        batch, rejected = decode(records)
+        assert [r.record.offset for r in rejected] == [1], rejected
+        assert [r.offset for r in batch.records] == [0, 2]
+print("ok")
+"""
+
+
+def test_deeply_nested_values_are_refused_without_crashing_the_process() -> None:
+    """Arrow's JSON reader overflowed its stack (SIGSEGV, the detector gone) on one record of
+    100,000 nested arrays inside an object; such a batch must go to orjson and pydantic."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _DEEP], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.strip() == "ok"

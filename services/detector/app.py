@@ -330,13 +330,13 @@ class Detector:
                 await self.fold_predictions(*decode_predictions(records, ready))
             elif tp.topic == self._business_topic:
                 good_b, rejected = decode_batch(records, BusinessMetricEvent)
-                business = self.folder.refuse_future_events(good_b, time.time(), rejected)
+                business = self.folder.refuse_skewed_events(good_b, time.time(), rejected)
                 await self._reject(rejected)
                 self.counts["business_events"] += len(business)
                 self.folder.fold_business(business, time.time())
             elif tp.topic == self._health_topic:
                 good_h, rejected = decode_batch(records, HealthCheckEvent)
-                health = self.folder.refuse_future_events(good_h, time.time(), rejected)
+                health = self.folder.refuse_skewed_events(good_h, time.time(), rejected)
                 await self._reject(rejected)
                 self.counts["health_events"] += len(health)
                 self.folder.fold_health(health, time.time())

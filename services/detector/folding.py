@@ -169,43 +169,53 @@ class Folder:
 
     # --- latency ---------------------------------------------------------------------------
 
-    def refuse_future(
+    def refuse_skewed(
         self,
         batch: LatencyBatch | PredictionBatch,
         rows: npt.NDArray[np.intp],
         now: float,
         rejected: list[Rejected],
     ) -> npt.NDArray[np.intp]:
-        """``rows`` without those dated more than ``max_future_s`` ahead of ``now``, which go
-        to ``rejected``: a producer with a fast clock must not open a window in the future
-        that every later event of its version folds into."""
-        ahead = batch.ts[rows] > now + self.svc.max_future_s
-        if not ahead.any():
+        """``rows`` without those dated more than ``max_future_s`` ahead of ``now`` or more than
+        ``max_past_s`` behind it, which go to ``rejected``: a producer with a fast clock must
+        not open a window in the future that every later event of its version folds into, nor
+        one with a stopped clock date a version's first event (its MTTD) decades back."""
+        ts = batch.ts[rows]
+        skewed = (ts > now + self.svc.max_future_s) | (ts < now - self.svc.max_past_s)
+        if not skewed.any():
             return rows
-        rejected += [self._clock_skew(batch.records[i], batch.ts[i], now) for i in rows[ahead]]
-        return rows[~ahead]
+        rejected += [self._clock_skew(batch.records[i], batch.ts[i], now) for i in rows[skewed]]
+        return rows[~skewed]
 
-    def refuse_future_events(
+    def refuse_skewed_events(
         self, good: list[tuple[Record, E]], now: float, rejected: list[Rejected]
     ) -> list[E]:
         """The same for events decoded one by one (business, health): the ones to fold."""
-        limit = now + self.svc.max_future_s
+        latest, earliest = now + self.svc.max_future_s, now - self.svc.max_past_s
         kept: list[E] = []
         for record, event in good:
             ts = event.ts.timestamp()
-            if ts > limit:
+            if ts > latest or ts < earliest:
                 rejected.append(self._clock_skew(record, ts, now))
             else:
                 kept.append(event)
         return kept
 
     def _clock_skew(self, record: Record, ts: float, now: float) -> Rejected:
-        self.counts["events_from_the_future"] += 1
+        if ts > now:
+            self.counts["events_from_the_future"] += 1
+            return Rejected(
+                record,
+                "clock_skew",
+                f"ts: {ts - now:.0f}s ahead of the detector's clock "
+                f"(more than max_future_s={self.svc.max_future_s:g})",
+            )
+        self.counts["events_from_the_past"] += 1
         return Rejected(
             record,
             "clock_skew",
-            f"ts: {ts - now:.0f}s ahead of the detector's clock "
-            f"(more than max_future_s={self.svc.max_future_s:g})",
+            f"ts: {now - ts:.0f}s behind the detector's clock "
+            f"(more than max_past_s={self.svc.max_past_s:g})",
         )
 
     def fold_latency(
@@ -213,7 +223,7 @@ class Folder:
     ) -> list[LatencyWindow]:
         closed: list[LatencyWindow] = []
         for key, all_rows in batch.groups.items():
-            rows = self.refuse_future(batch, all_rows, now, rejected)
+            rows = self.refuse_skewed(batch, all_rows, now, rejected)
             if len(rows) == 0:
                 continue
             self.saw(key, float(batch.ts[rows[0]]), len(rows), now)
@@ -237,7 +247,7 @@ class Folder:
         now: float,
     ) -> None:
         """Fold one version's rows of a prediction batch; bad rows go to ``rejected``."""
-        rows = self.refuse_future(batch, rows, now, rejected)
+        rows = self.refuse_skewed(batch, rows, now, rejected)
         if len(rows) == 0:
             return
         model = self.model(key[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import orjson
@@ -135,27 +135,42 @@ async def test_a_record_too_large_to_copy_is_dead_lettered_truncated_and_the_loo
     assert len(letter.encode()) < 512 * 1024
 
 
-async def test_an_event_from_the_future_is_refused_and_does_not_blind_the_version(
+async def test_events_from_the_future_or_far_past_are_refused_and_do_not_blind_the_version(
     topics_ready: RollguardSettings,
     publish: Callable[..., Awaitable[None]],
     reader: TopicReader,
 ) -> None:
     """Issue 11: one schema-valid LatencyEvent dated an hour ahead opened a window in the
-    future that every later event folded into: 0 breaches for bad traffic."""
+    future that every later event folded into: 0 breaches for bad traffic. One dated 1970 (a
+    stopped clock) became the version's first event: an MTTD of 56 years."""
     bad = traffic("v2", 400, 0.25, seed=6)
     ahead = bad[0].model_copy(update={"ts": utcnow() + timedelta(hours=1), "request_id": "skew"})
+    behind = bad[0].model_copy(
+        update={"ts": datetime(1970, 1, 1, tzinfo=UTC), "request_id": "stopped"}
+    )
     await publish(topics.LATENCY.name, ahead)
+    await publish(topics.LATENCY.name, behind)
     for event in bad:
         await publish(topics.LATENCY.name, event)
     detector = Detector(topics_ready, PolicySet(), DetectorSettings(group_id="det-future"))
     await run_until(
         detector,
-        lambda: detector.counts["breaches"] >= 1 and detector.counts["latency_events"] == 401,
+        lambda: detector.counts["breaches"] >= 1 and detector.counts["latency_events"] == 402,
     )
     assert detector.counts["events_from_the_future"] == 1
-    (letter,) = [
+    assert detector.counts["events_from_the_past"] == 1
+    letters = [
         DeadLetter.model_validate_json(r.value)
-        for r in await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) >= 1)
+        for r in await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) >= 2)
     ]
-    assert "ahead of the detector's clock" in letter.error
-    assert letter.error.startswith("clock_skew: ")
+    said = [
+        "ahead" if "s ahead of the detector's clock" in e else "behind" if "s behind" in e else e
+        for e in sorted(letter.error for letter in letters)
+    ]
+    assert sorted(said) == ["ahead", "behind"]
+    assert all(letter.error.startswith("clock_skew: ") for letter in letters)
+    (first, *_) = [
+        Breach.model_validate_json(r.value)
+        for r in await reader.read(topics.BREACHES.name, until=lambda r: len(r) >= 1)
+    ]
+    assert first.version_first_event_ts == bad[0].ts

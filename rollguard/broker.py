@@ -67,8 +67,9 @@ BUCKET = "tansu"
 class EmbeddedBroker:
     """A Tansu broker process on ``127.0.0.1:<port>``; use as a context manager.
 
-    ``data_dir``: keep the log there (see the module's docstring); else in memory, or on
-    ``storage`` (any Tansu storage URL) with ``env`` for its credentials.
+    ``data_dir``: keep the log there (see the module's docstring), keeping only the newest
+    ``keep_last[topic]`` record batches per partition of the topics it names; else in memory,
+    or on ``storage`` (any Tansu storage URL) with ``env`` for its credentials.
     """
 
     def __init__(
@@ -77,12 +78,14 @@ class EmbeddedBroker:
         *,
         port: int | None = None,
         data_dir: Path | None = None,
+        keep_last: dict[str, int] | None = None,
         storage: str = "memory://tansu/",
         env: dict[str, str] | None = None,
     ) -> None:
         self.log_path = log_path
         self.port = port or free_port()
         self.data_dir = data_dir
+        self.keep_last = keep_last or {}
         self.storage = f"s3://{BUCKET}/" if data_dir is not None else storage
         self._env = env
         self._proc: subprocess.Popen[bytes] | None = None
@@ -160,6 +163,7 @@ class EmbeddedBroker:
                     str(port),
                     "--bucket",
                     BUCKET,
+                    *(f"--keep-last={t}={n}" for t, n in sorted(self.keep_last.items())),
                 ],
                 stdout=subprocess.PIPE,
                 stderr=logf,

@@ -26,7 +26,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from rollguard import topics
 from rollguard.errors import BrokerUnavailable, ConfigError
-from rollguard.events import DeadLetter, Event
+from rollguard.events import DeadLetter, DeadLetterReason, Event
 from rollguard.logs import get_logger
 from rollguard.settings import RollguardSettings
 
@@ -214,7 +214,7 @@ class DeadLetterSink:
         self._consumer = consumer
         self.counts: Counter[str] = Counter()
 
-    async def send(self, record: SourceRecord, error: str, kind: str) -> None:
+    async def send(self, record: SourceRecord, error: str, kind: DeadLetterReason) -> None:
         raw = record.value if isinstance(record.value, bytes) else b""
         key = record.key if isinstance(record.key, bytes) else None
         if key is not None and len(key) > 256:
@@ -225,6 +225,7 @@ class DeadLetterSink:
             partition=record.partition,
             offset=record.offset,
             consumer=self._consumer,
+            reason=kind,
             error=f"{kind}: {error}"[:4000],
             raw_b64=base64.b64encode(raw[:MAX_DEAD_LETTER_RAW]).decode(),
             raw_size=len(raw),
@@ -256,10 +257,10 @@ _E = TypeVar("_E", bound=Event)
 
 @dataclass(frozen=True)
 class Rejected:
-    """A record that did not become an event, and why (``kind``: malformed / invalid)."""
+    """A record that did not become an event, and why."""
 
     record: ConsumerRecord[Any, Any]
-    kind: str
+    kind: DeadLetterReason
     error: str
 
 

@@ -19,10 +19,25 @@ ManifestStatus = Literal["candidate", "live", "known_good", "rolled_back"]
 DecisionAction = Literal["rollback", "investigate", "hold"]
 AckStatus = Literal["received", "applied", "verified", "failed", "rejected"]
 RollbackLevel = Annotated[int, Field(ge=1, le=4)]
-Scalar = float | str | None
 #: A number on the wire: an int or a float. Never a boolean (``true`` is not 1 ms) nor a string
 #: ("5"): a producer sending either has a bug that must surface as a dead letter.
 Number = Annotated[float, Field(strict=True)]
+#: The longest label (a class predicted, an outcome, a categorical feature's value): a detector
+#: keeps up to 256 of them per signal and window, so a megabyte of free text sent as one is
+#: refused, not kept.
+MAX_LABEL = 1_024
+Label = Annotated[str, Field(max_length=MAX_LABEL)]
+#: A feature's name becomes a signal's name; as long as an id at most.
+MAX_FEATURE_NAME = 256
+FeatureName = Annotated[str, Field(max_length=MAX_FEATURE_NAME)]
+Scalar = float | Label | None
+
+#: Why a consumer refused a record (``DeadLetter.reason``), a closed set: ``malformed``, not one
+#: JSON document (bytes that do not parse, a tombstone, NaN, nesting past the parser's limit);
+#: ``invalid``, a document the event model or the consumer's rules refuse (a wrong type, a
+#: missing field, an unknown schema tag, a version without a manifest); ``clock_skew``, an
+#: event dated too far ahead of or behind the consumer's clock.
+DeadLetterReason = Literal["malformed", "invalid", "clock_skew"]
 
 # A day in milliseconds: anything slower is a broken clock or a unit error, not a latency.
 MAX_LATENCY_MS = 86_400_000.0
@@ -71,9 +86,9 @@ class PredictionEvent(ModelEvent):
     SCHEMA: ClassVar[str] = "PredictionEvent/v1"
     schema_tag: Literal["PredictionEvent/v1"] = _tag("PredictionEvent")
     request_id: str = Field(min_length=1, max_length=256)
-    prediction: Number | str = Field(description="A number (regression, score) or a label.")
+    prediction: Number | Label = Field(description="A number (regression, score) or a label.")
     score: Number | None = None
-    features: dict[str, Scalar] | None = None
+    features: dict[FeatureName, Scalar] | None = None
 
 
 class LatencyEvent(ModelEvent):
@@ -104,7 +119,7 @@ class BusinessMetricEvent(ModelEvent):
 class HealthCheckEvent(ModelEvent):
     SCHEMA: ClassVar[str] = "HealthCheckEvent/v1"
     schema_tag: Literal["HealthCheckEvent/v1"] = _tag("HealthCheckEvent")
-    ok: bool
+    ok: bool = Field(strict=True, description='true or false; never 1, "yes" or "true".')
     detail: str = Field(default="", max_length=4096)
 
 
@@ -112,7 +127,7 @@ class OutcomeEvent(ModelEvent):
     SCHEMA: ClassVar[str] = "OutcomeEvent/v1"
     schema_tag: Literal["OutcomeEvent/v1"] = _tag("OutcomeEvent")
     request_id: str = Field(min_length=1, max_length=256)
-    outcome: Number | str = Field(description="Ground truth for request_id; arrives late.")
+    outcome: Number | Label = Field(description="Ground truth for request_id; arrives late.")
 
 
 class Components(BaseModel):
@@ -383,6 +398,11 @@ class DeadLetter(Event):
     partition: int
     offset: int
     consumer: str
+    reason: DeadLetterReason | None = Field(
+        default=None,
+        description="Why it was refused (malformed, invalid, clock_skew); absent only in "
+        "letters written before the field existed.",
+    )
     error: str
     raw_b64: str = Field(description="The raw message value, base64 (its start if truncated).")
     raw_size: int = Field(default=0, ge=0, description="Size of the whole raw value, bytes.")

@@ -22,16 +22,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.partitioner import DefaultPartitioner
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from rollguard import topics
 from rollguard.bus import client_options
 from rollguard.events import OutputInvalidation, RollbackCommand, decode
+from rollguard.outage import Sender
 from rollguard.settings import RollguardSettings
-
-_partitioner = DefaultPartitioner()
 
 
 def invalidation_for(command: RollbackCommand, applied_at: datetime) -> OutputInvalidation:
@@ -57,13 +55,15 @@ def invalidation_key(invalidation: OutputInvalidation) -> bytes:
 
 
 async def publish_invalidation(
-    producer: AIOKafkaProducer, topic: str, invalidation: OutputInvalidation
+    sender: Sender, topic: str, invalidation: OutputInvalidation
 ) -> None:
-    """Send to the partition of ``model_id`` under the per-version key."""
-    partitions = sorted(await producer.partitions_for(topic))
-    partition = _partitioner(invalidation.model_id.encode(), partitions, partitions)
-    await producer.send_and_wait(
-        topic, invalidation.encode(), key=invalidation_key(invalidation), partition=partition
+    """Send to the partition of ``model_id`` under the per-version key (waiting out a broker
+    outage, as ``sender`` does)."""
+    await sender.send_partitioned(
+        topic,
+        invalidation.encode(),
+        key=invalidation_key(invalidation),
+        by=invalidation.model_id.encode(),
     )
 
 

@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import signal
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -72,13 +75,88 @@ def _error(status: int, code: str, message: str) -> Response:
     return Response(status, body, {"Content-Type": "application/xml"})
 
 
-class Bucket:
-    """Objects as files under ``root / bucket``; keys map to relative paths."""
+@dataclass
+class _Folder:
+    """What one directory holds, kept sorted: a listing is a slice, not a walk."""
 
-    def __init__(self, root: Path) -> None:
+    files: list[str]
+    has_subdirs: bool
+
+
+#: Where Tansu keeps a partition's record batches, one object per batch named by its offset.
+_BATCH_KEY = re.compile(
+    r"^clusters/[^/]+/topics/(?P<topic>[^/]+)/partitions/\d+/records/\d+\.batch$"
+)
+
+
+class Bucket:
+    """Objects as files under ``root / bucket``; keys map to relative paths.
+
+    ``keep_last``: topic → how many record batches of each of its partitions to keep. Tansu
+    lists a partition's every batch to serve a fetch, so a telemetry topic that grew without
+    bound would slow every read of it; its oldest batches are deleted instead (a consumer that
+    asks for one is served from the oldest batch left, as Kafka's retention does).
+    """
+
+    def __init__(self, root: Path, keep_last: dict[str, int] | None = None) -> None:
         self.root = root
-        # The server is one thread, and only it writes under root: the cache cannot go stale.
+        self.keep_last = keep_last or {}
+        # The server is one thread, and only it writes under root: the caches cannot go stale.
         self._etags: dict[Path, str] = {}
+        self._folders: dict[Path, _Folder] = {}
+        #: Each object's <Contents> in a listing (key, size, time), made once: Tansu lists a
+        #: partition's batches for every fetch, so a listing must cost a join, not a stat each.
+        self._entries: dict[str, str] = {}  # by the file's path
+        self.trimmed = 0
+
+    def _folder(self, directory: Path) -> _Folder:
+        folder = self._folders.get(directory)
+        if folder is None:
+            files, subdirs = [], False
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                for entry in os.scandir(directory):
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_dir():
+                        subdirs = True
+                    else:
+                        files.append(entry.name)
+            folder = self._folders[directory] = _Folder(sorted(files), subdirs)
+        return folder
+
+    def _added(self, path: Path, *, new_dirs: bool) -> None:
+        if new_dirs:  # the folders above now hold a directory they did not list
+            for parent in path.parents:
+                self._folders.pop(parent, None)
+                if parent == self.root:
+                    break
+        files = self._folder(path.parent).files
+        at = bisect.bisect_left(files, path.name)
+        if at == len(files) or files[at] != path.name:
+            files.insert(at, path.name)
+
+    def _removed(self, path: Path) -> None:
+        self._etags.pop(path, None)
+        self._entries.pop(str(path), None)
+        folder = self._folders.get(path.parent)
+        if folder is not None:
+            at = bisect.bisect_left(folder.files, path.name)
+            if at < len(folder.files) and folder.files[at] == path.name:
+                del folder.files[at]
+
+    def _trim(self, key: str, path: Path) -> None:
+        found = _BATCH_KEY.match(key)
+        keep = self.keep_last.get(found["topic"]) if found else None
+        if keep is None:
+            return
+        files = self._folder(path.parent).files
+        for name in files[: max(len(files) - keep, 0)]:
+            with contextlib.suppress(FileNotFoundError):
+                (path.parent / name).unlink()
+            self._etags.pop(path.parent / name, None)
+            self._entries.pop(str(path.parent / name), None)
+            self.trimmed += 1
+        del files[: max(len(files) - keep, 0)]
 
     def _path(self, bucket: str, key: str) -> Path | None:
         if not bucket or "/" in bucket or bucket.startswith("."):
@@ -124,6 +202,7 @@ class Bucket:
         if if_match is not None and (current is None or if_match.strip() not in (current, "*")):
             return _error(412, "PreconditionFailed", "etag does not match")
         tag = _md5_tag(body)
+        new_dirs = not path.parent.is_dir()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=path.parent)
         try:
@@ -136,6 +215,9 @@ class Bucket:
                 os.unlink(tmp)
             raise
         self._etags[path] = tag
+        self._entries[str(path)] = _entry(key, len(body), time.time(), tag)
+        self._added(path, new_dirs=new_dirs)
+        self._trim(key, path)
         return Response(200, headers={"ETag": tag})
 
     def get(self, bucket: str, key: str, headers: dict[str, str], *, head: bool) -> Response:
@@ -177,7 +259,7 @@ class Bucket:
         if path is not None:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            self._etags.pop(path, None)
+            self._removed(path)
         return Response(204)
 
     def delete_many(self, bucket: str, body: bytes) -> Response:
@@ -199,7 +281,7 @@ class Bucket:
         ).encode()
         return Response(200, body_out, {"Content-Type": "application/xml"})
 
-    def list(self, bucket: str, query: dict[str, str]) -> Response:
+    def list_objects(self, bucket: str, query: dict[str, str]) -> Response:
         base = self.root / bucket
         if not base.is_dir():
             return _error(404, "NoSuchBucket", bucket)
@@ -207,63 +289,102 @@ class Bucket:
         delimiter = query.get("delimiter", "")
         after = query.get("continuation-token") or query.get("start-after", "")
         max_keys = min(int(query.get("max-keys", _MAX_KEYS)), _MAX_KEYS)
-        # Walk only the directory the prefix names, not the whole bucket.
-        folder = prefix.rpartition("/")[0]
-        start = base / folder if folder else base
-        entries: list[tuple[str, Path | None]] = []
-        if start.is_dir():
-            for dirpath, dirnames, filenames in os.walk(start):
-                rel = Path(dirpath).relative_to(base).as_posix()
-                rel = "" if rel == "." else rel + "/"
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                for name in filenames:
-                    if name.startswith("."):
-                        continue
-                    key = rel + name
-                    if key.startswith(prefix):
-                        entries.append((key, Path(dirpath) / name))
+        folder, _, leaf = prefix.rpartition("/")
+        directory = base / folder if folder else base
+        held = self._folder(directory)
+        if not held.has_subdirs:
+            # A partition's records: one directory of files, listed as a slice of its index.
+            rel = f"{folder}/" if folder else ""
+            names = held.files
+            lo = bisect.bisect_left(names, leaf)
+            if after.startswith(rel):
+                lo = max(lo, bisect.bisect_right(names, after[len(rel) :]))
+            elif after > rel:
+                lo = len(names)
+            picked = []
+            for name in names[lo : lo + max_keys + 1]:
+                if not name.startswith(leaf):
+                    break
+                picked.append(name)
+            truncated = len(picked) > max_keys
+            where = str(directory)
+            contents = [self._entry_of(rel + n, f"{where}/{n}") for n in picked[:max_keys]]
+            last = rel + picked[max_keys - 1] if truncated else ""
+            return _listing(bucket, prefix, max_keys, [c for c in contents if c], [], last)
+        return self._walk(base, bucket, prefix, delimiter, after, max_keys, directory)
+
+    def _walk(
+        self,
+        base: Path,
+        bucket: str,
+        prefix: str,
+        delimiter: str,
+        after: str,
+        max_keys: int,
+        start: Path,
+    ) -> Response:
+        """A listing across directories (rare: Tansu's start-up and group lookups)."""
         keys: dict[str, Path | None] = {}
-        for key, path in entries:
-            if delimiter:
-                cut = key.find(delimiter, len(prefix))
+        for dirpath, dirnames, filenames in os.walk(start):
+            rel = Path(dirpath).relative_to(base).as_posix()
+            rel = "" if rel == "." else rel + "/"
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in filenames:
+                key = rel + name
+                if name.startswith(".") or not key.startswith(prefix):
+                    continue
+                cut = key.find(delimiter, len(prefix)) if delimiter else -1
                 if cut >= 0:
                     keys.setdefault(key[: cut + len(delimiter)], None)
-                    continue
-            keys[key] = path
+                else:
+                    keys[key] = Path(dirpath) / name
         ordered = sorted(k for k in keys if k > after)
-        page, truncated = ordered[:max_keys], len(ordered) > max_keys
-        contents, prefixes = [], []
-        for key in page:
-            path = keys[key]
-            if path is None:
-                prefixes.append(f"<CommonPrefixes><Prefix>{escape(key)}</Prefix></CommonPrefixes>")
-                continue
+        page = ordered[:max_keys]
+        contents = [self._entry_of(k, str(p)) for k in page if (p := keys[k]) is not None]
+        prefixes = [k for k in page if keys[k] is None]
+        last = page[-1] if len(ordered) > max_keys else ""
+        return _listing(bucket, prefix, max_keys, [c for c in contents if c], prefixes, last)
+
+    def _entry_of(self, key: str, path: str) -> str:
+        """The object's <Contents>, made once (a file found on disk: from a stat; its ETag
+        only when known, never by reading the file to list it); "" when it is gone."""
+        entry = self._entries.get(path)
+        if entry is None:
             try:
-                st = path.stat()
+                st = os.stat(path)
             except FileNotFoundError:
-                continue
-            contents.append(
-                f"<Contents><Key>{escape(key)}</Key>"
-                f"<LastModified>{_iso(st.st_mtime)}</LastModified>"
-                f"<ETag>{escape(self.etag(path) or '')}</ETag>"
-                f"<Size>{st.st_size}</Size><StorageClass>STANDARD</StorageClass></Contents>"
-            )
-        token = (
-            f"<NextContinuationToken>{escape(page[-1])}</NextContinuationToken>"
-            if truncated
-            else ""
+                return ""
+            entry = _entry(key, st.st_size, st.st_mtime, self._etags.get(Path(path)))
+            self._entries[path] = entry
+        return entry
+
+
+def _listing(
+    bucket: str, prefix: str, max_keys: int, contents: list[str], prefixes: list[str], last: str
+) -> Response:
+    """A ListObjectsV2 answer; ``last``: the continuation token when there is more."""
+    token = f"<NextContinuationToken>{escape(last)}</NextContinuationToken>" if last else ""
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        f"<Name>{escape(bucket)}</Name><Prefix>{escape(prefix)}</Prefix>"
+        f"<KeyCount>{len(contents) + len(prefixes)}</KeyCount><MaxKeys>{max_keys}</MaxKeys>"
+        f"<IsTruncated>{'true' if last else 'false'}</IsTruncated>{token}"
+        + "".join(contents)
+        + "".join(
+            f"<CommonPrefixes><Prefix>{escape(p)}</Prefix></CommonPrefixes>" for p in prefixes
         )
-        body = (
-            '<?xml version="1.0" encoding="UTF-8"?>'
-            '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-            f"<Name>{escape(bucket)}</Name><Prefix>{escape(prefix)}</Prefix>"
-            f"<KeyCount>{len(page)}</KeyCount><MaxKeys>{max_keys}</MaxKeys>"
-            f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>{token}"
-            + "".join(contents)
-            + "".join(prefixes)
-            + "</ListBucketResult>"
-        ).encode()
-        return Response(200, body, {"Content-Type": "application/xml"})
+        + "</ListBucketResult>"
+    ).encode()
+    return Response(200, body, {"Content-Type": "application/xml"})
+
+
+def _entry(key: str, size: int, mtime: float, tag: str | None) -> str:
+    return (
+        f"<Contents><Key>{escape(key)}</Key><LastModified>{_iso(mtime)}</LastModified>"
+        + (f"<ETag>{escape(tag)}</ETag>" if tag else "")
+        + f"<Size>{size}</Size><StorageClass>STANDARD</StorageClass></Contents>"
+    )
 
 
 def _md5_tag(data: bytes) -> str:
@@ -306,7 +427,7 @@ def handle(
         if method == "HEAD":
             return store.head_bucket(bucket)
         if method == "GET" and query.get("list-type") == "2":
-            return store.list(bucket, query)
+            return store.list_objects(bucket, query)
         if method == "POST" and "delete" in query:
             return store.delete_many(bucket, body)
     elif not (set(query) & {"uploads", "uploadId", "partNumber", "tagging", "acl"}):
@@ -392,8 +513,10 @@ def _lock(root: Path) -> object:
     return lock
 
 
-async def serve(root: Path, host: str, port: int, buckets: list[str]) -> None:
-    store = Bucket(root)
+async def serve(
+    root: Path, host: str, port: int, buckets: list[str], keep_last: dict[str, int]
+) -> None:
+    store = Bucket(root, keep_last)
     for name in buckets:
         store.create_bucket(name)
     server = await asyncio.start_server(
@@ -414,11 +537,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--bucket", action="append", default=[])
+    parser.add_argument(
+        "--keep-last",
+        action="append",
+        default=[],
+        metavar="TOPIC=N",
+        help="keep only the newest N record batches of each partition of TOPIC",
+    )
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "::1", "localhost"):
         parser.error("the object store serves loopback only")
+    keep_last = {}
+    for spec in args.keep_last:
+        topic, _, n = spec.rpartition("=")
+        if not topic or not n.isdigit() or int(n) < 1:
+            parser.error(f"--keep-last wants TOPIC=N with N >= 1, not {spec!r}")
+        keep_last[topic] = int(n)
     held = _lock(args.root)
-    asyncio.run(serve(args.root, args.host, args.port, args.bucket))
+    asyncio.run(serve(args.root, args.host, args.port, args.bucket, keep_last))
     del held
 
 

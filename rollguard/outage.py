@@ -1,11 +1,19 @@
-"""A broker outage is two log lines, not hundreds a second.
+"""Broker outages: said in two log lines, waited out by every service.
 
-While the broker is away, aiokafka logs every attempt of every client at ERROR (~430 lines a
-second from `rollguard up`). ``OUTAGES``, a filter on the handlers ``configure_logging``
+Said: while the broker is away, aiokafka logs every attempt of every client at ERROR (~430 lines
+a second from `rollguard up`). ``OUTAGES``, a filter on the handlers ``configure_logging``
 installs, turns the first of them into one structured ``broker_unreachable`` warning and holds
-the rest back (counted); ``watch`` says ``broker_back`` once the clients have stopped failing
-and the broker answers a request again, with how long it was away and how many lines it
-held back. The clients themselves keep retrying as they always do.
+the rest back (counted), faust's and mode's complaints about the same outage with them.
+``watch`` also asks the broker a Kafka ApiVersions request every half second: a frozen broker
+fails no client request until the clients' 40 s request timeout, so an outage is dated from the
+first request the broker left unanswered, and said two requests later. It says ``broker_back``
+once the broker answers again and the clients have stopped failing, with how long the broker
+was away (first unanswered request to first answered one) and how many lines were held back.
+
+Waited out: a ``Sender`` is a producer whose sends wait for the broker to come back, resending a
+record whose send timed out (consumers de-duplicate by event id: the first copy may have
+arrived); ``OutageLimit`` bounds that wait (ROLLGUARD_BROKER_OUTAGE_LIMIT_S; unset: for as
+long as it takes), after which the service gives up with BrokerUnavailable.
 """
 
 from __future__ import annotations
@@ -14,9 +22,14 @@ import asyncio
 import logging
 import struct
 import time
+from typing import Any, Protocol
 
 import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.partitioner import DefaultPartitioner
 
+from rollguard.errors import BrokerUnavailable
 from rollguard.settings import RollguardSettings
 
 # structlog directly: rollguard.logs installs this module's filter.
@@ -36,31 +49,56 @@ _SIGNS = (
     "Coordinator dead",
 )
 
+#: The libraries whose warnings during an outage are about the outage.
+_CLIENTS = ("aiokafka", "kafka", "faust", "mode")
+
 
 class BrokerOutages(logging.Filter):
-    """Holds back the clients' connection errors during an outage; see the module doc."""
+    """Whether the broker is away, since when, and the clients' lines held back meanwhile;
+    see the module doc. Times are ``time.monotonic()``."""
 
     def __init__(self, quiet_s: float = 2.0) -> None:
         super().__init__()
         self.quiet_s = quiet_s
         self.down_since: float | None = None
+        #: When the broker first answered again during this outage.
+        self.answered_at: float | None = None
         self.last_error = 0.0
         self.held = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or not record.name.startswith(("aiokafka", "kafka")):
+        if record.levelno < logging.WARNING or not record.name.startswith(_CLIENTS):
             return True
         message = record.getMessage()
         if self.down_since is None and not any(sign in message for sign in _SIGNS):
             return True
         self.last_error = time.monotonic()
         if self.down_since is None:
-            self.down_since = self.last_error
-            self.held = 0
-            log.warning("broker_unreachable", error=message[:300])
+            self.lost(message, self.last_error)
         else:
             self.held += 1
         return False
+
+    def lost(self, error: str, since: float) -> None:
+        """The broker is away, since ``since`` (said once per outage)."""
+        if self.down_since is not None:
+            return
+        self.down_since = since
+        self.answered_at = None
+        self.held = 0
+        self.last_error = max(self.last_error, since)
+        log.warning("broker_unreachable", error=error[:300])
+
+    def answered(self) -> None:
+        if self.down_since is not None and self.answered_at is None:
+            self.answered_at = time.monotonic()
+
+    def unanswered(self) -> None:
+        self.answered_at = None  # away again before it was said to be back
+
+    def away_s(self) -> float:
+        """How long the broker has been away; 0 when it is not."""
+        return 0.0 if self.down_since is None else time.monotonic() - self.down_since
 
     def settled(self) -> bool:
         """Down, and no client has failed for ``quiet_s``: time to look whether it is back."""
@@ -69,12 +107,14 @@ class BrokerOutages(logging.Filter):
     def back(self) -> None:
         if self.down_since is None:
             return
+        until = self.answered_at if self.answered_at is not None else time.monotonic()
         log.info(
             "broker_back",
-            outage_s=round(time.monotonic() - self.down_since, 1),
+            outage_s=round(until - self.down_since, 1),
             lines_held_back=self.held,
         )
         self.down_since = None
+        self.answered_at = None
 
 
 #: The one filter of this process (configure_logging puts it on every handler it installs).
@@ -111,12 +151,143 @@ async def answers(bootstrap: str, speak_kafka: bool, timeout_s: float = 1.0) -> 
 
 
 async def watch(
-    settings: RollguardSettings, outages: BrokerOutages = OUTAGES, every_s: float = 0.5
+    settings: RollguardSettings,
+    outages: BrokerOutages = OUTAGES,
+    every_s: float = 0.5,
+    timeout_s: float = 1.5,
+    confirm: int = 2,
 ) -> None:
-    """Say ``broker_back`` when an outage is over; runs until cancelled."""
+    """Ask the broker every ``every_s``; ``confirm`` unanswered requests in a row are an outage
+    dated from the first of them; say ``broker_back`` when it is over. Runs until cancelled.
+
+    Where the listener is TLS the probe is a TCP handshake, which a frozen broker passes: the
+    outage is then the clients' to notice, at their request timeout."""
     assert settings.kafka_bootstrap is not None
     plain = settings.security_protocol in ("PLAINTEXT", "SASL_PLAINTEXT")
+    unanswered_since: float | None = None
+    unanswered = 0
     while True:
         await asyncio.sleep(every_s)
-        if outages.settled() and await answers(settings.kafka_bootstrap, plain):
-            outages.back()
+        asked = time.monotonic()
+        if await answers(settings.kafka_bootstrap, plain, timeout_s):
+            unanswered, unanswered_since = 0, None
+            outages.answered()
+            if outages.settled():
+                outages.back()
+            continue
+        unanswered += 1
+        unanswered_since = unanswered_since if unanswered_since is not None else asked
+        outages.unanswered()
+        if unanswered >= confirm:
+            outages.lost(
+                f"no answer to a Kafka request within {timeout_s:g} s ({unanswered} in a row)",
+                unanswered_since,
+            )
+
+
+class OutageLimit:
+    """How long a service waits out a broker that went away (``None``: for as long as it
+    takes); from ROLLGUARD_BROKER_OUTAGE_LIMIT_S."""
+
+    def __init__(self, limit_s: float | None, outages: BrokerOutages = OUTAGES) -> None:
+        self.limit_s = limit_s
+        self.outages = outages
+
+    def check(self, failing_since: float | None = None) -> None:
+        """Raise BrokerUnavailable once the broker has been away longer than the limit, as
+        ``watch`` dated the outage or, if earlier, as the caller's own failures did."""
+        if self.limit_s is None:
+            return
+        starts = [t for t in (self.outages.down_since, failing_since) if t is not None]
+        if starts and time.monotonic() - min(starts) > self.limit_s:
+            raise BrokerUnavailable(
+                f"the Kafka broker has been unreachable for "
+                f"{time.monotonic() - min(starts):.0f} s, longer than "
+                f"ROLLGUARD_BROKER_OUTAGE_LIMIT_S={self.limit_s:g}"
+            )
+
+
+class Producing(Protocol):
+    """What rollguard asks of a producer when it publishes (a Sender, or aiokafka's own)."""
+
+    async def send_and_wait(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+    ) -> Any: ...
+
+    async def partitions_for(self, topic: str) -> set[int]: ...
+
+
+def waits_out(exc: KafkaError) -> bool:
+    """Whether a failed send is worth sending again once the broker is back: what aiokafka
+    calls retriable, and its KafkaTimeoutError (no metadata, or no room in its buffer, in
+    time: no broker took anything)."""
+    return bool(exc.retriable) or isinstance(exc, KafkaTimeoutError)
+
+
+class Sender:
+    """A producer whose sends wait out a broker outage: a send that fails for want of a
+    broker is made again, backing off from ``backoff_s`` to ``max_backoff_s``, until the broker
+    takes it or ``limit`` says to give up. An attempt lasts at most the producer's request
+    timeout (40 s), so the limit is checked at least that often. Errors that another attempt
+    would not cure (a record too large, say) are raised at once."""
+
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        limit: OutageLimit,
+        backoff_s: float = 0.2,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.producer = producer
+        self.limit = limit
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        #: Sends made again after a failure, over this sender's life.
+        self.resent = 0
+
+    async def send_and_wait(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+    ) -> Any:
+        delay = self.backoff_s
+        failing_since: float | None = None
+        while True:
+            try:
+                return await self.producer.send_and_wait(topic, value, key=key, partition=partition)
+            except KafkaError as exc:
+                if not waits_out(exc):
+                    raise
+                failing_since = failing_since if failing_since is not None else time.monotonic()
+                self.limit.check(failing_since)
+            self.resent += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_backoff_s)
+
+    async def send(self, topic: str, value: bytes, key: bytes | None) -> Any:
+        """``send_and_wait`` in the shape ``rollguard.bus.DeadLetterSink`` takes."""
+        return await self.send_and_wait(topic, value, key=key)
+
+    async def send_partitioned(self, topic: str, value: bytes, key: bytes, by: bytes) -> Any:
+        """Send keyed by ``key`` to the partition the default partitioner gives ``by`` (events
+        keyed finer than by model, such as baselines and invalidations, still share the model's
+        partition)."""
+        partitions = sorted(await self.partitions_for(topic))
+        partition = _PARTITIONER(by, partitions, partitions)
+        return await self.send_and_wait(topic, value, key=key, partition=partition)
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        delay = self.backoff_s
+        failing_since: float | None = None
+        while True:
+            try:
+                found: set[int] = await self.producer.partitions_for(topic)
+                return found
+            except KafkaError as exc:
+                if not waits_out(exc):
+                    raise
+                failing_since = failing_since if failing_since is not None else time.monotonic()
+                self.limit.check(failing_since)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_backoff_s)
+
+
+_PARTITIONER = DefaultPartitioner()

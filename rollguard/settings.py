@@ -41,6 +41,12 @@ class RollguardSettings(BaseSettings):
     connect_timeout_s: float = Field(
         default=15.0, gt=0, description="How long to wait for the broker to answer at start."
     )
+    broker_outage_limit_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="How long a running service waits out a broker that went away, resending "
+        "what it owes, before it gives up (exit 3). Unset: for as long as it takes.",
+    )
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
     heartbeat_interval_ms: int = Field(default=1_000, ge=100)
     rebalance_timeout_ms: int = Field(default=5_000, ge=500)
@@ -51,6 +57,13 @@ class RollguardSettings(BaseSettings):
         default="disk",
         description="Where the embedded broker keeps its log: on disk under the state "
         "directory (a restart loses nothing) or in memory (faster; a restart loses every topic).",
+    )
+    embedded_keep_batches: int = Field(
+        default=1000,
+        ge=10,
+        description="Record batches the embedded broker keeps on disk per partition of a "
+        "telemetry topic (predictions, latency, business, health, outcomes, dead letters); "
+        "control topics are kept whole.",
     )
     ledger_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default sqlite under state_dir."

@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
+from rollguard import topics
 from rollguard.broker import EmbeddedBroker
 from rollguard.bus import negotiate_idempotence, provision_topics, wait_for_broker
 from rollguard.errors import UsageError
@@ -106,6 +107,14 @@ def ensure_keys(settings: RollguardSettings) -> None:
         log.info("generated_signing_key", path=str(path), key_id=kid)
 
 
+def _telemetry(settings: RollguardSettings) -> dict[str, int]:
+    """The topics whose oldest batches the embedded broker may drop from its disk: telemetry
+    and the decider's ticks, never a control or compacted topic (see rollguard.objectstore)."""
+    names = [settings.topic(t.name) for t in topics.ALL if not t.control and not t.compacted]
+    names.append(DeciderSettings().ticks_topic(settings.topic_prefix))
+    return dict.fromkeys(names, settings.embedded_keep_batches)
+
+
 @contextlib.asynccontextmanager
 async def kafka(
     settings: RollguardSettings, broker_log: Path | None = None, *, record: bool = False
@@ -124,7 +133,7 @@ async def kafka(
     if settings.embedded:
         log_path = broker_log or settings.state_dir / "broker.log"
         data_dir = log_path.parent / "broker-data" if settings.embedded_storage == "disk" else None
-        broker = EmbeddedBroker(log_path, data_dir=data_dir)
+        broker = EmbeddedBroker(log_path, data_dir=data_dir, keep_last=_telemetry(settings))
         await asyncio.to_thread(broker.start)
         settings = settings.model_copy(
             update={

@@ -174,7 +174,7 @@ class Decider:
         decisions_out, commands_out = raw("decisions"), raw("commands")
         status_out = raw(topics.MODEL_STATUS.name)
         ticks = app.topic(
-            f"{s.topic_prefix}{self.svc.app_id}-ticks",
+            self.svc.ticks_topic(s.topic_prefix),
             key_serializer="raw",
             value_serializer="raw",
             partitions=s.partitions,

@@ -17,3 +17,7 @@ class DeciderSettings(BaseSettings):
         default="memory://",
         description="faust table store; tables are rebuilt from their changelog topics.",
     )
+
+    def ticks_topic(self, topic_prefix: str) -> str:
+        """The internal topic the timer sends ticks on (see app.py)."""
+        return f"{topic_prefix}{self.app_id}-ticks"

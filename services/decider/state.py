@@ -129,8 +129,16 @@ def apply_ack(state: ModelState, ack: CommandAck, ctx: DecisionContext) -> Model
             metrics=metrics,
         )
         until = ack.ts + timedelta(seconds=rollback.cooldown_s)
+        # Applying the command moved the live pointer to its target: the decider knows that
+        # without waiting for the pointer on `deployments`, whose agent may lag behind the
+        # acks (after a restart, say) and let a late breach of the bad version look live.
         return state.model_copy(
-            update={"in_flight": None, "verifying": verifying, "cooldown_until": until}
+            update={
+                "in_flight": None,
+                "verifying": verifying,
+                "cooldown_until": until,
+                "live": flight.target,
+            }
         )
     if ack.status in ("failed", "rejected"):
         return state.model_copy(update={"in_flight": None})

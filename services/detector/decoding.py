@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -35,7 +35,14 @@ import pyarrow.json as pj
 from aiokafka import ConsumerRecord
 
 from rollguard.bus import Rejected, decode_batch
-from rollguard.events import MAX_LATENCY_MS, Event, LatencyEvent, PredictionEvent
+from rollguard.events import (
+    MAX_FEATURE_NAME,
+    MAX_LABEL,
+    MAX_LATENCY_MS,
+    Event,
+    LatencyEvent,
+    PredictionEvent,
+)
 from rollguard_services.detector import arrow
 
 Record: TypeAlias = "ConsumerRecord[Any, Any]"
@@ -338,7 +345,7 @@ def _arrow_batch(
     if prediction.type in _NUMERIC_TYPES:
         predicted: Column = _numeric(prediction)
     else:
-        _require(prediction.type == pa.string())
+        _optional_strings(prediction, MAX_LABEL)
         predicted = prediction.to_pylist()
 
     features, missing = _arrow_features(cols.get("features"), values)
@@ -442,10 +449,12 @@ def _arrow_features(
     features: dict[str, Column] = {}
     nulls = arrow.nulls(column)
     for i, spec in enumerate(column.type):
+        _require(len(spec.name) <= MAX_FEATURE_NAME)
         child = column.field(i)
         if child.type in _NUMERIC_TYPES:
             features[spec.name] = _numeric(child)
         elif child.type == pa.string():
+            _optional_strings(child, MAX_LABEL)
             features[spec.name] = child.to_pylist()
         else:
             _require(child.type == pa.null())
@@ -501,7 +510,8 @@ def _fast_batch(docs: list[Any]) -> bool:
         return False
     if not all(map(_STAMP.fullmatch, stamps)):
         return False
-    if not _types([d.get("prediction") for d in docs]) <= {float, int, str}:
+    predictions = [d.get("prediction") for d in docs]
+    if not _types(predictions) <= {float, int, str} or not _short_labels(predictions):
         return False
     if not _types([d.get("score") for d in docs]) <= {float, int, type(None)}:
         return False
@@ -509,8 +519,12 @@ def _fast_batch(docs: list[Any]) -> bool:
     if not _types(features) <= {dict, type(None)}:
         return False
     present = [f for f in features if f]
-    if present and not _types([v for f in present for v in f.values()]) <= _SCALAR:
-        return False
+    if present:
+        feature_values = [v for f in present for v in f.values()]
+        if not _types(feature_values) <= _SCALAR or not _short_labels(feature_values):
+            return False
+        if max(map(len, chain.from_iterable(present))) > MAX_FEATURE_NAME:
+            return False
     systems = [d.get("system_version") for d in docs]
     if not _types(systems) <= {str, type(None)} or any(s and len(s) > 256 for s in systems):
         return False
@@ -520,6 +534,11 @@ def _fast_batch(docs: list[Any]) -> bool:
     return not ids or (
         _types(ids) == {str} and min(map(len, ids)) > 0 and max(map(len, ids)) <= 128
     )
+
+
+def _short_labels(values: list[Any]) -> bool:
+    labels = [v for v in values if type(v) is str]
+    return not labels or max(map(len, labels)) <= MAX_LABEL
 
 
 def _epoch_seconds(stamps: list[str]) -> npt.NDArray[np.float64]:

@@ -20,12 +20,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 
 from rollguard import topics
-from rollguard.bus import DeadLetterSink, make_consumer, make_producer, producer_send
+from rollguard.bus import DeadLetterSink, make_consumer, make_producer
+from rollguard.errors import BrokerUnavailable
 from rollguard.events import (
     AckStatus,
     CommandAck,
@@ -35,6 +37,7 @@ from rollguard.events import (
 )
 from rollguard.invalidations import invalidation_for, publish_invalidation
 from rollguard.logs import get_logger
+from rollguard.outage import OutageLimit, Sender
 from rollguard.policy import PolicySet, PolicyView
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_trusted_keys, verify_command
@@ -86,6 +89,9 @@ class Executor:
         self.inbox = Inbox(self.settings.resolved_executor_db_url)
         self.appliers: dict[str, Applier] = {}
         producer = make_producer(self.settings, control=True)
+        limit = OutageLimit(self.settings.broker_outage_limit_s)
+        # Every ack, pointer and invalidation waits out a broker outage: none is owed for long.
+        sender = Sender(producer, limit)
         consumer = make_consumer(self.settings, group_id=self.svc.group_id, control=True)
         listener = _Revocations()
         consumer.subscribe([self.settings.topic(topics.COMMANDS.name)], listener=listener)
@@ -93,8 +99,8 @@ class Executor:
             self.appliers = build_appliers(self.svc)
             await producer.start()
             await consumer.start()
-            self.pointer = LivePointer(producer, self.settings.topic(topics.DEPLOYMENTS.name))
-            self.dead_letters = DeadLetterSink(self.settings, producer_send(producer), self.name)
+            self.pointer = LivePointer(sender, self.settings.topic(topics.DEPLOYMENTS.name))
+            self.dead_letters = DeadLetterSink(self.settings, sender.send, self.name)
             self._acks_topic = self.settings.topic(topics.ACKS.name)
             self._invalidations_topic = self.settings.topic(topics.INVALIDATIONS.name)
             log.info(
@@ -104,17 +110,18 @@ class Executor:
                 appliers=sorted(self.appliers),
                 trusted_keys=sorted(self.trusted),
             )
-            await self._flush(producer)  # what was owed from before a crash
+            await self._flush(sender)  # what was owed from before a crash
             while True:
+                limit.check()
                 batches = await consumer.getmany(timeout_ms=200)
                 if not self.ready.is_set() and consumer.assignment():
                     self.ready.set()
                 for tp, records in batches.items():
                     for record in records:
-                        await self.handle(record, producer)
+                        await self.handle(record, sender)
                         self._crash_point("before_commit")
                         if tp in listener.owned:
-                            await consumer.commit({tp: record.offset + 1})
+                            await self._commit(consumer, tp, record.offset + 1)
         finally:
             await consumer.stop()
             await producer.stop()
@@ -122,6 +129,15 @@ class Executor:
                 await applier.close()
             self.inbox.close()
             log.info("stopped", **self.counts)
+
+    async def _commit(self, consumer: Any, tp: TopicPartition, offset: int) -> None:
+        """Commit past a handled command. A broker away long enough for the group to move
+        on refuses the commit: the command comes again, and the inbox makes it a no-op."""
+        try:
+            await consumer.commit({tp: offset})
+        except (CommitFailedError, IllegalStateError) as exc:
+            self.counts["commits_failed"] += 1
+            log.warning("commit_failed", topic=tp.topic, partition=tp.partition, error=str(exc))
 
     def _crash_point(self, name: str) -> None:
         """Crash tests only: die here as a power cut would, without any cleanup."""
@@ -163,17 +179,17 @@ class Executor:
             timings=timings or {},
         )
 
-    async def _flush(self, producer: AIOKafkaProducer) -> None:
+    async def _flush(self, sender: Sender) -> None:
         """Publish every owed invalidation, then every owed ack, marking each sent.
 
         Invalidations first: whoever sees a command's ``applied`` ack can rely on its
         invalidation being on the topic already.
         """
         for invalidation in self.inbox.unsent_invalidations():
-            await publish_invalidation(producer, self._invalidations_topic, invalidation)
+            await publish_invalidation(sender, self._invalidations_topic, invalidation)
             self.inbox.mark_invalidation_sent(invalidation.event_id)
         for ack in self.inbox.unsent():
-            await producer.send_and_wait(self._acks_topic, ack.encode(), key=ack.key)
+            await sender.send_and_wait(self._acks_topic, ack.encode(), key=ack.key)
             if ack.component is None and ack.status in ("applied", "failed", "rejected"):
                 self._crash_point("after_ack")
             self.inbox.mark_sent(ack.event_id)
@@ -182,7 +198,7 @@ class Executor:
         """The component steps of ``command`` in order, or why it cannot be executed."""
         return plan_for(command, self.policy, self.svc)
 
-    async def handle(self, record: ConsumerRecord[Any, Any], producer: AIOKafkaProducer) -> None:
+    async def handle(self, record: ConsumerRecord[Any, Any], sender: Sender) -> None:
         bound = log.bind(topic=record.topic, partition=record.partition, offset=record.offset)
         try:
             command = decode(RollbackCommand, record.value)
@@ -211,16 +227,16 @@ class Executor:
         elif row is None:
             self._receive(command, source, bound)
             self._crash_point("after_receive")
-            await self._flush(producer)
+            await self._flush(sender)
             received = self.inbox.get(command.command_id)
             if received is not None and received.status == "rejected":
                 self.counts["rejected"] += 1  # counted once its ack is published
-        await self._flush(producer)
+        await self._flush(sender)
 
         row = self.inbox.get(command.command_id)
         if row is not None and row.status == "received":
-            await self._execute(command, producer, bound)
-            await self._flush(producer)
+            await self._execute(command, sender, bound)
+            await self._flush(sender)
             final = self.inbox.get(command.command_id)
             if final is not None:
                 self.counts[final.status] += 1  # counted once its ack is published
@@ -255,7 +271,7 @@ class Executor:
     async def _execute(
         self,
         command: RollbackCommand,
-        producer: AIOKafkaProducer,
+        sender: Sender,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> None:
         """Run the remaining steps of a received command, compensating when one fails."""
@@ -274,7 +290,7 @@ class Executor:
             prior = done.get(StepKey(step.component))
             if prior is None:
                 prior, attempts = await self._run_step(
-                    command, step, command.expires_at, per_component, producer, bound
+                    command, step, command.expires_at, per_component, sender, bound
                 )
                 attempts_total += attempts
             if prior.status != "applied":
@@ -320,7 +336,7 @@ class Executor:
             return
 
         component, row = failed
-        undone = await self._compensate(command, changed, done, per_component, producer, bound)
+        undone = await self._compensate(command, changed, done, per_component, sender, bound)
         detail = f"{component} failed: {row.detail}"
         if undone:
             detail += f"; {undone}"
@@ -341,7 +357,7 @@ class Executor:
         step: Step,
         deadline: datetime,
         per_component: bool,
-        producer: AIOKafkaProducer,
+        sender: Sender,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> tuple[StepRow, int]:
         """Apply one step (forward or compensating) with retries, record it with its ack in one
@@ -369,7 +385,7 @@ class Executor:
             bound.warning("compensated", component=step.component, status=effect.status)
         else:
             bound.info("step", component=step.component, status=effect.status, detail=effect.detail)
-        await self._flush(producer)
+        await self._flush(sender)
         return row, attempts
 
     async def _compensate(
@@ -378,7 +394,7 @@ class Executor:
         changed: list[Step],
         done: dict[StepKey, StepRow],
         per_component: bool,
-        producer: AIOKafkaProducer,
+        sender: Sender,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> str:
         """Undo the changed steps, last first; what it did, in words for the final ack."""
@@ -392,7 +408,7 @@ class Executor:
             prior = done.get(StepKey(step.component, compensation=True))
             if prior is None:
                 prior, _ = await self._run_step(
-                    command, undo, deadline, per_component, producer, bound
+                    command, undo, deadline, per_component, sender, bound
                 )
             if prior.status == "applied":
                 restored.append(f"{step.component} back to {undo.to_version}")
@@ -427,6 +443,10 @@ class Executor:
             attempts += 1
             try:
                 effect = await applier.apply(step)
+            except BrokerUnavailable:
+                # The broker away beyond the outage limit is not this step's failure: the
+                # executor stops, and the command, redelivered, resumes at this step.
+                raise
             except Exception as exc:
                 # A broken applier must not stop the executor (and every other model's
                 # rollbacks with it): it is this command's failure, kept with its cause.

@@ -14,12 +14,14 @@ from collections import Counter
 from typing import Any
 
 from aiokafka import TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from rollguard import topics
 from rollguard.bus import make_consumer
 from rollguard.errors import LedgerError
 from rollguard.events import utcnow
 from rollguard.logs import get_logger
+from rollguard.outage import OutageLimit
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer, generate_keypair, load_signer
 from rollguard_services.ledger.checkpoints import CheckpointFile, sign_checkpoint
@@ -93,7 +95,9 @@ class Ledger:
         held: dict[TopicPartition, list[Any]] = {}
         retry_at = 0.0
         backoff = self.svc.retry_initial_s
+        limit = OutageLimit(self.settings.broker_outage_limit_s)
         while True:
+            limit.check()  # a broker away: getmany returns nothing, until the limit
             batches = await consumer.getmany(timeout_ms=200, max_records=self.svc.max_batch)
             if not self.ready.is_set() and consumer.assignment():
                 self.ready.set()
@@ -129,7 +133,7 @@ class Ledger:
                 owned = consumer.assignment()
                 offsets = {tp: recs[-1].offset + 1 for tp, recs in held.items() if tp in owned}
                 if offsets:
-                    await consumer.commit(offsets)
+                    await self._commit(consumer, offsets)
                 held = {}
                 if self.status == "stalled":
                     log.info("store_recovered", appended=added)
@@ -143,6 +147,15 @@ class Ledger:
                 and loop.time() - self._uncovered_since >= self.svc.checkpoint_interval_s
             ):
                 await asyncio.to_thread(self._checkpoint, store, signer)
+
+    async def _commit(self, consumer: Any, offsets: dict[TopicPartition, int]) -> None:
+        """Commit what is stored. A broker away long enough for the group to move on refuses
+        it: the batch comes again and is stored once (entries are unique by identity)."""
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            self.counts["commits_failed"] += 1
+            log.warning("commit_failed", partitions=len(offsets), error=str(exc))
 
     def _checkpoint(self, store: LedgerStore, signer: Signer, *, final: bool = False) -> None:
         """Sign and keep the head; a failure is reported and retried at the next interval."""

@@ -14,12 +14,14 @@ from collections import Counter, OrderedDict
 from typing import Any
 
 import aiohttp
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 
 from rollguard import topics
-from rollguard.bus import DeadLetterSink, make_consumer, make_producer, producer_send
+from rollguard.bus import DeadLetterSink, make_consumer, make_producer
 from rollguard.events import Breach, CommandAck, Decision, Event, decode
 from rollguard.logs import get_logger
+from rollguard.outage import OutageLimit, Sender
 from rollguard.policy import PolicySet, PolicySource, PolicyView
 from rollguard.settings import RollguardSettings
 from rollguard_services.notifier.channels import configured_channels
@@ -72,7 +74,8 @@ class Notifier:
         by_topic = {self.settings.topic(name): cls for name, cls in _CONSUMED.items()}
         consumer = make_consumer(self.settings, *by_topic, group_id=self.svc.group_id, control=True)
         producer = make_producer(self.settings, control=False)
-        dead = DeadLetterSink(self.settings, producer_send(producer), self.name)
+        limit = OutageLimit(self.settings.broker_outage_limit_s)
+        dead = DeadLetterSink(self.settings, Sender(producer, limit).send, self.name)
         workers: list[asyncio.Task[None]] = []
         try:
             await producer.start()
@@ -87,6 +90,7 @@ class Notifier:
                 for ch in self.channels.values()
             ]
             while True:
+                limit.check()
                 batches = await consumer.getmany(timeout_ms=200)
                 if not self.ready.is_set() and consumer.assignment():
                     self.ready.set()
@@ -101,7 +105,7 @@ class Notifier:
                             await dead.send(record, str(exc)[:500], "invalid")
                             self.counts["dead_letters"] += 1
                 await self._accept(outbox, events)
-                await consumer.commit({tp: recs[-1].offset + 1 for tp, recs in batches.items()})
+                await self._commit(consumer, {tp: r[-1].offset + 1 for tp, r in batches.items()})
         finally:
             for task in workers:
                 task.cancel()
@@ -110,6 +114,15 @@ class Notifier:
             await producer.stop()
             outbox.close()
             log.info("stopped", **self.counts)
+
+    async def _commit(self, consumer: Any, offsets: dict[Any, int]) -> None:
+        """Commit what the outbox holds. A broker away long enough for the group to move on
+        refuses it: the events come again, and the outbox keeps each notification once."""
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            self.counts["commits_failed"] += 1
+            log.warning("commit_failed", partitions=len(offsets), error=str(exc))
 
     async def _accept(self, outbox: Outbox, events: list[Event]) -> None:
         """Plan notifications for a batch and store them; decisions before acks, by time."""

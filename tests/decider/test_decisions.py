@@ -283,6 +283,24 @@ def test_applied_starts_cooldown_and_verification_then_verified(signer: Signer) 
     assert ack.timings["time_to_verified_s"] >= POLICY.rollback.verification_s
 
 
+def test_applied_moves_the_live_pointer_before_the_deployments_topic_says_so(
+    signer: Signer,
+) -> None:
+    """Issue 11: after a restart the acks agent ran ahead of the deployments agent; with the
+    bad version still live and a 1 s cooldown over, a late breach of it issued a second
+    rollback of the same incident."""
+    out = decide(live_v2(), breach("v2"), signer)
+    after = apply_ack(out.state, applied(out, T0), ctx(signer))
+    assert after.live is not None and after.live.model_version == "v1"
+    late = decide(
+        after,
+        breach("v2"),
+        signer,
+        now=T0 + timedelta(seconds=POLICY.rollback.cooldown_s + 1),
+    )
+    assert late.command is None and codes(late.decision)[-1] == "not_live_version"
+
+
 def test_breach_of_the_restored_version_fails_verification_and_locks(signer: Signer) -> None:
     out = decide(live_v2(), breach("v2"), signer)
     after = apply_ack(out.state, applied(out, T0), ctx(signer))

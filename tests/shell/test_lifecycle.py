@@ -98,12 +98,12 @@ class Running:
         return None
 
 
-def _launch(args: list[str], state: Path) -> Running:
+def _launch(args: list[str], state: Path, extra: dict[str, str] | None = None) -> Running:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLGUARD_")}
-    env.update({"ROLLGUARD_STATE_DIR": str(state), "ROLLGUARD_LOG_FORMAT": "json"})
+    env.update({"ROLLGUARD_STATE_DIR": str(state), "ROLLGUARD_LOG_FORMAT": "json", **(extra or {})})
     err = state / "stderr.txt"
     state.mkdir(parents=True, exist_ok=True)
-    with open(err, "wb") as errf:
+    with open(err, "ab") as errf:  # a restarted command says more in the same file
         proc = subprocess.Popen(
             [sys.executable, "-m", "rollguard_shell", *args],
             cwd=ROOT,

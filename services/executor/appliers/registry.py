@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import uuid
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from rollguard.events import RollbackCommand, SystemManifest, utcnow
+from rollguard.outage import Producing
 from rollguard_services.executor.appliers.base import Effect, Step
 
 
@@ -56,11 +56,14 @@ class LivePointer:
 
     An applier for the executor's last step of every command (``step.component`` is
     ``live_pointer``, the versions are system versions), so it is retried like any other.
+    Given a ``rollguard.outage.Sender`` (the executor's), a broker outage is waited out inside
+    the step, however long it lasts: the command was verified when it arrived, and the bad
+    version serves until the pointer moves.
     """
 
     name = "live_pointer"
 
-    def __init__(self, producer: AIOKafkaProducer, deployments_topic: str) -> None:
+    def __init__(self, producer: Producing, deployments_topic: str) -> None:
         self._producer = producer
         self._topic = deployments_topic
 

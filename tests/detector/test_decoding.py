@@ -80,6 +80,8 @@ def test_the_three_paths_agree_on_good_input() -> None:
     docs[15]["score"] = 0.5
     docs[17]["ts"] = "0001-01-01T00:00:00.047515Z"  # far from 1970: float64 rounding shows
     docs[19]["ts"] = "9999-12-31T23:59:59.023758Z"
+    docs[21]["features"]["city"] = "é" * 1_024  # the longest label: 1,024 characters
+    docs[23]["features"]["n" * 256] = 1.0  # the longest feature name
     batches = _every_path(_records(docs))
     assert {name: b.path for name, b in batches.items()} == {
         "arrow": "arrow",
@@ -155,6 +157,10 @@ def _raw(kind: str, i: int) -> bytes | None:
         "bad_utf8_key": good[:-1] + b',"\xff":1}',
         "bool_prediction": orjson.dumps(_doc(i, prediction=True)),
         "bool_score": orjson.dumps(_doc(i, score=False)),
+        # a label kept per window must not be a megabyte of text (nor a feature's name)
+        "long_label": orjson.dumps(_doc(i, prediction="x" * 1_025)),
+        "long_feature_value": orjson.dumps(_doc(i, features={"f0": 1.0, "city": "y" * 1_025})),
+        "long_feature_name": orjson.dumps(_doc(i, features={"f0": 1.0, "c" * 257: "a"})),
     }[kind]
 
 
@@ -164,6 +170,7 @@ REFUSED += ["long_id", "wrong_tag", "naive_ts", "not_json", "array", "nested_fea
 REFUSED += ["bad_utf8_model", "bad_utf8_feature", "bad_utf8_event_id", "year_zero", "hour_24"]
 REFUSED += ["zone_then_z", "two_zones", "dot_z", "ts_newline", "bad_utf8_key"]
 REFUSED += ["bool_prediction", "bool_score"]
+REFUSED += ["long_label", "long_feature_value", "long_feature_name"]
 
 
 @pytest.mark.parametrize("kind", REFUSED)

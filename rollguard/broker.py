@@ -68,7 +68,8 @@ class EmbeddedBroker:
     """A Tansu broker process on ``127.0.0.1:<port>``; use as a context manager.
 
     ``data_dir``: keep the log there (see the module's docstring), keeping only the newest
-    ``keep_last[topic]`` record batches per partition of the topics it names; else in memory,
+    ``keep_last[topic]`` record batches per partition of the topics it names and the latest
+    record per key of the ``compacted`` ones (rollguard.objectstore.Bucket); else in memory,
     or on ``storage`` (any Tansu storage URL) with ``env`` for its credentials.
     """
 
@@ -79,6 +80,7 @@ class EmbeddedBroker:
         port: int | None = None,
         data_dir: Path | None = None,
         keep_last: dict[str, int] | None = None,
+        compacted: set[str] | None = None,
         storage: str = "memory://tansu/",
         env: dict[str, str] | None = None,
     ) -> None:
@@ -86,6 +88,7 @@ class EmbeddedBroker:
         self.port = port or free_port()
         self.data_dir = data_dir
         self.keep_last = keep_last or {}
+        self.compacted = compacted or set()
         self.storage = f"s3://{BUCKET}/" if data_dir is not None else storage
         self._env = env
         self._proc: subprocess.Popen[bytes] | None = None
@@ -164,6 +167,7 @@ class EmbeddedBroker:
                     "--bucket",
                     BUCKET,
                     *(f"--keep-last={t}={n}" for t, n in sorted(self.keep_last.items())),
+                    *(f"--compact={t}" for t in sorted(self.compacted)),
                 ],
                 stdout=subprocess.PIPE,
                 stderr=logf,

@@ -61,9 +61,8 @@ class RollguardSettings(BaseSettings):
     embedded_keep_batches: int = Field(
         default=1000,
         ge=10,
-        description="Record batches the embedded broker keeps on disk per partition of a "
-        "telemetry topic (predictions, latency, business, health, outcomes, dead letters); "
-        "control topics are kept whole.",
+        description="Record batches the embedded broker keeps on disk per partition of every "
+        "topic that is not compacted (compacted ones keep the latest record per key).",
     )
     ledger_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default sqlite under state_dir."

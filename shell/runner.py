@@ -107,12 +107,19 @@ def ensure_keys(settings: RollguardSettings) -> None:
         log.info("generated_signing_key", path=str(path), key_id=kid)
 
 
-def _telemetry(settings: RollguardSettings) -> dict[str, int]:
-    """The topics whose oldest batches the embedded broker may drop from its disk: telemetry
-    and the decider's ticks, never a control or compacted topic (see rollguard.objectstore)."""
-    names = [settings.topic(t.name) for t in topics.ALL if not t.control and not t.compacted]
-    names.append(DeciderSettings().ticks_topic(settings.topic_prefix))
-    return dict.fromkeys(names, settings.embedded_keep_batches)
+def _retention(settings: RollguardSettings) -> tuple[dict[str, int], set[str]]:
+    """How the embedded broker on disk keeps each partition bounded (rollguard.objectstore):
+    the newest batches of every topic that is not compacted, the latest record per key of the
+    compacted ones (the decider's table included)."""
+    decider = DeciderSettings()
+    keep = settings.embedded_keep_batches
+    trimmed = [settings.topic(t.name) for t in topics.ALL if not t.compacted]
+    trimmed.append(decider.ticks_topic(settings.topic_prefix))
+    compacted = {settings.topic(t.name) for t in topics.ALL if t.compacted}
+    compacted.add(decider.changelog_topic(settings.topic_prefix))
+    # compacted ones keep their newest batches whole too, as Kafka never compacts the active
+    # segment: a consumer not far behind reads every record
+    return dict.fromkeys([*trimmed, *compacted], keep), compacted
 
 
 @contextlib.asynccontextmanager
@@ -133,7 +140,10 @@ async def kafka(
     if settings.embedded:
         log_path = broker_log or settings.state_dir / "broker.log"
         data_dir = log_path.parent / "broker-data" if settings.embedded_storage == "disk" else None
-        broker = EmbeddedBroker(log_path, data_dir=data_dir, keep_last=_telemetry(settings))
+        keep_last, compacted = _retention(settings)
+        broker = EmbeddedBroker(
+            log_path, data_dir=data_dir, keep_last=keep_last, compacted=compacted
+        )
         await asyncio.to_thread(broker.start)
         settings = settings.model_copy(
             update={

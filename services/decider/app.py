@@ -49,7 +49,7 @@ from rollguard_services.decider.approvals import approve, request
 from rollguard_services.decider.breaches import decide
 from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.outcome import DECIDER_ID, Outcome
-from rollguard_services.decider.settings import DeciderSettings
+from rollguard_services.decider.settings import STATE_TABLE, DeciderSettings
 from rollguard_services.decider.state import (
     ModelState,
     Owed,
@@ -180,7 +180,7 @@ class Decider:
             partitions=s.partitions,
             internal=True,
         )
-        states = app.Table("model-state", partitions=s.partitions, key_type=str, value_type=str)
+        states = app.Table(STATE_TABLE, partitions=s.partitions, key_type=str, value_type=str)
 
         async def send(topic: str, value: bytes, key: bytes | None) -> object:
             return await app.topic(topic, key_serializer="raw", value_serializer="raw").send(

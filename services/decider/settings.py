@@ -5,6 +5,9 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: The faust table of per-model state (its changelog topic is named after it).
+STATE_TABLE = "model-state"
+
 
 class DeciderSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ROLLGUARD_DECIDER_", frozen=True, extra="ignore")
@@ -21,3 +24,7 @@ class DeciderSettings(BaseSettings):
     def ticks_topic(self, topic_prefix: str) -> str:
         """The internal topic the timer sends ticks on (see app.py)."""
         return f"{topic_prefix}{self.app_id}-ticks"
+
+    def changelog_topic(self, topic_prefix: str) -> str:
+        """The compacted topic faust keeps the model-state table in."""
+        return f"{topic_prefix}{self.app_id}-{STATE_TABLE}-changelog"

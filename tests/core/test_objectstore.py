@@ -4,6 +4,7 @@ way Tansu's object-store client speaks to it (the broker's own restarts: test_br
 from __future__ import annotations
 
 import http.client
+import re
 import os
 import signal
 import subprocess
@@ -152,3 +153,70 @@ def test_one_server_per_directory_and_a_kill_keeps_what_was_written(tmp_path: Pa
     finally:
         again.terminate()
         again.wait(timeout=10)
+
+
+def _batch(offset: int, keys: list[bytes]) -> bytes:
+    """A Kafka record batch (magic 2, uncompressed) as Tansu stores one: a record per key."""
+
+    def varint(n: int) -> bytes:
+        raw, out = (n << 1) ^ (n >> 63), b""
+        while True:
+            byte, raw = raw & 0x7F, raw >> 7
+            if raw:
+                out += bytes([byte | 0x80])
+            else:
+                return out + bytes([byte])
+
+    records = b""
+    for i, key in enumerate(keys):
+        body = b"\0" + varint(0) + varint(i) + varint(len(key)) + key + varint(1) + b"v" + varint(0)
+        records += varint(len(body)) + body
+    header = (
+        offset.to_bytes(8, "big")
+        + (49 + len(records)).to_bytes(4, "big")
+        + b"\xff\xff\xff\xff\x02"
+        + b"\0\0\0\0"  # crc: not checked here
+        + b"\0\0"  # attributes: no compression
+        + (len(keys) - 1).to_bytes(4, "big")
+        + b"\0" * 16  # timestamps
+        + b"\xff" * 14  # producer id, epoch, base sequence
+        + len(keys).to_bytes(4, "big")
+    )
+    return header + records
+
+
+def test_a_compacted_partition_keeps_the_latest_record_of_every_key(tmp_path: Path) -> None:
+    """Tansu lists every batch of a partition to serve a fetch: a compacted topic (the live
+    pointers, the decider's table) drops a batch once every key in it has a later record."""
+    from rollguard.objectstore import Bucket, batch_keys
+
+    assert batch_keys(_batch(0, [b"a", b"b"])) == {b"a", b"b"}
+    assert batch_keys(b"not a batch") is None
+    prefix = "clusters/c/topics/{}/partitions/0000000000/records/"
+    store = Bucket(tmp_path, keep_last={"trimmed": 3, "pointers": 2}, compacted={"pointers"})
+    store.create_bucket("b")
+
+    def put(bucket: Bucket, topic: str, offset: int, keys: list[bytes]) -> None:
+        bucket.put("b", prefix.format(topic) + f"{offset:020d}.batch", _batch(offset, keys), {})
+
+    def kept(bucket: Bucket, topic: str) -> list[int]:
+        listing = bucket.list_objects("b", {"list-type": "2", "prefix": prefix.format(topic)}).body
+        return [int(n) for n in re.findall(rb"<Key>[^<]*/(\d+)\.batch</Key>", listing)]
+
+    writes = [[b"a", b"b"], [b"a"], [b"c"], [b"b"], [b"a"], [b"d"]]
+    for offset, keys in enumerate(writes[:2]):
+        put(store, "pointers", offset, keys)
+    # batch 0's a has a later record, its b not: kept, and so is every one of the newest two
+    assert kept(store, "pointers") == [0, 1]
+    for offset, keys in enumerate(writes[2:], start=2):
+        put(store, "pointers", offset, keys)
+    # 0 (a, b) went once b came again in 3, 1 (a) once a came in 4; 2 (c) is c's latest
+    assert kept(store, "pointers") == [2, 3, 4, 5]
+    for offset in range(6):
+        put(store, "trimmed", offset, [b"k"])
+    assert kept(store, "trimmed") == [3, 4, 5]
+    # Started again on the same files, it learns the partition from disk before compacting.
+    again = Bucket(tmp_path, keep_last={"pointers": 2}, compacted={"pointers"})
+    put(again, "pointers", 6, [b"d"])
+    put(again, "pointers", 7, [b"c"])
+    assert kept(again, "pointers") == [3, 4, 6, 7]  # 5 (d) and 2 (c) superseded and old

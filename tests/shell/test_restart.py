@@ -22,15 +22,18 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import yaml
+from aiokafka import AIOKafkaProducer
 
 from rollguard import topics
 from rollguard.bus import read_topic
+from rollguard.events import LatencyEvent
 from rollguard.settings import RollguardSettings
 from tests.shell.test_lifecycle import ROOT, Running, _cli, _gone, _launch, _read, _until
 
@@ -173,15 +176,51 @@ def _storage_processes(state: Path) -> list[int]:
     return found
 
 
-def _on_topics(state: Path) -> dict[str, list[bytes]]:
-    """Every record of every ledgered topic, read from the running up's broker."""
+def _skewed(state: Path, model: str, system: str) -> None:
+    """Issue 11: a single schema-valid LatencyEvent dated an hour ahead opened a window in the
+    future that every later event of its version folded into (0 breaches). One dated +1 h and
+    one in 2200, from a producer of our own, as a client with a wrong clock would send them."""
+    bootstrap = json.loads((state / "broker.json").read_text())["bootstrap"]
+    now = datetime.now(UTC)
+    values = [
+        LatencyEvent(
+            ts=ts,
+            model_id=MODEL,
+            model_version=model,
+            system_version=system,
+            request_id=f"skewed-{i}",
+            latency_ms=20.0,
+            status="error",
+        ).encode()
+        for i, ts in enumerate((now + timedelta(hours=1), datetime(2200, 1, 1, tzinfo=UTC)))
+    ]
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            for value in values:
+                await producer.send_and_wait("rollguard.latency", value, key=MODEL.encode())
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+
+
+def _read_raw(state: Path, *names: str) -> list[bytes]:
+    return [v for values in _on_topics(state, names).values() for v in values]
+
+
+def _on_topics(state: Path, names: tuple[str, ...] = ()) -> dict[str, list[bytes]]:
+    """Every record of every ledgered topic (or of ``names``), read from the running up's
+    broker."""
     bootstrap = json.loads((state / "broker.json").read_text())["bootstrap"]
     settings = RollguardSettings(kafka_bootstrap=bootstrap, enable_idempotence=False)
 
     async def read() -> dict[str, list[bytes]]:
         out = {}
-        for topic in topics.LEDGERED:
-            out[topic.name] = [r.value for r in await read_topic(settings, topic.name)]
+        for name in names or [t.name for t in topics.LEDGERED]:
+            out[name] = [r.value for r in await read_topic(settings, name)]
         return out
 
     return asyncio.run(read())
@@ -210,6 +249,8 @@ def test_up_killed_at_every_step_of_incidents_completes_each_once(tmp_path: Path
             step = None if i == 0 else STEPS[(i - 1) % len(STEPS)]
             deployed = time.monotonic()
             _deploy(state, system, model, "live")
+            if i == 0:
+                _skewed(state, model, system)
             killed_after = None
             if step is not None:
                 _until(
@@ -244,6 +285,7 @@ def test_up_killed_at_every_step_of_incidents_completes_each_once(tmp_path: Path
                 f"verified {took:.1f}s after the deploy"
             )
         on_topics = _on_topics(state)
+        dead = [orjson.loads(v) for v in _read_raw(state, topics.DEADLETTER.name)]
     finally:
         code = up.stop()
     assert code == 143
@@ -277,6 +319,20 @@ def test_up_killed_at_every_step_of_incidents_completes_each_once(tmp_path: Path
         and any(r["code"] == "command_unacknowledged" for r in e.payload["reasons"])
     ]
     assert not unacknowledged, unacknowledged  # every rollback's acks were seen
+    # The two skewed events were refused with their reason, and did not blind the version:
+    # its first breach came from the window its first event opened (event time, not wall).
+    skewed = [d for d in dead if d["error"].startswith("clock_skew: ")]
+    assert len(skewed) == 2, [d["error"] for d in dead]
+    first = min(
+        (
+            e.payload
+            for e in entries
+            if e.event_type == "Breach" and e.payload.get("system_version") == "s1"
+        ),
+        key=lambda b: b["window_end"],
+    )
+    opened = datetime.fromisoformat(first["version_first_event_ts"])
+    assert datetime.fromisoformat(first["window_start"]) <= opened + timedelta(seconds=3)
     starts = sorted(up.starts)
     summary = (
         f"{KILLS} kills: every incident verified once; restart of up p50 "

@@ -49,6 +49,19 @@ class WindowPolicy(_Frozen):
     close_grace_s: float = Field(
         default=0.3, ge=0, le=60, description="Wall-clock wait after a window's end for stragglers."
     )
+    max_future_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="An event dated further ahead of the detector's clock is refused (dead "
+        "letter, clock_skew): one would otherwise open a window nothing ever closes.",
+    )
+    max_past_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="An event dated further behind is refused too: older than the ground-truth "
+        "join keeps a prediction (a day), it would date a version's first event, and its MTTD, "
+        "back to a stopped clock.",
+    )
 
 
 class RollbackPolicy(_Frozen):

@@ -14,6 +14,7 @@ from typing import TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import pyarrow as pa
 
 from rollguard import baselines as bl
@@ -27,7 +28,7 @@ from rollguard.events import (
     SystemManifest,
 )
 from rollguard.logs import get_logger
-from rollguard.policy import ModelPolicy
+from rollguard.policy import ModelPolicy, WindowPolicy
 from rollguard_services.detector.capture import capture_due, snapshots_of
 from rollguard_services.detector.decoding import (
     Column,
@@ -92,6 +93,7 @@ class Folder:
         self.versions: dict[VersionKey, VersionState] = {}
         self.baselines: dict[VersionKey, dict[str, BaselineSnapshot]] = {}
         self.on_captured: Captured = lambda key, snapshots: None
+        self.skewed_by_version: Counter[str] = Counter()
 
     def configs(self, model_id: str) -> dict[str, DetectorBase]:
         return self.kinds.configs(self._policy(model_id))
@@ -171,51 +173,63 @@ class Folder:
 
     def refuse_skewed(
         self,
+        model_id: str,
         batch: LatencyBatch | PredictionBatch,
         rows: npt.NDArray[np.intp],
         now: float,
         rejected: list[Rejected],
     ) -> npt.NDArray[np.intp]:
-        """``rows`` without those dated more than ``max_future_s`` ahead of ``now`` or more than
-        ``max_past_s`` behind it, which go to ``rejected``: a producer with a fast clock must
-        not open a window in the future that every later event of its version folds into, nor
-        one with a stopped clock date a version's first event (its MTTD) decades back."""
+        """``rows`` (of one model) without those dated more than the policy's
+        ``window.max_future_s`` ahead of ``now`` or ``window.max_past_s`` behind it, which go
+        to ``rejected``: a producer with a fast clock must not open a window in the future that
+        every later event of its version folds into, nor one with a stopped clock date a
+        version's first event (its MTTD) decades back."""
+        window = self._policy(model_id).window
         ts = batch.ts[rows]
-        skewed = (ts > now + self.svc.max_future_s) | (ts < now - self.svc.max_past_s)
+        skewed = (ts > now + window.max_future_s) | (ts < now - window.max_past_s)
         if not skewed.any():
             return rows
-        rejected += [self._clock_skew(batch.records[i], batch.ts[i], now) for i in rows[skewed]]
+        rejected += [
+            self._clock_skew(batch.records[i], batch.ts[i], now, window) for i in rows[skewed]
+        ]
         return rows[~skewed]
 
     def refuse_skewed_events(
         self, good: list[tuple[Record, E]], now: float, rejected: list[Rejected]
     ) -> list[E]:
         """The same for events decoded one by one (business, health): the ones to fold."""
-        latest, earliest = now + self.svc.max_future_s, now - self.svc.max_past_s
         kept: list[E] = []
         for record, event in good:
+            window = self._policy(event.model_id).window
             ts = event.ts.timestamp()
-            if ts > latest or ts < earliest:
-                rejected.append(self._clock_skew(record, ts, now))
+            if ts > now + window.max_future_s or ts < now - window.max_past_s:
+                rejected.append(self._clock_skew(record, ts, now, window))
             else:
                 kept.append(event)
         return kept
 
-    def _clock_skew(self, record: Record, ts: float, now: float) -> Rejected:
+    def _clock_skew(self, record: Record, ts: float, now: float, window: WindowPolicy) -> Rejected:
+        """Counted in all and per producer — the model version whose events they are, as the
+        record's key and value name it — and said once per version, then every 1,000th."""
+        version = _version_of(record)
+        self.skewed_by_version[version] += 1
+        seen = self.skewed_by_version[version]
+        if seen == 1 or seen % 1000 == 0:
+            log.warning("clock_skew", producer=version, events=seen, skew_s=round(ts - now))
         if ts > now:
             self.counts["events_from_the_future"] += 1
             return Rejected(
                 record,
                 "clock_skew",
                 f"ts: {ts - now:.0f}s ahead of the detector's clock "
-                f"(more than max_future_s={self.svc.max_future_s:g})",
+                f"(more than window.max_future_s={window.max_future_s:g})",
             )
         self.counts["events_from_the_past"] += 1
         return Rejected(
             record,
             "clock_skew",
             f"ts: {now - ts:.0f}s behind the detector's clock "
-            f"(more than max_past_s={self.svc.max_past_s:g})",
+            f"(more than window.max_past_s={window.max_past_s:g})",
         )
 
     def fold_latency(
@@ -223,7 +237,7 @@ class Folder:
     ) -> list[LatencyWindow]:
         closed: list[LatencyWindow] = []
         for key, all_rows in batch.groups.items():
-            rows = self.refuse_skewed(batch, all_rows, now, rejected)
+            rows = self.refuse_skewed(key[0], batch, all_rows, now, rejected)
             if len(rows) == 0:
                 continue
             self.saw(key, float(batch.ts[rows[0]]), len(rows), now)
@@ -247,7 +261,7 @@ class Folder:
         now: float,
     ) -> None:
         """Fold one version's rows of a prediction batch; bad rows go to ``rejected``."""
-        rows = self.refuse_skewed(batch, rows, now, rejected)
+        rows = self.refuse_skewed(key[0], batch, rows, now, rejected)
         if len(rows) == 0:
             return
         model = self.model(key[0])
@@ -513,3 +527,13 @@ def _add_metric(sums: MetricSums, e: BusinessMetricEvent) -> None:
 
 
 __all__ = ["Captured", "Folder"]
+
+
+def _version_of(record: Record) -> str:
+    """``model_id/model_version`` of a record the detector refused for its timestamp."""
+    model_id = record.key.decode(errors="replace") if isinstance(record.key, bytes) else "?"
+    try:
+        version = str(orjson.loads(record.value).get("model_version", "?"))
+    except (orjson.JSONDecodeError, TypeError, AttributeError):
+        version = "?"
+    return f"{model_id}/{version}"

@@ -44,19 +44,6 @@ class DetectorSettings(BaseSettings):
         ge=0,
         description="Close a prediction window once events this much later arrive.",
     )
-    max_future_s: float = Field(
-        default=300.0,
-        gt=0,
-        description="An event dated further ahead of the wall clock is refused (dead letter): "
-        "one clock-skewed event would otherwise open a window nothing ever closes.",
-    )
-    max_past_s: float = Field(
-        default=86_400.0,
-        gt=0,
-        description="An event dated further behind the wall clock is refused (dead letter): "
-        "older than the ground-truth join keeps a prediction (join_ttl_s, a day), it dates a "
-        "version's first event, and so its MTTD, back to a stopped clock.",
-    )
     idle_close_s: float = Field(
         default=1.0, gt=0, description="...or once nothing reached it for this long (wall time)."
     )

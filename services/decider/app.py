@@ -3,13 +3,15 @@ rollback commands; applied rollbacks → verification; quiet live versions → k
 
 Low volume, stateful: per-model state lives in a faust table whose changelog makes it
 durable. The table is private: what others need of it is the ModelStatus published on
-``model-status`` whenever it changes. What an outcome publishes is first written into the state
-as owed and flushed, then sent and flushed, then cleared: a kill at any point leaves either no
-trace of the outcome or its debts, which the next event of that model (or the timer) sends
-again — a command only if its topic does not have it yet. Every input topic is keyed by model_id and co-partitioned, so the worker that owns a
-model's partition owns its state. faust only lets a table change inside a stream, so the
-timer does not touch state itself: it sends a tick for each model with something due, and
-the tick agent does the work.
+``model-status`` whenever it changes. Every input topic is keyed by model_id and
+co-partitioned, so the worker that owns a model's partition owns its state. faust only lets a
+table change inside a stream, so the timer does not touch state itself: it sends a tick for
+each model with something due, and the tick agent does the work.
+
+What an outcome publishes is first written into the state as owed and flushed, then sent and
+flushed, then cleared: a kill at any point leaves either no trace of the outcome or its debts,
+which the next event of that model (or the timer) sends again — a command only if its topic
+does not have it yet.
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ the rest back (counted), faust's and mode's complaints about the same outage wit
 fails no client request until the clients' 40 s request timeout, so an outage is dated from the
 first request the broker left unanswered, and said two requests later. It says ``broker_back``
 once the broker answers again and the clients have stopped failing, with how long the broker
-was away (first unanswered request to first answered one) and how many lines were held back.
+was away (first unanswered request to first answered one) and how many lines were held back;
+it waits two seconds past the first answer, so the clients' complaints about the outage
+(raised as their requests come back) are held back too.
 
 Waited out: a ``Sender`` is a producer whose sends wait for the broker to come back, resending a
 record whose send timed out (consumers de-duplicate by event id: the first copy may have
@@ -101,8 +103,16 @@ class BrokerOutages(logging.Filter):
         return 0.0 if self.down_since is None else time.monotonic() - self.down_since
 
     def settled(self) -> bool:
-        """Down, and no client has failed for ``quiet_s``: time to look whether it is back."""
-        return self.down_since is not None and time.monotonic() - self.last_error >= self.quiet_s
+        """Down, answering again for ``quiet_s``, and no client has failed for as long: the
+        outage is over, and what the clients say about it (faust's commit timer that overran
+        by the whole outage, say) has been said, and held back."""
+        now = time.monotonic()
+        return (
+            self.down_since is not None
+            and self.answered_at is not None
+            and now - self.answered_at >= self.quiet_s
+            and now - self.last_error >= self.quiet_s
+        )
 
     def back(self) -> None:
         if self.down_since is None:

@@ -68,6 +68,17 @@ def refuse_second_up(settings: RollguardSettings) -> None:
         )
 
 
+def _first_rollguard_error(group: BaseExceptionGroup[BaseException]) -> RollguardError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, RollguardError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_rollguard_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     # Ctrl-C stops any command, even one started as a background job of a script (which
     # inherits SIGINT ignored); the long-running ones stop cleanly (stopping.py).
@@ -85,6 +96,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     except RollguardError as exc:
         print(f"rollguard: error: {exc}", file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
+    except ExceptionGroup as group:
+        # A service that gave up (the broker away past ROLLGUARD_BROKER_OUTAGE_LIMIT_S, say)
+        # stops the others through the task group: one line, its exit code, as on its own.
+        first = _first_rollguard_error(group)
+        if first is None:
+            raise
+        print(f"rollguard: error: {first}", file=sys.stderr)
+        raise SystemExit(first.exit_code) from None
     except BrokenPipeError:
         # The reader went away (`rollguard ledger export | head`): stop quietly, like cat.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

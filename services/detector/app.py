@@ -33,7 +33,6 @@ from rollguard.bus import (
     decode_batch,
     make_consumer,
     make_producer,
-    producer_send,
 )
 from rollguard.events import (
     BaselineSnapshot,
@@ -44,6 +43,7 @@ from rollguard.events import (
     SystemManifest,
 )
 from rollguard.logs import get_logger
+from rollguard.outage import OutageLimit, Sender
 from rollguard.policy import PolicySet, PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard_services.detector import decoding
@@ -91,7 +91,9 @@ class Detector:
         self.folder = Folder(self.svc, policy.for_model, self.kinds, self.rng, self.counts)
         self.folder.on_captured = self._captured
         self.dead_letters: DeadLetterSink | None = None
-        self._producer: Any = None
+        #: Breaches, baselines and dead letters wait out a broker outage (None: not running).
+        self._producer: Sender | None = None
+        self._limit = OutageLimit(settings.broker_outage_limit_s)
         self._control: AIOKafkaConsumer | None = None
         self._latency_topic = settings.topic(topics.LATENCY.name)
         self._predictions_topic = settings.topic(topics.PREDICTIONS.name)
@@ -153,9 +155,9 @@ class Detector:
             await producer.start()
             await control.start()
             await consumer.start()
-            self._producer = producer
+            self._producer = Sender(producer, self._limit)
             self._control = control
-            self.dead_letters = DeadLetterSink(self.settings, producer_send(producer), self.name)
+            self.dead_letters = DeadLetterSink(self.settings, self._producer.send, self.name)
             await self._load_tables(control)
             log.info("started", bootstrap=self.settings.kafka_bootstrap, group=self.svc.group_id)
             await self._loop(consumer)
@@ -230,6 +232,7 @@ class Detector:
         ahead: tuple[int, Batches, asyncio.Future[Parsed]] | None = None
         try:
             while not stop():
+                self._limit.check()
                 self._maybe_reload()
                 batches = await consumer.getmany(
                     timeout_ms=0 if ahead else self.svc.poll_timeout_ms,

@@ -18,6 +18,7 @@ from rollguard import topics
 from rollguard.bus import make_consumer, make_producer
 from rollguard.events import SystemManifest, decode
 from rollguard.logs import get_logger
+from rollguard.outage import OUTAGES, OutageLimit
 from rollguard.settings import RollguardSettings
 from rollguard_services.router.serving import Router, switch_report
 from rollguard_services.router.settings import RouterSettings
@@ -64,10 +65,16 @@ class RouterService:
         finally:
             await consumer.stop()
             await producer.stop()
-            log.info("stopped", served=dict(self.router.served))
+            log.info(
+                "stopped",
+                served=dict(self.router.served),
+                telemetry_dropped=self.counts["telemetry_dropped"],
+            )
 
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
+        limit = OutageLimit(self.settings.broker_outage_limit_s)
         while True:
+            limit.check()
             batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for record in records:
@@ -97,14 +104,22 @@ class RouterService:
             last = now
             n = int(owed)
             owed -= n
+            # A model server never waits for its telemetry: while the broker is away (said by
+            # rollguard.outage, or a send that found no room within a tick) it keeps serving
+            # and counts what it could not hand over.
+            away = OUTAGES.down_since is not None
             for event in self.router.serve(n):
+                if away:
+                    self.counts["telemetry_dropped"] += 1
+                    continue
                 topic = latency_topic if event.SCHEMA.startswith("Latency") else predictions_topic
                 try:
-                    sent = await producer.send(topic, event.encode(), key=event.key)
-                except KafkaError:
-                    # The broker is away (rollguard.outage says so once): a model server keeps
-                    # serving and counts the telemetry it could not hand over.
+                    sent = await asyncio.wait_for(
+                        producer.send(topic, event.encode(), key=event.key), self.svc.tick_s
+                    )
+                except (KafkaError, TimeoutError):
                     self.counts["telemetry_dropped"] += 1
+                    away = True  # the rest of this tick would wait as long
                     continue
                 sent.add_done_callback(self._delivered)
                 self.counts[topic] += 1

@@ -7,17 +7,20 @@ import io
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from rollguard.broker import EmbeddedBroker
 from rollguard.bus import client_options
+from rollguard.errors import BrokerUnavailable
 from rollguard.logs import configure_logging
-from rollguard.outage import OUTAGES, answers, watch
+from rollguard.outage import OUTAGES, BrokerOutages, OutageLimit, Sender, answers, watch
 from rollguard.settings import RollguardSettings
-from tests.conftest import until
+from tests.conftest import scaled, until
 
 
 def _events(buf: io.StringIO, name: str) -> list[dict[str, object]]:
@@ -85,4 +88,113 @@ async def test_a_frozen_broker_is_not_taken_for_one_that_is_back(tmp_path: Path)
             os.kill(broker.pid, signal.SIGCONT)
         assert await answers(broker.bootstrap, speak_kafka=True)
     finally:
+        await asyncio.to_thread(broker.stop)
+
+
+def _freeze(pid: int) -> None:
+    os.kill(pid, signal.SIGSTOP)
+
+
+def _thaw(pid: int) -> None:
+    os.kill(pid, signal.SIGCONT)
+
+
+async def test_a_frozen_broker_is_said_at_once_and_dated_from_its_first_silence(
+    tmp_path: Path,
+) -> None:
+    """A frozen broker fails no client request until the clients' 40 s request timeout: the
+    outage was said 40 s into a freeze and `outage_s` counted from there (52 s for a 90 s
+    freeze). The watch's own requests go unanswered from the first moment."""
+    buf = io.StringIO()
+    configure_logging("info", "json", stream=buf)
+    broker = EmbeddedBroker(tmp_path / "broker.log")
+    await asyncio.to_thread(broker.start)
+    assert broker.pid is not None
+    settings = RollguardSettings(kafka_bootstrap=broker.bootstrap)
+    outages = BrokerOutages()
+    watching = asyncio.create_task(watch(settings, outages, every_s=0.2, timeout_s=0.5))
+    try:
+        await asyncio.sleep(1.0)
+        _freeze(broker.pid)
+        stopped = time.monotonic()
+        try:
+            await until(lambda: outages.down_since is not None, timeout_s=4.0)  # while frozen
+            await asyncio.sleep(stopped + 5.0 - time.monotonic())
+        finally:
+            _thaw(broker.pid)
+        thawed = time.monotonic()
+        await until(lambda: outages.down_since is None)
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+        await asyncio.to_thread(broker.stop)
+        logging.getLogger().handlers.clear()
+    assert len(_events(buf, "broker_unreachable")) == 1, buf.getvalue()
+    [back] = _events(buf, "broker_back")
+    assert isinstance(back["outage_s"], float)
+    assert abs(back["outage_s"] - (thawed - stopped)) <= scaled(1.5), (back, thawed - stopped)
+
+
+def test_faust_and_mode_complaints_during_an_outage_are_held_back() -> None:
+    """faust's "Timer commit is overlapping (runtime=88 s)" came out as a raw line after a
+    freeze; during an outage it is about the outage."""
+    outages = BrokerOutages()
+
+    def record(name: str, message: str) -> logging.LogRecord:
+        return logging.LogRecord(name, logging.WARNING, __file__, 1, message, None, None)
+
+    overlapping = "Timer commit is overlapping (interval=2.8 runtime=88.3)"
+    assert outages.filter(record("mode.timers", overlapping))  # no outage: said as it is
+    assert not outages.filter(record("aiokafka.conn", "Unable connect to node with id 1"))
+    assert not outages.filter(record("mode.timers", overlapping))
+    assert not outages.filter(record("faust.transport.consumer", "Heartbeat failed"))
+    assert outages.held == 2
+
+
+async def test_a_sender_waits_out_a_freeze_longer_than_its_request_timeout(
+    tmp_path: Path,
+) -> None:
+    """A control event sent while the broker is frozen used to fail with RequestTimedOutError
+    at the request timeout, and the service with it (`rollguard up` exited). It is sent again
+    until the broker takes it; the limit (unset: none) says when to give up instead."""
+    broker = EmbeddedBroker(tmp_path / "broker.log")
+    await asyncio.to_thread(broker.start)
+    assert broker.pid is not None
+    settings = RollguardSettings(kafka_bootstrap=broker.bootstrap)
+    topic = f"owed-{os.getpid()}"
+    # A request timeout far shorter than the freeze: every attempt inside it times out.
+    producer = AIOKafkaProducer(**client_options(settings), acks="all", request_timeout_ms=1_000)
+    outages = BrokerOutages()
+    patient = Sender(producer, OutageLimit(None, outages), backoff_s=0.1)
+    impatient = Sender(producer, OutageLimit(2.0, outages), backoff_s=0.1)
+    consumer = AIOKafkaConsumer(
+        topic, **client_options(settings), auto_offset_reset="earliest", fetch_max_wait_ms=50
+    )
+    try:
+        await producer.start()
+        await patient.send_and_wait(topic, b"before", key=b"k")
+        _freeze(broker.pid)
+        try:
+            owed = asyncio.create_task(patient.send_and_wait(topic, b"owed", key=b"k"))
+            with pytest.raises(BrokerUnavailable, match="ROLLGUARD_BROKER_OUTAGE_LIMIT_S=2"):
+                await asyncio.wait_for(impatient.send_and_wait(topic, b"given up"), scaled(20))
+            assert not owed.done()
+        finally:
+            _thaw(broker.pid)
+        await asyncio.wait_for(owed, scaled(30))
+        assert patient.resent >= 1
+        await consumer.start()
+        values: list[bytes] = []
+
+        async def read() -> None:
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                values.extend(r.value for r in records if r.value is not None)
+
+        deadline = time.monotonic() + scaled(20)
+        while b"owed" not in values and time.monotonic() < deadline:
+            await read()
+        assert b"owed" in values, values
+    finally:
+        await consumer.stop()
+        await producer.stop()
         await asyncio.to_thread(broker.stop)

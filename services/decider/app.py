@@ -238,6 +238,7 @@ class Decider:
             await send_owed(state.model_id, owed)
             settled = state.model_copy(update={"owed": ()})
             states[state.model_id] = settled.model_dump_json()
+            await app.producer.flush()
             self.counts["owed_resent"] += len(owed)
             log.warning(
                 "owed_resent",
@@ -248,12 +249,22 @@ class Decider:
             return settled
 
         async def store(before: ModelState, after: ModelState, now: datetime) -> None:
-            """Keep the new state; publish the model's status when what it shows changed."""
-            states[after.model_id] = after.model_dump_json()
+            """Keep the new state, durably before the input counts as handled; publish the
+            model's status when what it shows changed.
+
+            faust commits the offset of an event once its handler returns, whether or not the
+            changelog write it made has left the producer: killed in between, a restarted
+            decider had lost an applied ack (its offset committed, its effect not) and
+            escalated a rollback that had succeeded as unacknowledged. So a changed state is
+            flushed here."""
+            encoded = after.model_dump_json()
             status = status_change(before, after, now)
             if status is not None:
                 await status_out.send(key=status.key, value=status.encode())
                 self.counts["status_published"] += 1
+            if encoded != states.get(after.model_id):
+                states[after.model_id] = encoded
+                await app.producer.flush()
 
         async def publish(before: ModelState, outcome: Outcome, now: datetime) -> None:
             """Owed, flushed; sent, flushed; cleared (see the module's docstring)."""
@@ -311,7 +322,16 @@ class Decider:
                 return  # our own verified acks
             async with model(ack.model_id) as before:
                 ctx = self.context(ack.model_id)
-                await store(before, apply_ack(before, ack, ctx), ctx.now)
+                after = apply_ack(before, ack, ctx)
+                await store(before, after, ctx.now)
+            log.info(
+                "ack",
+                model_id=ack.model_id,
+                command_id=ack.command_id,
+                status=ack.status,
+                component=ack.component,
+                ends_flight=before.in_flight is not None and after.in_flight is None,
+            )
 
         async def on_health(check: HealthCheckEvent) -> None:
             async with model(check.model_id) as before:

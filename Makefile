@@ -46,6 +46,7 @@ schemas: $(VENV)/.demo-installed
 	$(BIN)/rollguard schemas export
 
 # Throughput, false breaches, detection delay, memory, exact-path checks (< 10 min).
+# ROLLGUARD_BENCH_FREEZE=1 make bench adds broker freezes under traffic (about 25 min more).
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks.run
 

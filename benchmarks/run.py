@@ -1,13 +1,17 @@
-"""`make bench`: every benchmark, figures printed and written to benchmarks/results/*.json."""
+"""`make bench`: every benchmark, figures printed and written to benchmarks/results/*.json.
+
+ROLLGUARD_BENCH_FREEZE=1 adds the broker freezes of benchmarks/freeze.py (about 25 minutes).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import structlog
 
-from benchmarks import statistics, throughput
+from benchmarks import freeze, statistics, throughput
 
 
 def main() -> None:
@@ -41,6 +45,9 @@ def main() -> None:
         f"join: {m['without_join']['per_signal_kib']} KiB steady (target <= 256 KiB)"
     )
     print(f"correctness: {s['correctness']}")
+    if os.environ.get("ROLLGUARD_BENCH_FREEZE") == "1":  # about 25 minutes: asked for only
+        f = freeze.main([])  # prints a line per freeze
+        print(f"freeze: {len(f['freezes'])} freezes, {'ok' if f['ok'] else 'FAULTS'}")
     print(f"bench took {time.perf_counter() - started:.0f} s; results in benchmarks/results/")
 
 

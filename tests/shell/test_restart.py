@@ -226,6 +226,7 @@ def _on_topics(state: Path, names: tuple[str, ...] = ()) -> dict[str, list[bytes
     return asyncio.run(read())
 
 
+@pytest.mark.timeout(scaled(60 + 40 * (KILLS + 1)))
 def test_up_killed_at_every_step_of_incidents_completes_each_once(tmp_path: Path) -> None:
     state = tmp_path / "state"
     bad = [f"b{i}" for i in range(1, KILLS + 2)]

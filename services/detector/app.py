@@ -32,7 +32,9 @@ from rollguard.bus import (
     client_options,
     decode_batch,
     make_consumer,
+    make_dead_letter_producer,
     make_producer,
+    producer_batches,
 )
 from rollguard.events import (
     BaselineSnapshot,
@@ -104,6 +106,7 @@ class Detector:
         self._baselines_topic = settings.topic(topics.BASELINES.name)
         self._breach_topic = settings.topic(topics.BREACHES.name)
         self._folding = asyncio.Lock()
+        self._rejected: list[Rejected] = []
         self.revocations = Revocations(self._folding, settings.rebalance_timeout_ms / 2000)
 
     # What the detector knows (held by the folder), as tests and benchmarks read it.
@@ -151,19 +154,28 @@ class Detector:
             fetch_max_wait_ms=self.settings.control_fetch_max_wait_ms,
         )
         producer = make_producer(self.settings, control=True)
+        # Dead letters have a producer of their own: a flood of them never queues a breach.
+        letters = make_dead_letter_producer(self.settings)
         try:
             await producer.start()
+            await letters.start()
             await control.start()
             await consumer.start()
             self._producer = Sender(producer, self._limit)
             self._control = control
-            self.dead_letters = DeadLetterSink(self.settings, self._producer.send, self.name)
+            self.dead_letters = DeadLetterSink(
+                self.settings,
+                Sender(letters, self._limit).send,  # a letter the batch could not deliver
+                self.name,
+                send_many=producer_batches(letters),
+            )
             await self._load_tables(control)
             log.info("started", bootstrap=self.settings.kafka_bootstrap, group=self.svc.group_id)
             await self._loop(consumer)
         finally:
             await consumer.stop()
             await control.stop()
+            await letters.stop()
             await producer.stop()
             log.info("stopped", **self.counts)
 
@@ -204,7 +216,7 @@ class Detector:
                     self.install_baseline(snapshot)
                 # The detector is the only reader of baselines: what it cannot take is kept
                 # (bad deployments are the decider's to dead-letter, not a second copy here).
-                await self._reject(rejected)
+                self._reject(rejected)
             self.counts["control_rejected"] += len(rejected)
 
     @property
@@ -328,24 +340,24 @@ class Detector:
                 self.counts["latency_events"] += len(batch)
                 self.counts[f"latency_batches_{batch.path}"] += 1
                 closed += self.folder.fold_latency(batch, time.time(), rejected)
-                await self._reject(rejected)
+                self._reject(rejected)
             elif tp.topic == self._predictions_topic:
                 await self.fold_predictions(*decode_predictions(records, ready))
             elif tp.topic == self._business_topic:
                 good_b, rejected = decode_batch(records, BusinessMetricEvent)
                 business = self.folder.refuse_skewed_events(good_b, time.time(), rejected)
-                await self._reject(rejected)
+                self._reject(rejected)
                 self.counts["business_events"] += len(business)
                 self.folder.fold_business(business, time.time())
             elif tp.topic == self._health_topic:
                 good_h, rejected = decode_batch(records, HealthCheckEvent)
                 health = self.folder.refuse_skewed_events(good_h, time.time(), rejected)
-                await self._reject(rejected)
+                self._reject(rejected)
                 self.counts["health_events"] += len(health)
                 self.folder.fold_health(health, time.time())
             elif tp.topic == self._outcomes_topic:
                 good_o, rejected = decode_batch(records, OutcomeEvent)
-                await self._reject(rejected)
+                self._reject(rejected)
                 self.counts["outcome_events"] += len(good_o)
                 self.folder.fold_outcomes([e for _, e in good_o])
         now = time.time()
@@ -356,6 +368,11 @@ class Detector:
             await self.publish(self.judge(window))
         for vw in closed_versions:
             await self.publish(self.close_version_window(vw))
+        # Dead letters after the breaches (under a flood they are most of a batch's work), and
+        # on the topic before the batch is committed.
+        rejected, self._rejected = self._rejected, []
+        if self.dead_letters is not None:
+            await self.dead_letters.reject_all(rejected)
 
     def _topic_order(self, topic: str) -> int:
         order = (self._latency_topic, self._predictions_topic, self._business_topic)
@@ -380,10 +397,10 @@ class Detector:
                 tier=breach.tier,
             )
 
-    async def _reject(self, rejected: list[Rejected]) -> None:
+    def _reject(self, rejected: list[Rejected]) -> None:
+        """Keep ``rejected`` for the dead-letter topic (sent at the end of ``process``)."""
         self.counts["dead_letters"] += len(rejected)
-        if self.dead_letters is not None:
-            await self.dead_letters.reject_all(rejected)
+        self._rejected += rejected
 
     # --- control tables -------------------------------------------------------------------
 
@@ -408,8 +425,9 @@ class Detector:
     async def fold_predictions(self, batch: PredictionBatch, rejected: list[Rejected]) -> None:
         """Fold a decoded batch (``decode_predictions``, which may run on another thread)."""
         now = time.time()
+        unknown = await self._unknown_versions(list(batch.groups))
         for key, rows in batch.groups.items():
-            if not await self._known_version(key):
+            if key in unknown:
                 rejected += [
                     Rejected(
                         batch.records[i],
@@ -422,17 +440,28 @@ class Detector:
             self.folder.fold_version(key, batch, rows, rejected, now)
         self.counts["prediction_events"] += len(batch)
         self.counts[f"prediction_batches_{batch.path}"] += 1
-        await self._reject(rejected)
+        self._reject(rejected)
 
-    async def _known_version(self, key: VersionKey) -> bool:
-        """A version of a model with manifests must have one itself (unknown: dead letter).
-        Models never registered are accepted: nothing to check them against."""
-        model = self.folder.models.get(key[0])
-        if model is None or not model.registered or key[1] in model.registered:
-            return True
-        # The manifest may be on its way on the other consumer: look once more, briefly.
+    async def _unknown_versions(self, keys: list[VersionKey]) -> set[VersionKey]:
+        """Versions of models with manifests that have none themselves (dead letters). Models
+        never registered are accepted: nothing to check them against. The manifests may be on
+        their way on the other consumer: it is read once more, briefly, once per batch (per
+        unknown version, a flood of made-up versions held the loop 50 ms each)."""
+
+        def unknown() -> set[VersionKey]:
+            models = self.folder.models
+            return {
+                k
+                for k in keys
+                if (model := models.get(k[0])) is not None
+                and model.registered
+                and k[1] not in model.registered
+            }
+
+        if not unknown():
+            return set()
         await self._poll_control(self.svc.unknown_version_wait_ms)
-        return key[1] in model.registered
+        return unknown()
 
     # --- evaluation of closed windows ----------------------------------------------------------
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+from typing import Any
 
 import orjson
 import pytest
 from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaTimeoutError
 
 from rollguard import topics
 from rollguard.bus import (
     DeadLetterSink,
+    Item,
+    Rejected,
     client_options,
     decode_batch,
     make_producer,
@@ -113,7 +118,60 @@ async def test_dead_letter_keeps_source_reason_and_bytes(
     got = await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) >= 1)
     letter = DeadLetter.model_validate_json(got[0].value)
     assert (letter.source_topic, letter.partition, letter.offset) == ("t.latency", 1, 41)
-    assert letter.error == "malformed: not JSON"
+    assert letter.error == "malformed: not JSON" and letter.reason == "malformed"
     assert base64.b64decode(letter.raw_b64) == raw
     assert letter.model_id == "m"
     assert sink.counts["malformed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "key"),
+    [
+        (b"\xff\x00garbage", b"m"),
+        (None, None),  # a tombstone
+        (b"x" * (300 * 1024), b"k" * 1_000),  # truncated to 256 KiB, the key to 256 bytes
+        ('{"model_id": "é\u2028"}'.encode(), "é".encode()),
+    ],
+)
+def test_a_dead_letter_is_byte_for_byte_what_the_model_encodes(
+    value: bytes | None, key: bytes | None
+) -> None:
+    """The sink writes letters without building the model (in a flood that was most of the
+    cost): what it writes must be exactly what DeadLetter itself would encode."""
+    sink = DeadLetterSink(RollguardSettings(kafka_bootstrap="127.0.0.1:1"), _no_send, "test")
+    record = ConsumerRecord("t.latency", 2, 7, 0, 0, key, value, None, 0, len(value or b""), ())
+    letter, sent_key = sink.letter(record, "why", "invalid")
+    model = DeadLetter.model_validate_json(letter)
+    assert model.encode() == letter
+    assert sent_key == (key[:256] if key else None)
+    assert (model.raw_size, model.raw_truncated) == (len(value or b""), len(value or b"") > 262_144)
+    again, _ = sink.letter(record, "why", "invalid")
+    assert DeadLetter.model_validate_json(again).event_id == model.event_id  # same source, same id
+
+
+async def _no_send(topic: str, value: bytes, key: bytes | None) -> None:
+    raise AssertionError("not sent")
+
+
+async def test_letters_of_a_batch_the_producer_could_not_deliver_are_sent_one_by_one() -> None:
+    """A record batch that failed (a broker gone, say) is not lost: its letters go through
+    ``send``, which is where an outage is waited out."""
+    loop = asyncio.get_running_loop()
+    sent: list[int] = []
+
+    async def send(topic: str, value: bytes, key: bytes | None) -> None:
+        sent.append(DeadLetter.model_validate_json(value).offset)
+
+    async def send_many(topic: str, items: list[Item]) -> list[tuple[Any, list[Item]]]:
+        failed, done = loop.create_future(), loop.create_future()
+        failed.set_exception(KafkaTimeoutError())
+        done.set_result(None)
+        return [(failed, items[:2]), (done, items[2:])]
+
+    settings = RollguardSettings(kafka_bootstrap="127.0.0.1:1")
+    sink = DeadLetterSink(settings, send, "test", send_many=send_many)
+    await sink.queue([Rejected(_record(b"x", i), "invalid", "bad") for i in range(5)])
+    assert sent == []  # queued, not waited for
+    await sink.delivered()
+    assert sent == [0, 1]
+    assert sink.counts["invalid"] == 5

@@ -5,6 +5,10 @@ holds the batch, pauses its partitions, says why and retries with backoff; it co
 past what is stored, so when the database is back it carries on from the held batch without a
 gap. A signed checkpoint of the head is written at most ``checkpoint_interval_s`` after any
 new entry, and once more on the way out.
+
+Whatever arrives is recorded, the fact that it arrived included; a value that is not a valid
+event of its topic is also dead-lettered with the reason, after it is stored and before the
+offsets are committed, so the dead-letter topic lists every input no service could take.
 """
 
 from __future__ import annotations
@@ -17,11 +21,18 @@ from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from rollguard import topics
-from rollguard.bus import make_consumer
+from rollguard.bus import (
+    DeadLetterSink,
+    Rejected,
+    decode_batch,
+    make_consumer,
+    make_dead_letter_producer,
+    producer_batches,
+)
 from rollguard.errors import LedgerError
 from rollguard.events import utcnow
 from rollguard.logs import get_logger
-from rollguard.outage import OutageLimit
+from rollguard.outage import OutageLimit, Sender
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer, generate_keypair, load_signer
 from rollguard_services.ledger.checkpoints import CheckpointFile, sign_checkpoint
@@ -63,7 +74,16 @@ class Ledger:
         store = await self._open_store()
         self.store = store
         consumer = None
+        letters = make_dead_letter_producer(self.settings)
         try:
+            await letters.start()
+            dead = DeadLetterSink(
+                self.settings,
+                # a letter its batch could not deliver waits out a broker outage
+                Sender(letters, OutageLimit(self.settings.broker_outage_limit_s)).send,
+                self.name,
+                send_many=producer_batches(letters),
+            )
             await self._refuse_lost_entries(store)
             names = [self.settings.topic(t.name) for t in topics.LEDGERED]
             consumer = make_consumer(
@@ -81,18 +101,22 @@ class Ledger:
                 store=store.url,
                 checkpoints=str(self.checkpoint_file.path),
             )
-            await self._consume(consumer, store, signer)
+            await self._consume(consumer, store, signer, dead)
         finally:
             if consumer is not None:
                 await consumer.stop()
+            await letters.stop()
             if self.status == "ok":
                 self._checkpoint(store, signer, final=True)
             store.close()
             log.info("stopped", **self.counts)
 
-    async def _consume(self, consumer: Any, store: LedgerStore, signer: Signer) -> None:
+    async def _consume(
+        self, consumer: Any, store: LedgerStore, signer: Signer, dead: DeadLetterSink
+    ) -> None:
         loop = asyncio.get_running_loop()
         held: dict[TopicPartition, list[Any]] = {}
+        refused: list[Rejected] = []
         retry_at = 0.0
         backoff = self.svc.retry_initial_s
         limit = OutageLimit(self.settings.broker_outage_limit_s)
@@ -103,6 +127,7 @@ class Ledger:
                 self.ready.set()
             for tp, records in batches.items():
                 held.setdefault(tp, []).extend(records)
+                refused += self._refused(tp.topic, records)
             if held and loop.time() >= retry_at:
                 incoming = [
                     Incoming(r.topic, r.partition, r.offset, r.value)
@@ -127,6 +152,9 @@ class Ledger:
                     continue
                 self.counts["appended"] += added
                 self.counts["redelivered"] += len(incoming) - added
+                self.counts["dead_letters"] += len(refused)
+                await dead.reject_all(refused)
+                refused = []
                 if added and self._uncovered_since is None:
                     self._uncovered_since = loop.time()
                 # Only what is stored is committed, and only partitions still ours.
@@ -156,6 +184,14 @@ class Ledger:
         except (CommitFailedError, IllegalStateError) as exc:
             self.counts["commits_failed"] += 1
             log.warning("commit_failed", partitions=len(offsets), error=str(exc))
+
+    def _refused(self, topic: str, records: list[Any]) -> list[Rejected]:
+        """The records of ``topic`` that are not valid events of it, with why."""
+        spec = topics.BY_NAME.get(topic.removeprefix(self.settings.topic_prefix))
+        if spec is None:
+            return []
+        _, rejected = decode_batch(records, spec.event)
+        return rejected
 
     def _checkpoint(self, store: LedgerStore, signer: Signer, *, final: bool = False) -> None:
         """Sign and keep the head; a failure is reported and retried at the next interval."""

@@ -35,6 +35,7 @@ from rollguard import topics
 from rollguard.bus import read_topic
 from rollguard.events import LatencyEvent
 from rollguard.settings import RollguardSettings
+from tests.conftest import scaled
 from tests.shell.test_lifecycle import ROOT, Running, _cli, _gone, _launch, _read, _until
 
 MODEL = "demo-model"  # the router's default model

@@ -306,7 +306,10 @@ class DeadLetterSink:
         self._send_many = send_many
         self._consumer = consumer
         self._pending: list[tuple[Awaitable[object] | None, list[Item]]] = []
+        #: Letters written, by reason (counted when written, before they are sent).
         self.counts: Counter[str] = Counter()
+        #: Letters the broker has acknowledged.
+        self.sent = 0
 
     def letter(
         self, record: SourceRecord, error: str, reason: DeadLetterReason
@@ -355,6 +358,7 @@ class DeadLetterSink:
             error=error[:300],
         )
         await self._send(self._topic, value, key)
+        self.sent += 1
 
     async def queue(self, rejected: Iterable[Rejected]) -> None:
         """Hand letters to the producer; ``delivered`` waits for them."""
@@ -399,9 +403,11 @@ class DeadLetterSink:
                 if not isinstance(outcome, KafkaError):
                     raise outcome
             again += items
+        self.sent += sum(len(items) for _, items in pending) - len(again)
         for start in range(0, len(again), 500):
             chunk = again[start : start + 500]
             await asyncio.gather(*(self._send(self._topic, value, key) for value, key in chunk))
+            self.sent += len(chunk)
 
     async def reject_all(self, rejected: Iterable[Rejected]) -> None:
         """``queue`` and ``delivered`` in one."""

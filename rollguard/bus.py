@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExists
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 
 from rollguard import topics
 from rollguard.errors import BrokerUnavailable, ConfigError
@@ -432,8 +433,9 @@ def decode_batch(
 ) -> tuple[list[tuple[ConsumerRecord[Any, Any], _E]], list[Rejected]]:
     """Parse a batch with orjson and validate it in one pydantic call.
 
-    Only when the batch as a whole fails is each record validated on its own, so one bad
-    record costs one batch its fast path and never takes good records down with it.
+    When the batch fails, its errors name the records that failed, and the others are
+    validated again in one call: one bad record never takes good ones down with it, and a
+    batch that is mostly bad (a flood) costs two calls, not one per record.
     """
     parsed: list[tuple[ConsumerRecord[Any, Any], Any]] = []
     rejected: list[Rejected] = []
@@ -446,8 +448,25 @@ def decode_batch(
     try:
         events = adapter.validate_python([doc for _, doc in parsed])
         return [(rec, e) for (rec, _), e in zip(parsed, events, strict=True)], rejected
-    except ValidationError:
-        pass
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    by_record: dict[int, list[ErrorDetails]] = {}
+    for error in errors:
+        at = error["loc"][0] if error["loc"] else None
+        if not isinstance(at, int):  # not an error of one record: take them one by one
+            return _one_by_one(parsed, cls, rejected)
+        by_record.setdefault(at, []).append({**error, "loc": error["loc"][1:]})
+    rejected += [
+        Rejected(parsed[i][0], "invalid", _describe(errs)) for i, errs in by_record.items()
+    ]
+    rest = [(rec, doc) for i, (rec, doc) in enumerate(parsed) if i not in by_record]
+    events = adapter.validate_python([doc for _, doc in rest])
+    return [(rec, e) for (rec, _), e in zip(rest, events, strict=True)], rejected
+
+
+def _one_by_one(
+    parsed: list[tuple[ConsumerRecord[Any, Any], Any]], cls: type[_E], rejected: list[Rejected]
+) -> tuple[list[tuple[ConsumerRecord[Any, Any], _E]], list[Rejected]]:
     good: list[tuple[ConsumerRecord[Any, Any], _E]] = []
     for record, doc in parsed:
         try:
@@ -458,7 +477,10 @@ def decode_batch(
 
 
 def _first_error(exc: ValidationError) -> str:
-    errs = exc.errors()
+    return _describe(exc.errors(include_url=False, include_context=False, include_input=False))
+
+
+def _describe(errs: list[ErrorDetails]) -> str:
     first = errs[0]
     loc = ".".join(str(p) for p in first["loc"]) or "(event)"
     more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""

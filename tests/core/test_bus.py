@@ -12,7 +12,7 @@ from aiokafka import ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaTimeoutError
 
-from rollguard import topics
+from rollguard import bus, topics
 from rollguard.bus import (
     DeadLetterSink,
     Item,
@@ -102,6 +102,30 @@ def test_one_bad_record_costs_only_itself() -> None:
     ]
     assert "latency_ms" in rejected[1].error
     assert "schema" in rejected[2].error
+
+
+def test_a_mostly_bad_batch_gets_the_reasons_record_by_record_validation_gives() -> None:
+    """A failed batch is split by its errors (two pydantic calls, not one per record): the
+    same records kept, the same reasons as validating each on its own."""
+    bad = [
+        _latency(latency_ms=-5),
+        _latency(latency_ms=True, status="slow"),  # two errors: "(+1 more)"
+        _latency(schema="LatencyEvent/v7"),
+        _latency(model_id=""),
+        b"[1, 2]",
+        b"{not json",
+        orjson.dumps({"model_id": "m"}),
+        _latency(extra={"a": [1]}),
+    ]
+    records = [_record(v, i) for i, v in enumerate([_latency(), *bad, _latency()] * 3)]
+    good, rejected = decode_batch(records, LatencyEvent)
+    parsed = [(r, orjson.loads(r.value)) for r in records if r.value != b"{not json"]
+    slow_good, slow_rejected = bus._one_by_one(parsed, LatencyEvent, [])
+    assert [r.offset for r, _ in good] == [r.offset for r, _ in slow_good] == [0, 9, 10, 19, 20, 29]
+    assert sorted((r.record.offset, r.kind, r.error) for r in rejected if r.kind == "invalid") == (
+        sorted((r.record.offset, r.kind, r.error) for r in slow_rejected)
+    )
+    assert any(r.error.endswith("(+1 more)") for r in rejected)
 
 
 async def test_dead_letter_keeps_source_reason_and_bytes(

@@ -476,6 +476,13 @@ def _one_by_one(
     return good, rejected
 
 
+def refusal(exc: ValueError) -> tuple[DeadLetterReason, str]:
+    """Why ``rollguard.events.decode`` refused a value, as a dead letter says it."""
+    if isinstance(exc, ValidationError):
+        return "invalid", _first_error(exc)
+    return "malformed", str(exc)
+
+
 def _first_error(exc: ValidationError) -> str:
     return _describe(exc.errors(include_url=False, include_context=False, include_input=False))
 

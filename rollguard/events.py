@@ -555,7 +555,11 @@ E = TypeVar("E", bound=Event)
 
 
 def decode(cls: type[E], raw: bytes | None) -> E:
-    """Parse one message value into ``cls``; raises pydantic.ValidationError or ValueError."""
+    """Parse one message value into ``cls``; raises pydantic.ValidationError (not a valid
+    event) or another ValueError (not one JSON document: orjson.JSONDecodeError, a tombstone).
+
+    orjson parses, as the detector does: pydantic's own parser takes ``NaN`` and ``Infinity``,
+    which are not JSON, and a Breach with ``"value": NaN`` was read as one."""
     if raw is None:
         raise ValueError("message has no value (tombstone)")
-    return cls.model_validate_json(raw)
+    return cls.model_validate(orjson.loads(raw))

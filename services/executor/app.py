@@ -26,7 +26,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 
 from rollguard import topics
-from rollguard.bus import DeadLetterSink, make_consumer, make_producer
+from rollguard.bus import DeadLetterSink, make_consumer, make_producer, refusal
 from rollguard.errors import BrokerUnavailable
 from rollguard.events import (
     AckStatus,
@@ -203,7 +203,8 @@ class Executor:
         try:
             command = decode(RollbackCommand, record.value)
         except (ValidationError, ValueError) as exc:
-            await self.dead_letters.send(record, str(exc)[:2000], "invalid")
+            reason, error = refusal(exc)
+            await self.dead_letters.send(record, error, reason)
             return
         bound = bound.bind(
             model_id=command.model_id,

@@ -18,7 +18,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 
 from rollguard import topics
-from rollguard.bus import DeadLetterSink, make_consumer, make_producer
+from rollguard.bus import DeadLetterSink, make_consumer, make_producer, refusal
 from rollguard.events import Breach, CommandAck, Decision, Event, decode
 from rollguard.logs import get_logger
 from rollguard.outage import OutageLimit, Sender
@@ -102,7 +102,8 @@ class Notifier:
                         try:
                             events.append(decode(by_topic[tp.topic], record.value))
                         except (ValidationError, ValueError) as exc:
-                            await dead.send(record, str(exc)[:500], "invalid")
+                            reason, error = refusal(exc)
+                            await dead.send(record, error, reason)
                             self.counts["dead_letters"] += 1
                 await self._accept(outbox, events)
                 await self._commit(consumer, {tp: r[-1].offset + 1 for tp, r in batches.items()})

@@ -109,7 +109,7 @@ async def test_replayed_command_never_acts_twice(
     await publish(topics.COMMANDS.name, b"\x00garbage", key=b"m")
     ex = executor(topics_ready)
     await run_until(
-        ex, lambda: ex.counts["replayed"] == 1 and ex.dead_letters.counts["invalid"] == 1
+        ex, lambda: ex.counts["replayed"] == 1 and ex.dead_letters.counts["malformed"] == 1
     )
 
     statuses = [a.status for a in await acks_of(reader, 3)]
@@ -119,7 +119,7 @@ async def test_replayed_command_never_acts_twice(
         DeadLetter.model_validate_json(r.value)
         for r in await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) >= 1)
     ]
-    assert letter.consumer == "executor"
+    assert (letter.consumer, letter.reason) == ("executor", "malformed")  # not JSON at all
 
 
 async def test_crash_after_receive_resumes_with_the_effect_and_both_acks(

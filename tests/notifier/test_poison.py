@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable
 
+import orjson
 import pytest
 
 from rollguard import topics
@@ -31,6 +32,10 @@ async def test_oversized_invalid_input_is_dead_lettered_and_the_incident_after_i
     for name in READ:
         await publish(name, HUGE, key=b"m")
     b, d, acks = incident_events()
+    # NaN is not JSON, though pydantic's own parser reads it: a breach of value NaN.
+    nan = b.encode().replace(orjson.dumps(b.value), b"NaN")
+    assert nan != b.encode()
+    await publish(topics.BREACHES.name, nan, key=b"m")
     await publish(topics.BREACHES.name, b)
     await publish(topics.DECISIONS.name, d)
     for ack in acks:
@@ -44,15 +49,18 @@ async def test_oversized_invalid_input_is_dead_lettered_and_the_incident_after_i
             lambda: notifier.counts["unrouted"] == 3 or task.done()
         )  # decided, applied, verified
         assert not task.done()
-        assert notifier.counts["dead_letters"] == len(READ)
+        assert notifier.counts["dead_letters"] == len(READ) + 1
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
     letters = [
         DeadLetter.model_validate_json(r.value)
-        for r in await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) >= len(READ))
+        for r in await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) > len(READ))
     ]
+    (not_json,) = [d for d in letters if d.reason == "malformed"]
+    assert (not_json.source_topic, not_json.offset) == (topics_ready.topic("breaches"), 1)
+    letters.remove(not_json)
     assert sorted(d.source_topic for d in letters) == sorted(topics_ready.topic(n) for n in READ)
     for letter in letters:
         assert (letter.consumer, letter.reason, letter.offset) == ("notifier", "invalid", 0)

@@ -9,10 +9,11 @@ after the decider decided a rollback. After each one it checks that:
 
 - `up` still runs, no service started again or stopped, nothing but JSON was said;
 - the log has exactly one ``broker_unreachable`` and one ``broker_back`` for the freeze;
-- nothing owed was lost: the incident the freeze interrupted completes, and so far every
-  incident has its command, acks (received, applied once, verified), invalidation and
-  notifications (decided, applied, verified), every control event on the ledgered topics is in
-  the ledger, and no ack, invalidation or notification is left in an outbox;
+- nothing owed was lost: the incident the freeze interrupted completes (a second command if
+  the first expired before the executor took it), it and the later one each have a rollback
+  applied once with its acks (received, applied, verified), invalidation and notifications
+  (decided, applied, verified), every control event on the ledgered topics is in the ledger,
+  and no ack, invalidation or notification is left in an outbox;
 - a bad deploy after the freeze is rolled back.
 
 It prints per freeze ``outage_s`` as reported against the freeze itself, the time from SIGCONT
@@ -59,6 +60,8 @@ class Freeze:
     sigstop_to_unreachable_s: float | None = None
     interrupted: Incident | None = None
     later: Incident | None = None
+    #: ``broker_client_errors`` lines: a client's error while the broker answered (not faults).
+    client_errors: int = 0
     faults: list[str] = field(default_factory=list)
 
     @property
@@ -75,6 +78,8 @@ class Freeze:
         if self.interrupted is not None:
             parts.append(f"interrupted deploy → applied {self.interrupted.to_applied_s} s")
         parts.append(f"later deploy → applied {self.later.to_applied_s if self.later else None} s")
+        if self.client_errors:
+            parts.append(f"{self.client_errors} broker_client_errors")
         if self.faults:
             parts.append("FAULTS: " + "; ".join(self.faults))
         return "; ".join(parts)
@@ -91,6 +96,7 @@ class Freeze:
                 self.interrupted.to_applied_s if self.interrupted else None
             ),
             "later_deploy_to_applied_s": self.later.to_applied_s if self.later else None,
+            "broker_client_errors": self.client_errors,
             "faults": self.faults,
         }
 
@@ -109,7 +115,7 @@ async def _moment(up: LiveUp, moment: str, since: int) -> None:
 
 async def freeze_once(up: LiveUp, f: Freeze, freezes_before: int) -> Freeze:
     """One freeze at its moment, the broker back, a later incident, and the checks."""
-    since, others = len(up.log.read()), len(up.log.other)
+    since, others, first = len(up.log.read()), len(up.log.other), len(up.incidents)
     if f.moment != "idle":
         f.interrupted = await up.start_incident(f"{f.number}-during")
         await _moment(up, f.moment, since)
@@ -146,12 +152,13 @@ async def freeze_once(up: LiveUp, f: Freeze, freezes_before: int) -> Freeze:
     except TimeoutError as exc:
         f.faults.append(f"later incident: {exc}")
     f.faults += up.still_whole(since, others)
+    f.client_errors = len(up.log.named("broker_client_errors", since))
     for name in ("broker_unreachable", "broker_back"):
         if (n := len(up.log.named(name, since))) != 1:
             f.faults.append(f"{n} {name} for this freeze")
         if (total := len(up.log.named(name))) != freezes_before + 1:
             f.faults.append(f"{total} {name} in all after {freezes_before + 1} freezes")
-    f.faults += await up.nothing_owed_lost()
+    f.faults += await up.nothing_owed_lost(up.incidents[first:])
     return f
 
 

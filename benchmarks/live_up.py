@@ -184,16 +184,12 @@ class Topics:
     def on(self, name: str) -> list[dict[str, Any]]:
         return [doc for topic, doc in self.records if topic == name]
 
-    def command_for(self, system_version: str) -> dict[str, Any] | None:
-        """The first command that rolls ``system_version`` back."""
-        return next(
-            (
-                c
-                for c in self.on("commands")
-                if c["from_manifest"]["system_version"] == system_version
-            ),
-            None,
-        )
+    def commands_for(self, system_version: str) -> list[dict[str, Any]]:
+        """The commands that roll ``system_version`` back (a second one if the first expired
+        before an executor took it, as after a long freeze)."""
+        return [
+            c for c in self.on("commands") if c["from_manifest"]["system_version"] == system_version
+        ]
 
     def acks(self, command_id: str, status: str) -> list[dict[str, Any]]:
         """A command's final acks of ``status`` (and the decider's verification ones)."""
@@ -374,19 +370,20 @@ class LiveUp:
         return incident
 
     async def finish(self, incident: Incident, timeout_s: float) -> Incident:
-        """Wait until the incident's rollback is applied and verified (TimeoutError if not)."""
-        command = await until(
-            lambda: self.topics.command_for(incident.system_version),
-            timeout_s,
-            f"no command rolled {incident.system_version} back",
+        """Wait until a rollback of the incident's version is applied, and verified
+        (TimeoutError if not)."""
+
+        def applied() -> tuple[str, dict[str, Any]] | None:
+            for command in self.topics.commands_for(incident.system_version):
+                acks = self.topics.acks(command["command_id"], "applied")
+                if acks:
+                    return command["command_id"], acks[0]
+            return None
+
+        cid, ack = await until(
+            applied, timeout_s, f"no rollback of {incident.system_version} was applied"
         )
-        cid = incident.command_id = command["command_id"]
-        applied = await until(
-            lambda: self.topics.acks(cid, "applied"),
-            timeout_s,
-            f"the rollback of {incident.system_version} was never applied",
-        )
-        incident.applied_ts = wall(applied[0]["ts"])
+        incident.command_id, incident.applied_ts = cid, wall(ack["ts"])
         verified = await until(
             lambda: self.topics.acks(cid, "verified"),
             timeout_s,
@@ -395,15 +392,16 @@ class LiveUp:
         incident.verified_ts = wall(verified[0]["ts"])
         return incident
 
-    async def nothing_owed_lost(self) -> list[str]:
-        """What was owed and is missing: per incident its command, acks (received, applied
-        once, verified), invalidation and notifications; control events not in the ledger;
-        acks, invalidations or notifications still waiting in an outbox."""
+    async def nothing_owed_lost(self, incidents: list[Incident] | None = None) -> list[str]:
+        """What was owed and is missing: per incident (default: every one so far) its applied
+        command's acks (received, applied once, verified), invalidation and notifications;
+        control events not in the ledger; acks, invalidations or notifications still waiting
+        in an outbox."""
         faults: list[str] = []
-        for incident in self.incidents:
+        for incident in self.incidents if incidents is None else incidents:
             name, cid = incident.system_version, incident.command_id
             if cid is None:
-                faults.append(f"{name}: no command")
+                faults.append(f"{name}: no rollback applied")
                 continue
             for status in ("received", "applied", "verified"):
                 if not self.topics.acks(cid, status):

@@ -2,15 +2,16 @@
 
 Said: while the broker is away, aiokafka logs every attempt of every client at ERROR (~430 lines
 a second from `rollguard up`). ``OUTAGES``, a filter on the handlers ``configure_logging``
-installs, turns the first of them into one structured ``broker_unreachable`` warning and holds
-the rest back (counted), faust's and mode's complaints about the same outage with them.
-``watch`` also asks the broker a Kafka ApiVersions request every half second: a frozen broker
-fails no client request until the clients' 40 s request timeout, so an outage is dated from the
-first request the broker left unanswered, and said two requests later. It says ``broker_back``
-once the broker answers again and the clients have stopped failing, with how long the broker
-was away (first unanswered request to first answered one) and how many lines were held back;
-it waits two seconds past the first answer, so the clients' complaints about the outage
-(raised as their requests come back) are held back too.
+installs, turns them into one structured ``broker_unreachable`` warning and holds the rest
+back (counted), faust's and mode's complaints about the same outage with them. ``watch`` also
+asks the broker a Kafka ApiVersions request every half second: a frozen broker fails no client
+request until the clients' 40 s request timeout, so an outage is dated from the first request
+the broker left unanswered, and said two requests later; a client's error while the broker
+answers (a connection it closed) is one ``broker_client_errors`` line, not an outage. It says
+``broker_back`` once the broker answers again and the clients have stopped failing, with how
+long the broker was away (first unanswered request to first answered one) and how many lines
+were held back; it waits two seconds past the first answer, so the clients' complaints about
+the outage (raised as their requests come back) are held back too.
 
 Waited out: a ``Sender`` is a producer whose sends wait for the broker to come back, resending a
 record whose send timed out (consumers de-duplicate by event id: the first copy may have
@@ -57,26 +58,45 @@ _CLIENTS = ("aiokafka", "kafka", "faust", "mode")
 
 class BrokerOutages(logging.Filter):
     """Whether the broker is away, since when, and the clients' lines held back meanwhile;
-    see the module doc. Times are ``time.monotonic()``."""
+    see the module doc. Times are ``time.monotonic()``.
 
-    def __init__(self, quiet_s: float = 2.0) -> None:
+    While ``watch`` asks a broker that speaks plain Kafka (``probing``), a client's connection
+    error is only a suspicion, its lines held back until the next answer decides: unanswered,
+    the outage is dated from whichever came first; answered, with the clients quiet again, it
+    was one client's connection (a broker back from a long freeze closes some), said once as
+    ``broker_client_errors``; answered while clients keep failing for ``suspect_s``, it is an
+    outage all the same. Without a probe that can tell, the first error is the outage."""
+
+    def __init__(self, quiet_s: float = 2.0, suspect_s: float = 10.0, confirm: int = 2) -> None:
         super().__init__()
         self.quiet_s = quiet_s
+        self.suspect_s = suspect_s
+        #: Unanswered probes in a row that make an outage by themselves.
+        self.confirm = confirm
+        self.probing = False
         self.down_since: float | None = None
         #: When the broker first answered again during this outage.
         self.answered_at: float | None = None
         self.last_error = 0.0
         self.held = 0
+        self._suspect_since: float | None = None
+        self._suspect_error = ""
+        self._unanswered = 0
+        self._unanswered_since: float | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING or not record.name.startswith(_CLIENTS):
             return True
         message = record.getMessage()
-        if self.down_since is None and not any(sign in message for sign in _SIGNS):
+        calm = self.down_since is None and self._suspect_since is None
+        if calm and not any(sign in message for sign in _SIGNS):
             return True
         self.last_error = time.monotonic()
-        if self.down_since is None:
-            self.lost(message, self.last_error)
+        if calm:
+            if self.probing:  # the next answer decides; the line is held meanwhile
+                self._suspect_since, self._suspect_error, self.held = self.last_error, message, 0
+            else:
+                self.lost(message, self.last_error)
         else:
             self.held += 1
         return False
@@ -85,18 +105,48 @@ class BrokerOutages(logging.Filter):
         """The broker is away, since ``since`` (said once per outage)."""
         if self.down_since is not None:
             return
+        if self._suspect_since is None:
+            self.held = 0
+        self._suspect_since = None
         self.down_since = since
         self.answered_at = None
-        self.held = 0
         self.last_error = max(self.last_error, since)
         log.warning("broker_unreachable", error=error[:300])
 
-    def answered(self) -> None:
-        if self.down_since is not None and self.answered_at is None:
-            self.answered_at = time.monotonic()
-
-    def unanswered(self) -> None:
-        self.answered_at = None  # away again before it was said to be back
+    def probed(self, answered: bool, asked: float, timeout_s: float) -> None:
+        """What one of ``watch``'s requests, sent at ``asked``, came to."""
+        now = time.monotonic()
+        if not answered:
+            self._unanswered += 1
+            if self._unanswered_since is None:
+                self._unanswered_since = asked
+            self.answered_at = None  # away again before it was said to be back
+            if self._suspect_since is not None or self._unanswered >= self.confirm:
+                starts = (self._unanswered_since, self._suspect_since)
+                self.lost(
+                    self._suspect_error
+                    or f"no answer to a Kafka request within {timeout_s:g} s "
+                    f"({self._unanswered} in a row)",
+                    min(t for t in starts if t is not None),
+                )
+            return
+        self._unanswered, self._unanswered_since = 0, None
+        if self.down_since is not None:
+            if self.answered_at is None:
+                self.answered_at = now
+            if self.settled():
+                self.back()
+        elif self._suspect_since is not None:
+            if now - self.last_error >= self.quiet_s:
+                log.warning(
+                    "broker_client_errors",
+                    error=self._suspect_error[:300],
+                    lines_held_back=self.held,
+                    detail="the broker answered meanwhile; the clients carried on",
+                )
+                self._suspect_since, self.held = None, 0
+            elif now - self._suspect_since >= self.suspect_s:
+                self.lost(self._suspect_error, self._suspect_since)
 
     def away_s(self) -> float:
         """How long the broker has been away; 0 when it is not."""
@@ -165,34 +215,24 @@ async def watch(
     outages: BrokerOutages = OUTAGES,
     every_s: float = 0.5,
     timeout_s: float = 1.5,
-    confirm: int = 2,
 ) -> None:
-    """Ask the broker every ``every_s``; ``confirm`` unanswered requests in a row are an outage
-    dated from the first of them; say ``broker_back`` when it is over. Runs until cancelled.
+    """Ask the broker every ``every_s``; ``outages.confirm`` requests in a row unanswered
+    within ``timeout_s`` are an outage dated from the first of them; say ``broker_back`` when
+    it is over. Runs until cancelled.
 
-    Where the listener is TLS the probe is a TCP handshake, which a frozen broker passes: the
-    outage is then the clients' to notice, at their request timeout."""
+    Where the listener is TLS the request is a TCP handshake, which a frozen broker passes:
+    the outage is then the clients' to notice, at their request timeout."""
     assert settings.kafka_bootstrap is not None
     plain = settings.security_protocol in ("PLAINTEXT", "SASL_PLAINTEXT")
-    unanswered_since: float | None = None
-    unanswered = 0
-    while True:
-        await asyncio.sleep(every_s)
-        asked = time.monotonic()
-        if await answers(settings.kafka_bootstrap, plain, timeout_s):
-            unanswered, unanswered_since = 0, None
-            outages.answered()
-            if outages.settled():
-                outages.back()
-            continue
-        unanswered += 1
-        unanswered_since = unanswered_since if unanswered_since is not None else asked
-        outages.unanswered()
-        if unanswered >= confirm:
-            outages.lost(
-                f"no answer to a Kafka request within {timeout_s:g} s ({unanswered} in a row)",
-                unanswered_since,
-            )
+    outages.probing = plain
+    try:
+        while True:
+            await asyncio.sleep(every_s)
+            asked = time.monotonic()
+            answered = await answers(settings.kafka_bootstrap, plain, timeout_s)
+            outages.probed(answered, asked, timeout_s)
+    finally:
+        outages.probing = False
 
 
 class OutageLimit:
@@ -246,7 +286,9 @@ class Sender:
         producer: AIOKafkaProducer,
         limit: OutageLimit,
         backoff_s: float = 0.2,
-        max_backoff_s: float = 5.0,
+        # Short: an attempt against a frozen broker lasts its 40 s request timeout anyway, and
+        # a broker back during a pause is only tried again at its end.
+        max_backoff_s: float = 1.0,
     ) -> None:
         self.producer = producer
         self.limit = limit

@@ -114,9 +114,10 @@ class RouterService:
                     continue
                 topic = latency_topic if event.SCHEMA.startswith("Latency") else predictions_topic
                 try:
-                    sent = await asyncio.wait_for(
-                        producer.send(topic, event.encode(), key=event.key), self.svc.tick_s
-                    )
+                    # asyncio.timeout, not wait_for: wait_for loses a cancel that arrives as the
+                    # send completes (3.11), and the router then never stopped.
+                    async with asyncio.timeout(self.svc.tick_s):
+                        sent = await producer.send(topic, event.encode(), key=event.key)
                 except (KafkaError, TimeoutError):
                     self.counts["telemetry_dropped"] += 1
                     away = True  # the rest of this tick would wait as long

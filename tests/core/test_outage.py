@@ -151,6 +151,39 @@ def test_faust_and_mode_complaints_during_an_outage_are_held_back() -> None:
     assert outages.held == 2
 
 
+def test_a_client_error_while_the_broker_answers_is_not_an_outage() -> None:
+    """Back from a 10 min freeze, the broker closed a consumer's fetch connection twice, and
+    each made a broker_unreachable / broker_back pair of 0.0 s: while the watch can ask, a
+    client's error is an outage only if the broker does not answer either."""
+    buf = io.StringIO()
+    configure_logging("info", "json", stream=buf)
+    try:
+        outages = BrokerOutages(quiet_s=0.0)
+        outages.probing = True
+        closed = logging.LogRecord(
+            "aiokafka.consumer.fetcher",
+            logging.ERROR,
+            __file__,
+            1,
+            "Failed fetch messages from 111: KafkaConnectionError: Connection at x:1 closed",
+            None,
+            None,
+        )
+        assert not outages.filter(closed)  # held back, until the broker's answer decides
+        outages.probed(True, time.monotonic(), 1.5)
+        assert outages.down_since is None
+        [said] = _events(buf, "broker_client_errors")
+        assert "Connection at x:1 closed" in str(said["error"])
+        assert not _events(buf, "broker_unreachable")
+        assert not outages.filter(closed)
+        erred = time.monotonic()
+        outages.probed(False, time.monotonic(), 1.5)  # and this time the broker is silent
+        assert outages.down_since is not None and outages.down_since <= erred
+        assert len(_events(buf, "broker_unreachable")) == 1
+    finally:
+        logging.getLogger().handlers.clear()
+
+
 async def test_a_sender_waits_out_a_freeze_longer_than_its_request_timeout(
     tmp_path: Path,
 ) -> None:

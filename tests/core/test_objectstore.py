@@ -4,8 +4,8 @@ way Tansu's object-store client speaks to it (the broker's own restarts: test_br
 from __future__ import annotations
 
 import http.client
-import re
 import os
+import re
 import signal
 import subprocess
 import sys

@@ -373,6 +373,7 @@ class Detector:
         rejected, self._rejected = self._rejected, []
         if self.dead_letters is not None:
             await self.dead_letters.reject_all(rejected)
+        self.counts["dead_letters"] += len(rejected)  # counted once on the topic
 
     def _topic_order(self, topic: str) -> int:
         order = (self._latency_topic, self._predictions_topic, self._business_topic)
@@ -399,7 +400,6 @@ class Detector:
 
     def _reject(self, rejected: list[Rejected]) -> None:
         """Keep ``rejected`` for the dead-letter topic (sent at the end of ``process``)."""
-        self.counts["dead_letters"] += len(rejected)
         self._rejected += rejected
 
     # --- control tables -------------------------------------------------------------------

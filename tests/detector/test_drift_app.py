@@ -73,7 +73,11 @@ async def test_sustained_ks_breach_against_the_published_baseline(
         await publish(topics.PREDICTIONS.name, orjson.dumps(doc), key=b"m")
 
     detector = Detector(topics_ready, PolicySet(), DetectorSettings(group_id="drift", seed=1))
-    await run_until(detector, lambda: detector.counts["breaches"] >= 1, timeout_s=40)
+    await run_until(
+        detector,
+        lambda: detector.counts["breaches"] >= 1 and detector.counts["dead_letters"] >= 3,
+        timeout_s=40,
+    )
 
     assert detector.counts["baselines"] == 2
     assert detector.counts["dead_letters"] == 3

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from rollguard import topics
 from rollguard.authority import TokenRegistry, TokenSource
-from rollguard.bus import DeadLetterSink, client_options, read_topic
+from rollguard.bus import DeadLetterSink, client_options, read_topic, refusal
 from rollguard.events import (
     Approval,
     Breach,
@@ -301,7 +301,8 @@ class Decider:
                 try:
                     parsed = decode(cls, msg.value)
                 except (ValidationError, ValueError) as exc:
-                    await dead_letters.send(msg, str(exc)[:2000], "invalid")
+                    kind, why = refusal(exc)  # malformed bytes or an invalid event
+                    await dead_letters.send(msg, why[:2000], kind)
                     continue
                 self.counts[cls.__name__] += 1
                 await handle(parsed)

@@ -72,6 +72,19 @@ async def test_a_broker_away_and_back_is_two_lines(tmp_path: Path) -> None:
     assert OUTAGES.down_since is None
 
 
+def _stopped(pid: int) -> None:
+    """Until every thread of ``pid`` is stopped (state T in /proc), at most 10 s: on a busy
+    machine a probe right after the signal was once answered."""
+    states: set[str] = set()
+    for _ in range(200):
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        states = {(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks}
+        if states == {"T"}:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{pid} never stopped: {states}")
+
+
 async def test_a_frozen_broker_is_not_taken_for_one_that_is_back(tmp_path: Path) -> None:
     """A broker stopped with SIGSTOP still accepts connections (its kernel does): `broker_back`
     must wait for an answer to a Kafka request, not a TCP handshake."""
@@ -81,6 +94,7 @@ async def test_a_frozen_broker_is_not_taken_for_one_that_is_back(tmp_path: Path)
         assert broker.pid is not None
         assert await answers(broker.bootstrap, speak_kafka=True)
         os.kill(broker.pid, signal.SIGSTOP)
+        await asyncio.to_thread(_stopped, broker.pid)  # SIGSTOP lands asynchronously
         try:
             assert await answers(broker.bootstrap, speak_kafka=False)  # the handshake passes
             assert not await answers(broker.bootstrap, speak_kafka=True)

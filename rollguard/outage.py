@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, UnknownError
 from aiokafka.partitioner import DefaultPartitioner
 
 from rollguard.errors import BrokerUnavailable
@@ -274,12 +274,19 @@ def waits_out(exc: KafkaError) -> bool:
     return bool(exc.retriable) or isinstance(exc, KafkaTimeoutError)
 
 
+#: Tries of a send the broker answers with UNKNOWN_SERVER_ERROR, which Kafka calls final but
+#: the embedded broker answers when its storage request timed out across a freeze (a produce in
+#: flight at SIGSTOP fails at SIGCONT); worth a few more tries, not an endless wait.
+UNKNOWN_ERROR_TRIES = 5
+
+
 class Sender:
     """A producer whose sends wait out a broker outage: a send that fails for want of a
     broker is made again, backing off from ``backoff_s`` to ``max_backoff_s``, until the broker
     takes it or ``limit`` says to give up. An attempt lasts at most the producer's request
     timeout (40 s), so the limit is checked at least that often. Errors that another attempt
-    would not cure (a record too large, say) are raised at once."""
+    would not cure (a record too large, say) are raised at once; an unknown server error
+    after ``UNKNOWN_ERROR_TRIES`` tries."""
 
     def __init__(
         self,
@@ -302,9 +309,14 @@ class Sender:
     ) -> Any:
         delay = self.backoff_s
         failing_since: float | None = None
+        unknown = 0
         while True:
             try:
                 return await self.producer.send_and_wait(topic, value, key=key, partition=partition)
+            except UnknownError:
+                unknown += 1
+                if unknown >= UNKNOWN_ERROR_TRIES:
+                    raise
             except KafkaError as exc:
                 if not waits_out(exc):
                     raise

@@ -13,12 +13,21 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import UnknownError
 
 from rollguard.broker import EmbeddedBroker
 from rollguard.bus import client_options
 from rollguard.errors import BrokerUnavailable
 from rollguard.logs import configure_logging
-from rollguard.outage import OUTAGES, BrokerOutages, OutageLimit, Sender, answers, watch
+from rollguard.outage import (
+    OUTAGES,
+    UNKNOWN_ERROR_TRIES,
+    BrokerOutages,
+    OutageLimit,
+    Sender,
+    answers,
+    watch,
+)
 from rollguard.settings import RollguardSettings
 from tests.conftest import scaled, until
 
@@ -245,3 +254,31 @@ async def test_a_sender_waits_out_a_freeze_longer_than_its_request_timeout(
         await consumer.stop()
         await producer.stop()
         await asyncio.to_thread(broker.stop)
+
+
+class _Refusing:
+    """A producer whose broker answers UNKNOWN_SERVER_ERROR ``times`` times, then takes the
+    record: what the embedded broker answers, at SIGCONT, to a produce that was in flight at
+    SIGSTOP (its storage request timed out across the freeze), which no test can time."""
+
+    def __init__(self, times: int) -> None:
+        self.times = times
+        self.calls = 0
+
+    async def send_and_wait(self, *args: object, **kwargs: object) -> str:
+        self.calls += 1
+        if self.calls <= self.times:
+            raise UnknownError()
+        return "taken"
+
+
+async def test_an_unknown_server_error_is_tried_again_a_few_times() -> None:
+    refusing = _Refusing(times=2)
+    sender = Sender(refusing, OutageLimit(None, BrokerOutages()), backoff_s=0.01)  # type: ignore[arg-type]
+    assert await sender.send_and_wait("t", b"v") == "taken"
+    assert refusing.calls == 3
+    always = _Refusing(times=1_000)
+    sender = Sender(always, OutageLimit(None, BrokerOutages()), backoff_s=0.01)  # type: ignore[arg-type]
+    with pytest.raises(UnknownError):
+        await sender.send_and_wait("t", b"v")
+    assert always.calls == UNKNOWN_ERROR_TRIES

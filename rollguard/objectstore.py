@@ -185,7 +185,6 @@ class Bucket:
         #: Each object's <Contents> in a listing (key, size, time), made once: Tansu lists a
         #: partition's batches for every fetch, so a listing must cost a join, not a stat each.
         self._entries: dict[str, str] = {}  # by the file's path
-        self.trimmed = 0
 
     def _folder(self, directory: Path) -> _Folder:
         folder = self._folders.get(directory)
@@ -241,7 +240,6 @@ class Bucket:
             path.unlink()
         self._etags.pop(path, None)
         self._entries.pop(str(path), None)
-        self.trimmed += 1
 
     def _compact(self, path: Path, body: bytes, old: list[str]) -> None:
         """Log compaction a batch at a time: a batch goes once every key in it has a later

@@ -213,6 +213,31 @@ def _skewed(state: Path, model: str, system: str) -> None:
     asyncio.run(send())
 
 
+def _story(entries: list[Entry], up: Up) -> str:
+    """What the ledger and up's warnings say, for a drill that stalled: why, not only that."""
+    lines = []
+    for e in entries:
+        p = e.payload
+        if e.event_type == "Breach":
+            what = f"{p.get('detector')} {p.get('model_version')} {p.get('system_version')}"
+        elif e.event_type == "Decision":
+            codes = ",".join(r["code"] for r in p["reasons"])
+            what = f"{p['action']} {p.get('system_version')} [{codes}]"
+        elif e.event_type == "CommandAck":
+            what = f"{p['command_id'][:8]} {p['status']} {p.get('component') or ''}"
+        elif e.event_type == "RollbackCommand":
+            what = f"{p['command_id'][:8]} from {p['from_manifest']['system_version']}"
+        else:
+            what = ""
+        lines.append(f"  {e.seq:>5} {e.event_type:<16} {what}")
+    said = [
+        line
+        for line in (up.run.said().splitlines() if up.run else [])
+        if any(word in line.lower() for word in ("warning", "error", "traceback"))
+    ]
+    return "\n".join(["ledger:", *lines[-60:], "up warned:", *said[-40:]])
+
+
 def _read_raw(state: Path, *names: str) -> list[bytes]:
     return [v for values in _on_topics(state, names).values() for v in values]
 
@@ -270,11 +295,14 @@ def test_up_killed_at_every_step_of_incidents_completes_each_once(tmp_path: Path
                 killed_after = time.monotonic() - deployed
                 up.kill()
                 up.start()
-            _until(
-                lambda: _step_reached(ledger.entries(), system, "verified")[0],  # noqa: B023
-                f"incident {system} (killed after {step}) was never verified",
-                timeout_s=180,
-            )
+            try:
+                _until(
+                    lambda: _step_reached(ledger.entries(), system, "verified")[0],  # noqa: B023
+                    f"incident {system} (killed after {step}) was never verified",
+                    timeout_s=180,
+                )
+            except AssertionError as stalled:
+                raise AssertionError(f"{stalled}\n{_story(ledger.entries(), up)}") from None
             took = time.monotonic() - deployed
             timings.setdefault(step or "none", []).append(took)
             entries = ledger.entries()

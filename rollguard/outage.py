@@ -25,7 +25,8 @@ import asyncio
 import logging
 import struct
 import time
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -34,6 +35,8 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from rollguard.errors import BrokerUnavailable
 from rollguard.settings import RollguardSettings
+
+T = TypeVar("T")
 
 # structlog directly: rollguard.logs installs this module's filter.
 log = structlog.get_logger(logger_name="rollguard.broker")
@@ -280,6 +283,40 @@ def waits_out(exc: KafkaError) -> bool:
 UNKNOWN_ERROR_TRIES = 5
 
 
+async def waited_out(
+    attempt: Callable[[], Awaitable[T]],
+    limit: OutageLimit,
+    *,
+    backoff_s: float = 0.2,
+    max_backoff_s: float = 1.0,
+    again: Callable[[], None] | None = None,
+) -> T:
+    """``attempt()`` (a send that resolves once the broker took the record) until it succeeds:
+    made again while it fails for want of a broker, backing off from ``backoff_s`` to
+    ``max_backoff_s``, until ``limit`` says to give up; ``again`` is called before each new
+    attempt. Errors another attempt would not cure are raised at once, an unknown server error
+    after ``UNKNOWN_ERROR_TRIES`` tries."""
+    delay = backoff_s
+    failing_since: float | None = None
+    unknown = 0
+    while True:
+        try:
+            return await attempt()
+        except UnknownError:
+            unknown += 1
+            if unknown >= UNKNOWN_ERROR_TRIES:
+                raise
+        except KafkaError as exc:
+            if not waits_out(exc):
+                raise
+            failing_since = failing_since if failing_since is not None else time.monotonic()
+            limit.check(failing_since)
+        if again is not None:
+            again()
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_backoff_s)
+
+
 class Sender:
     """A producer whose sends wait out a broker outage: a send that fails for want of a
     broker is made again, backing off from ``backoff_s`` to ``max_backoff_s``, until the broker
@@ -307,24 +344,16 @@ class Sender:
     async def send_and_wait(
         self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
     ) -> Any:
-        delay = self.backoff_s
-        failing_since: float | None = None
-        unknown = 0
-        while True:
-            try:
-                return await self.producer.send_and_wait(topic, value, key=key, partition=partition)
-            except UnknownError:
-                unknown += 1
-                if unknown >= UNKNOWN_ERROR_TRIES:
-                    raise
-            except KafkaError as exc:
-                if not waits_out(exc):
-                    raise
-                failing_since = failing_since if failing_since is not None else time.monotonic()
-                self.limit.check(failing_since)
-            self.resent += 1
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.max_backoff_s)
+        return await waited_out(
+            lambda: self.producer.send_and_wait(topic, value, key=key, partition=partition),
+            self.limit,
+            backoff_s=self.backoff_s,
+            max_backoff_s=self.max_backoff_s,
+            again=self._again,
+        )
+
+    def _again(self) -> None:
+        self.resent += 1
 
     async def send(self, topic: str, value: bytes, key: bytes | None) -> Any:
         """``send_and_wait`` in the shape ``rollguard.bus.DeadLetterSink`` takes."""

@@ -27,11 +27,13 @@ from typing import Any, TypeVar
 
 import faust
 import orjson
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from rollguard import topics
 from rollguard.authority import TokenRegistry, TokenSource
 from rollguard.bus import DeadLetterSink, client_options, read_topic, refusal
+from rollguard.errors import BrokerUnavailable
 from rollguard.events import (
     Approval,
     Breach,
@@ -44,15 +46,18 @@ from rollguard.events import (
     utcnow,
 )
 from rollguard.logs import get_logger
+from rollguard.outage import OutageLimit
 from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer
 from rollguard_services.decider.approvals import approve, request
 from rollguard_services.decider.breaches import decide
 from rollguard_services.decider.context import DecisionContext
+from rollguard_services.decider.delivery import ConfirmedTable, Delivery
 from rollguard_services.decider.outcome import DECIDER_ID, Outcome
 from rollguard_services.decider.settings import STATE_TABLE, DeciderSettings
 from rollguard_services.decider.state import (
+    FINAL_ACKS,
     ModelState,
     Owed,
     apply_ack,
@@ -60,7 +65,7 @@ from rollguard_services.decider.state import (
     apply_manifest,
 )
 from rollguard_services.decider.status import status_change
-from rollguard_services.decider.timers import TICK_STEPS, due
+from rollguard_services.decider.timers import TICK_STEPS, due, expire_in_flight, expiring
 
 log = get_logger("rollguard.decider")
 E = TypeVar("E", bound=Event)
@@ -82,6 +87,33 @@ def faust_broker_options(settings: RollguardSettings) -> dict[str, Any]:
     elif context is not None:
         out["broker_credentials"] = faust.SSLCredentials(context)
     return out
+
+
+async def final_ack_on_topic(settings: RollguardSettings, state: ModelState) -> CommandAck | None:
+    """The final ack of the model's command in flight, if the acks topic has one.
+
+    Asked before a command is called unacknowledged: its ack may be on the topic and not yet
+    read by the ack agent. Past a broker outage longer than the command's TTL, the executor
+    acked as the broker came back, 80 ms before the decider's tick expired the command; the
+    ack agent read the ack 0.8 s later, too late, and an applied rollback was escalated as
+    unacknowledged and never verified. Raises BrokerUnavailable when the topic cannot be
+    read: no time to decide."""
+    assert state.in_flight is not None
+    command_id, key = state.in_flight.command_id, state.model_id.encode()
+    try:
+        records = await read_topic(settings, topics.ACKS.name)
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"reading {topics.ACKS.name}: {exc}") from exc
+    for record in records:
+        if record.key != key:
+            continue
+        try:
+            ack = decode(CommandAck, record.value)
+        except (ValidationError, ValueError):
+            continue  # the ack agent dead-letters it
+        if ack.command_id == command_id and ack.component is None and ack.status in FINAL_ACKS:
+            return ack
+    return None
 
 
 def owed_by(outcome: Outcome) -> tuple[Owed, ...]:
@@ -182,12 +214,20 @@ class Decider:
             partitions=s.partitions,
             internal=True,
         )
-        states = app.Table(STATE_TABLE, partitions=s.partitions, key_type=str, value_type=str)
+        states = ConfirmedTable(  # made as app.Table makes one
+            app,
+            name=STATE_TABLE,
+            beacon=app.tables.beacon,
+            partitions=s.partitions,
+            key_type=str,
+            value_type=str,
+        )
+        app.tables.add(states)
+        delivery = Delivery(app, OutageLimit(s.broker_outage_limit_s), self.counts)
 
         async def send(topic: str, value: bytes, key: bytes | None) -> object:
-            return await app.topic(topic, key_serializer="raw", value_serializer="raw").send(
-                key=key, value=value
-            )
+            raw_topic = app.topic(topic, key_serializer="raw", value_serializer="raw")
+            return await delivery.send(raw_topic, key, value)
 
         dead_letters = DeadLetterSink(s, send, self.name)
 
@@ -218,9 +258,7 @@ class Decider:
 
         async def send_owed(model_id: str, owed: tuple[Owed, ...]) -> None:
             key = model_id.encode()
-            for item in owed:
-                await outputs[item.topic].send(key=key, value=item.value.encode())
-            await app.producer.flush()
+            await delivery.send_all([(outputs[i.topic], key, i.value.encode()) for i in owed])
 
         async def settle(state: ModelState) -> ModelState:
             """Send again what a run killed mid-publish owed; a command only if it is not on
@@ -238,7 +276,7 @@ class Decider:
             await send_owed(state.model_id, owed)
             settled = state.model_copy(update={"owed": ()})
             states[state.model_id] = settled.model_dump_json()
-            await app.producer.flush()
+            await delivery.confirm(states)
             self.counts["owed_resent"] += len(owed)
             log.warning(
                 "owed_resent",
@@ -260,11 +298,11 @@ class Decider:
             encoded = after.model_dump_json()
             status = status_change(before, after, now)
             if status is not None:
-                await status_out.send(key=status.key, value=status.encode())
+                await delivery.send(status_out, status.key, status.encode())
                 self.counts["status_published"] += 1
             if encoded != states.get(after.model_id):
                 states[after.model_id] = encoded
-                await app.producer.flush()
+                await delivery.confirm(states)
 
         async def publish(before: ModelState, outcome: Outcome, now: datetime) -> None:
             """Owed, flushed; sent, flushed; cleared (see the module's docstring)."""
@@ -273,7 +311,7 @@ class Decider:
             if owed:
                 owing = outcome.state.model_copy(update={"owed": owed})
                 states[model_id] = owing.model_dump_json()
-                await app.producer.flush()
+                await delivery.confirm(states)
                 await send_owed(model_id, owed)
             for decision in outcome.decisions:
                 self.counts[f"decision_{decision.action}"] += 1
@@ -362,7 +400,27 @@ class Decider:
         async def on_tick(model_id: str) -> None:
             async with model(model_id) as state:
                 ctx = self.context(model_id)
-                for step in TICK_STEPS:
+                steps = TICK_STEPS
+                if expiring(state, ctx):
+                    try:
+                        ack = await final_ack_on_topic(s, state)
+                    except BrokerUnavailable as exc:
+                        log.warning("expiry_deferred", model_id=model_id, error=str(exc)[:300])
+                        steps = tuple(t for t in TICK_STEPS if t is not expire_in_flight)
+                        ack = None
+                    if ack is not None:
+                        after = apply_ack(state, ack, ctx)
+                        await store(state, after, ctx.now)
+                        self.counts["acks_read_before_expiry"] += 1
+                        log.info(
+                            "ack",
+                            model_id=model_id,
+                            command_id=ack.command_id,
+                            status=ack.status,
+                            read_before_expiry=True,
+                        )
+                        state = after
+                for step in steps:
                     outcome = step(state, ctx)
                     if outcome is not None:
                         await publish(state, outcome, ctx.now)
@@ -402,10 +460,12 @@ class Decider:
             self.policy.refresh()
             self._refresh_tokens()
             now = utcnow()
+            due_now = []
             for model_id, stored in list(states.items()):
                 state = ModelState.model_validate_json(stored)
                 if state.owed or due(state, self.context(model_id, now)):
-                    await ticks.send(key=model_id.encode(), value=b"")
+                    due_now.append((ticks, model_id.encode(), b""))
+            await delivery.send_all(due_now)
 
         @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust's stub wants a keyword-only signal arg
         async def _ready(sender: Any, *args: Any, **kwargs: Any) -> None:

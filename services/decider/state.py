@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict
 from rollguard.events import CommandAck, HealthCheckEvent, ReasonCode, SystemManifest
 from rollguard_services.decider.context import DecisionContext
 
+#: The acks that end a command in flight ("received" and "verified" do not).
+FINAL_ACKS = frozenset({"applied", "failed", "rejected"})
+
 
 class InFlight(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -71,6 +74,9 @@ class ModelState(BaseModel):
     live: SystemManifest | None = None
     known_good: tuple[SystemManifest, ...] = ()
     in_flight: InFlight | None = None
+    #: The last command that expired unacknowledged: a final ack that arrives for it later
+    #: (its executor ran on through a broker outage, say) still says what happened.
+    expired: InFlight | None = None
     verifying: Verifying | None = None
     cooldown_until: datetime | None = None
     locked: ReasonCode | None = None  # why automatic action stopped
@@ -109,10 +115,18 @@ def apply_health(state: ModelState, check: HealthCheckEvent) -> ModelState:
 
 def apply_ack(state: ModelState, ack: CommandAck, ctx: DecisionContext) -> ModelState:
     """A final ack for the command in flight ends it; ``applied`` starts the cooldown and the
-    verification window (both timed from the ack, not from ``ctx.now``)."""
-    flight = state.in_flight
-    if flight is None or ack.command_id != flight.command_id or ack.component is not None:
+    verification window (both timed from the ack, not from ``ctx.now``).
+
+    A final ack for the command that expired unacknowledged is taken as late news of it:
+    applied, the target is live and verified as it would have been; failed, it is forgotten.
+    A command in flight meanwhile (decided again after the expiry) stays in flight."""
+    if ack.component is not None:
         return state
+    late = state.in_flight is None or ack.command_id != state.in_flight.command_id
+    flight = state.expired if late else state.in_flight
+    if flight is None or ack.command_id != flight.command_id:
+        return state
+    ended: dict[str, object] = {"expired": None} if late else {"in_flight": None}
     rollback = ctx.policy.rollback
     if ack.status == "applied":
         metrics = {
@@ -134,14 +148,14 @@ def apply_ack(state: ModelState, ack: CommandAck, ctx: DecisionContext) -> Model
         # acks (after a restart, say) and let a late breach of the bad version look live.
         return state.model_copy(
             update={
-                "in_flight": None,
+                **ended,
                 "verifying": verifying,
                 "cooldown_until": until,
                 "live": flight.target,
             }
         )
     if ack.status in ("failed", "rejected"):
-        return state.model_copy(update={"in_flight": None})
+        return state.model_copy(update=ended)
     return state
 
 

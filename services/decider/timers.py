@@ -62,13 +62,19 @@ def check_verification(state: ModelState, ctx: DecisionContext) -> Outcome | Non
     return Outcome(state.model_copy(update={"verifying": None}), acks=[ack])
 
 
+def expiring(state: ModelState, ctx: DecisionContext) -> bool:
+    """Whether the command in flight has expired without a final ack (that the decider saw)."""
+    return state.in_flight is not None and ctx.now >= state.in_flight.expires_at
+
+
 def expire_in_flight(state: ModelState, ctx: DecisionContext) -> Outcome | None:
     """A command nobody acknowledged as applied or failed before it expired: stop waiting for
-    it and escalate (the executor may be down), so later breaches are decided again."""
+    it and escalate (the executor may be down), so later breaches are decided again. Its ack,
+    should one come after all, is still taken (``apply_ack``)."""
     flight = state.in_flight
-    if flight is None or ctx.now < flight.expires_at:
+    if flight is None or not expiring(state, ctx):
         return None
-    freed = state.model_copy(update={"in_flight": None})
+    freed = state.model_copy(update={"in_flight": None, "expired": flight})
     escalated = decision(
         freed,
         ctx,

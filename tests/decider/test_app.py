@@ -28,9 +28,10 @@ from rollguard.events import (
 from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer, load_trusted_keys, verify_command
-from rollguard_services.decider.app import Decider
+from rollguard_services.decider.app import Decider, final_ack_on_topic
 from rollguard_services.decider.outcome import derived_id
 from rollguard_services.decider.settings import DeciderSettings
+from rollguard_services.decider.state import InFlight, ModelState
 from tests.conftest import TopicReader, until
 from tests.factories import breach, manifest
 
@@ -359,3 +360,97 @@ async def test_model_status_follows_the_rollback(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert len(await statuses(4)) == 4
+
+
+async def test_a_final_ack_is_looked_for_on_the_topic(
+    topics_ready: RollguardSettings, publish: Callable[..., Awaitable[None]]
+) -> None:
+    """What the tick reads before it calls a command unacknowledged: only the model's final
+    ack of that command counts (not another model's, a component's, a received, bad bytes)."""
+    flight = InFlight(
+        command_id="c1",
+        decision_id="d1",
+        target=manifest("v1", model_id="fa"),
+        bad=manifest("v2", model_id="fa"),
+        level=1,
+        issued_at=utcnow(),
+        expires_at=utcnow(),
+    )
+    state = ModelState(model_id="fa", in_flight=flight)
+
+    def ack(model_id: str = "fa", **kw: object) -> CommandAck:
+        fields = {"command_id": "c1", "status": "applied", "executor_id": "x", **kw}
+        return CommandAck(model_id=model_id, model_version="v2", **fields)  # type: ignore[arg-type]
+
+    await publish(topics.ACKS.name, ack(model_id="other"))
+    await publish(topics.ACKS.name, ack(component="feature_pipeline"))
+    await publish(topics.ACKS.name, ack(status="received"))
+    await publish(topics.ACKS.name, ack(command_id="c0"))
+    await publish(topics.ACKS.name, b"{not json", key=b"fa")
+    assert await final_ack_on_topic(topics_ready, state) is None
+    final = ack(status="failed", detail="registry refused")
+    await publish(topics.ACKS.name, final)
+    assert await final_ack_on_topic(topics_ready, state) == final
+
+
+async def test_an_ack_on_the_topic_before_the_decider_is_back_ends_the_flight(
+    topics_ready: RollguardSettings,
+    keys: str,
+    publish: Callable[..., Awaitable[None]],
+    reader: TopicReader,
+    tmp_path: Path,
+) -> None:
+    """Issue 11: a rollback applied while the decider was away past the command's TTL (a
+    broker outage longer than the TTL, or a restart) is verified when the decider is back,
+    never escalated as unacknowledged, whichever of its ack agent and its timer runs first."""
+    path = tmp_path / "policy.yaml"
+    rollback = {"command_ttl_s": 1, "verification_s": 0.5}
+    path.write_text(yaml.safe_dump({"models": {"late": {"rollback": rollback}}}))
+
+    def started() -> tuple[Decider, asyncio.Task[None]]:
+        decider = Decider(
+            topics_ready,
+            PolicySource(path),
+            load_signer(topics_ready.resolved_signing_key_file),
+            DeciderSettings(tick_s=0.05),
+            tokens=TOKENS,
+        )
+        return decider, asyncio.create_task(decider.run())
+
+    async def stopped(task: asyncio.Task[None]) -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    for m in good_and_bad("late"):
+        await publish(topics.DEPLOYMENTS.name, m)
+    decider, task = started()
+    try:
+        await until(lambda: decider.counts["SystemManifest"] == 2, 60)
+        await publish(topics.BREACHES.name, breach("v2", model_id="late"))
+        (record,) = await reader.read(topics.COMMANDS.name, until=lambda r: len(r) >= 1)
+        command = RollbackCommand.model_validate_json(record.value)
+        await until(lambda: decider.counts["decision_rollback"] == 1, 30)
+    finally:
+        await stopped(task)
+    await publish(
+        topics.ACKS.name,
+        CommandAck(
+            model_id="late",
+            model_version="v2",
+            command_id=command.command_id,
+            status="applied",
+            executor_id="x",
+        ),
+    )
+    await asyncio.sleep(max(0.0, (command.expires_at - utcnow()).total_seconds()) + 0.2)
+
+    decider, task = started()
+    try:
+        await until(lambda: decider.counts["ack_verified"] == 1, 60)
+    finally:
+        await stopped(task)
+    decisions = [
+        Decision.model_validate_json(r.value)
+        for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 2, timeout_s=3)
+    ]
+    assert [d.action for d in decisions] == ["rollback"], [d.reasons for d in decisions]

@@ -527,3 +527,35 @@ def test_an_unacknowledged_command_expires_and_escalates(signer: Signer) -> None
     )
     again = decide(expired.state, breach("v2"), signer, now=out.command.expires_at)
     assert again.decision.action == "rollback"  # decided again, not held as in flight
+
+
+def test_an_applied_ack_after_the_expiry_is_still_what_happened(signer: Signer) -> None:
+    """Issue 11: an executor that ran on through a broker outage acks after the command's TTL;
+    the rollback happened, so the target is live and verified as it would have been."""
+    out = decide(live_v2(), breach("v2"), signer)
+    assert out.command is not None
+    expiry = out.command.expires_at
+    expired = timers.expire_in_flight(out.state, ctx(signer, now=expiry))
+    assert expired is not None and expired.state.expired == out.state.in_flight
+    late = apply_ack(expired.state, applied(out, expiry + timedelta(seconds=5)), ctx(signer))
+    assert late.expired is None and late.in_flight is None
+    assert late.live is not None and late.live.system_version == "sys-v1"
+    assert late.verifying is not None and late.verifying.command_id == out.command.command_id
+    verified = timers.check_verification(late, ctx(signer, now=late.verifying.deadline))
+    assert verified is not None and [a.status for a in verified.acks] == ["verified"]
+
+
+def test_a_late_ack_leaves_the_command_decided_after_the_expiry_in_flight(signer: Signer) -> None:
+    out = decide(live_v2(), breach("v2"), signer)
+    assert out.command is not None
+    expiry = out.command.expires_at
+    expired = timers.expire_in_flight(out.state, ctx(signer, now=expiry))
+    assert expired is not None
+    again = decide(expired.state, breach("v2"), signer, now=expiry)
+    assert again.command is not None and again.state.in_flight is not None
+    failed = applied(out, expiry).model_copy(update={"status": "failed"})
+    after = apply_ack(again.state, failed, ctx(signer))
+    assert after.expired is None and after.in_flight == again.state.in_flight
+    # An ack of neither command changes nothing.
+    other = applied(out, expiry).model_copy(update={"command_id": "someone-else"})
+    assert apply_ack(after, other, ctx(signer)) == after

@@ -12,6 +12,12 @@ from structlog.typing import Processor
 from rollguard.outage import OUTAGES
 
 
+def _logger_name(_: Any, __: str, event: Any) -> Any:
+    """A library's line names its logger under the key rollguard's own lines use."""
+    event["logger_name"] = event["_record"].name
+    return event
+
+
 def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
     json = fmt == "json" or (fmt == "auto" and not out.isatty())
@@ -35,10 +41,17 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
-    # Libraries (aiokafka, faust, mode) log through stdlib; keep them to warnings and above.
-    logging.basicConfig(level=logging.WARNING, stream=out, force=True)
-    for handler in logging.getLogger().handlers:  # an outage is two lines (rollguard.outage)
-        handler.addFilter(OUTAGES)
+    # Libraries (aiokafka, faust, mode, asyncio) log through stdlib; keep them to warnings and
+    # above, rendered like ours: one JSON object a line off a terminal, a traceback included.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer,
+            foreign_pre_chain=[_logger_name, *shared],
+        )
+    )
+    handler.addFilter(OUTAGES)  # an outage is two lines (rollguard.outage)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     for noisy in ("faust", "mode", "aiokafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING if level != "debug" else logging.INFO)
 

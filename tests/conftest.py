@@ -8,6 +8,7 @@ consumer groups, so tests never see each other's messages.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -212,3 +213,22 @@ def database_url(
     with admin.begin() as conn:
         conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
     admin.dispose()
+
+
+def library_lines(said: str, logger: str, level: str = "error") -> list[str]:
+    """The lines of a log (JSON, or stdlib's plain ``LEVEL:name:message``) that a library's
+    logger (``logger`` or a child of it) said at ``level``."""
+    found = []
+    for line in said.splitlines():
+        if line.startswith("{"):
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            name, said_at = str(doc.get("logger_name", "")), doc.get("level")
+        else:
+            said_at, _, rest = line.partition(":")
+            name, said_at = rest.partition(":")[0], said_at.lower()
+        if said_at == level and (name == logger or name.startswith(logger + ".")):
+            found.append(line)
+    return found

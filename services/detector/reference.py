@@ -1,5 +1,6 @@
 """What a window is compared with: the baseline of the last known-good version, else the
-previous live version's concurrent window (canary-style), else nothing."""
+previous live version's concurrent window (canary-style), else nothing; a known-good
+version only with another known-good version's baseline."""
 
 from __future__ import annotations
 
@@ -83,6 +84,11 @@ def choose(
     good = model.reference_version(version)
     if good is not None and (model_id, good) in baselines:
         return of_baseline(good, baselines[(model_id, good)])
+    if version in model.known_good:
+        # Judged by absolute thresholds until a baseline of another known-good version is
+        # there, never against a version that is not known good: a restored version compared
+        # with the bad one it replaced (its last second, 0.29 PSI) failed its verification.
+        return Reference("none")
     other = next((v for v in (model.live, model.previous_live, good) if v and v != version), None)
     if other is None:
         return Reference("none")

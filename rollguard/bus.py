@@ -28,9 +28,10 @@ from pydantic_core import ErrorDetails
 
 from rollguard import topics
 from rollguard.errors import BrokerUnavailable, ConfigError
-from rollguard.events import DeadLetter, DeadLetterReason, Event, utcnow
+from rollguard.events import DeadLetter, DeadLetterReason, Event, Signed, utcnow
 from rollguard.logs import get_logger
 from rollguard.settings import RollguardSettings
+from rollguard.signing import Trust, Verdict
 
 log = get_logger("rollguard.bus")
 
@@ -417,6 +418,7 @@ class DeadLetterSink:
 
 
 _E = TypeVar("_E", bound=Event)
+_S = TypeVar("_S", bound=Signed)
 
 
 @dataclass(frozen=True)
@@ -462,6 +464,52 @@ def decode_batch(
     rest = [(rec, doc) for i, (rec, doc) in enumerate(parsed) if i not in by_record]
     events = adapter.validate_python([doc for _, doc in rest])
     return [(rec, e) for (rec, _), e in zip(rest, events, strict=True)], rejected
+
+
+class Admission:
+    """What a consumer of control events takes: only events signed by a key trusted for their
+    type (rollguard.signing.Trust); the rest become ``untrusted`` rejections, dead-lettered with
+    the reason like any refused record. Unsigned events taken in ``warn`` mode are counted and
+    said once per event type."""
+
+    def __init__(self, trust: Trust, consumer: str) -> None:
+        self.trust = trust
+        self.consumer = consumer
+        #: Events refused, by reason (unsigned, unknown_key, wrong_role, bad_signature);
+        #: ``unsigned_taken`` in warn mode.
+        self.counts: Counter[str] = Counter()
+        self._warned: set[str] = set()
+
+    def verdict(self, event: Signed) -> Verdict:
+        verdict = self.trust.check(event)
+        if verdict.ok and verdict.reason == "unsigned":
+            self.counts["unsigned_taken"] += 1
+            name = type(event).__name__
+            if name not in self._warned:
+                self._warned.add(name)
+                log.warning(
+                    "unsigned_taken",
+                    consumer=self.consumer,
+                    event_type=name,
+                    detail="ROLLGUARD_SIGNED_EVENTS=warn; set it to require once every "
+                    "producer signs",
+                )
+        elif not verdict.ok:
+            self.counts[verdict.reason] += 1
+        return verdict
+
+    def admit(
+        self, decoded: list[tuple[ConsumerRecord[Any, Any], _S]]
+    ) -> tuple[list[tuple[ConsumerRecord[Any, Any], _S]], list[Rejected]]:
+        taken: list[tuple[ConsumerRecord[Any, Any], _S]] = []
+        refused: list[Rejected] = []
+        for record, event in decoded:
+            verdict = self.verdict(event)
+            if verdict.ok:
+                taken.append((record, event))
+            else:
+                refused.append(Rejected(record, "untrusted", verdict.refusal))
+        return taken, refused
 
 
 def _one_by_one(

@@ -36,8 +36,10 @@ Scalar = float | Label | None
 #: JSON document (bytes that do not parse, a tombstone, NaN, nesting past the parser's limit);
 #: ``invalid``, a document the event model or the consumer's rules refuse (a wrong type, a
 #: missing field, an unknown schema tag, a version without a manifest); ``clock_skew``, an
-#: event dated too far ahead of or behind the consumer's clock.
-DeadLetterReason = Literal["malformed", "invalid", "clock_skew"]
+#: event dated too far ahead of or behind the consumer's clock; ``untrusted``, a control event
+#: not signed by a key the consumer trusts for its type (unsigned, unknown key, wrong role,
+#: bad signature).
+DeadLetterReason = Literal["malformed", "invalid", "clock_skew", "untrusted"]
 
 # A day in milliseconds: anything slower is a broken clock or a unit error, not a latency.
 MAX_LATENCY_MS = 86_400_000.0
@@ -63,6 +65,18 @@ class Event(BaseModel):
 
     def encode(self) -> bytes:
         return orjson.dumps(self.model_dump(mode="json", by_alias=True))
+
+
+class Signed(BaseModel):
+    """A control event, signed by the service or person that produced it (rollguard.signing):
+    Ed25519 over every field but ``signature``, by a key trusted for the event's type."""
+
+    key_id: str = Field(default="", max_length=64, description="Id of the key that signed it.")
+    signature: str = Field(
+        default="",
+        max_length=128,
+        description="Base64 Ed25519 over the canonical bytes (every field but this one).",
+    )
 
 
 class ModelEvent(Event):
@@ -141,7 +155,7 @@ class Components(BaseModel):
     infra: str = Field(min_length=1)
 
 
-class SystemManifest(ModelEvent):
+class SystemManifest(ModelEvent, Signed):
     """A fact about one system version of a model: registered, live, known good or rolled back.
 
     Status ``live`` or ``known_good`` means this system version serves traffic from ``ts`` on.
@@ -168,7 +182,7 @@ class SystemManifest(ModelEvent):
         return self.status in ("live", "known_good")
 
 
-class BaselineSnapshot(ModelEvent):
+class BaselineSnapshot(ModelEvent, Signed):
     SCHEMA: ClassVar[str] = "BaselineSnapshot/v1"
     schema_tag: Literal["BaselineSnapshot/v1"] = _tag("BaselineSnapshot")
     signal: str = Field(min_length=1, max_length=256)
@@ -200,7 +214,7 @@ class Sustain(BaseModel):
         return self
 
 
-class Breach(ModelEvent):
+class Breach(ModelEvent, Signed):
     """A detector's measurement past its threshold, as the decider and the incident figures read
     it. ``evidence`` carries detector-specific numbers for people and reports only: no other
     service branches on its keys."""
@@ -288,7 +302,7 @@ class Reason(BaseModel):
     detail: str = ""
 
 
-class Decision(ModelEvent):
+class Decision(ModelEvent, Signed):
     SCHEMA: ClassVar[str] = "Decision/v1"
     schema_tag: Literal["Decision/v1"] = _tag("Decision")
     action: DecisionAction
@@ -311,7 +325,7 @@ class Decision(ModelEvent):
     requested_by: str | None = Field(default=None, description="Who asked, for manual rollbacks.")
 
 
-class Approval(Event):
+class Approval(Event, Signed):
     """A person's approval of a pending decision, with the hash of their role token."""
 
     SCHEMA: ClassVar[str] = "Approval/v1"
@@ -327,7 +341,7 @@ class Approval(Event):
         return self.model_id.encode()
 
 
-class RollbackRequest(Event):
+class RollbackRequest(Event, Signed):
     """A person asking for a rollback (or to lift a verification lock) through the decider."""
 
     SCHEMA: ClassVar[str] = "RollbackRequest/v1"
@@ -345,7 +359,7 @@ class RollbackRequest(Event):
         return self.model_id.encode()
 
 
-class RollbackCommand(ModelEvent):
+class RollbackCommand(ModelEvent, Signed):
     """A signed instruction to make ``to_manifest`` live again; ``command_id`` is idempotent."""
 
     SCHEMA: ClassVar[str] = "RollbackCommand/v1"
@@ -358,11 +372,9 @@ class RollbackCommand(ModelEvent):
     issued_at: AwareDatetime
     expires_at: AwareDatetime
     nonce: str = Field(min_length=16)
-    key_id: str = Field(min_length=1)
-    signature: str = Field(default="", description="Base64 Ed25519 over the canonical bytes.")
 
 
-class CommandAck(ModelEvent):
+class CommandAck(ModelEvent, Signed):
     SCHEMA: ClassVar[str] = "CommandAck/v1"
     schema_tag: Literal["CommandAck/v1"] = _tag("CommandAck")
     command_id: str = Field(min_length=1, max_length=128)
@@ -379,7 +391,7 @@ class CommandAck(ModelEvent):
     attempts: int = Field(default=0, ge=0, description="Applier calls behind this outcome.")
 
 
-class OutputInvalidation(ModelEvent):
+class OutputInvalidation(ModelEvent, Signed):
     SCHEMA: ClassVar[str] = "OutputInvalidation/v1"
     schema_tag: Literal["OutputInvalidation/v1"] = _tag("OutputInvalidation")
     bad_versions: list[str] = Field(min_length=1)
@@ -482,7 +494,7 @@ def target_health_problem(
     return None
 
 
-class ModelStatus(Event):
+class ModelStatus(Event, Signed):
     """What the decider knows of one model, published whenever a field of it changes: the
     public view of the decider's private state (compacted; the latest per model counts)."""
 

@@ -75,7 +75,21 @@ class RollguardSettings(BaseSettings):
         description="Ed25519 private key (PEM) of the decider; default under state_dir.",
     )
     trusted_keys_dir: Path | None = Field(
-        default=None, description="Directory of trusted public keys (*.pub PEM) for executors."
+        default=None,
+        description="Directory of the public keys (PEM) every consumer trusts, one folder per "
+        "role (decider/, detector/, executor/, deployer/, operator/); default under state_dir.",
+    )
+    keys_dir: Path | None = Field(
+        default=None,
+        description="Directory of this installation's private keys, <role>.pem (the decider's "
+        "is signing_key_file); default state_dir/keys.",
+    )
+    signed_events: Literal["require", "warn"] = Field(
+        default="require",
+        description="require: a control event that is not signed by a key trusted for its type "
+        "is refused (dead-lettered, reason untrusted). warn: unsigned ones are taken, with a "
+        "warning and a count, while producers are moved to signing; a bad signature or an "
+        "untrusted key is refused all the same.",
     )
     tokens_file: Path | None = Field(
         default=None,
@@ -107,6 +121,12 @@ class RollguardSettings(BaseSettings):
     @property
     def resolved_signing_key_file(self) -> Path:
         return self.signing_key_file or self.state_dir / "keys" / "signing.pem"
+
+    def key_file(self, role: str) -> Path:
+        """The private key a service of ``role`` signs with."""
+        if role == "decider":
+            return self.resolved_signing_key_file
+        return (self.keys_dir or self.state_dir / "keys") / f"{role}.pem"
 
     @property
     def resolved_trusted_keys_dir(self) -> Path:

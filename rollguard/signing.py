@@ -1,24 +1,60 @@
-"""Ed25519 signing of rollback commands over canonical bytes.
+"""Ed25519 signing of every control event over canonical bytes, and who may sign what.
 
-The decider holds the private key; executors hold only public keys, several at once so keys
-can rotate. A key's id is the first 16 hex digits of SHA-256 over its raw public bytes.
+Each producer signs what it publishes with the key of its role (``ROLES``): the detector its
+breaches and baselines, the decider its decisions, commands, model status, verified acks and
+known-good marks, the executor its acks, invalidations and pointer moves, the deployer (the CI
+that runs ``rollguard deploy record``) deployments, an operator (the CLI on behalf of a token
+holder) requests and approvals. A consumer holds the public keys it trusts, by role
+(``Trust``), and acts only on an event signed by a key of a role allowed to sign that event
+(``signers``): a detector key cannot sign an ack. A key's id is the first 16 hex digits of
+SHA-256 over its raw public bytes; several keys per role are trusted at once, so keys rotate.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Literal, TypeVar, get_args
 
 import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from rollguard import events as ev
 from rollguard.errors import ConfigError
-from rollguard.events import RollbackCommand
+from rollguard.secrets import check_private, private_dir, write_private
+from rollguard.settings import RollguardSettings
+
+Role = Literal["decider", "detector", "executor", "deployer", "operator"]
+ROLES: tuple[Role, ...] = get_args(Role)
+
+S = TypeVar("S", bound=ev.Signed)
+
+
+def signers(event: ev.Signed) -> frozenset[Role]:
+    """The roles whose keys may sign ``event`` (least privilege: one role per fact, but for
+    a deployment, which the deployer records, the decider marks known good after its bake and
+    the executor's pointer moves in a rollback)."""
+    match event:
+        case ev.Breach() | ev.BaselineSnapshot():
+            return frozenset({"detector"})
+        case ev.Decision() | ev.RollbackCommand() | ev.ModelStatus():
+            return frozenset({"decider"})
+        case ev.CommandAck():
+            return frozenset({"decider" if event.status == "verified" else "executor"})
+        case ev.OutputInvalidation():
+            return frozenset({"executor"})
+        case ev.SystemManifest():
+            moved = {"known_good": "decider", "live": "executor", "rolled_back": "executor"}
+            extra = moved.get(event.status)
+            return frozenset({"deployer", extra} if extra else {"deployer"})  # type: ignore[arg-type]
+        case ev.RollbackRequest() | ev.Approval():
+            return frozenset({"operator"})
+    raise TypeError(f"{type(event).__name__} is not a control event")
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -26,49 +62,38 @@ def key_id(public: Ed25519PublicKey) -> str:
     return hashlib.sha256(raw).hexdigest()[:16]
 
 
+def canonical_bytes(event: ev.Signed) -> bytes:
+    """The bytes a signature covers: every field of the event but the signature itself, as
+    JSON with sorted keys (what a consumer that parsed the event's JSON dumps again)."""
+    body = event.model_dump(mode="json", by_alias=True, exclude={"signature"})
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
 @dataclass(frozen=True)
 class Signer:
     private: Ed25519PrivateKey
     key_id: str
+    role: Role = "decider"
 
-    def sign(self, command: RollbackCommand) -> RollbackCommand:
-        unsigned = command.model_copy(update={"key_id": self.key_id, "signature": ""})
+    def sign(self, event: S) -> S:
+        """``event`` with this key's id and signature (any earlier signature replaced)."""
+        unsigned = event.model_copy(update={"key_id": self.key_id, "signature": ""})
         sig = self.private.sign(canonical_bytes(unsigned))
         return unsigned.model_copy(update={"signature": base64.b64encode(sig).decode()})
-
-
-def canonical_bytes(command: RollbackCommand) -> bytes:
-    """The bytes a signature covers: every field that decides what the command does."""
-    body = command.model_dump(
-        mode="json",
-        include={
-            "command_id",
-            "model_id",
-            "from_manifest",
-            "to_manifest",
-            "level",
-            "issued_at",
-            "expires_at",
-            "nonce",
-            "key_id",
-        },
-    )
-    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
 def generate_keypair(private_path: Path, trusted_dir: Path) -> str:
     """Write a new private key (PEM, mode 0600) and its public key into ``trusted_dir``."""
     private = Ed25519PrivateKey.generate()
     kid = key_id(private.public_key())
-    private_path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(private_path.parent)
     trusted_dir.mkdir(parents=True, exist_ok=True)
     pem = private.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    private_path.write_bytes(pem)
-    private_path.chmod(0o600)
+    write_private(private_path, pem)
     (trusted_dir / f"{kid}.pub").write_bytes(
         private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -77,8 +102,9 @@ def generate_keypair(private_path: Path, trusted_dir: Path) -> str:
     return kid
 
 
-def load_signer(path: Path) -> Signer:
+def load_signer(path: Path, role: Role = "decider") -> Signer:
     try:
+        check_private(path, "signing key")
         private = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError as exc:
         raise ConfigError(f"signing key {path} does not exist (rollguard keys generate)") from exc
@@ -86,7 +112,7 @@ def load_signer(path: Path) -> Signer:
         raise ConfigError(f"signing key {path} is not a PEM private key: {exc}") from exc
     if not isinstance(private, Ed25519PrivateKey):
         raise ConfigError(f"signing key {path} is not an Ed25519 key")
-    return Signer(private, key_id(private.public_key()))
+    return Signer(private, key_id(private.public_key()), role)
 
 
 def load_trusted_keys(directory: Path) -> dict[str, Ed25519PublicKey]:
@@ -103,25 +129,93 @@ def load_trusted_keys(directory: Path) -> dict[str, Ed25519PublicKey]:
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether an executor may act on a command; ``reason`` is a stable code when not."""
+    """Whether a consumer may act on an event; ``reason`` is a stable code when not."""
 
     ok: bool
     reason: str = ""
     detail: str = ""
 
+    @property
+    def refusal(self) -> str:
+        return f"{self.reason}: {self.detail}"
 
-def verify_command(
-    command: RollbackCommand, trusted: dict[str, Ed25519PublicKey], now: datetime
-) -> Verdict:
-    if not command.signature:
-        return Verdict(False, "unsigned", "command carries no signature")
-    public = trusted.get(command.key_id)
-    if public is None:
-        return Verdict(False, "unknown_key", f"key_id {command.key_id} is not trusted")
-    try:
-        public.verify(base64.b64decode(command.signature, validate=True), canonical_bytes(command))
-    except (InvalidSignature, ValueError):
-        return Verdict(False, "bad_signature", "signature does not match the command")
+
+@dataclass(frozen=True)
+class Trust:
+    """The public keys a consumer trusts, by role; ``unsigned="warn"`` takes unsigned events
+    (counted by the caller) while producers are moved to signing, and still refuses a wrong
+    signature, an unknown key and a key of the wrong role."""
+
+    keys: dict[str, tuple[Role, Ed25519PublicKey]] = field(default_factory=dict)
+    unsigned: Literal["refuse", "warn"] = "refuse"
+
+    def roles(self) -> dict[Role, list[str]]:
+        out: dict[Role, list[str]] = {}
+        for kid, (role, _) in self.keys.items():
+            out.setdefault(role, []).append(kid)
+        return out
+
+    def check(self, event: ev.Signed) -> Verdict:
+        """Whether ``event`` is signed by a key trusted for its type (see ``signers``)."""
+        allowed = signers(event)
+        if not event.signature:
+            if self.unsigned == "warn":
+                return Verdict(True, "unsigned", "taken unsigned (ROLLGUARD_SIGNED_EVENTS=warn)")
+            return Verdict(False, "unsigned", f"{type(event).__name__} carries no signature")
+        known = self.keys.get(event.key_id)
+        if known is None:
+            return Verdict(False, "unknown_key", f"key_id {event.key_id!r} is not trusted")
+        role, public = known
+        if role not in allowed:
+            wanted = " or ".join(sorted(allowed))
+            return Verdict(
+                False,
+                "wrong_role",
+                f"key {event.key_id} is a {role} key; {type(event).__name__} needs {wanted}",
+            )
+        try:
+            public.verify(base64.b64decode(event.signature, validate=True), canonical_bytes(event))
+        except (InvalidSignature, ValueError):
+            return Verdict(False, "bad_signature", "signature does not match the event")
+        return Verdict(True)
+
+
+def load_trust(directory: Path, unsigned: Literal["refuse", "warn"] = "refuse") -> Trust:
+    """The keys under ``directory``: ``<role>/*.pub`` for each role, and ``*.pub`` at its top
+    (where keys were kept before roles; they are decider keys). A key under two roles is a
+    configuration error: one key, one role."""
+    keys: dict[str, tuple[Role, Ed25519PublicKey]] = {}
+    if not directory.is_dir():
+        raise ConfigError(f"trusted keys directory {directory} does not exist")
+    places: list[tuple[Role, Path]] = [("decider", directory)]
+    places += [(role, directory / role) for role in ROLES if (directory / role).is_dir()]
+    for role, place in places:
+        for kid, public in load_trusted_keys(place).items():
+            if kid in keys and keys[kid][0] != role:
+                raise ConfigError(
+                    f"key {kid} is trusted as {keys[kid][0]} and as {role} under {directory}; "
+                    "a key has one role"
+                )
+            keys[kid] = (role, public)
+    return Trust(keys, unsigned)
+
+
+def trust_of(settings: RollguardSettings) -> Trust:
+    """The keys a service of this installation trusts, as its settings say."""
+    unsigned: Literal["refuse", "warn"] = "warn" if settings.signed_events == "warn" else "refuse"
+    return load_trust(settings.resolved_trusted_keys_dir, unsigned)
+
+
+def signer_of(settings: RollguardSettings, role: Role) -> Signer:
+    """The key a service of ``role`` signs with."""
+    return load_signer(settings.key_file(role), role)
+
+
+def verify_command(command: ev.RollbackCommand, trust: Trust, now: datetime) -> Verdict:
+    """What an executor asks of a command: signed by a trusted decider key, not expired."""
+    verdict = trust.check(command)
+    if not verdict.ok or not command.signature:
+        return verdict if not verdict.ok else Verdict(False, "unsigned", verdict.detail)
     if now >= command.expires_at:
         return Verdict(False, "expired", f"expired at {command.expires_at.isoformat()}")
     return Verdict(True)

@@ -40,7 +40,7 @@ from rollguard.logs import get_logger
 from rollguard.outage import OutageLimit, Sender
 from rollguard.policy import PolicySet, PolicyView
 from rollguard.settings import RollguardSettings
-from rollguard.signing import load_trusted_keys, verify_command
+from rollguard.signing import trust_of, verify_command
 from rollguard_services.executor.appliers import build_appliers
 from rollguard_services.executor.appliers.base import Applier, Effect, Step
 from rollguard_services.executor.appliers.registry import LivePointer
@@ -82,7 +82,7 @@ class Executor:
         self.policy: PolicyView = policy if policy is not None else PolicySet()
         self.ready = asyncio.Event()
         self.counts: Counter[str] = Counter()
-        self.trusted = load_trusted_keys(settings.resolved_trusted_keys_dir)
+        self.trust = trust_of(settings)
         self._crash_hits = 0
 
     async def run(self) -> None:
@@ -108,7 +108,7 @@ class Executor:
                 bootstrap=self.settings.kafka_bootstrap,
                 executor_id=self.svc.executor_id,
                 appliers=sorted(self.appliers),
-                trusted_keys=sorted(self.trusted),
+                trusted_decider_keys=sorted(self.trust.roles().get("decider", [])),
             )
             await self._flush(sender)  # what was owed from before a crash
             while True:
@@ -248,7 +248,7 @@ class Executor:
         source: Source,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> None:
-        verdict = verify_command(command, self.trusted, utcnow())
+        verdict = verify_command(command, self.trust, utcnow())
         plan = self.plan(command)
         reason: str
         # A bad signature or an expired command says so before what its plan would refuse.

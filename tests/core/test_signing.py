@@ -8,13 +8,24 @@ from pathlib import Path
 import pytest
 
 from rollguard import events as ev
-from rollguard.signing import generate_keypair, load_signer, load_trusted_keys, verify_command
-from tests.factories import command
+from rollguard.errors import ConfigError
+from rollguard.signing import (
+    ROLES,
+    Role,
+    Signer,
+    Trust,
+    generate_keypair,
+    load_signer,
+    load_trust,
+    signers,
+    verify_command,
+)
+from tests.factories import breach, command, manifest
 
 
 @pytest.fixture
 def keypair(tmp_path: Path) -> tuple[Path, Path]:
-    generate_keypair(tmp_path / "k.pem", tmp_path / "trusted")
+    generate_keypair(tmp_path / "k.pem", tmp_path / "trusted" / "decider")
     return tmp_path / "k.pem", tmp_path / "trusted"
 
 
@@ -22,7 +33,7 @@ def test_signed_command_verifies(keypair: tuple[Path, Path]) -> None:
     signer = load_signer(keypair[0])
     signed = signer.sign(command())
     assert signed.key_id == signer.key_id
-    assert verify_command(signed, load_trusted_keys(keypair[1]), ev.utcnow()).ok
+    assert verify_command(signed, load_trust(keypair[1]), ev.utcnow()).ok
 
 
 @pytest.mark.parametrize(
@@ -41,22 +52,95 @@ def test_tampered_commands_are_refused(
     if change.get("to_manifest", 1) is None:
         change = {"to_manifest": signed.from_manifest}
     forged = signed.model_copy(update=change)
-    verdict = verify_command(forged, load_trusted_keys(keypair[1]), ev.utcnow())
+    verdict = verify_command(forged, load_trust(keypair[1]), ev.utcnow())
     assert (verdict.ok, verdict.reason) == (False, reason)
+
+
+def test_an_unsigned_command_is_refused_even_while_unsigned_events_are_taken(
+    keypair: tuple[Path, Path],
+) -> None:
+    verdict = verify_command(command(), load_trust(keypair[1], "warn"), ev.utcnow())
+    assert (verdict.ok, verdict.reason) == (False, "unsigned")
 
 
 def test_expired_command_is_refused(keypair: tuple[Path, Path]) -> None:
     signed = load_signer(keypair[0]).sign(command())
     later = signed.expires_at + timedelta(seconds=1)
-    assert verify_command(signed, load_trusted_keys(keypair[1]), later).reason == "expired"
+    assert verify_command(signed, load_trust(keypair[1]), later).reason == "expired"
 
 
 def test_key_rotation_trusts_every_public_key(tmp_path: Path) -> None:
-    generate_keypair(tmp_path / "old.pem", tmp_path / "trusted")
-    generate_keypair(tmp_path / "new.pem", tmp_path / "trusted")
-    trusted = load_trusted_keys(tmp_path / "trusted")
+    generate_keypair(tmp_path / "old.pem", tmp_path / "trusted" / "decider")
+    generate_keypair(tmp_path / "new.pem", tmp_path / "trusted" / "decider")
+    trust = load_trust(tmp_path / "trusted")
     for name in ("old.pem", "new.pem"):
-        assert verify_command(load_signer(tmp_path / name).sign(command()), trusted, ev.utcnow()).ok
+        assert verify_command(load_signer(tmp_path / name).sign(command()), trust, ev.utcnow()).ok
+
+
+def test_keys_kept_before_roles_are_decider_keys(tmp_path: Path) -> None:
+    generate_keypair(tmp_path / "k.pem", tmp_path / "trusted")  # trusted/*.pub, as before
+    signer = load_signer(tmp_path / "k.pem")
+    assert load_trust(tmp_path / "trusted").keys[signer.key_id][0] == "decider"
+
+
+def test_one_key_has_one_role(tmp_path: Path) -> None:
+    generate_keypair(tmp_path / "k.pem", tmp_path / "trusted" / "detector")
+    for pub in (tmp_path / "trusted" / "detector").iterdir():
+        (tmp_path / "trusted" / "executor").mkdir()
+        (tmp_path / "trusted" / "executor" / pub.name).write_bytes(pub.read_bytes())
+    with pytest.raises(ConfigError, match="a key has one role"):
+        load_trust(tmp_path / "trusted")
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[dict[Role, Signer], Trust]:
+    for role in ROLES:
+        generate_keypair(tmp_path / f"{role}.pem", tmp_path / "trusted" / role)
+    signer = {role: load_signer(tmp_path / f"{role}.pem", role) for role in ROLES}
+    return signer, load_trust(tmp_path / "trusted")
+
+
+def _acks(status: str) -> ev.CommandAck:
+    return ev.CommandAck(
+        model_id="m", model_version="v1", command_id="c", status=status, executor_id="x"
+    )  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        breach(),
+        _acks("applied"),
+        _acks("verified"),
+        manifest("v2", status="live"),
+        manifest("v2", status="known_good"),
+        manifest("v2", status="candidate"),
+        command(),
+    ],
+    ids=lambda e: f"{type(e).__name__}:{getattr(e, 'status', '')}",
+)
+def test_only_the_roles_allowed_for_an_event_may_sign_it(
+    keys: tuple[dict[Role, Signer], Trust], event: ev.Signed
+) -> None:
+    signer, trust = keys
+    allowed = signers(event)
+    for role in ROLES:
+        verdict = trust.check(signer[role].sign(event))
+        assert verdict.ok == (role in allowed), (role, verdict)
+        if role not in allowed:
+            assert verdict.reason == "wrong_role"
+    assert trust.check(event).reason == "unsigned"
+
+
+def test_a_signature_survives_the_json_round_trip_a_consumer_makes(
+    keys: tuple[dict[Role, Signer], Trust],
+) -> None:
+    signer, trust = keys
+    sent = signer["detector"].sign(breach(value=0.1 + 0.2, evidence={"ratio": 1e-300, "n": 3}))
+    received = ev.decode(ev.Breach, sent.encode())
+    assert trust.check(received).ok
+    changed = ev.decode(ev.Breach, sent.encode().replace(b'"n":200', b'"n":201'))
+    assert trust.check(changed).reason == "bad_signature"
 
 
 def test_a_token_created_while_running_is_picked_up_and_a_bad_file_keeps_the_last(

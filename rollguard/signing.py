@@ -40,8 +40,10 @@ def signers(event: ev.Signed) -> frozenset[Role]:
     a deployment, which the deployer records, the decider marks known good after its bake and
     the executor's pointer moves in a rollback)."""
     match event:
-        case ev.Breach() | ev.BaselineSnapshot():
+        case ev.Breach():
             return frozenset({"detector"})
+        case ev.BaselineSnapshot():
+            return frozenset({"detector", "deployer"})
         case ev.Decision() | ev.RollbackCommand() | ev.ModelStatus():
             return frozenset({"decider"})
         case ev.CommandAck():
@@ -208,7 +210,27 @@ def trust_of(settings: RollguardSettings) -> Trust:
 
 def signer_of(settings: RollguardSettings, role: Role) -> Signer:
     """The key a service of ``role`` signs with."""
-    return load_signer(settings.key_file(role), role)
+    path = settings.key_file(role)
+    if not path.exists():
+        where = "ROLLGUARD_SIGNING_KEY_FILE" if role == "decider" else "ROLLGUARD_KEYS_DIR"
+        raise ConfigError(
+            f"no {role} key at {path}: rollguard keys generate --role {role}, or set {where}"
+        )
+    return load_signer(path, role)
+
+
+def ensure_keys(settings: RollguardSettings) -> list[tuple[Role, str]]:
+    """Create, at their default places, the key pair of every role that has none yet (the
+    embedded default: one installation, every service and the CLI on one machine); a key
+    given by a setting is never made up. Returns the (role, key id) of the keys created."""
+    made: list[tuple[Role, str]] = []
+    for role in ROLES:
+        path = settings.key_file(role)
+        given = settings.signing_key_file if role == "decider" else settings.keys_dir
+        if given is None and not path.exists():
+            trusted = settings.resolved_trusted_keys_dir / role
+            made.append((role, generate_keypair(path, trusted)))
+    return made
 
 
 def verify_command(command: ev.RollbackCommand, trust: Trust, now: datetime) -> Verdict:

@@ -36,7 +36,9 @@ from rollguard.events import (
     SystemManifest,
 )
 from rollguard.policy import resolve_policy
+from rollguard.secrets import private_dir
 from rollguard.settings import RollguardSettings
+from rollguard.signing import signer_of
 from rollguard_services.ledger.audit import verify_configured
 from rollguard_services.ledger.settings import LedgerSettings
 from rollguard_services.ledger.store import LedgerStore
@@ -208,7 +210,7 @@ async def run_demo(
 ) -> DemoReport:
     demo_dir = base.state_dir / "demo"
     shutil.rmtree(demo_dir, ignore_errors=True)
-    demo_dir.mkdir(parents=True)
+    private_dir(demo_dir)  # its databases and broker log: every event of the run
     updates: dict[str, Any] = {
         "ledger_url": f"sqlite:///{demo_dir / 'ledger.db'}",
         "executor_db_url": f"sqlite:///{demo_dir / 'executor.db'}",
@@ -283,13 +285,14 @@ async def run_demo(
             )
 
             phase = f"serving {GOOD} (known good)"
-            good = manifest(GOOD, "sys-1", "known_good")
+            deployer = signer_of(settings, "deployer")  # what CI signs its deploys with
+            good = deployer.sign(manifest(GOOD, "sys-1", "known_good"))
             await producer.send_and_wait(deploy_topic, good.encode(), key=good.key)
             await until(lambda: router.live == GOOD, 15, "router never served v1")
             await asyncio.sleep(warmup_s)
 
             phase = f"deploying {BAD}"
-            bad = manifest(BAD, "sys-2", "live")
+            bad = deployer.sign(manifest(BAD, "sys-2", "live"))
             await producer.send_and_wait(deploy_topic, bad.encode(), key=bad.key)
             deployed = bad.ts
             phase = f"{BAD} live: waiting for detection and rollback"

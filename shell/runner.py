@@ -13,16 +13,17 @@ import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
-from rollguard import topics
+from rollguard import signing, topics
 from rollguard.broker import EmbeddedBroker
 from rollguard.bus import negotiate_idempotence, provision_topics, wait_for_broker
 from rollguard.errors import UsageError
 from rollguard.logs import get_logger
 from rollguard.outage import watch
 from rollguard.policy import PolicySource
+from rollguard.secrets import check_private
 from rollguard.service import Service
 from rollguard.settings import RollguardSettings
-from rollguard.signing import generate_keypair, load_signer
+from rollguard.signing import load_signer
 from rollguard_services.decider.app import Decider
 from rollguard_services.decider.settings import DeciderSettings
 from rollguard_services.detector.app import Detector
@@ -100,11 +101,15 @@ def build_service(name: str, settings: RollguardSettings) -> Service:
 
 
 def ensure_keys(settings: RollguardSettings) -> None:
-    """Create the decider's key pair on first use of the default key location."""
-    path = settings.resolved_signing_key_file
-    if settings.signing_key_file is None and not path.exists():
-        kid = generate_keypair(path, settings.resolved_trusted_keys_dir)
-        log.info("generated_signing_key", path=str(path), key_id=kid)
+    """Create the key pair of every role on first use of the default key locations
+    (rollguard.signing.ensure_keys); refuse a key group or others may read before anything
+    starts (a service would, with a broker up)."""
+    for role, kid in signing.ensure_keys(settings):
+        log.info("generated_signing_key", role=role, path=str(settings.key_file(role)), key_id=kid)
+    for role in signing.ROLES:
+        path = settings.key_file(role)
+        if path.exists():
+            check_private(path, f"{role} signing key")
 
 
 def _retention(settings: RollguardSettings) -> tuple[dict[str, int], set[str]]:

@@ -20,9 +20,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from rollguard.broker import EmbeddedBroker
 from rollguard.bus import client_options, make_producer, provision_topics
-from rollguard.events import Event
+from rollguard.events import Event, Signed
 from rollguard.settings import RollguardSettings
-from rollguard.signing import generate_keypair
+from rollguard.signing import Role, ensure_keys, signer_of, signers
 
 
 def _docker_answers() -> bool:
@@ -78,7 +78,10 @@ async def topics_ready(settings: RollguardSettings) -> RollguardSettings:
 
 @pytest.fixture
 def keys(settings: RollguardSettings) -> str:
-    return generate_keypair(settings.resolved_signing_key_file, settings.resolved_trusted_keys_dir)
+    """A key pair for every role, trusted under the settings' trusted keys directory (as
+    ``rollguard up`` makes them); the decider's key id."""
+    made = dict(ensure_keys(settings))
+    return made["decider"]
 
 
 @pytest.fixture
@@ -94,6 +97,27 @@ async def publish(topics_ready: RollguardSettings) -> AsyncIterator[Callable[...
 
     yield send
     await producer.stop()
+
+
+def producer_role(event: Signed) -> Role:
+    """The role whose service (or person) produces ``event`` in rollguard: the deployer for a
+    deployment, else the one role allowed to sign it (rollguard.signing.signers)."""
+    allowed = signers(event)
+    return "deployer" if "deployer" in allowed else next(iter(allowed))
+
+
+@pytest.fixture
+def publish_signed(
+    publish: Callable[..., Awaitable[None]], topics_ready: RollguardSettings, keys: str
+) -> Callable[..., Awaitable[None]]:
+    """``publish``, a control event signed first by the key of the role that produces it."""
+
+    async def send(topic: str, value: Event | bytes, key: bytes | None = None) -> None:
+        if isinstance(value, Signed):
+            value = signer_of(topics_ready, producer_role(value)).sign(value)
+        await publish(topic, value, key)
+
+    return send
 
 
 #: How much longer than on an idle machine the suite's waits may take: 1 by default, raised by

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from rollguard import events as ev
+from rollguard.settings import RollguardSettings
+from rollguard.signing import Role, signer_of
 
 
 def manifest(
@@ -70,3 +72,12 @@ def breach(version: str = "v2", tier: str = "immediate", **kw: Any) -> ev.Breach
         base["sustain"] = ev.Sustain(k=2, n=3, hits=2)  # as the detector publishes it
     base.update(kw)
     return ev.Breach(**base)
+
+
+S = TypeVar("S", bound=ev.Signed)
+
+
+def signed(event: S, settings: RollguardSettings, role: Role = "deployer") -> S:
+    """``event`` signed as the service (or person) of ``role`` signs it, with the key
+    ``ensure_keys`` made for that role (the ``keys`` fixture)."""
+    return signer_of(settings, role).sign(event)

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from rollguard import topics
 from rollguard.authority import TokenRegistry, TokenSource
-from rollguard.bus import DeadLetterSink, client_options, read_topic, refusal
+from rollguard.bus import Admission, DeadLetterSink, client_options, read_topic, refusal
 from rollguard.errors import BrokerUnavailable
 from rollguard.events import (
     Approval,
@@ -41,6 +41,7 @@ from rollguard.events import (
     Event,
     HealthCheckEvent,
     RollbackRequest,
+    Signed,
     SystemManifest,
     decode,
     utcnow,
@@ -49,7 +50,7 @@ from rollguard.logs import get_logger
 from rollguard.outage import OutageLimit
 from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
-from rollguard.signing import Signer
+from rollguard.signing import Signer, Trust, trust_of
 from rollguard_services.decider.approvals import approve, request
 from rollguard_services.decider.breaches import decide
 from rollguard_services.decider.context import DecisionContext
@@ -89,7 +90,9 @@ def faust_broker_options(settings: RollguardSettings) -> dict[str, Any]:
     return out
 
 
-async def final_ack_on_topic(settings: RollguardSettings, state: ModelState) -> CommandAck | None:
+async def final_ack_on_topic(
+    settings: RollguardSettings, state: ModelState, trust: Trust
+) -> CommandAck | None:
     """The final ack of the model's command in flight, if the acks topic has one.
 
     Asked before a command is called unacknowledged: its ack may be on the topic and not yet
@@ -111,15 +114,22 @@ async def final_ack_on_topic(settings: RollguardSettings, state: ModelState) -> 
             ack = decode(CommandAck, record.value)
         except (ValidationError, ValueError):
             continue  # the ack agent dead-letters it
-        if ack.command_id == command_id and ack.component is None and ack.status in FINAL_ACKS:
+        if (
+            ack.command_id == command_id
+            and ack.component is None
+            and ack.status in FINAL_ACKS
+            and trust.check(ack).ok  # a forged ack the ack agent dead-letters
+        ):
             return ack
     return None
 
 
-def owed_by(outcome: Outcome) -> tuple[Owed, ...]:
-    """Every event an outcome publishes, in the order it is sent."""
-    owed = [Owed(topic="decisions", value=d.encode().decode()) for d in outcome.decisions]
-    if outcome.command is not None:
+def owed_by(outcome: Outcome, signer: Signer) -> tuple[Owed, ...]:
+    """Every event an outcome publishes, signed, in the order it is sent."""
+    owed = [
+        Owed(topic="decisions", value=signer.sign(d).encode().decode()) for d in outcome.decisions
+    ]
+    if outcome.command is not None:  # signed as it was made (outcome.signed_command)
         owed.append(
             Owed(
                 topic="commands",
@@ -127,8 +137,10 @@ def owed_by(outcome: Outcome) -> tuple[Owed, ...]:
                 command_id=outcome.command.command_id,
             )
         )
-    owed += [Owed(topic="acks", value=a.encode().decode()) for a in outcome.acks]
-    owed += [Owed(topic="deployments", value=m.encode().decode()) for m in outcome.manifests]
+    owed += [Owed(topic="acks", value=signer.sign(a).encode().decode()) for a in outcome.acks]
+    owed += [
+        Owed(topic="deployments", value=signer.sign(m).encode().decode()) for m in outcome.manifests
+    ]
     return tuple(owed)
 
 
@@ -142,10 +154,13 @@ class Decider:
         signer: Signer,
         decider_settings: DeciderSettings,
         tokens: TokenRegistry | None = None,
+        trust: Trust | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
         self.signer = signer
+        #: What is acted on: events signed by keys trusted for their type (rollguard.signing).
+        self.admission = Admission(trust or trust_of(settings), self.name)
         self.svc = decider_settings
         #: Followed as the file changes, unless fixed tokens are given (tests).
         self._token_source: TokenSource | None = None
@@ -230,6 +245,7 @@ class Decider:
             return await delivery.send(raw_topic, key, value)
 
         dead_letters = DeadLetterSink(s, send, self.name)
+        admission = self.admission
 
         outputs = {
             "decisions": decisions_out,
@@ -298,7 +314,7 @@ class Decider:
             encoded = after.model_dump_json()
             status = status_change(before, after, now)
             if status is not None:
-                await delivery.send(status_out, status.key, status.encode())
+                await delivery.send(status_out, status.key, self.signer.sign(status).encode())
                 self.counts["status_published"] += 1
             if encoded != states.get(after.model_id):
                 states[after.model_id] = encoded
@@ -307,7 +323,7 @@ class Decider:
         async def publish(before: ModelState, outcome: Outcome, now: datetime) -> None:
             """Owed, flushed; sent, flushed; cleared (see the module's docstring)."""
             model_id = outcome.state.model_id
-            owed = owed_by(outcome)
+            owed = owed_by(outcome, self.signer)
             if owed:
                 owing = outcome.state.model_copy(update={"owed": owed})
                 states[model_id] = owing.model_dump_json()
@@ -342,6 +358,11 @@ class Decider:
                     kind, why = refusal(exc)  # malformed bytes or an invalid event
                     await dead_letters.send(msg, why[:2000], kind)
                     continue
+                if isinstance(parsed, Signed):
+                    verdict = admission.verdict(parsed)
+                    if not verdict.ok:
+                        await dead_letters.send(msg, verdict.refusal, "untrusted")
+                        continue
                 self.counts[cls.__name__] += 1
                 await handle(parsed)
 
@@ -403,7 +424,7 @@ class Decider:
                 steps = TICK_STEPS
                 if expiring(state, ctx):
                     try:
-                        ack = await final_ack_on_topic(s, state)
+                        ack = await final_ack_on_topic(s, state, self.admission.trust)
                     except BrokerUnavailable as exc:
                         log.warning("expiry_deferred", model_id=model_id, error=str(exc)[:300])
                         steps = tuple(t for t in TICK_STEPS if t is not expire_in_flight)
@@ -488,4 +509,5 @@ class Decider:
         finally:
             loop.remove_signal_handler(signal.SIGHUP)
             await app.stop()
-            log.info("stopped", **self.counts)
+            refused = {f"untrusted_{k}": v for k, v in self.admission.counts.items()}
+            log.info("stopped", **self.counts, **refused)

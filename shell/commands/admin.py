@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rollguard.errors import ExitCode, UsageError
 from rollguard.settings import RollguardSettings
+from rollguard.signing import ROLES
 from rollguard_shell.commands import Subparsers, group, require_broker, writing
 
 
@@ -24,11 +25,29 @@ def register(sub: Subparsers) -> None:
     export.add_argument("--check", action="store_true", help="fail if the files are stale")
     export.set_defaults(handler=_schemas_export)
 
-    keys = group(sub, "keys", "command-signing keys")
-    gen = keys.add_parser("generate", help="write an Ed25519 key pair")
-    gen.add_argument("--private", type=Path, help="private key path (default under state dir)")
-    gen.add_argument("--trusted-dir", type=Path, help="where the public key goes")
+    keys = group(sub, "keys", "the signing keys of every role, and the keys trusted")
+    gen = keys.add_parser(
+        "generate", help="write an Ed25519 key pair for a role and trust its public key"
+    )
+    gen.add_argument("--role", choices=ROLES, default="decider", help="default: decider")
+    gen.add_argument("--private", type=Path, help="private key path (default: the role's)")
+    gen.add_argument(
+        "--trusted-dir", type=Path, help="where the public key goes (default: trusted/<role>/)"
+    )
+    gen.add_argument(
+        "--rotate",
+        action="store_true",
+        help="the role has a key: keep it trusted, move it aside, write a new one",
+    )
     gen.set_defaults(handler=_keys_generate)
+    keys.add_parser("list", help="every trusted key: role, key id, held here").set_defaults(
+        handler=_keys_list
+    )
+    retire = keys.add_parser(
+        "retire", help="stop trusting a key: events it signs are refused from now on"
+    )
+    retire.add_argument("key_id")
+    retire.set_defaults(handler=_keys_retire)
 
 
 def _topics_create(args: argparse.Namespace, settings: RollguardSettings) -> int:
@@ -66,13 +85,74 @@ def _schemas_export(args: argparse.Namespace, settings: RollguardSettings) -> in
 
 
 def _keys_generate(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    from rollguard.signing import generate_keypair
+    from rollguard.signing import generate_keypair, load_signer
 
-    private = args.private or settings.resolved_signing_key_file
-    trusted = args.trusted_dir or settings.resolved_trusted_keys_dir
+    role = args.role
+    private = args.private or settings.key_file(role)
+    trusted = args.trusted_dir or settings.resolved_trusted_keys_dir / role
     if private.exists():
-        raise UsageError(f"{private} exists; remove it first to rotate")
+        if not args.rotate:
+            raise UsageError(
+                f"{private} exists; --rotate to make a new {role} key (the old one stays "
+                "trusted until `rollguard keys retire`)"
+            )
+        old = load_signer(private, role)
+        aside = private.with_name(f"{private.stem}.{old.key_id}.previous{private.suffix}")
+        with writing("--private"):
+            private.rename(aside)
+        print(f"moved {role} key {old.key_id} to {aside}; still trusted until retired")
     with writing("--private, --trusted-dir or ROLLGUARD_STATE_DIR"):
         kid = generate_keypair(private, trusted)
-    print(f"key {kid}: private {private}, public {trusted / (kid + '.pub')}")
+    print(f"{role} key {kid}: private {private}, public {trusted / (kid + '.pub')}")
+    return 0
+
+
+def _trusted_files(settings: RollguardSettings) -> list[tuple[str, str, Path]]:
+    """(role, key id, file) of every trusted public key, as rollguard.signing.load_trust
+    reads them."""
+    from rollguard.signing import ROLES, load_trust
+
+    root = settings.resolved_trusted_keys_dir
+    trust = load_trust(root)
+    out: list[tuple[str, str, Path]] = []
+    places: list[tuple[Path, str]] = [(root, "decider"), *((root / r, r) for r in ROLES)]
+    for place, role in places:
+        for path in sorted(place.glob("*.pub")):
+            kid = path.stem
+            if kid in trust.keys:
+                out.append((role, kid, path))
+    return out
+
+
+def _keys_list(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    from rollguard.signing import ROLES, load_signer
+
+    held = {}
+    for role in ROLES:
+        path = settings.key_file(role)
+        if path.exists():
+            held[load_signer(path, role).key_id] = path
+    rows = _trusted_files(settings)
+    if not rows:
+        print(f"no trusted keys under {settings.resolved_trusted_keys_dir}")
+        return 0
+    print(f"{'role':<10} {'key id':<18} private key here")
+    for trusted_as, kid, _ in rows:
+        print(f"{trusted_as:<10} {kid:<18} {held.get(kid, '-')}")
+    return 0
+
+
+def _keys_retire(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    found = [(role, path) for role, kid, path in _trusted_files(settings) if kid == args.key_id]
+    if not found:
+        raise UsageError(f"no trusted key {args.key_id} (rollguard keys list)")
+    retired = settings.resolved_trusted_keys_dir / "retired"
+    with writing("ROLLGUARD_TRUSTED_KEYS_DIR"):
+        retired.mkdir(exist_ok=True)
+        for role, path in found:
+            path.rename(retired / f"{role}.{path.name}")
+    print(
+        f"retired {args.key_id} ({found[0][0]}): events it signs are refused by services "
+        "started from now on; restart the running ones"
+    )
     return 0

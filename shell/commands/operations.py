@@ -31,6 +31,7 @@ from rollguard.events import (
 )
 from rollguard.policy import load_policy, resolve_policy
 from rollguard.settings import RollguardSettings
+from rollguard.signing import Role, signer_of, trust_of
 from rollguard_shell.commands import Subparsers, group, require_broker, writing
 
 
@@ -108,10 +109,20 @@ def _token(settings: RollguardSettings) -> str:
     return hash_token(settings.token.get_secret_value())
 
 
-def _send(settings: RollguardSettings, topic: str, event: Any, key: bytes) -> None:
+def _send(
+    settings: RollguardSettings,
+    topic: str,
+    event: SystemManifest | RollbackRequest | Approval,
+    key: bytes,
+    role: Role,
+) -> None:
+    """Publish ``event`` signed with this installation's key of ``role`` (the deployer's for a
+    deployment, an operator's for a request or an approval): consumers refuse it otherwise."""
+    signed = signer_of(settings, role).sign(event)
+
     async def go() -> None:
         await wait_for_broker(settings)
-        await publish_one(settings, topic, event, key)
+        await publish_one(settings, topic, signed, key)
 
     asyncio.run(go())
 
@@ -141,7 +152,7 @@ def _deploy_record(args: argparse.Namespace, settings: RollguardSettings) -> int
         status=args.status,
         note=args.note,
     )
-    _send(settings, topics.DEPLOYMENTS.name, manifest, manifest.key)
+    _send(settings, topics.DEPLOYMENTS.name, manifest, manifest.key, "deployer")
     print(f"recorded {args.model_id} {args.system_version} ({args.model}) as {args.status}")
     return 0
 
@@ -156,11 +167,17 @@ def model_status(settings: RollguardSettings, model_id: str) -> ModelStatus | No
     if latest is None:
         return None
     try:
-        return decode(ModelStatus, latest)
+        status = decode(ModelStatus, latest)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise UsageError(
             f"the latest status of {model_id} on {topic} is not readable: {exc}"
         ) from exc
+    verdict = trust_of(settings).check(status)
+    if not verdict.ok:
+        raise UsageError(
+            f"the latest status of {model_id} on {topic} is not the decider's: {verdict.refusal}"
+        )
+    return status
 
 
 def _not_ready(why: str) -> int:
@@ -198,7 +215,7 @@ def _rollback(args: argparse.Namespace, settings: RollguardSettings) -> int:
         token_sha256=_token(settings),
         reason=args.reason,
     )
-    _send(settings, topics.REQUESTS.name, req, req.key)
+    _send(settings, topics.REQUESTS.name, req, req.key, "operator")
     print(
         f"requested rollback of {args.model_id} (request {req.event_id}); see rollguard.decisions"
     )
@@ -214,7 +231,7 @@ def _unlock(args: argparse.Namespace, settings: RollguardSettings) -> int:
         token_sha256=_token(settings),
         reason=args.reason,
     )
-    _send(settings, topics.REQUESTS.name, req, req.key)
+    _send(settings, topics.REQUESTS.name, req, req.key, "operator")
     print(f"requested unlock of {args.model_id} (request {req.event_id})")
     return 0
 
@@ -224,12 +241,13 @@ def _approve(args: argparse.Namespace, settings: RollguardSettings) -> int:
     token = _token(settings)
     model_id = args.model_id
     if model_id is None:
+        trust = trust_of(settings)
         for record in _read(settings, topics.DECISIONS.name):
             try:
                 decision = Decision.model_validate_json(record.value)
             except ValueError:
                 continue
-            if decision.event_id == args.decision_id:
+            if decision.event_id == args.decision_id and trust.check(decision).ok:
                 model_id = decision.model_id
         if model_id is None:
             raise UsageError(f"no decision {args.decision_id} on {settings.topic('decisions')}")
@@ -240,7 +258,7 @@ def _approve(args: argparse.Namespace, settings: RollguardSettings) -> int:
         token_sha256=token,
         comment=args.comment,
     )
-    _send(settings, topics.APPROVALS.name, approval, approval.key)
+    _send(settings, topics.APPROVALS.name, approval, approval.key, "operator")
     print(
         f"approval of {args.decision_id} ({model_id}) as {args.role} sent; see rollguard.decisions"
     )

@@ -27,7 +27,7 @@ from rollguard.events import (
 )
 from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
-from rollguard.signing import load_signer, load_trusted_keys, verify_command
+from rollguard.signing import load_signer, signer_of, trust_of, verify_command
 from rollguard_services.decider.app import Decider, final_ack_on_topic
 from rollguard_services.decider.outcome import derived_id
 from rollguard_services.decider.settings import DeciderSettings
@@ -86,7 +86,7 @@ def good_and_bad(model_id: str, **bad: object) -> list[SystemManifest]:
 async def test_every_outcome_through_the_broker(
     topics_ready: RollguardSettings,
     keys: str,
-    publish: Callable[..., Awaitable[None]],
+    publish_signed: Callable[..., Awaitable[None]],
     reader: TopicReader,
     tmp_path: Path,
 ) -> None:
@@ -109,8 +109,8 @@ async def test_every_outcome_through_the_broker(
         manifest("v1", status="live", model_id="bake"),
     ]
     for m in manifests:
-        await publish(topics.DEPLOYMENTS.name, m)
-    await publish(topics.DEPLOYMENTS.name, b"{broken", key=b"lvl1")
+        await publish_signed(topics.DEPLOYMENTS.name, m)
+    await publish_signed(topics.DEPLOYMENTS.name, b"{broken", key=b"lvl1")
 
     decider = Decider(
         topics_ready,
@@ -143,15 +143,15 @@ async def test_every_outcome_through_the_broker(
             breach("v2", model_id="cool"),
             breach("v2", model_id="notready"),
         ]:
-            await publish(topics.BREACHES.name, b)
+            await publish_signed(topics.BREACHES.name, b)
         l3 = RollbackRequest(
             model_id="l3", level=3, role="data_engineering_lead", token_sha256=hash_token("dora")
         )
         l4 = RollbackRequest(
             model_id="l4", level=4, role="data_engineering_lead", token_sha256=hash_token("dora")
         )
-        await publish(topics.REQUESTS.name, l3)
-        await publish(topics.REQUESTS.name, l4)
+        await publish_signed(topics.REQUESTS.name, l3)
+        await publish_signed(topics.REQUESTS.name, l4)
         await until(
             lambda: decider.counts["RollbackRequest"] == 2 and decider.counts["Breach"] >= 13, 30
         )
@@ -171,7 +171,7 @@ async def test_every_outcome_through_the_broker(
             approve("l4", l4, "mike", "data_engineering_lead"),  # wrong role claimed
             approve("l4", l4, "mike", "ml_lead"),
         ]:
-            await publish(topics.APPROVALS.name, a)
+            await publish_signed(topics.APPROVALS.name, a)
         await until(lambda: decider.counts["Approval"] == 5, 30)
 
         commands = {
@@ -183,7 +183,7 @@ async def test_every_outcome_through_the_broker(
         }
         for model in ("verify-ok", "verify-fail", "cool"):
             cmd = commands[model]
-            await publish(
+            await publish_signed(
                 topics.ACKS.name,
                 CommandAck(
                     model_id=model,
@@ -193,16 +193,20 @@ async def test_every_outcome_through_the_broker(
                     executor_id="x",
                 ),
             )
-            await publish(topics.DEPLOYMENTS.name, manifest("v1", status="live", model_id=model))
+            await publish_signed(
+                topics.DEPLOYMENTS.name, manifest("v1", status="live", model_id=model)
+            )
         # three applied acks and verify-ok's own verified ack; three v1-live manifests and
         # the bake's known_good one
         await until(lambda: decider.counts["CommandAck"] >= 4, 30)
         await until(lambda: decider.counts["SystemManifest"] >= len(manifests) + 4, 30)
-        await publish(topics.BREACHES.name, breach("v1", model_id="verify-fail"))
+        await publish_signed(topics.BREACHES.name, breach("v1", model_id="verify-fail"))
         # cool: v2 is put back live by hand within the cooldown and breaches again
-        await publish(topics.DEPLOYMENTS.name, manifest("v2", status="live", model_id="cool"))
+        await publish_signed(
+            topics.DEPLOYMENTS.name, manifest("v2", status="live", model_id="cool")
+        )
         await until(lambda: decider.counts["SystemManifest"] >= len(manifests) + 5, 30)
-        await publish(topics.BREACHES.name, breach("v2", model_id="cool"))
+        await publish_signed(topics.BREACHES.name, breach("v2", model_id="cool"))
         await until(
             lambda: (
                 decider.counts["ack_verified"] == 1 and decider.counts["manifest_known_good"] >= 1
@@ -277,8 +281,13 @@ async def test_every_outcome_through_the_broker(
         if m.status == "known_good" and m.model_id == "bake"
     ] == [("bake", "known_good")]
 
-    trusted = load_trusted_keys(topics_ready.resolved_trusted_keys_dir)
-    assert all(verify_command(c, trusted, utcnow()).ok for c in commands.values())
+    trust = trust_of(topics_ready)
+    assert all(verify_command(c, trust, utcnow()).ok for c in commands.values())
+    # Everything else the decider published is signed by its key, as decider.
+    by_decider = [m for m in deployments if m.status == "known_good" and m.model_id == "bake"]
+    published = [*(d for ds in decisions.values() for d in ds), *verified, *by_decider]
+    assert published and all(trust.check(e).ok for e in published)
+    assert {e.key_id for e in published} == {keys}
     letters = [
         DeadLetter.model_validate_json(r.value)
         for r in await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) >= 2)
@@ -291,14 +300,14 @@ async def test_every_outcome_through_the_broker(
 async def test_model_status_follows_the_rollback(
     topics_ready: RollguardSettings,
     keys: str,
-    publish: Callable[..., Awaitable[None]],
+    publish_signed: Callable[..., Awaitable[None]],
     reader: TopicReader,
 ) -> None:
     """One ModelStatus per visible change on rollguard.model-status: deployments, the command
     in flight, then the ack (in flight cleared, verification and cooldown running); none for a
     tick with nothing due."""
     for m in good_and_bad("st"):
-        await publish(topics.DEPLOYMENTS.name, m)
+        await publish_signed(topics.DEPLOYMENTS.name, m)
     decider = Decider(
         topics_ready,
         PolicySource(None),
@@ -322,7 +331,7 @@ async def test_model_status_follows_the_rollback(
         assert deployed.rollback_target.system_version == "sys-v1"
         assert deployed.in_flight is None and deployed.verifying is None
 
-        await publish(topics.BREACHES.name, breach("v2", model_id="st"))
+        await publish_signed(topics.BREACHES.name, breach("v2", model_id="st"))
         (record,) = await reader.read(topics.COMMANDS.name, until=lambda r: len(r) >= 1)
         command = RollbackCommand.model_validate_json(record.value)
         await until(lambda: decider.counts["status_published"] == 3, 30)
@@ -343,7 +352,7 @@ async def test_model_status_follows_the_rollback(
             status="applied",
             executor_id="x",
         )
-        await publish(topics.ACKS.name, applied)
+        await publish_signed(topics.ACKS.name, applied)
         await until(lambda: decider.counts["status_published"] == 4, 30)
         verifying = (await statuses(4))[-1]
         assert verifying.in_flight is None and verifying.verifying is not None
@@ -363,10 +372,13 @@ async def test_model_status_follows_the_rollback(
 
 
 async def test_a_final_ack_is_looked_for_on_the_topic(
-    topics_ready: RollguardSettings, publish: Callable[..., Awaitable[None]]
+    topics_ready: RollguardSettings,
+    publish: Callable[..., Awaitable[None]],
+    publish_signed: Callable[..., Awaitable[None]],
 ) -> None:
     """What the tick reads before it calls a command unacknowledged: only the model's final
-    ack of that command counts (not another model's, a component's, a received, bad bytes)."""
+    ack of that command counts (not another model's, a component's, a received, bad bytes, nor
+    one no executor key signed)."""
     flight = InFlight(
         command_id="c1",
         decision_id="d1",
@@ -382,21 +394,26 @@ async def test_a_final_ack_is_looked_for_on_the_topic(
         fields = {"command_id": "c1", "status": "applied", "executor_id": "x", **kw}
         return CommandAck(model_id=model_id, model_version="v2", **fields)  # type: ignore[arg-type]
 
-    await publish(topics.ACKS.name, ack(model_id="other"))
-    await publish(topics.ACKS.name, ack(component="feature_pipeline"))
-    await publish(topics.ACKS.name, ack(status="received"))
-    await publish(topics.ACKS.name, ack(command_id="c0"))
-    await publish(topics.ACKS.name, b"{not json", key=b"fa")
-    assert await final_ack_on_topic(topics_ready, state) is None
+    await publish_signed(topics.ACKS.name, ack(model_id="other"))
+    await publish_signed(topics.ACKS.name, ack(component="feature_pipeline"))
+    await publish_signed(topics.ACKS.name, ack(status="received"))
+    await publish_signed(topics.ACKS.name, ack(command_id="c0"))
+    await publish_signed(topics.ACKS.name, b"{not json", key=b"fa")
+    await publish(topics.ACKS.name, ack(detail="forged: nobody's key"))
+    forged = signer_of(topics_ready, "detector").sign(ack(detail="forged: a detector's key"))
+    await publish(topics.ACKS.name, forged)
+    trust = trust_of(topics_ready)
+    assert await final_ack_on_topic(topics_ready, state, trust) is None
     final = ack(status="failed", detail="registry refused")
-    await publish(topics.ACKS.name, final)
-    assert await final_ack_on_topic(topics_ready, state) == final
+    await publish_signed(topics.ACKS.name, final)
+    found = await final_ack_on_topic(topics_ready, state, trust)
+    assert found is not None and found.detail == "registry refused" and trust.check(found).ok
 
 
 async def test_an_ack_on_the_topic_before_the_decider_is_back_ends_the_flight(
     topics_ready: RollguardSettings,
     keys: str,
-    publish: Callable[..., Awaitable[None]],
+    publish_signed: Callable[..., Awaitable[None]],
     reader: TopicReader,
     tmp_path: Path,
 ) -> None:
@@ -422,17 +439,17 @@ async def test_an_ack_on_the_topic_before_the_decider_is_back_ends_the_flight(
         await asyncio.gather(task, return_exceptions=True)
 
     for m in good_and_bad("late"):
-        await publish(topics.DEPLOYMENTS.name, m)
+        await publish_signed(topics.DEPLOYMENTS.name, m)
     decider, task = started()
     try:
         await until(lambda: decider.counts["SystemManifest"] == 2, 60)
-        await publish(topics.BREACHES.name, breach("v2", model_id="late"))
+        await publish_signed(topics.BREACHES.name, breach("v2", model_id="late"))
         (record,) = await reader.read(topics.COMMANDS.name, until=lambda r: len(r) >= 1)
         command = RollbackCommand.model_validate_json(record.value)
         await until(lambda: decider.counts["decision_rollback"] == 1, 30)
     finally:
         await stopped(task)
-    await publish(
+    await publish_signed(
         topics.ACKS.name,
         CommandAck(
             model_id="late",

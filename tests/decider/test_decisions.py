@@ -15,7 +15,7 @@ from rollguard.signing import (
     Signer,
     generate_keypair,
     load_signer,
-    load_trusted_keys,
+    load_trust,
     verify_command,
 )
 from rollguard_services.decider import approvals, breaches, targets, timers
@@ -99,7 +99,7 @@ def test_level_one_when_only_the_model_differs(signer: Signer, tmp_path: Path) -
     )
     assert out.state.in_flight is not None
     assert out.command.expires_at == T0 + timedelta(seconds=POLICY.rollback.command_ttl_s)
-    assert verify_command(out.command, load_trusted_keys(tmp_path / "trusted"), T0).ok
+    assert verify_command(out.command, load_trust(tmp_path / "trusted"), T0).ok
 
 
 def test_model_only_rollback_onto_another_feature_pipeline_is_level_two(signer: Signer) -> None:

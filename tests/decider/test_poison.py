@@ -47,26 +47,28 @@ READ = {
 async def test_oversized_invalid_input_on_every_topic_is_dead_lettered_and_the_rest_handled(
     topics_ready: RollguardSettings,
     keys: str,
-    publish: Callable[..., Awaitable[None]],
+    publish_signed: Callable[..., Awaitable[None]],
     reader: TopicReader,
 ) -> None:
     for name in READ:
-        await publish(name, HUGE, key=b"m")
+        await publish_signed(name, HUGE, key=b"m")
     for m in good_and_bad("m"):
-        await publish(topics.DEPLOYMENTS.name, m)
+        await publish_signed(topics.DEPLOYMENTS.name, m)
     request = RollbackRequest(
         model_id="req", level=3, role="data_engineering_lead", token_sha256=hash_token("dora")
     )
-    await publish(topics.REQUESTS.name, request)
+    await publish_signed(topics.REQUESTS.name, request)
     approval = Approval(
         model_id="req",
         decision_id=derived_id("request", request.event_id),
         role="data_engineering_lead",
         token_sha256=hash_token("dan"),
     )
-    await publish(topics.APPROVALS.name, approval)
-    await publish(topics.HEALTH.name, HealthCheckEvent(model_id="m", model_version="v1", ok=True))
-    await publish(
+    await publish_signed(topics.APPROVALS.name, approval)
+    await publish_signed(
+        topics.HEALTH.name, HealthCheckEvent(model_id="m", model_version="v1", ok=True)
+    )
+    await publish_signed(
         topics.ACKS.name,
         CommandAck(
             model_id="other",
@@ -87,7 +89,7 @@ async def test_oversized_invalid_input_on_every_topic_is_dead_lettered_and_the_r
     task = asyncio.create_task(decider.run())
     try:
         await until(lambda: decider.counts["SystemManifest"] >= 2 or task.done(), 60)
-        await publish(topics.BREACHES.name, breach("v2", model_id="m"))
+        await publish_signed(topics.BREACHES.name, breach("v2", model_id="m"))
         await until(
             lambda: task.done() or all(decider.counts[event] >= 1 for event in READ.values()),
             60,

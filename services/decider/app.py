@@ -64,6 +64,7 @@ from rollguard_services.decider.state import (
     apply_ack,
     apply_health,
     apply_manifest,
+    taken,
 )
 from rollguard_services.decider.status import status_change
 from rollguard_services.decider.timers import TICK_STEPS, due, expire_in_flight, expiring
@@ -366,9 +367,21 @@ class Decider:
                 self.counts[cls.__name__] += 1
                 await handle(parsed)
 
+        def replayed(event: Event, model_id: str) -> None:
+            self.counts["replays_ignored"] += 1
+            log.warning(
+                "replay_ignored",
+                model_id=model_id,
+                event_type=type(event).__name__,
+                event_id=event.event_id,
+            )
+
         async def on_manifest(manifest: SystemManifest) -> None:
             async with model(manifest.model_id) as before:
-                await store(before, apply_manifest(before, manifest), utcnow())
+                fresh = taken(before, manifest.event_id)
+                if fresh is None:
+                    return replayed(manifest, manifest.model_id)
+                await store(before, apply_manifest(fresh, manifest), utcnow())
             log.info(
                 "manifest",
                 model_id=manifest.model_id,
@@ -409,14 +422,20 @@ class Decider:
         async def on_request(req: RollbackRequest) -> None:
             who = self.tokens.lookup(req.token_sha256)
             async with model(req.model_id) as before:
+                fresh = taken(before, req.event_id)
+                if fresh is None:
+                    return replayed(req, req.model_id)
                 ctx = self.context(req.model_id)
-                await publish(before, request(before, req, who, ctx), ctx.now)
+                await publish(before, request(fresh, req, who, ctx), ctx.now)
 
         async def on_approval(approval: Approval) -> None:
             who = self.tokens.lookup(approval.token_sha256)
             async with model(approval.model_id) as before:
+                fresh = taken(before, approval.event_id)
+                if fresh is None:
+                    return replayed(approval, approval.model_id)
                 ctx = self.context(approval.model_id)
-                await publish(before, approve(before, approval, who, ctx), ctx.now)
+                await publish(before, approve(fresh, approval, who, ctx), ctx.now)
 
         async def on_tick(model_id: str) -> None:
             async with model(model_id) as state:

@@ -82,11 +82,25 @@ class ModelState(BaseModel):
     locked: ReasonCode | None = None  # why automatic action stopped
     pending: tuple[Pending, ...] = ()
     handled_breaches: tuple[str, ...] = ()
+    #: Event ids of the latest deployments, requests and approvals taken: one sent again as
+    #: it was (a replay: its signature still holds) changes nothing the second time.
+    taken_facts: tuple[str, ...] = ()
     last_breach: dict[str, datetime] = {}  # model_version → last breach time
     health: dict[str, tuple[datetime, bool]] = {}  # model_version → last check
     #: What an outcome still owes the topics; only non-empty while it is being sent, or
     #: after a kill in the middle, when the next event of the model sends it again.
     owed: tuple[Owed, ...] = ()
+
+
+#: How many fact ids a model remembers (``taken_facts``).
+FACT_MEMORY = 512
+
+
+def taken(state: ModelState, event_id: str) -> ModelState | None:
+    """The state remembering ``event_id`` as taken; None when it was taken already."""
+    if event_id in state.taken_facts:
+        return None
+    return state.model_copy(update={"taken_facts": (*state.taken_facts, event_id)[-FACT_MEMORY:]})
 
 
 def apply_manifest(state: ModelState, manifest: SystemManifest) -> ModelState:

@@ -7,7 +7,9 @@ import json
 
 from rollguard.errors import UsageError
 from rollguard.settings import RollguardSettings
+from rollguard.signing import trust_of
 from rollguard_services.ledger.incidents import INCIDENT_TYPES, describe, find_incident
+from rollguard_services.ledger.provenance import trusted_only
 from rollguard_shell.commands import Subparsers, group
 from rollguard_shell.commands.ledger import open_ledger
 
@@ -34,7 +36,10 @@ def register(sub: Subparsers) -> None:
 def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:
     store = open_ledger(args, settings)
     try:
-        incident = find_incident(store.iter_entries(event_types=INCIDENT_TYPES), args.id)
+        # Only what trusted keys signed: a forged ack or command naming a real decision id
+        # never joins the real incident (services/ledger/provenance.py).
+        entries = trusted_only(store.iter_entries(event_types=INCIDENT_TYPES), trust_of(settings))
+        incident = find_incident(entries, args.id)
     finally:
         store.close()
     if incident is None:

@@ -6,14 +6,17 @@ import argparse
 import json
 import re
 import sys
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from rollguard.errors import ExitCode, UsageError
 from rollguard.settings import RollguardSettings
+from rollguard.signing import trust_of
 from rollguard_services.ledger.audit import verify_configured
 from rollguard_services.ledger.incidents import INCIDENT_TYPES, describe, find_incident
+from rollguard_services.ledger.provenance import trusted_only, untrusted_counts
 from rollguard_services.ledger.settings import LedgerSettings
 from rollguard_services.ledger.store import LedgerStore
 from rollguard_shell.commands import Subparsers, database_url, group, writing
@@ -87,9 +90,8 @@ def selected(args: argparse.Namespace, settings: RollguardSettings) -> list[Any]
     store = open_ledger(args, settings)
     try:
         if args.incident:
-            incident = find_incident(
-                store.iter_entries(args.model_id, event_types=INCIDENT_TYPES), args.incident
-            )
+            pool = store.iter_entries(args.model_id, event_types=INCIDENT_TYPES)
+            incident = find_incident(trusted_only(pool, trust_of(settings)), args.incident)
             if incident is None:
                 raise UsageError(f"no incident {args.incident!r} in the ledger")
             entries = incident.entries
@@ -118,8 +120,9 @@ def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
         checkpoints=args.checkpoints,
         trusted_dir=args.trusted_dir,
     )
+    untrusted = _untrusted(args, settings)
     if args.json:
-        print(json.dumps(report.__dict__))
+        print(json.dumps({**report.__dict__, "untrusted": dict(untrusted)}))
     else:
         cps = f"{report.checkpoints_checked} checkpoint(s) from {path}"
         if report.ok:
@@ -132,11 +135,24 @@ def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
             print(f"  checkpoint problem: {problem}")
         for warning in report.warnings:
             print(f"  warning: {warning}")
+        if untrusted:  # recorded as they arrived; never part of an incident
+            print(f"untrusted entries (no trusted key signed them): {sum(untrusted.values())}")
+            for what, n in sorted(untrusted.items()):
+                print(f"  {n:>6}  {what}")
     if report.ok:
         return ExitCode.OK
     where = f"at seq {report.first_bad_seq}" if report.first_bad_seq is not None else "checkpoints"
     print(f"rollguard: the ledger does not verify ({where}; see the report)", file=sys.stderr)
     return ExitCode.NOT_VERIFIED
+
+
+def _untrusted(args: argparse.Namespace, settings: RollguardSettings) -> Counter[str]:
+    """The entries no key trusted for them signed, by event type and reason."""
+    store = open_ledger(args, settings)
+    try:
+        return untrusted_counts(store.iter_entries(), trust_of(settings))
+    finally:
+        store.close()
 
 
 def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:

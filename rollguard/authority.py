@@ -18,6 +18,7 @@ import yaml
 
 from rollguard.errors import ConfigError, yaml_problem
 from rollguard.policy import Role
+from rollguard.secrets import check_private, write_private
 
 ROLES: tuple[str, ...] = get_args(Role)
 
@@ -95,9 +96,11 @@ class TokenSource:
 
 def _token_entries(path: Path) -> list[Any]:
     """The ``tokens`` list of a tokens file (none when it does not exist); ConfigError, in one
-    line, for a file that is not YAML or not shaped as one."""
+    line, for a file group or others may read or write, or that is not YAML or not shaped as
+    one."""
     if not path.exists():
         return []
+    check_private(path, "tokens file")  # the hashes it holds are what approvals carry
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -115,7 +118,5 @@ def create_token(path: Path, name: str, role: str) -> str:
     entries = _token_entries(path)
     token = secrets.token_urlsafe(32)
     entries.append({"name": name, "role": role, "sha256": hash_token(token)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"tokens": entries}, sort_keys=False))
-    path.chmod(0o600)
+    write_private(path, yaml.safe_dump({"tokens": entries}, sort_keys=False).encode())
     return token

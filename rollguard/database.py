@@ -8,6 +8,14 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
+from rollguard.logs import get_logger
+from rollguard.secrets import ensure_private_file
+
+log = get_logger("rollguard.database")
+
+#: What SQLite keeps beside a database file, with the database's own mode when it makes them.
+_SQLITE_SIBLINGS = ("-journal", "-wal", "-shm")
+
 
 def sqlite_file(url: str | URL) -> Path | None:
     """The file a SQLite URL names; None for an in-memory SQLite database or another dialect."""
@@ -22,15 +30,27 @@ def sqlite_file(url: str | URL) -> Path | None:
 def engine_for(url: str) -> sa.Engine:
     """An engine for ``url``, ready for ``metadata.create_all``.
 
-    SQLite: the file's parent directory is created first (so a fresh state directory works);
-    ``sqlite://`` and ``sqlite:///:memory:`` are in memory and create nothing. PostgreSQL (and
-    any other dialect): the database must exist already. Either way the engine has
+    SQLite: the file's missing directories are created first, 0700 (so a fresh state directory
+    works), and the file itself 0600 before SQLite opens it; a database, or a file of its
+    journal, open to group or others (made by an older rollguard) is tightened to 0600 with a
+    warning. ``sqlite://`` and ``sqlite:///:memory:`` are in memory and create nothing.
+    PostgreSQL (and any other dialect): the database must exist already. Either way the engine has
     SQLAlchemy's defaults: no pragmas (SQLite keeps its rollback journal, no busy timeout, no
     foreign-key enforcement), the default pool, no connection-time options beyond the URL's.
 
-    Raises OSError when the directory cannot be created; connection errors come on first use.
+    Raises OSError when the directory or the file cannot be created; connection errors come on
+    first use.
     """
     path = sqlite_file(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite(path)
     return sa.create_engine(url)
+
+
+def private_sqlite(path: Path) -> None:
+    """``path`` and whichever of its journal files exist are 0600 (see engine_for)."""
+    journal = [path.with_name(path.name + suffix) for suffix in _SQLITE_SIBLINGS]
+    for file in [path, *(j for j in journal if j.exists())]:
+        was = ensure_private_file(file)
+        if was is not None:
+            log.warning("database_tightened", path=str(file), mode=f"{was:04o}", now="0600")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 
+from rollguard.secrets import private_dir
 from rollguard.settings import RollguardSettings
 
 RECORD = "broker.json"
@@ -47,7 +48,7 @@ class BrokerRecord:
             return False
 
     def write(self, state_dir: Path) -> Path:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(state_dir)
         path = state_dir / RECORD
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(orjson.dumps({"bootstrap": self.bootstrap, "pid": self.pid}))

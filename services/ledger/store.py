@@ -247,7 +247,7 @@ class LedgerStore:
                 for ddl in _SQLITE_TRIGGERS if self.dialect == "sqlite" else _PG_TRIGGERS:
                     conn.exec_driver_sql(ddl)
         except OSError as exc:
-            raise LedgerError(f"cannot create the ledger directory: {exc}") from exc
+            raise LedgerError(f"cannot create the ledger: {exc}") from exc
         except sa.exc.SQLAlchemyError as exc:
             raise LedgerError(f"cannot open the ledger at {self.url}: {_first_line(exc)}") from exc
 

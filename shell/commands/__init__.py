@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from rollguard.errors import BrokerMissing, MissingDependency, UsageError
+from rollguard.secrets import private_dir
 from rollguard.settings import RollguardSettings
 
 Handler = Callable[[argparse.Namespace, RollguardSettings], int]
@@ -60,9 +61,10 @@ def writing(where: str) -> Iterator[None]:
 
 
 def writable_state_dir(settings: RollguardSettings) -> None:
-    """Create the state directory, or say in one line why it cannot be written."""
+    """Create the state directory (0700: it holds keys and databases), or say in one line why
+    it cannot be written."""
     with writing("ROLLGUARD_STATE_DIR"):
-        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.state_dir)
     if not os.access(settings.state_dir, os.W_OK | os.X_OK):
         raise UsageError(
             f"cannot write {settings.state_dir}: permission denied (ROLLGUARD_STATE_DIR)"

@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 
+from rollguard.authority import TokenRegistry
 from rollguard.logs import configure_logging, get_logger
+from rollguard.secrets import check_private
 from rollguard.settings import RollguardSettings
 from rollguard_services.notifier.settings import NotifierSettings
 from rollguard_shell import SERVICE_NAMES
@@ -105,9 +107,15 @@ _KEEP_STATE = {"decider", "executor", "ledger", "notifier"}
 def _ready_to_serve(settings: RollguardSettings, names: list[str], *, up: bool = False) -> None:
     """What the services would otherwise find out with a traceback, once running: a state
     directory that cannot be written, a database URL that is not one or whose driver is not
-    installed."""
+    installed; or only once the broker answers: a decider's key or tokens file that group or
+    others may read."""
     if up or _KEEP_STATE.intersection(names):
         writable_state_dir(settings)
+    if "decider" in names:
+        key = settings.resolved_signing_key_file
+        if key.exists():  # a missing one is made (the default place) or refused by the decider
+            check_private(key, "signing key")
+        TokenRegistry.load(settings.resolved_tokens_file)
     urls = {
         "ledger": ("ROLLGUARD_LEDGER_URL", settings.ledger_url),
         "executor": ("ROLLGUARD_EXECUTOR_DB_URL", settings.executor_db_url),

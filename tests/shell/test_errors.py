@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from rollguard.authority import create_token
+from rollguard.signing import generate_keypair
 from rollguard_services.ledger.store import Incoming, LedgerStore
 from tests.conftest import scaled
 from tests.factories import breach
@@ -92,6 +94,35 @@ CASES = [
         2,
         "a tokens file is a mapping with a list under 'tokens'",
         {"ROLLGUARD_TOKENS_FILE": "{tokens_list}"},
+    ),
+    # secrets group or others may read: refused before anything starts (no broker here)
+    Case(
+        "signing-key-open-to-others",
+        ("run", "decider"),
+        2,
+        "open/signing.pem is open to group or others (mode 0644); chmod 600 /",
+        {**UNREACHABLE, "ROLLGUARD_SIGNING_KEY_FILE": "{open_key}"},
+    ),
+    Case(
+        "demo-signing-key-open-to-others",
+        ("demo",),
+        2,
+        "open/signing.pem is open to group or others (mode 0644); chmod 600 /",
+        {"ROLLGUARD_SIGNING_KEY_FILE": "{open_key}"},
+    ),
+    Case(
+        "tokens-file-open-to-others",
+        ("tokens", "create", "--name", "dora", "--role", "sre"),
+        2,
+        "open/tokens.yaml is open to group or others (mode 0644); chmod 600 /",
+        {"ROLLGUARD_TOKENS_FILE": "{open_tokens}"},
+    ),
+    Case(
+        "decider-tokens-file-open-to-others",
+        ("run", "decider"),
+        2,
+        "open/tokens.yaml is open to group or others (mode 0644); chmod 600 /",
+        {**UNREACHABLE, "ROLLGUARD_TOKENS_FILE": "{open_tokens}"},
     ),
     # ledgers that are not there, URLs that are not URLs
     Case(
@@ -239,6 +270,11 @@ def _world(base: Path) -> dict[str, str]:
     policy.write_text("defaults:\n  rollback: {cooldown_s: -1}\n")
     (base / "not-yaml.yaml").write_text("defaults:\n  rollback: [1, 2\n")
     (base / "tokens-list.yaml").write_text("- a\n- b\n")
+    (base / "tokens-list.yaml").chmod(0o600)  # private, so that its shape is what is wrong
+    generate_keypair(base / "open" / "signing.pem", base / "open" / "trusted")
+    (base / "open" / "signing.pem").chmod(0o644)
+    create_token(base / "open" / "tokens.yaml", "carol", "sre")
+    (base / "open" / "tokens.yaml").chmod(0o644)
     a_file = base / "a-file"
     a_file.write_text("not a directory")
     shim = base / "shim"
@@ -258,6 +294,8 @@ def _world(base: Path) -> dict[str, str]:
         "policy": str(policy),
         "not_yaml": str(base / "not-yaml.yaml"),
         "tokens_list": str(base / "tokens-list.yaml"),
+        "open_key": str(base / "open" / "signing.pem"),
+        "open_tokens": str(base / "open" / "tokens.yaml"),
         "file": str(a_file),
         "shim": str(shim),
     }

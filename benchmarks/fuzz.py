@@ -50,6 +50,7 @@ from rollguard.events import Breach, DeadLetter
 from rollguard.logs import configure_logging
 from rollguard.policy import PolicySet
 from rollguard.settings import RollguardSettings
+from rollguard.signing import ensure_keys, signer_of
 from rollguard_services.detector.app import Detector
 from rollguard_services.detector.settings import DetectorSettings
 from tests.factories import manifest
@@ -75,8 +76,12 @@ async def produce(args: dict[str, Any]) -> None:
     """Real traffic at ``RATE`` requests/s, the bad deploy at t0, and the flood if asked; every
     malformed record's metadata, then a summary line, written to ``args['out']``."""
     settings = RollguardSettings(
-        kafka_bootstrap=args["bootstrap"], topic_prefix=args["prefix"], enable_idempotence=False
+        kafka_bootstrap=args["bootstrap"],
+        topic_prefix=args["prefix"],
+        enable_idempotence=False,
+        state_dir=Path(args["state_dir"]),
     )
+    deployer = signer_of(settings, "deployer")  # the detector takes signed deployments only
     flood = int(args["flood"])
     fuzzer = Fuzzer(int(args["seed"]), now=time.time)
     poison = [fuzzer.one() for _ in range(flood)]
@@ -102,7 +107,7 @@ async def produce(args: dict[str, Any]) -> None:
                 and next_poison >= flood // 2
                 and DEPLOY_PHASE_S <= now % 1 < DEPLOY_PHASE_S + 0.1
             ):
-                deploy = manifest(BAD, status="live", model_id=MODEL)
+                deploy = deployer.sign(manifest(BAD, status="live", model_id=MODEL))
                 await producer.send_and_wait(
                     settings.topic(topics.DEPLOYMENTS.name), deploy.encode(), key=deploy.key
                 )
@@ -251,11 +256,11 @@ def _say(what: str) -> None:
     print(f"    {time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
 
 
-async def _produce(bootstrap: str, prefix: str, flood: int, seed: int, out: Path) -> list[bytes]:
+async def _produce(settings: RollguardSettings, flood: int, seed: int, out: Path) -> list[bytes]:
     """Run the producer child to its end; what it wrote (one line per malformed record, then
     the summary)."""
-    args = {"bootstrap": bootstrap, "prefix": prefix, "flood": flood, "seed": seed}
-    args["out"] = str(out)
+    args = {"bootstrap": settings.kafka_bootstrap, "prefix": settings.topic_prefix}
+    args |= {"flood": flood, "seed": seed, "out": str(out), "state_dir": str(settings.state_dir)}
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "benchmarks.fuzz", "produce", json.dumps(args)
     )
@@ -278,17 +283,21 @@ async def trial(
         session_timeout_ms=4_000,
         heartbeat_interval_ms=300,
         rebalance_timeout_ms=1_000,
+        state_dir=tmp / f"state-{seed}",
     )
+    ensure_keys(settings)  # every role's key: the detector's, and the deployer's for the deploys
     await provision_topics(settings)
     producer = AIOKafkaProducer(**client_options(settings), acks="all")
     await producer.start()
-    known_good = manifest(GOOD, status="known_good", model_id=MODEL)
+    known_good = signer_of(settings, "deployer").sign(
+        manifest(GOOD, status="known_good", model_id=MODEL)
+    )
     await producer.send_and_wait(
         settings.topic(topics.DEPLOYMENTS.name), known_good.encode(), key=known_good.key
     )
     await producer.stop()
     out = tmp / f"produced-{seed}.jsonl"
-    lines = await _produce(bootstrap, settings.topic_prefix, flood, seed, out) if backlog else []
+    lines = await _produce(settings, flood, seed, out) if backlog else []
 
     gc.collect()
     detector = Detector(settings, PolicySet(), DetectorSettings(group_id="fuzz"))
@@ -313,7 +322,7 @@ async def trial(
             await asyncio.sleep(0.05)
         ready_at = time.time()
         if not backlog:
-            lines = await _produce(bootstrap, settings.topic_prefix, flood, seed, out)
+            lines = await _produce(settings, flood, seed, out)
             _say(f"producer done, dead letters so far {detector.counts['dead_letters']}")
         summary = orjson.loads(lines[-1])["summary"]
         breach_ts, window_end = await _first_breach(settings, BAD, BREACH_WAIT_S)

@@ -1,7 +1,8 @@
 """Baselines: what good looks like for one model version, one snapshot per signal.
 
-Built from a table (``rollguard baseline import``) or from the first events of a version
-marked known good (the detector captures it), and published to the compacted baselines topic.
+Built from a table (``rollguard baseline import``, signed with the deployer key) or from the
+first events of a version marked known good (the detector captures it and signs it with its
+own), and published to the compacted baselines topic.
 Signals are named ``prediction``, ``feature:<name>`` and ``metric:<name>``.
 """
 
@@ -62,9 +63,15 @@ def grid_from_sample(values: npt.NDArray[np.float64], bins: int = FINE_BINS) -> 
     return Grid(edges.astype(np.float64), float(distinct[0]), float(distinct[-1]))
 
 
+#: What a checksum leaves out: the envelope (id, time) and who signed it, so signing a sealed
+#: snapshot (the signature covers the checksum) leaves its checksum true.
+_NOT_CHECKSUMMED = {"event_id", "ts", "checksum", "key_id", "signature"}
+
+
 def checksum(snapshot: BaselineSnapshot) -> str:
-    """SHA-256 of the canonical body: every field but event_id, ts and checksum, keys sorted."""
-    body = snapshot.model_dump(mode="json", by_alias=True, exclude={"event_id", "ts", "checksum"})
+    """SHA-256 of the canonical body: every field but event_id, ts, checksum and the
+    signature (key_id, signature), keys sorted."""
+    body = snapshot.model_dump(mode="json", by_alias=True, exclude=_NOT_CHECKSUMMED)
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -255,7 +262,8 @@ def snapshot_key(snapshot: BaselineSnapshot) -> bytes:
 
 async def publish(producer: Any, topic: str, snapshots: Sequence[BaselineSnapshot]) -> None:
     """Send snapshots keyed per signal (compaction) but partitioned by model_id, like every
-    other event of the model, so whoever owns the model's partition sees its baselines."""
+    other event of the model, so whoever owns the model's partition sees its baselines. They
+    go as given: signed already by whoever built them (the detector takes no other)."""
     from aiokafka.partitioner import DefaultPartitioner
 
     partitioner = DefaultPartitioner()

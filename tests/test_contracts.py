@@ -17,7 +17,7 @@ from rollguard.bus import make_producer
 from rollguard.events import Breach, decode
 from rollguard.policy import ModelPolicy, PolicySet
 from rollguard.settings import RollguardSettings
-from rollguard.signing import Signer, generate_keypair, load_signer
+from rollguard.signing import Signer, generate_keypair, load_signer, trust_of
 from rollguard_services.decider.breaches import decide
 from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.state import ModelState, apply_manifest
@@ -26,7 +26,7 @@ from rollguard_services.detector.settings import DetectorSettings
 from tests.conftest import TopicReader, run_until
 from tests.detector.test_app import traffic
 from tests.detector.test_drift_app import predictions
-from tests.factories import manifest
+from tests.factories import manifest, signed
 
 pytestmark = pytest.mark.broker
 
@@ -43,14 +43,16 @@ async def detected(
     """A bad v2 (25 % errors, predictions shifted by 1σ) against a known-good v1 with a
     published baseline: what the detector puts on the breaches topic."""
     good, bad = manifest("v1", status="known_good"), manifest("v2", status="live")
-    await publish(topics.DEPLOYMENTS.name, good)
-    await publish(topics.DEPLOYMENTS.name, bad)
+    await publish(topics.DEPLOYMENTS.name, signed(good, settings))
+    await publish(topics.DEPLOYMENTS.name, signed(bad, settings))
     rng = np.random.default_rng(0)
     producer = make_producer(settings, control=True)
     await producer.start()
     try:
         snapshot = bl.numeric_snapshot("m", "v1", "prediction", rng.normal(0, 1, 5000))
-        await bl.publish(producer, settings.topic(topics.BASELINES.name), [snapshot])
+        await bl.publish(
+            producer, settings.topic(topics.BASELINES.name), [signed(snapshot, settings)]
+        )
     finally:
         await producer.stop()
     for prediction in predictions("v2", 1200, shift=1.0, seed=3):
@@ -72,8 +74,11 @@ async def test_breaches_the_detector_publishes_are_decided_by_the_decider(
     publish: Callable[..., Awaitable[None]],
     reader: TopicReader,
     signer: Signer,
+    keys: str,
 ) -> None:
     breaches = await detected(topics_ready, publish, reader)
+    # What the decider's admission asks of each: signed by a trusted detector key.
+    assert all(trust_of(topics_ready).check(b).ok for b in breaches)
     by_tier: dict[str, Breach] = {}
     for b in breaches:
         by_tier.setdefault(b.tier, b)  # the first of each tier

@@ -7,7 +7,8 @@ and rebalances, and publishing. Folding is ``folding.py``; each detector kind is
 and the k-of-n sustain have a module each. Latency windows feed the immediate tier (error rate,
 latency); prediction, business, health and outcome events feed per-version windows judged by
 every other kind against the baseline of the last known-good version (or, without one, the
-previous live version's concurrent window).
+previous live version's concurrent window). Breaches and captured baselines go out signed with
+the detector key; deployments and baselines are acted on only when a trusted key signed them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -27,6 +28,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from rollguard import baselines as bl
 from rollguard import topics
 from rollguard.bus import (
+    Admission,
     DeadLetterSink,
     Rejected,
     client_options,
@@ -42,12 +44,14 @@ from rollguard.events import (
     BusinessMetricEvent,
     HealthCheckEvent,
     OutcomeEvent,
+    Signed,
     SystemManifest,
 )
 from rollguard.logs import get_logger
 from rollguard.outage import OutageLimit, Sender
 from rollguard.policy import PolicySet, PolicySource
 from rollguard.settings import RollguardSettings
+from rollguard.signing import Signer, Trust, signer_of, trust_of
 from rollguard_services.detector import decoding
 from rollguard_services.detector import reference as references
 from rollguard_services.detector.decoding import (
@@ -70,6 +74,7 @@ log = get_logger("rollguard.detector")
 
 Batches = dict[TopicPartition, list[Record]]
 Parsed = dict[TopicPartition, decoding.Parsed]
+_Signed = TypeVar("_Signed", bound=Signed)
 
 
 class Detector:
@@ -81,9 +86,20 @@ class Detector:
         policy: PolicySet | PolicySource,
         detector_settings: DetectorSettings,
         kinds: dict[str, AnyKind] | None = None,
+        *,
+        signer: Signer | None = None,
+        trust: Trust | None = None,
     ) -> None:
-        """``kinds``: the detector kinds by name (default: every built-in one, ``KINDS``)."""
+        """``kinds``: the detector kinds by name (default: every built-in one, ``KINDS``).
+        ``signer`` and ``trust``: the detector key and the keys it trusts (default: loaded from
+        the settings when it starts, ``signer_of(settings, "detector")`` and ``trust_of``)."""
         self.settings = settings
+        #: Signs every breach and baseline this detector publishes (set at start, before any
+        #: is built for publishing).
+        self.signer = signer
+        self._trust = trust
+        #: Deployments and baselines are taken only when signed by a key trusted for them.
+        self.admission: Admission | None = None
         self._policy = policy
         self.svc = detector_settings
         self.ready = asyncio.Event()
@@ -129,6 +145,10 @@ class Detector:
     # --- wiring ---------------------------------------------------------------------------
 
     async def run(self) -> None:
+        # Keys before the broker: a missing or unreadable key stops the detector at once.
+        if self.signer is None:
+            self.signer = signer_of(self.settings, "detector")
+        self.admission = Admission(self._trust or trust_of(self.settings), self.name)
         consumer = make_consumer(
             self.settings,
             group_id=self.svc.group_id,
@@ -202,22 +222,28 @@ class Detector:
         )
 
     async def _poll_control(self, timeout_ms: int) -> None:
-        if self._control is None:
+        admission = self.admission
+        if self._control is None or admission is None:
             return
         batches = await self._control.getmany(timeout_ms=timeout_ms, max_records=1000)
         for tp, records in batches.items():
             if tp.topic == self._deployments_topic:
                 good, rejected = decode_batch(records, SystemManifest)
-                for _, manifest in good:
+                trusted, untrusted = admission.admit(good)
+                for _, manifest in trusted:
                     self.on_manifest(manifest)
+                # Invalid deployments are the decider's to dead-letter, not a second copy here;
+                # an untrusted one is refused by each consumer it would have steered.
+                self._reject(untrusted)
             else:
                 good_b, rejected = decode_batch(records, BaselineSnapshot)
-                for _, snapshot in good_b:
+                trusted_b, untrusted = admission.admit(good_b)
+                for _, snapshot in trusted_b:
                     self.install_baseline(snapshot)
-                # The detector is the only reader of baselines: what it cannot take is kept
-                # (bad deployments are the decider's to dead-letter, not a second copy here).
-                self._reject(rejected)
+                # The detector is the only reader of baselines: what it cannot take is kept.
+                self._reject(rejected + untrusted)
             self.counts["control_rejected"] += len(rejected)
+            self.counts["control_untrusted"] += len(untrusted)
 
     @property
     def policy(self) -> PolicySet:
@@ -410,7 +436,14 @@ class Detector:
     def install_baseline(self, snapshot: BaselineSnapshot) -> None:
         self.folder.install_baseline(snapshot)
 
-    def _captured(self, key: VersionKey, snapshots: list[BaselineSnapshot]) -> None:
+    def _sign(self, event: _Signed) -> _Signed:
+        """``event`` signed with the detector key; as built when there is none yet (a
+        detector that is not running publishes nothing)."""
+        return event if self.signer is None else self.signer.sign(event)
+
+    def _captured(self, key: VersionKey, captured: list[BaselineSnapshot]) -> None:
+        # Signed once, here: what is installed, published and any re-send are the same bytes.
+        snapshots = [self._sign(s) for s in captured]
         for s in snapshots:
             self.folder.install_baseline(s)
         log.info("baseline_captured", model_id=key[0], model_version=key[1], signals=len(snapshots))
@@ -507,7 +540,7 @@ class Detector:
         m = j.measurement
         seen = self.folder.seen.get(key)
         p_value = None if m.p_value is None else min(1.0, max(0.0, m.p_value))
-        return Breach(
+        breach = Breach(
             model_id=key[0],
             model_version=key[1],
             system_version=system_version,
@@ -530,6 +563,8 @@ class Detector:
             version_events=None if seen is None else seen.events,
             evidence=dict(m.evidence),
         )
+        # Signed where it is built: a send made again after an outage is the same bytes.
+        return self._sign(breach)
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:

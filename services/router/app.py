@@ -1,7 +1,9 @@
 """Router service: serves synthetic traffic with the live version and follows the live pointer.
 
 It reads rollguard.deployments from the beginning without a consumer group (every router
-instance needs every pointer change), and emits prediction and latency events.
+instance needs every pointer change), and emits prediction and latency events. A manifest
+moves the pointer only when signed by a key trusted for it (deployer, or the decider for a
+known-good mark, the executor for a rollback's move); any other is dead-lettered, untrusted.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from rollguard import topics
-from rollguard.bus import make_consumer, make_producer
+from rollguard.bus import Admission, DeadLetterSink, make_consumer, make_producer
 from rollguard.events import SystemManifest, decode
 from rollguard.logs import get_logger
-from rollguard.outage import OUTAGES, OutageLimit
+from rollguard.outage import OUTAGES, OutageLimit, Sender
 from rollguard.settings import RollguardSettings
+from rollguard.signing import Trust, trust_of
 from rollguard_services.router.serving import Router, switch_report
 from rollguard_services.router.settings import RouterSettings
 
@@ -29,8 +32,21 @@ log = get_logger("rollguard.router")
 class RouterService:
     name = "router"
 
-    def __init__(self, settings: RollguardSettings, router_settings: RouterSettings) -> None:
+    def __init__(
+        self,
+        settings: RollguardSettings,
+        router_settings: RouterSettings,
+        *,
+        trust: Trust | None = None,
+    ) -> None:
+        """``trust``: the keys whose manifests move the pointer (default: ``trust_of(settings)``,
+        loaded when it starts)."""
         self.settings = settings
+        self._trust = trust
+        #: What moves the pointer: manifests signed by a key trusted for them.
+        self.admission: Admission | None = None
+        self.dead_letters: DeadLetterSink | None = None
+        self._limit = OutageLimit(settings.broker_outage_limit_s)
         self.svc = router_settings
         self.ready = asyncio.Event()
         self.router = Router(
@@ -42,11 +58,18 @@ class RouterService:
         self._switches_logged = 0
 
     async def run(self) -> None:
+        admission = Admission(self._trust or trust_of(self.settings), self.name)
+        self.admission = admission
         producer = make_producer(self.settings, control=False)
         consumer = make_consumer(self.settings, group_id=None, control=True)
         try:
             await producer.start()
             await consumer.start()
+            # A refused manifest is rare (a forgery, a misconfigured key): one letter at a time
+            # on the telemetry producer, waiting out an outage like the pointer does.
+            self.dead_letters = DeadLetterSink(
+                self.settings, Sender(producer, self._limit).send, self.name
+            )
             topic = self.settings.topic(topics.DEPLOYMENTS.name)
             await consumer.topics()  # refreshes cluster metadata
             partitions = consumer.partitions_for_topic(topic) or set()
@@ -60,7 +83,7 @@ class RouterService:
             )
             self.ready.set()
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._follow(consumer))
+                tasks.create_task(self._follow(consumer, admission, self.dead_letters))
                 tasks.create_task(self._serve(producer))
         finally:
             await consumer.stop()
@@ -71,10 +94,11 @@ class RouterService:
                 telemetry_dropped=self.counts["telemetry_dropped"],
             )
 
-    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        limit = OutageLimit(self.settings.broker_outage_limit_s)
+    async def _follow(
+        self, consumer: AIOKafkaConsumer, admission: Admission, letters: DeadLetterSink
+    ) -> None:
         while True:
-            limit.check()
+            self._limit.check()
             batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 for record in records:
@@ -82,6 +106,14 @@ class RouterService:
                         manifest = decode(SystemManifest, record.value)
                     except (ValidationError, ValueError):
                         continue  # the decider dead-letters bad manifests; we only follow
+                    if manifest.model_id != self.router.model_id:
+                        continue  # another model's: its own consumers judge it
+                    verdict = admission.verdict(manifest)
+                    if not verdict.ok:
+                        # Refused here too: it would have moved this router's traffic.
+                        self.counts["manifests_untrusted"] += 1
+                        await letters.send(record, verdict.refusal, "untrusted")
+                        continue
                     if self.router.follow(manifest):
                         log.info(
                             "live_pointer",

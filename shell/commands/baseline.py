@@ -1,4 +1,5 @@
-"""baseline import: publish what good looks like for a model version from a CSV/Parquet file."""
+"""baseline import: publish what good looks like for a model version from a CSV/Parquet file,
+signed with the deployer key (the detector installs only baselines signed by a trusted key)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def register(sub: Subparsers) -> None:
         help="build baseline snapshots from a table and publish them to the baselines topic",
         description=(
             "Columns: prediction (required), feature:<name>, metric:<name> (numeric per "
-            "prediction, e.g. 0/1 clicks for ctr). CSV with a header row, or Parquet."
+            "prediction, e.g. 0/1 clicks for ctr). CSV with a header row, or Parquet. The "
+            "snapshots are signed with the deployer key (ROLLGUARD_KEYS_DIR/deployer.pem)."
         ),
     )
     imp.add_argument("--model-id", required=True)
@@ -31,6 +33,7 @@ def register(sub: Subparsers) -> None:
 def _import(args: argparse.Namespace, settings: RollguardSettings) -> int:
     from rollguard import baselines, topics
     from rollguard.bus import start_control_producer, wait_for_broker
+    from rollguard.signing import signer_of
 
     snapshots = baselines.snapshots_from_table(
         args.model_id,
@@ -44,6 +47,9 @@ def _import(args: argparse.Namespace, settings: RollguardSettings) -> int:
         print(f"{args.file}: {len(snapshots)} snapshot(s): {summary}")
         return 0
     require_broker(settings)
+    # Signed before the broker is asked: a missing key is one line, and nothing is half sent.
+    signer = signer_of(settings, "deployer")
+    snapshots = [signer.sign(s) for s in snapshots]
 
     async def publish() -> None:
         await wait_for_broker(settings)
@@ -56,6 +62,6 @@ def _import(args: argparse.Namespace, settings: RollguardSettings) -> int:
     asyncio.run(publish())
     print(
         f"published {len(snapshots)} baseline snapshot(s) for {args.model_id} "
-        f"{args.model_version}: {summary}"
+        f"{args.model_version}, signed by deployer key {signer.key_id}: {summary}"
     )
     return 0

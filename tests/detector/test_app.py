@@ -41,6 +41,7 @@ async def test_bad_version_breaches_good_one_does_not_and_bad_input_is_dead_lett
     topics_ready: RollguardSettings,
     publish: Callable[..., Awaitable[None]],
     reader: TopicReader,
+    keys: str,
 ) -> None:
     for event in traffic("v1", 400, 0.01, seed=1) + traffic("v2", 400, 0.25, seed=2):
         await publish(topics.LATENCY.name, event)
@@ -114,6 +115,7 @@ async def test_a_record_too_large_to_copy_is_dead_lettered_truncated_and_the_loo
     topics_ready: RollguardSettings,
     publish: Callable[..., Awaitable[None]],
     reader: TopicReader,
+    keys: str,
 ) -> None:
     """Issue 11: a ~900 KB invalid message made a dead letter (base64 of it all) larger than the
     producer's 1 MiB limit, and MessageSizeTooLargeError stopped the detector."""
@@ -146,6 +148,7 @@ async def test_events_from_the_future_or_far_past_are_refused_and_do_not_blind_t
     topics_ready: RollguardSettings,
     publish: Callable[..., Awaitable[None]],
     reader: TopicReader,
+    keys: str,
 ) -> None:
     """Issue 11: one schema-valid LatencyEvent dated an hour ahead opened a window in the
     future that every later event folded into: 0 breaches for bad traffic. One dated 1970 (a

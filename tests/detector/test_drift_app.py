@@ -18,7 +18,7 @@ from rollguard.settings import RollguardSettings
 from rollguard_services.detector.app import Detector
 from rollguard_services.detector.settings import DetectorSettings
 from tests.conftest import TopicReader, run_until
-from tests.factories import manifest
+from tests.factories import manifest, signed
 
 pytestmark = pytest.mark.broker
 
@@ -44,10 +44,13 @@ async def test_sustained_ks_breach_against_the_published_baseline(
     topics_ready: RollguardSettings,
     publish: Callable[..., Awaitable[None]],
     reader: TopicReader,
+    keys: str,
 ) -> None:
     rng = np.random.default_rng(0)
-    await publish(topics.DEPLOYMENTS.name, manifest("v1", status="known_good"))
-    await publish(topics.DEPLOYMENTS.name, manifest("v2", status="live"))
+    await publish(
+        topics.DEPLOYMENTS.name, signed(manifest("v1", status="known_good"), topics_ready)
+    )
+    await publish(topics.DEPLOYMENTS.name, signed(manifest("v2", status="live"), topics_ready))
     producer = make_producer(topics_ready, control=True)
     await producer.start()
     try:
@@ -55,8 +58,8 @@ async def test_sustained_ks_breach_against_the_published_baseline(
             producer,
             topics_ready.topic(topics.BASELINES.name),
             [
-                bl.numeric_snapshot("m", "v1", "prediction", rng.normal(0, 1, 5000)),
-                bl.numeric_snapshot("m", "v1", "feature:f0", rng.normal(0, 1, 5000)),
+                signed(bl.numeric_snapshot("m", "v1", signal, rng.normal(0, 1, 5000)), topics_ready)
+                for signal in ("prediction", "feature:f0")
             ],
         )
     finally:
@@ -114,9 +117,10 @@ async def test_garbage_on_the_baselines_topic_is_dead_lettered(
     topics_ready: RollguardSettings,
     publish: Callable[..., Awaitable[None]],
     reader: TopicReader,
+    keys: str,
 ) -> None:
     rng = np.random.default_rng(5)
-    good = bl.numeric_snapshot("m", "v1", "prediction", rng.normal(0, 1, 500))
+    good = signed(bl.numeric_snapshot("m", "v1", "prediction", rng.normal(0, 1, 500)), topics_ready)
     await publish(topics.BASELINES.name, b"{not a snapshot", key=b"m")
     await publish(topics.BASELINES.name, good)
     detector = Detector(topics_ready, PolicySet(), DetectorSettings(group_id="bl-garbage"))

@@ -78,6 +78,7 @@ async def test_a_kind_defined_in_a_test_is_evaluated_through_the_broker(
     publish: Callable[..., Awaitable[None]],
     reader: TopicReader,
     tmp_path: Path,
+    keys: str,
 ) -> None:
     path = policy_file(tmp_path, {"kind": "mean_above", "limit": 2.0})
     source = PolicySource(path, kinds=config_classes(KINDS_PLUS))

@@ -18,7 +18,7 @@ from rollguard.settings import RollguardSettings
 from rollguard_services.detector.app import Detector
 from rollguard_services.detector.settings import DetectorSettings
 from tests.conftest import TopicReader, until
-from tests.factories import manifest
+from tests.factories import manifest, signed
 
 pytestmark = pytest.mark.broker
 
@@ -42,16 +42,23 @@ async def test_label_mix_slow_responses_and_wrong_outcomes_breach(
     topics_ready: RollguardSettings,
     publish: Callable[..., Awaitable[None]],
     reader: TopicReader,
+    keys: str,
 ) -> None:
     rng = np.random.default_rng(5)
-    await publish(topics.DEPLOYMENTS.name, manifest("v1", status="known_good"))
-    await publish(topics.DEPLOYMENTS.name, manifest("v2", status="live"))
+    await publish(
+        topics.DEPLOYMENTS.name, signed(manifest("v1", status="known_good"), topics_ready)
+    )
+    await publish(topics.DEPLOYMENTS.name, signed(manifest("v2", status="live"), topics_ready))
     baseline = list(rng.choice(LABELS, 4000, p=[0.5, 0.3, 0.2]))
     producer = make_producer(topics_ready, control=True)
     await producer.start()
     try:
         snapshots = bl.snapshots_from_table("m", "v1", {"prediction": baseline}, source="test")
-        await bl.publish(producer, topics_ready.topic(topics.BASELINES.name), snapshots)
+        await bl.publish(
+            producer,
+            topics_ready.topic(topics.BASELINES.name),
+            [signed(s, topics_ready) for s in snapshots],
+        )
     finally:
         await producer.stop()
 

@@ -34,7 +34,7 @@ from rollguard.settings import RollguardSettings
 from rollguard_services.detector.app import Detector
 from rollguard_services.detector.settings import DetectorSettings
 from tests.conftest import TopicReader, run_until
-from tests.factories import manifest
+from tests.factories import manifest, signed
 
 pytestmark = pytest.mark.broker
 
@@ -52,10 +52,16 @@ async def test_fuzzed_records_are_all_dead_lettered_and_valid_traffic_is_still_j
     topics_ready: RollguardSettings,
     publish: Callable[..., Awaitable[None]],
     reader: TopicReader,
+    keys: str,
 ) -> None:
     settings = topics_ready
-    await publish(topics.DEPLOYMENTS.name, manifest(GOOD, status="known_good", model_id=MODEL))
-    await publish(topics.DEPLOYMENTS.name, manifest(BAD, status="live", model_id=MODEL))
+    await publish(
+        topics.DEPLOYMENTS.name,
+        signed(manifest(GOOD, status="known_good", model_id=MODEL), settings),
+    )
+    await publish(
+        topics.DEPLOYMENTS.name, signed(manifest(BAD, status="live", model_id=MODEL), settings)
+    )
     fuzzer = Fuzzer(11, now=time.time)
     poison = [fuzzer.one(kind) for kind in KINDS for _ in range(2)]
     poison += [fuzzer.one() for _ in range(RANDOM_POISON)]

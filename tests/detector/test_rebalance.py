@@ -57,6 +57,7 @@ class Busy(Detector):
 
 async def test_a_member_joining_mid_stream_folds_nothing_twice(
     topics_ready: RollguardSettings,
+    keys: str,
 ) -> None:
     svc = DetectorSettings(group_id="rebalance", seed=1, max_batch=200)
     first, second = Busy(topics_ready, PolicySet(), svc), Busy(topics_ready, PolicySet(), svc)

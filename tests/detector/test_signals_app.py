@@ -26,7 +26,7 @@ from rollguard_services.detector.app import Detector
 from rollguard_services.detector.kinds.ground_truth import drift_of
 from rollguard_services.detector.settings import DetectorSettings
 from tests.conftest import TopicReader, run_until
-from tests.factories import manifest
+from tests.factories import manifest, signed
 
 pytestmark = pytest.mark.broker
 
@@ -57,14 +57,21 @@ async def test_health_ctr_quality_fairness_and_cost_breach_through_the_broker(
     topics_ready: RollguardSettings,
     publish: Callable[..., Awaitable[None]],
     reader: TopicReader,
+    keys: str,
 ) -> None:
     rng = np.random.default_rng(0)
-    await publish(topics.DEPLOYMENTS.name, manifest("v1", status="known_good"))
-    await publish(topics.DEPLOYMENTS.name, manifest("v2", status="live"))
+    await publish(
+        topics.DEPLOYMENTS.name, signed(manifest("v1", status="known_good"), topics_ready)
+    )
+    await publish(topics.DEPLOYMENTS.name, signed(manifest("v2", status="live"), topics_ready))
     producer = make_producer(topics_ready, control=True)
     await producer.start()
     try:
-        await bl.publish(producer, topics_ready.topic(topics.BASELINES.name), _baseline(rng))
+        await bl.publish(
+            producer,
+            topics_ready.topic(topics.BASELINES.name),
+            [signed(s, topics_ready) for s in _baseline(rng)],
+        )
     finally:
         await producer.stop()
 

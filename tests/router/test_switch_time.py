@@ -15,7 +15,7 @@ from rollguard_services.router.app import RouterService
 from rollguard_services.router.serving import Switch, switch_report
 from rollguard_services.router.settings import RouterSettings, SyntheticModelSpec
 from tests.conftest import scaled, until
-from tests.factories import manifest
+from tests.factories import manifest, signed
 
 pytestmark = pytest.mark.broker
 
@@ -27,6 +27,7 @@ async def test_switch_time_over_many_switches(
     topics_ready: RollguardSettings,
     publish: Callable[..., Awaitable[None]],
     capsys: pytest.CaptureFixture[str],
+    keys: str,
     rate_rps: float,
     tick_s: float,
 ) -> None:
@@ -45,7 +46,9 @@ async def test_switch_time_over_many_switches(
         await asyncio.wait_for(service.ready.wait(), scaled(30))
         for i in range(SWITCHES):
             version = "v1" if i % 2 == 0 else "v2"
-            await publish(topics.DEPLOYMENTS.name, manifest(version, status="live"))
+            await publish(
+                topics.DEPLOYMENTS.name, signed(manifest(version, status="live"), topics_ready)
+            )
             await until(
                 lambda n=i + 1: (
                     len(service.router.switches) == n

@@ -1,0 +1,82 @@
+"""The router's live pointer through the broker: only a manifest signed by a key trusted for
+it moves the traffic; a forged one is dead-lettered as untrusted (issue 13)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from rollguard import topics
+from rollguard.events import DeadLetter
+from rollguard.settings import RollguardSettings
+from rollguard.signing import generate_keypair, load_signer
+from rollguard_services.router.app import RouterService
+from rollguard_services.router.settings import RouterSettings, SyntheticModelSpec
+from tests.conftest import TopicReader, scaled, until
+from tests.factories import manifest, signed
+
+pytestmark = pytest.mark.broker
+
+
+async def test_forged_manifests_do_not_move_the_pointer_and_signed_ones_do(
+    topics_ready: RollguardSettings,
+    publish: Callable[..., Awaitable[None]],
+    reader: TopicReader,
+    keys: str,
+    tmp_path: Path,
+) -> None:
+    settings = topics_ready
+    service = RouterService(
+        settings,
+        RouterSettings(
+            model_id="m",
+            rate_rps=50.0,
+            versions={"v1": SyntheticModelSpec(), "v2": SyntheticModelSpec()},
+            seed=1,
+        ),
+    )
+    generate_keypair(tmp_path / "rogue" / "rogue.pem", tmp_path / "rogue" / "public")
+    rogue = load_signer(tmp_path / "rogue" / "rogue.pem", "deployer")
+    move = manifest("v2", status="live")
+    forged = {
+        "unsigned": move,
+        # A real deployment of v2 as a candidate, rewritten to live.
+        "bad_signature": signed(manifest("v2", status="candidate"), settings).model_copy(
+            update={"status": "live"}
+        ),
+        "unknown_key": rogue.sign(move),
+        "wrong_role": signed(move, settings, "detector"),
+    }
+    task = asyncio.create_task(service.run())
+    try:
+        await asyncio.wait_for(service.ready.wait(), scaled(30))
+        await publish(topics.DEPLOYMENTS.name, signed(manifest("v1", status="live"), settings))
+        await until(lambda: service.router.live == "v1", timeout_s=10)
+        for event in forged.values():
+            await publish(topics.DEPLOYMENTS.name, event)
+        await until(
+            lambda: service.dead_letters is not None and service.dead_letters.sent >= 4,
+            timeout_s=10,
+        )
+        assert not task.done()
+        assert service.router.live == "v1"
+        assert [s.to_version for s in service.router.switches] == ["v1"]
+        assert "v2" not in service.router.served
+        assert service.counts["manifests_untrusted"] == 4
+        # A rollback's pointer move, signed by the executor, is followed.
+        await publish(topics.DEPLOYMENTS.name, signed(move, settings, "executor"))
+        await until(lambda: service.router.live == "v2", timeout_s=10)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    letters = [
+        DeadLetter.model_validate_json(r.value)
+        for r in await reader.read(topics.DEADLETTER.name, until=lambda r: len(r) >= 4)
+    ]
+    assert all(letter.consumer == "router" and letter.reason == "untrusted" for letter in letters)
+    assert all(letter.source_topic == settings.topic(topics.DEPLOYMENTS.name) for letter in letters)
+    assert sorted(letter.error.split(": ")[1] for letter in letters) == sorted(forged)

@@ -12,6 +12,9 @@ per live period of a version keeps each one, and a redelivered or replayed inval
 (same key, same event id) collapses into the one already there. Messages still go to the
 partition the default partitioner gives ``model_id``, so all events of one model share a
 partition as everywhere else.
+
+The executor signs each invalidation with its key (rollguard.signing) before it owes it; a
+reader given the installation's trust keeps only those.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from rollguard.bus import client_options
 from rollguard.events import OutputInvalidation, RollbackCommand, decode
 from rollguard.outage import Sender
 from rollguard.settings import RollguardSettings
+from rollguard.signing import Trust
 
 
 def invalidation_for(command: RollbackCommand, applied_at: datetime) -> OutputInvalidation:
@@ -55,13 +59,15 @@ def invalidation_key(invalidation: OutputInvalidation) -> bytes:
 
 
 async def publish_invalidation(
-    sender: Sender, topic: str, invalidation: OutputInvalidation
+    sender: Sender, topic: str, invalidation: OutputInvalidation, payload: bytes | None = None
 ) -> None:
     """Send to the partition of ``model_id`` under the per-version key (waiting out a broker
-    outage, as ``sender`` does)."""
+    outage, as ``sender`` does). ``payload``: the bytes to send, when the invalidation was
+    stored signed before (the executor's outbox), so a re-send is the same message; default
+    its encoding."""
     await sender.send_partitioned(
         topic,
-        invalidation.encode(),
+        payload if payload is not None else invalidation.encode(),
         key=invalidation_key(invalidation),
         by=invalidation.model_id.encode(),
     )
@@ -69,11 +75,16 @@ async def publish_invalidation(
 
 @dataclass
 class InvalidationIndex:
-    """The latest invalidation per key, as compaction would leave the topic."""
+    """The latest invalidation per key, as compaction would leave the topic. Given ``trust``
+    (``rollguard.signing.trust_of``), only invalidations signed by a trusted executor key are
+    kept: a forged one would make downstream drop good outputs."""
 
     by_key: dict[bytes, OutputInvalidation] = field(default_factory=dict)
     #: Records that were not valid invalidations (skipped, never fatal for a reader).
     skipped: int = 0
+    trust: Trust | None = None
+    #: Valid invalidations refused by ``trust`` (skipped too, counted apart).
+    untrusted: int = 0
 
     def add(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:
@@ -83,9 +94,14 @@ class InvalidationIndex:
             self.by_key.pop(key, None)
             return
         try:
-            self.by_key[key] = decode(OutputInvalidation, value)
+            invalidation = decode(OutputInvalidation, value)
         except (ValidationError, ValueError):
             self.skipped += 1
+            return
+        if self.trust is not None and not self.trust.check(invalidation).ok:
+            self.untrusted += 1
+            return
+        self.by_key[key] = invalidation
 
     def matching(
         self, model_id: str | None = None, model_version: str | None = None
@@ -113,12 +129,14 @@ class InvalidationClient:
 
     ``await client.catch_up()`` reads up to the end offsets as of the call; call it again to
     pick up newer invalidations. Use as ``async with InvalidationClient(settings) as client``.
+    ``trust``: keep only invalidations signed by a trusted executor key (see
+    ``InvalidationIndex``); without it every valid one is kept.
     """
 
-    def __init__(self, settings: RollguardSettings) -> None:
+    def __init__(self, settings: RollguardSettings, trust: Trust | None = None) -> None:
         self.settings = settings
         self.topic = settings.topic(topics.INVALIDATIONS.name)
-        self.index = InvalidationIndex()
+        self.index = InvalidationIndex(trust=trust)
         self._consumer: AIOKafkaConsumer | None = None
 
     async def __aenter__(self) -> InvalidationClient:

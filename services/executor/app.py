@@ -7,6 +7,10 @@ fails, the steps already done are undone in reverse order (compensation), each a
 command is acked ``failed``. A crash anywhere leads to redelivery, and the inbox turns
 redelivery into the remaining steps only; an effect whose record the crash prevented is set
 again, which appliers make harmless by setting state rather than toggling it.
+
+Everything it publishes is signed with the executor key (``signer_of(settings, "executor")``):
+acks and invalidations before the inbox owes them, the live pointer's manifests as it sends
+them. Commands are taken only when signed by a trusted decider key (``verify_command``).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from rollguard.logs import get_logger
 from rollguard.outage import OutageLimit, Sender
 from rollguard.policy import PolicySet, PolicyView
 from rollguard.settings import RollguardSettings
-from rollguard.signing import trust_of, verify_command
+from rollguard.signing import Signer, Trust, signer_of, trust_of, verify_command
 from rollguard_services.executor.appliers import build_appliers
 from rollguard_services.executor.appliers.base import Applier, Effect, Step
 from rollguard_services.executor.appliers.registry import LivePointer
@@ -75,14 +79,22 @@ class Executor:
         settings: RollguardSettings,
         executor_settings: ExecutorSettings,
         policy: PolicyView | None = None,
+        *,
+        signer: Signer | None = None,
+        trust: Trust | None = None,
     ) -> None:
+        """``signer`` and ``trust``: the executor key and the keys it trusts (default: loaded
+        from the settings here, ``signer_of(settings, "executor")`` and ``trust_of``), so a
+        missing or unreadable key stops the executor before it touches the broker."""
         self.settings = settings
         self.svc = executor_settings
         #: The level-2 restore order is policy (rollback.component_order), per model.
         self.policy: PolicyView = policy if policy is not None else PolicySet()
         self.ready = asyncio.Event()
         self.counts: Counter[str] = Counter()
-        self.trust = trust_of(settings)
+        self.trust = trust if trust is not None else trust_of(settings)
+        #: Signs every ack, invalidation and pointer move before it is owed or published.
+        self.signer = signer if signer is not None else signer_of(settings, "executor")
         self._crash_hits = 0
 
     async def run(self) -> None:
@@ -99,7 +111,9 @@ class Executor:
             self.appliers = build_appliers(self.svc)
             await producer.start()
             await consumer.start()
-            self.pointer = LivePointer(sender, self.settings.topic(topics.DEPLOYMENTS.name))
+            self.pointer = LivePointer(
+                sender, self.settings.topic(topics.DEPLOYMENTS.name), self.signer
+            )
             self.dead_letters = DeadLetterSink(self.settings, sender.send, self.name)
             self._acks_topic = self.settings.topic(topics.ACKS.name)
             self._invalidations_topic = self.settings.topic(topics.INVALIDATIONS.name)
@@ -109,6 +123,7 @@ class Executor:
                 executor_id=self.svc.executor_id,
                 appliers=sorted(self.appliers),
                 trusted_decider_keys=sorted(self.trust.roles().get("decider", [])),
+                key_id=self.signer.key_id,
             )
             await self._flush(sender)  # what was owed from before a crash
             while True:
@@ -163,7 +178,7 @@ class Executor:
         if component is not None:
             suffix = f":{component}{':compensate' if compensation else ''}{suffix}"
         ack_id = uuid.uuid5(uuid.NAMESPACE_OID, f"{command.command_id}:{status}{suffix}").hex
-        return CommandAck(
+        ack = CommandAck(
             event_id=ack_id,
             model_id=command.model_id,
             model_version=command.model_version,
@@ -178,6 +193,8 @@ class Executor:
             attempts=attempts,
             timings=timings or {},
         )
+        # Signed here, before the inbox owes it: what is re-sent after a crash is this one.
+        return self.signer.sign(ack)
 
     async def _flush(self, sender: Sender) -> None:
         """Publish every owed invalidation, then every owed ack, marking each sent.
@@ -185,11 +202,15 @@ class Executor:
         Invalidations first: whoever sees a command's ``applied`` ack can rely on its
         invalidation being on the topic already.
         """
-        for invalidation in self.inbox.unsent_invalidations():
-            await publish_invalidation(sender, self._invalidations_topic, invalidation)
+        for owed_inv in self.inbox.owed_invalidations():
+            invalidation = owed_inv.event
+            await publish_invalidation(
+                sender, self._invalidations_topic, invalidation, owed_inv.payload
+            )
             self.inbox.mark_invalidation_sent(invalidation.event_id)
-        for ack in self.inbox.unsent():
-            await sender.send_and_wait(self._acks_topic, ack.encode(), key=ack.key)
+        for owed_ack in self.inbox.owed():
+            ack = owed_ack.event
+            await sender.send_and_wait(self._acks_topic, owed_ack.payload, key=ack.key)
             if ack.component is None and ack.status in ("applied", "failed", "rejected"):
                 self._crash_point("after_ack")
             self.inbox.mark_sent(ack.event_id)
@@ -332,7 +353,8 @@ class Executor:
                 what = recorded[StepKey(plan.steps[0].component)].detail
             detail = f"{what}; {recorded[POINTER].detail}"
             ack = self._ack(command, "applied", detail, timings=timings, attempts=attempts_total)
-            self.inbox.finish(cid, "applied", detail, ack, invalidation_for(command, applied_at))
+            invalidation = self.signer.sign(invalidation_for(command, applied_at))
+            self.inbox.finish(cid, "applied", detail, ack, invalidation)
             bound.info("applied", detail=detail, apply_s=round(timings["apply_s"], 4))
             return
 

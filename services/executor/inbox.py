@@ -2,16 +2,16 @@
 
 One transaction records the inbox row with the ack to send; one per step records the step's
 effect with its ack; a last one records the outcome with its ack and, when applied, the
-invalidation. Acks and invalidations are published from the outbox and marked sent, so a
-crash between any two steps is repaired by redelivery: the inbox says how far the command got,
-and only the remaining steps run.
+invalidation. Each is stored signed (the executor signs before it owes) and published as the
+bytes stored, then marked sent, so a crash between any two steps is repaired by redelivery:
+the inbox says how far the command got, and only the remaining steps run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal, TypeVar, get_args
+from typing import Generic, Literal, TypeVar, get_args
 
 import sqlalchemy as sa
 
@@ -118,6 +118,18 @@ class StepRow:
     @classmethod
     def of(cls, effect: Effect) -> StepRow:
         return cls(effect.status, effect.detail, effect.retriable)
+
+
+_Owed = TypeVar("_Owed", CommandAck, OutputInvalidation)
+
+
+@dataclass(frozen=True)
+class Owed(Generic[_Owed]):
+    """An event still to publish, with the bytes stored when it became owed: those are what
+    is sent, so an event re-sent after a crash is the signed one, byte for byte."""
+
+    event: _Owed
+    payload: bytes
 
 
 _Status = TypeVar("_Status", bound=str)
@@ -243,13 +255,17 @@ class Inbox:
 
     def unsent_invalidations(self) -> list[OutputInvalidation]:
         """Owed invalidations, oldest first."""
+        return [owed.event for owed in self.owed_invalidations()]
+
+    def owed_invalidations(self) -> list[Owed[OutputInvalidation]]:
+        """Owed invalidations with their stored bytes, oldest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(invalidations_outbox.c.payload)
                 .where(invalidations_outbox.c.sent_at.is_(None))
                 .order_by(invalidations_outbox.c.owed_at, invalidations_outbox.c.event_id)
             ).all()
-        return [OutputInvalidation.model_validate_json(r.payload) for r in rows]
+        return [Owed(OutputInvalidation.model_validate_json(r.payload), r.payload) for r in rows]
 
     def mark_invalidation_sent(self, event_id: str) -> None:
         with self.engine.begin() as conn:
@@ -279,13 +295,17 @@ class Inbox:
 
     def unsent(self) -> list[CommandAck]:
         """Owed acks, oldest first."""
+        return [owed.event for owed in self.owed()]
+
+    def owed(self) -> list[Owed[CommandAck]]:
+        """Owed acks with their stored bytes, oldest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(outbox.c.payload)
                 .where(outbox.c.sent_at.is_(None))
                 .order_by(outbox.c.owed_at, outbox.c.ack_id)
             ).all()
-        return [CommandAck.model_validate_json(r.payload) for r in rows]
+        return [Owed(CommandAck.model_validate_json(r.payload), r.payload) for r in rows]
 
     def mark_sent(self, ack_id: str, at: datetime | None = None) -> None:
         with self.engine.begin() as conn:

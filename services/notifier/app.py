@@ -4,6 +4,11 @@ The consumer turns events into notifications, stores them in the outbox (dedupli
 channel and source event) and commits; one worker per channel drains the outbox in order. A
 slow or failing channel holds up only its own queue; a message that fails for good is
 recorded, counted and logged, and the channel moves on.
+
+Every event it reads is admitted first (rollguard.bus.Admission): one not signed by a key
+trusted for its type is dead-lettered as ``untrusted`` and tells nobody anything. A page is
+resolved only by a ``verified`` ack, which only a decider key signs; that one is refused
+unsigned even while ROLLGUARD_SIGNED_EVENTS=warn takes other unsigned events.
 """
 
 from __future__ import annotations
@@ -14,16 +19,18 @@ from collections import Counter, OrderedDict
 from typing import Any
 
 import aiohttp
+from aiokafka import ConsumerRecord
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 
 from rollguard import topics
-from rollguard.bus import DeadLetterSink, make_consumer, make_producer, refusal
-from rollguard.events import Breach, CommandAck, Decision, Event, decode
+from rollguard.bus import Admission, DeadLetterSink, make_consumer, make_producer, refusal
+from rollguard.events import Breach, CommandAck, Decision, decode
 from rollguard.logs import get_logger
 from rollguard.outage import OutageLimit, Sender
 from rollguard.policy import PolicySet, PolicySource, PolicyView
 from rollguard.settings import RollguardSettings
+from rollguard.signing import Trust, Verdict, trust_of
 from rollguard_services.notifier.channels import configured_channels
 from rollguard_services.notifier.channels.base import Channel
 from rollguard_services.notifier.delivery import Pacer, deliver
@@ -42,11 +49,19 @@ log = get_logger("rollguard.notifier")
 #: Breaches remembered so a decision can show their numbers (decisions follow within seconds).
 BREACH_MEMORY = 1_000
 
-_CONSUMED: dict[str, type[Event]] = {
+Control = Breach | Decision | CommandAck
+
+_CONSUMED: dict[str, type[Breach] | type[Decision] | type[CommandAck]] = {
     topics.BREACHES.name: Breach,
     topics.DECISIONS.name: Decision,
     topics.ACKS.name: CommandAck,
 }
+
+#: Why an unsigned ``verified`` ack is refused even in warn mode: it closes an incident.
+UNSIGNED_VERIFIED = (
+    "a verified ack resolves a page only when signed by a trusted decider key "
+    "(refused unsigned even with ROLLGUARD_SIGNED_EVENTS=warn)"
+)
 
 
 class Notifier:
@@ -57,9 +72,16 @@ class Notifier:
         settings: RollguardSettings,
         notifier_settings: NotifierSettings,
         policy: PolicyView | None = None,
+        *,
+        trust: Trust | None = None,
     ) -> None:
+        """``trust``: the keys whose events it acts on (default: ``trust_of(settings)``, loaded
+        when it starts)."""
         self.settings = settings
         self.svc = notifier_settings
+        self._trust = trust
+        #: Breaches, decisions and acks are taken only when signed by a key trusted for them.
+        self.admission: Admission | None = None
         self.policy: PolicyView = policy if policy is not None else PolicySet()
         self.ready = asyncio.Event()
         self.counts: Counter[str] = Counter()
@@ -68,6 +90,9 @@ class Notifier:
         self._wake: dict[str, asyncio.Event] = {name: asyncio.Event() for name in self.channels}
 
     async def run(self) -> None:
+        # Keys before the broker: a missing trusted keys directory stops the notifier at once.
+        admission = Admission(self._trust or trust_of(self.settings), self.name)
+        self.admission = admission
         outbox = await asyncio.to_thread(
             Outbox, self.svc.resolved_outbox_url(self.settings.state_dir)
         )
@@ -96,15 +121,24 @@ class Notifier:
                     self.ready.set()
                 if not batches:
                     continue
-                events: list[Event] = []
+                events: list[Control] = []
                 for tp, records in batches.items():
                     for record in records:
                         try:
-                            events.append(decode(by_topic[tp.topic], record.value))
+                            event = decode(by_topic[tp.topic], record.value)
                         except (ValidationError, ValueError) as exc:
                             reason, error = refusal(exc)
                             await dead.send(record, error, reason)
                             self.counts["dead_letters"] += 1
+                            continue
+                        verdict = self._verdict(admission, event)
+                        if verdict.ok:
+                            events.append(event)
+                            continue
+                        await dead.send(record, verdict.refusal, "untrusted")
+                        self.counts["dead_letters"] += 1
+                        self.counts["untrusted"] += 1
+                        _refused(record, event, verdict)
                 await self._accept(outbox, events)
                 await self._commit(consumer, {tp: r[-1].offset + 1 for tp, r in batches.items()})
         finally:
@@ -125,7 +159,15 @@ class Notifier:
             self.counts["commits_failed"] += 1
             log.warning("commit_failed", partitions=len(offsets), error=str(exc))
 
-    async def _accept(self, outbox: Outbox, events: list[Event]) -> None:
+    def _verdict(self, admission: Admission, event: Control) -> Verdict:
+        """Whether to act on ``event``: the admission's verdict, and never an unsigned
+        ``verified`` ack (warn mode takes unsigned events, but not the one that resolves)."""
+        if isinstance(event, CommandAck) and event.status == "verified" and not event.signature:
+            admission.counts["unsigned"] += 1
+            return Verdict(False, "unsigned", UNSIGNED_VERIFIED)
+        return admission.verdict(event)
+
+    async def _accept(self, outbox: Outbox, events: list[Control]) -> None:
         """Plan notifications for a batch and store them; decisions before acks, by time."""
         planned: list[tuple[Notification, list[str], IncidentInfo | None]] = []
         paged_now: set[str] = set()
@@ -235,6 +277,21 @@ class Notifier:
                 http_status=result.http_status,
                 error=result.error,
             )
+
+
+def _refused(record: ConsumerRecord[Any, Any], event: Control, verdict: Verdict) -> None:
+    log.warning(
+        "untrusted",
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        model_id=event.model_id,
+        model_version=event.model_version,
+        command_id=getattr(event, "command_id", None),
+        event_type=type(event).__name__,
+        reason=verdict.reason,
+        detail=verdict.detail,
+    )
 
 
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:

@@ -11,7 +11,7 @@ from rollguard import topics
 from rollguard.bus import make_producer
 from rollguard.events import CommandAck, DeadLetter, SystemManifest, utcnow
 from rollguard.settings import RollguardSettings
-from rollguard.signing import generate_keypair, load_signer
+from rollguard.signing import Verdict, generate_keypair, load_signer, signer_of, trust_of
 from rollguard_services.executor.app import Executor
 from rollguard_services.executor.inbox import Inbox, InboxRow, Source
 from rollguard_services.executor.settings import ExecutorSettings
@@ -154,6 +154,11 @@ async def test_crash_after_receive_resumes_with_the_effect_and_both_acks(
     await run_until(ex, lambda: ex.counts["applied"] == 1)
     assert [a.status for a in await acks_of(reader, 2)] == ["received", "applied"]
     assert len(await manifests(reader, 3, timeout_s=1)) == 2
+    # The owed ack was signed before it was stored, and is sent as stored, byte for byte.
+    records = await reader.read(topics.ACKS.name, until=lambda r: len(r) >= 2)
+    assert records[0].value == owed.encode()
+    assert trust_of(topics_ready).check(owed) == Verdict(True)
+    assert owed.key_id == signer_of(topics_ready, "executor").key_id
     after = Inbox(topics_ready.resolved_executor_db_url)
     try:
         row = after.get(cmd.command_id)

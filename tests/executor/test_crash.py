@@ -14,7 +14,9 @@ What the executor must guarantee, and this test asserts per lane:
   is ever compensated;
 - the live pointer and the invalidation are published with one distinct event id each;
 - the target is called more than once for a step only when the kill fell between the
-  effect and its record (``after_effect``): everywhere else the inbox prevents a second call.
+  effect and its record (``after_effect``): everywhere else the inbox prevents a second call;
+- every ack, pointer manifest and invalidation verifies as signed by the executor key, and an
+  ack or invalidation sent again after a kill is the same message, byte for byte.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ import random
 import signal
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +39,7 @@ from rollguard import topics
 from rollguard.bus import make_producer, provision_topics
 from rollguard.events import CommandAck, OutputInvalidation, RollbackCommand, SystemManifest
 from rollguard.settings import RollguardSettings
-from rollguard.signing import generate_keypair, load_signer
+from rollguard.signing import ensure_keys, load_signer, signer_of, trust_of
 from rollguard_services.executor.inbox import Inbox
 from tests.conftest import TopicReader, scaled
 from tests.factories import command, manifest
@@ -202,6 +206,23 @@ async def run_lane(lane: Lane, rng: random.Random) -> None:
     raise AssertionError(f"{lane.point}: commands left unfinished after 3 clean runs")
 
 
+Published = CommandAck | OutputInvalidation | SystemManifest
+
+
+def signed_by_executor(settings: RollguardSettings, published: Sequence[Published]) -> None:
+    trust, key = trust_of(settings), signer_of(settings, "executor").key_id
+    refused = [(e.event_id, trust.check(e)) for e in published if not trust.check(e).ok]
+    assert refused == [] and {e.key_id for e in published} == {key}
+
+
+def one_message_per_event_id(records: list[Any], events: Sequence[Published]) -> bool:
+    """Whether every event id was sent as one message value only (however often sent)."""
+    values: dict[str, set[bytes]] = {}
+    for record, event in zip(records, events, strict=True):
+        values.setdefault(event.event_id, set()).add(record.value)
+    return all(len(v) == 1 for v in values.values())
+
+
 async def check_lane(lane: Lane) -> dict[str, int]:
     reader = TopicReader(lane.settings)
     by_id = {c.command_id: c for c in lane.commands}
@@ -216,10 +237,10 @@ async def check_lane(lane: Lane) -> dict[str, int]:
     finally:
         inbox.close()
 
-    acks = [
-        CommandAck.model_validate_json(r.value)
-        for r in await reader.read(topics.ACKS.name, until=lambda r: False, timeout_s=1)
-    ]
+    ack_records = await reader.read(topics.ACKS.name, until=lambda r: False, timeout_s=1)
+    acks = [CommandAck.model_validate_json(r.value) for r in ack_records]
+    signed_by_executor(lane.settings, acks)
+    assert one_message_per_event_id(ack_records, acks), "an ack re-sent is the one owed"
     finals: dict[str, set[str]] = {}
     for ack in acks:
         assert ack.status != "failed" and not ack.compensation, ack
@@ -246,10 +267,11 @@ async def check_lane(lane: Lane) -> dict[str, int]:
         for r in await reader.read(topics.DEPLOYMENTS.name, until=lambda r: False, timeout_s=1)
     ]
     assert len({m.event_id for m in pointer}) == 2 * len(by_id)
-    invalidations = [
-        OutputInvalidation.model_validate_json(r.value)
-        for r in await reader.read(topics.INVALIDATIONS.name, until=lambda r: False, timeout_s=1)
-    ]
+    signed_by_executor(lane.settings, pointer)
+    inv_records = await reader.read(topics.INVALIDATIONS.name, until=lambda r: False, timeout_s=1)
+    invalidations = [OutputInvalidation.model_validate_json(r.value) for r in inv_records]
+    signed_by_executor(lane.settings, invalidations)
+    assert one_message_per_event_id(inv_records, invalidations)
     assert {i.command_id for i in invalidations} == set(by_id)
     assert len({i.event_id for i in invalidations}) == len(by_id)
     return {
@@ -280,7 +302,7 @@ async def test_sigkill_at_every_step_still_applies_each_command_once(
             }
         )
         await provision_topics(s)
-        generate_keypair(s.resolved_signing_key_file, s.resolved_trusted_keys_dir)
+        ensure_keys(s)  # the decider's key signs the commands, the executor's its output
         effects = tmp_path / point / "target"
         (effects / "keys").mkdir(parents=True)
         lane = Lane(point, s, effects)

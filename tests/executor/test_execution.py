@@ -22,7 +22,7 @@ from rollguard.events import CommandAck, OutputInvalidation, RollbackCommand, Sy
 from rollguard.invalidations import InvalidationClient
 from rollguard.policy import ModelPolicy, PolicySet, RollbackPolicy
 from rollguard.settings import RollguardSettings
-from rollguard.signing import load_signer
+from rollguard.signing import load_signer, signer_of, trust_of
 from rollguard_services.executor.app import Executor
 from rollguard_services.executor.plans import Plan, Refusal
 from rollguard_services.executor.settings import CommandSettings, ExecutorSettings, WebhookSettings
@@ -213,6 +213,9 @@ async def test_a_failed_component_undoes_the_earlier_ones_last_first(
         ("applied", "feature_pipeline", True),
         ("failed", None, False),
     ]
+    # Failed and compensating acks are signed with the executor key like every other.
+    trust, executor_key = trust_of(topics_ready), signer_of(topics_ready, "executor").key_id
+    assert {(trust.check(a).ok, a.key_id) for a in acks} == {(True, executor_key)}
     final = acks[-1]
     assert not final.retriable
     assert final.detail.startswith("model failed: ")

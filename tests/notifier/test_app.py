@@ -20,7 +20,7 @@ from rollguard_services.notifier.app import Notifier
 from rollguard_services.notifier.delivery import Pacer, deliver
 from rollguard_services.notifier.settings import NotifierSettings
 from tests.conftest import until
-from tests.factories import breach
+from tests.factories import breach, signed
 
 
 @dataclass
@@ -119,8 +119,10 @@ async def test_400_is_never_retried_and_attempts_run_out(server: Server) -> None
 # --- the service through the broker -------------------------------------------------------
 
 
-def incident_events() -> tuple[Any, Decision, list[CommandAck]]:
-    b = breach("v2", value=0.17, threshold=0.05, n=200)
+def incident_events(settings: RollguardSettings) -> tuple[Any, Decision, list[CommandAck]]:
+    """A breach, its rollback decision and the command's acks, each signed as its producer
+    signs it (detector, decider, executor; the decider's ``verified``)."""
+    b = signed(breach("v2", value=0.17, threshold=0.05, n=200), settings, "detector")
     d = Decision(
         model_id="m",
         model_version="v2",
@@ -135,21 +137,27 @@ def incident_events() -> tuple[Any, Decision, list[CommandAck]]:
         metrics={"mttd_s": 1.5},
     )
     acks = [
-        CommandAck(
-            model_id="m",
-            model_version="v2",
-            command_id="cmd-1",
-            status=s,
-            executor_id="x",
-            detail=f"{s} detail",
+        signed(
+            CommandAck(
+                model_id="m",
+                model_version="v2",
+                command_id="cmd-1",
+                status=s,
+                executor_id="x",
+                detail=f"{s} detail",
+            ),
+            settings,
+            "decider" if s == "verified" else "executor",
         )
         for s in ("received", "applied", "verified")
     ]
-    return b, d, acks
+    return b, signed(d, settings, "decider"), acks
 
 
-async def _publish_incident(publish: Callable[..., Awaitable[None]]) -> tuple[Any, Decision]:
-    b, d, acks = incident_events()
+async def _publish_incident(
+    publish: Callable[..., Awaitable[None]], settings: RollguardSettings
+) -> tuple[Any, Decision]:
+    b, d, acks = incident_events(settings)
     await publish(topics.BREACHES.name, b)
     await publish(topics.DECISIONS.name, d)
     await asyncio.sleep(0.3)  # the acks come later in life too
@@ -160,7 +168,10 @@ async def _publish_incident(publish: Callable[..., Awaitable[None]]) -> tuple[An
 
 @pytest.mark.broker
 async def test_an_incident_pages_posts_and_resolves_with_exact_payloads_and_no_duplicates(
-    topics_ready: RollguardSettings, publish: Callable[..., Awaitable[None]], server: Server
+    topics_ready: RollguardSettings,
+    keys: str,
+    publish: Callable[..., Awaitable[None]],
+    server: Server,
 ) -> None:
     svc = fast(
         group_id="notifier-1",
@@ -173,7 +184,7 @@ async def test_an_incident_pages_posts_and_resolves_with_exact_payloads_and_no_d
     task = asyncio.create_task(notifier.run())
     try:
         await until(notifier.ready.is_set)
-        b, d = await _publish_incident(publish)
+        b, d = await _publish_incident(publish, topics_ready)
         await publish(topics.DECISIONS.name, d)  # a redelivery: same event id
         await until(lambda: len(server.endpoints["/slack"].got) == 3, 20)
         await until(lambda: len(server.endpoints["/pd"].got) == 3)
@@ -266,7 +277,10 @@ async def test_an_incident_pages_posts_and_resolves_with_exact_payloads_and_no_d
 
 @pytest.mark.broker
 async def test_a_channel_that_fails_for_good_is_counted_and_blocks_no_other(
-    topics_ready: RollguardSettings, publish: Callable[..., Awaitable[None]], server: Server
+    topics_ready: RollguardSettings,
+    keys: str,
+    publish: Callable[..., Awaitable[None]],
+    server: Server,
 ) -> None:
     svc = fast(
         group_id="notifier-2",
@@ -280,7 +294,7 @@ async def test_a_channel_that_fails_for_good_is_counted_and_blocks_no_other(
     task = asyncio.create_task(notifier.run())
     try:
         await until(notifier.ready.is_set)
-        await _publish_incident(publish)
+        await _publish_incident(publish, topics_ready)
         await until(lambda: len(server.endpoints["/pd"].got) == 3, 20)
         await until(lambda: notifier.counts["failed.slack"] == 3, 20)
         await until(lambda: notifier.counts["failed.webhook"] == 3)
@@ -299,7 +313,10 @@ async def test_a_channel_that_fails_for_good_is_counted_and_blocks_no_other(
 
 @pytest.mark.broker
 async def test_a_rapid_tier_rollback_posts_but_does_not_page(
-    topics_ready: RollguardSettings, publish: Callable[..., Awaitable[None]], server: Server
+    topics_ready: RollguardSettings,
+    keys: str,
+    publish: Callable[..., Awaitable[None]],
+    server: Server,
 ) -> None:
     svc = fast(
         group_id="notifier-3",
@@ -308,8 +325,8 @@ async def test_a_rapid_tier_rollback_posts_but_does_not_page(
         slack_webhook_url=server.at("/slack"),
     )
     notifier = Notifier(topics_ready, svc)
-    _, d, acks = incident_events()
-    rapid = d.model_copy(update={"tier": "rapid"})
+    _, d, acks = incident_events(topics_ready)
+    rapid = signed(d.model_copy(update={"tier": "rapid"}), topics_ready, "decider")
     task = asyncio.create_task(notifier.run())
     try:
         await until(notifier.ready.is_set)
@@ -325,13 +342,13 @@ async def test_a_rapid_tier_rollback_posts_but_does_not_page(
 
 @pytest.mark.broker
 async def test_with_no_channel_configured_it_only_logs(
-    topics_ready: RollguardSettings, publish: Callable[..., Awaitable[None]]
+    topics_ready: RollguardSettings, keys: str, publish: Callable[..., Awaitable[None]]
 ) -> None:
     notifier = Notifier(topics_ready, NotifierSettings(group_id="notifier-4"))
     task = asyncio.create_task(notifier.run())
     try:
         await until(notifier.ready.is_set)
-        await _publish_incident(publish)
+        await _publish_incident(publish, topics_ready)
         await until(lambda: notifier.counts["unrouted"] == 3)  # decided, applied, verified
         assert not task.done()  # nothing to send is not a reason to stop
     finally:

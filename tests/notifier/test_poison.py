@@ -26,12 +26,13 @@ READ = (topics.BREACHES.name, topics.DECISIONS.name, topics.ACKS.name)
 
 async def test_oversized_invalid_input_is_dead_lettered_and_the_incident_after_it_notified(
     topics_ready: RollguardSettings,
+    keys: str,
     publish: Callable[..., Awaitable[None]],
     reader: TopicReader,
 ) -> None:
     for name in READ:
         await publish(name, HUGE, key=b"m")
-    b, d, acks = incident_events()
+    b, d, acks = incident_events(topics_ready)
     # NaN is not JSON, though pydantic's own parser reads it: a breach of value NaN.
     nan = b.encode().replace(orjson.dumps(b.value), b"NaN")
     assert nan != b.encode()

@@ -8,7 +8,9 @@ whole effect.
 
 Sets state, never toggles: the restored manifest is published as ``live`` and the bad one as
 ``rolled_back``, with event ids derived from the command id so a redelivered command
-publishes the same facts again instead of new ones.
+publishes the same facts again instead of new ones. Both are signed with the executor's key:
+``live`` and ``rolled_back`` are the only manifest statuses an executor key may sign
+(rollguard.signing.signers), so the router and the decider follow the pointer it moves.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from aiokafka.errors import KafkaError
 
 from rollguard.events import RollbackCommand, SystemManifest, utcnow
 from rollguard.outage import Producing
+from rollguard.signing import Signer
 from rollguard_services.executor.appliers.base import Effect, Step
 
 
@@ -63,13 +66,15 @@ class LivePointer:
 
     name = "live_pointer"
 
-    def __init__(self, producer: Producing, deployments_topic: str) -> None:
+    def __init__(self, producer: Producing, deployments_topic: str, signer: Signer) -> None:
         self._producer = producer
         self._topic = deployments_topic
+        self._signer = signer
 
     async def apply(self, step: Step) -> Effect:
         command = step.command
-        live, bad = restored_manifests(command)
+        # The copies of the command's manifests carry the deployer's signature: replaced.
+        live, bad = (self._signer.sign(m) for m in restored_manifests(command))
         try:
             await self._producer.send_and_wait(self._topic, live.encode(), key=live.key)
             await self._producer.send_and_wait(self._topic, bad.encode(), key=bad.key)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rollguard.errors import ExitCode, UsageError
+from rollguard.errors import ConfigError, ExitCode, UsageError
 from rollguard.settings import RollguardSettings
 from rollguard.signing import trust_of
 from rollguard_services.ledger.audit import verify_configured
@@ -122,7 +122,7 @@ def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
     )
     untrusted = _untrusted(args, settings)
     if args.json:
-        print(json.dumps({**report.__dict__, "untrusted": dict(untrusted)}))
+        print(json.dumps({**report.__dict__, "untrusted": untrusted}))
     else:
         cps = f"{report.checkpoints_checked} checkpoint(s) from {path}"
         if report.ok:
@@ -135,7 +135,10 @@ def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
             print(f"  checkpoint problem: {problem}")
         for warning in report.warnings:
             print(f"  warning: {warning}")
-        if untrusted:  # recorded as they arrived; never part of an incident
+        if untrusted is None:
+            keys = settings.resolved_trusted_keys_dir
+            print(f"  note: no trusted keys at {keys}: who signed each entry was not checked")
+        elif untrusted:  # recorded as they arrived; never part of an incident
             print(f"untrusted entries (no trusted key signed them): {sum(untrusted.values())}")
             for what, n in sorted(untrusted.items()):
                 print(f"  {n:>6}  {what}")
@@ -146,11 +149,16 @@ def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
     return ExitCode.NOT_VERIFIED
 
 
-def _untrusted(args: argparse.Namespace, settings: RollguardSettings) -> Counter[str]:
-    """The entries no key trusted for them signed, by event type and reason."""
+def _untrusted(args: argparse.Namespace, settings: RollguardSettings) -> Counter[str] | None:
+    """The entries no key trusted for them signed, by event type and reason; None where
+    there are no trusted keys to check them with (a ledger copied away from its keys)."""
+    try:
+        trust = trust_of(settings)
+    except ConfigError:
+        return None
     store = open_ledger(args, settings)
     try:
-        return untrusted_counts(store.iter_entries(), trust_of(settings))
+        return untrusted_counts(store.iter_entries(), trust)
     finally:
         store.close()
 

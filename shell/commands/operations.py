@@ -118,11 +118,10 @@ def _send(
 ) -> None:
     """Publish ``event`` signed with this installation's key of ``role`` (the deployer's for a
     deployment, an operator's for a request or an approval): consumers refuse it otherwise."""
-    signed = signer_of(settings, role).sign(event)
 
     async def go() -> None:
-        await wait_for_broker(settings)
-        await publish_one(settings, topic, signed, key)
+        await wait_for_broker(settings)  # no broker is said first: exit 3, then the key
+        await publish_one(settings, topic, signer_of(settings, role).sign(event), key)
 
     asyncio.run(go())
 
@@ -241,8 +240,9 @@ def _approve(args: argparse.Namespace, settings: RollguardSettings) -> int:
     token = _token(settings)
     model_id = args.model_id
     if model_id is None:
+        records = _read(settings, topics.DECISIONS.name)  # no broker is said first: exit 3
         trust = trust_of(settings)
-        for record in _read(settings, topics.DECISIONS.name):
+        for record in records:
             try:
                 decision = Decision.model_validate_json(record.value)
             except ValueError:

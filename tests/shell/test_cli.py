@@ -84,7 +84,7 @@ def test_keys_generate_refuses_to_overwrite(tmp_path: Path) -> None:
     first = rollguard("keys", "generate", env=env)
     assert first.returncode == 0, first.stderr
     assert (tmp_path / "keys" / "signing.pem").stat().st_mode & 0o777 == 0o600
-    assert len(list((tmp_path / "keys" / "trusted").glob("*.pub"))) == 1
+    assert len(list((tmp_path / "keys" / "trusted" / "decider").glob("*.pub"))) == 1
     again = rollguard("keys", "generate", env=env)
     assert again.returncode == 2
     assert "exists" in one_line_error(again)

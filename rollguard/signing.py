@@ -219,12 +219,15 @@ def signer_of(settings: RollguardSettings, role: Role) -> Signer:
     return load_signer(path, role)
 
 
-def ensure_keys(settings: RollguardSettings) -> list[tuple[Role, str]]:
-    """Create, at their default places, the key pair of every role that has none yet (the
-    embedded default: one installation, every service and the CLI on one machine); a key
-    given by a setting is never made up. Returns the (role, key id) of the keys created."""
+def ensure_keys(
+    settings: RollguardSettings, roles: tuple[Role, ...] = ROLES
+) -> list[tuple[Role, str]]:
+    """Create, at their default places, the key pair of each of ``roles`` that has none yet
+    (every role for the embedded default: one installation, every service and the CLI on one
+    machine); a key given by a setting is never made up. Returns the (role, key id) of the
+    keys created."""
     made: list[tuple[Role, str]] = []
-    for role in ROLES:
+    for role in roles:
         path = settings.key_file(role)
         given = settings.signing_key_file if role == "decider" else settings.keys_dir
         if given is None and not path.exists():

@@ -100,13 +100,23 @@ def build_service(name: str, settings: RollguardSettings) -> Service:
     return factory(settings)
 
 
-def ensure_keys(settings: RollguardSettings) -> None:
+#: The services that sign what they publish, and the role of their key.
+SIGNING_ROLES: dict[str, signing.Role] = {
+    "decider": "decider",
+    "detector": "detector",
+    "executor": "executor",
+}
+
+
+def ensure_keys(
+    settings: RollguardSettings, roles: tuple[signing.Role, ...] = signing.ROLES
+) -> None:
     """Create the key pair of every role on first use of the default key locations
     (rollguard.signing.ensure_keys); refuse a key group or others may read before anything
     starts (a service would, with a broker up)."""
-    for role, kid in signing.ensure_keys(settings):
+    for role, kid in signing.ensure_keys(settings, roles):
         log.info("generated_signing_key", role=role, path=str(settings.key_file(role)), key_id=kid)
-    for role in signing.ROLES:
+    for role in roles:
         path = settings.key_file(role)
         if path.exists():
             check_private(path, f"{role} signing key")

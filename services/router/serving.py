@@ -75,6 +75,9 @@ class Router:
     served: Counter[str] = field(default_factory=Counter)
     switches: list[Switch] = field(default_factory=list)
     unknown_versions: Counter[str] = field(default_factory=Counter)
+    #: Event time of the serving manifest followed last; an older one is not followed.
+    followed_ts: datetime | None = None
+    stale_ignored: int = 0
 
     def follow(self, manifest: SystemManifest) -> bool:
         """Move the live pointer when ``manifest`` makes another known version live."""
@@ -84,7 +87,14 @@ class Router:
             self.unknown_versions[manifest.model_version] += 1
             return False
         if manifest.model_version == self.live and manifest.system_version == self.system_version:
+            self.followed_ts = max(self.followed_ts or manifest.ts, manifest.ts)
             return False
+        if self.followed_ts is not None and manifest.ts < self.followed_ts:
+            # An older fact than the one followed: a deployment sent again as it was (a
+            # replay; its signature still holds) would send traffic back to a bad version.
+            self.stale_ignored += 1
+            return False
+        self.followed_ts = manifest.ts
         self.previous, self.live = self.live, manifest.model_version
         self.system_version = manifest.system_version
         self.switches.append(

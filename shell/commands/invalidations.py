@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 
 from rollguard.settings import RollguardSettings
 from rollguard_shell.commands import Subparsers, group, require_broker
@@ -24,15 +25,23 @@ def register(sub: Subparsers) -> None:
 def _list(args: argparse.Namespace, settings: RollguardSettings) -> int:
     from rollguard.bus import wait_for_broker
     from rollguard.invalidations import InvalidationClient, InvalidationIndex
+    from rollguard.signing import trust_of
 
     require_broker(settings)
 
     async def read() -> InvalidationIndex:
         await wait_for_broker(settings)
-        async with InvalidationClient(settings) as client:
+        # only what an executor key signed: a forged invalidation would drop good outputs
+        async with InvalidationClient(settings, trust=trust_of(settings)) as client:
             return await client.catch_up()
 
     index = asyncio.run(read())
+    if index.untrusted:
+        print(
+            f"rollguard: {index.untrusted} invalidation(s) on the topic not signed by a trusted "
+            "executor key were left out",
+            file=sys.stderr,
+        )
     found = list(index.matching(args.model_id, args.model_version))
     for inv in found:
         if args.json:

@@ -128,12 +128,25 @@ def _ready_to_serve(settings: RollguardSettings, names: list[str], *, up: bool =
 
 
 async def _serve(settings: RollguardSettings, names: list[str], *, record: bool = False) -> int:
-    from rollguard_shell.runner import build_service, ensure_keys, kafka, run_services
+    from rollguard import signing
+    from rollguard_shell.runner import (
+        SIGNING_ROLES,
+        build_service,
+        ensure_keys,
+        kafka,
+        run_services,
+    )
 
     log = get_logger("rollguard")
     async with kafka(settings, record=record) as live_settings:
-        if "decider" in names:  # a decider signs; an executor alone only needs public keys
-            ensure_keys(live_settings)
+        # `up` runs every service and the CLI beside it: every role's key; `run` a service
+        # alone (one container): its own key only, never another role's.
+        roles = (
+            signing.ROLES
+            if record
+            else tuple(SIGNING_ROLES[n] for n in names if n in SIGNING_ROLES)
+        )
+        ensure_keys(live_settings, roles)
         services = [build_service(n, live_settings) for n in names]
         log.info("running", services=names, bootstrap=live_settings.kafka_bootstrap)
         await run_services(services)  # until a signal cancels it (rollguard_shell.stopping)

@@ -1,0 +1,305 @@
+"""Issue 13's forgery matrix: a client with network access to the broker and no trusted key
+(confluent-kafka, librdkafka: not our client) forges every control event type against a running
+`rollguard up --with-router` that has just handled a real incident.
+
+For each type × {unsigned, bad signature, wrong-role key, unknown key, replay, expired (commands)}:
+the forged event is refused by every service that consumes its topic (a dead letter, reason
+``untrusted``; an executor's ``rejected`` ack for a command), kept in the ledger as untrusted
+(provenance checked when read), left out of the real incident by ``incident show``, and has no
+effect: no decision, command or applied ack beyond the real incident's, the router still serves
+the restored version, the decider's status unchanged. A replay (the real event's bytes sent
+again) has no effect either. The matrix is printed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from rollguard import events as ev
+from rollguard import topics
+from rollguard.settings import RollguardSettings
+from rollguard.signing import Role, Signer, key_id, signer_of, signers, trust_of
+from rollguard_services.ledger.provenance import provenance
+from tests.conftest import scaled
+from tests.shell.test_lifecycle import _cli, _until
+from tests.shell.test_restart import MODEL, Ledger, Up, _deploy, _on_topics, _policy
+
+confluent_kafka = pytest.importorskip("confluent_kafka", reason="the independent client")
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc to find the broker's processes"
+)
+
+#: Which services consume each control topic, and so must refuse a forgery on it.
+CONSUMERS = {
+    "breaches": {"decider", "notifier"},
+    "decisions": {"notifier"},
+    "commands": {"executor"},
+    "acks": {"decider", "notifier"},
+    "deployments": {"decider", "detector", "router"},
+    "baselines": {"detector"},
+    "requests": {"decider"},
+    "approvals": {"decider"},
+    "invalidations": set(),  # downstream systems read it (rollguard.invalidations)
+    "model-status": set(),  # the CLI reads it (deploy check refuses an untrusted status)
+}
+FORGERIES = ("unsigned", "bad_signature", "wrong_role", "unknown_key")
+
+
+def _wrong_role(event: ev.Signed) -> Role:
+    allowed = signers(event)
+    return "detector" if "detector" not in allowed else "executor"
+
+
+def _forged(event: ev.Signed, how: str, settings: RollguardSettings, outsider: Signer) -> ev.Signed:
+    fresh = event.model_copy(update={"event_id": ev.new_id()})
+    if isinstance(fresh, ev.RollbackCommand):  # not the real one's id: not a replay
+        fresh = fresh.model_copy(update={"command_id": ev.new_id()})
+    if how == "unsigned":
+        return fresh.model_copy(update={"key_id": "", "signature": ""})
+    if how == "bad_signature":  # a real signature, on other bytes
+        return fresh.model_copy(update={"key_id": event.key_id, "signature": event.signature})
+    if how == "wrong_role":  # a trusted key, stolen from a service not allowed this type
+        return signer_of(settings, _wrong_role(event)).sign(fresh)
+    return outsider.sign(fresh)  # unknown_key
+
+
+def _samples(on_topics: dict[str, list[bytes]]) -> dict[str, tuple[str, ev.Signed]]:
+    """One real event of each control type, as the services published it: (topic, event)."""
+    found: dict[str, tuple[str, ev.Signed]] = {}
+    for topic, values in on_topics.items():
+        cls = topics.BY_NAME[topic].event
+        for value in values:
+            event = cls.model_validate_json(value)
+            name = type(event).__name__
+            if isinstance(event, ev.CommandAck):
+                name = f"CommandAck:{event.status}"
+                if event.status not in ("applied", "verified") or event.component:
+                    continue
+            # The deployment worth replaying: the bad version going live.
+            bad_live = isinstance(event, ev.SystemManifest) and event.status == "live"
+            if isinstance(event, ev.Signed) and (name not in found or bad_live):
+                found[name] = (topic, event)
+    return found
+
+
+def _effects(
+    state: Path, settings: RollguardSettings, besides: set[str] | None = None
+) -> dict[str, int]:
+    """What trusted keys signed so far, distinct events (a replay is the same event again):
+    decisions, commands, applied acks, deployments; and what the router serves."""
+    trust = trust_of(settings)
+    names = ("decisions", "commands", "acks", "deployments")
+    out: dict[str, set[str]] = {}
+    for topic, values in _on_topics(state, names).items():
+        for value in values:
+            event = topics.BY_NAME[topic].event.model_validate_json(value)
+            assert isinstance(event, ev.Signed)
+            if (
+                trust.check(event).ok
+                and event.event_id not in (besides or set())  # the test's own
+                and not (isinstance(event, ev.CommandAck) and event.status != "applied")
+            ):
+                out.setdefault(topic, set()).add(event.event_id)
+    counts = {topic: len(ids) for topic, ids in out.items()}
+    # The router says each move of its live pointer.
+    moves = [
+        doc
+        for doc in map(_json, (state / "stderr.txt").read_text().splitlines())
+        if doc.get("event") == "live_pointer"
+    ]
+    counts["router pointer moves"] = len(moves)
+    return counts
+
+
+def _json(line: str) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+@pytest.mark.timeout(scaled(420))
+def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    versions = {"v1": {"error_rate": 0.01}, "b1": {"error_rate": 0.3}}
+    env = {
+        "ROLLGUARD_POLICY_PATH": str(_policy(tmp_path / "policy")),
+        "ROLLGUARD_ROUTER_VERSIONS": json.dumps(versions),
+        "ROLLGUARD_ROUTER_RATE_RPS": "200",
+    }
+    ledger = Ledger(state / "ledger.db")
+    up = Up(state, env)
+    up.start()
+    try:
+        _deploy(state, "s0", "v1", "known_good")
+        _deploy(state, "s1", "b1", "live")
+        _until(
+            lambda: any(
+                e.event_type == "CommandAck" and e.payload["status"] == "verified"
+                for e in ledger.entries()
+            ),
+            "the real incident was never verified",
+            timeout_s=120,
+        )
+        bootstrap = json.loads((state / "broker.json").read_text())["bootstrap"]
+        settings = RollguardSettings(state_dir=state, kafka_bootstrap=bootstrap)
+        samples = _samples(_on_topics(state, tuple(t for t in CONSUMERS if t != "requests")))
+        # Requests and approvals: as the CLI would make them for a token holder.
+        hash_ = "0" * 64
+        samples["RollbackRequest"] = (
+            "requests",
+            signer_of(settings, "operator").sign(
+                ev.RollbackRequest(model_id=MODEL, role="ml_engineer", token_sha256=hash_)
+            ),
+        )
+        samples["Approval"] = (
+            "approvals",
+            signer_of(settings, "operator").sign(
+                ev.Approval(model_id=MODEL, decision_id="d", role="ml_lead", token_sha256=hash_)
+            ),
+        )
+        decided = sum(e.event_type == "Decision" for e in ledger.entries())
+        missing = {"Breach", "Decision", "RollbackCommand", "CommandAck:applied"} - set(samples)
+        assert not missing, f"no real {missing} to forge from"
+        # The real request and approval are sent once, as the CLI would, and answered (a
+        # hold: the token is nobody's); what follows must add nothing to that.
+        first = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+        for name in ("RollbackRequest", "Approval"):
+            topic, real = samples[name]
+            first.produce(settings.topic(topic), value=real.encode(), key=MODEL.encode())
+        assert first.flush(scaled(30)) == 0
+        _until(
+            lambda: sum(e.event_type == "Decision" for e in ledger.entries()) >= decided + 2,
+            "the decider did not answer the request and the approval",
+        )
+        before = _effects(state, settings)
+        incident_id = samples["Decision"][1].event_id
+
+        outsider = Signer(Ed25519PrivateKey.generate(), "", "decider")
+        outsider = Signer(outsider.private, key_id(outsider.private.public_key()), "decider")
+        producer = confluent_kafka.Producer(
+            {"bootstrap.servers": bootstrap, "acks": "all", "log_level": 2}
+        )
+        sent: dict[tuple[str, str], tuple[str, str]] = {}  # (type, how) → (topic, event id)
+
+        def send(topic: str, value: bytes, key: str) -> None:
+            producer.produce(settings.topic(topic), value=value, key=key.encode())
+
+        for name, (topic, real) in samples.items():
+            for how in FORGERIES:
+                forged = _forged(real, how, settings, outsider)
+                sent[(name, how)] = (topic, forged.event_id)
+                send(topic, forged.encode(), MODEL)
+            send(topic, real.encode(), MODEL)  # replay
+            sent[(name, "replay")] = (topic, real.event_id)
+        # A command the decider's key really signed, delivered after it expired.
+        command = samples["RollbackCommand"][1]
+        assert isinstance(command, ev.RollbackCommand)
+        past = ev.utcnow() - timedelta(minutes=5)
+        late = signer_of(settings, "decider").sign(
+            command.model_copy(
+                update={
+                    "event_id": ev.new_id(),
+                    "command_id": ev.new_id(),
+                    "issued_at": past,
+                    "expires_at": past + timedelta(seconds=60),
+                }
+            )
+        )
+        send("commands", late.encode(), MODEL)
+        sent[("RollbackCommand", "expired")] = ("commands", late.event_id)
+        assert producer.flush(scaled(30)) == 0
+        del producer, first  # librdkafka's threads end with the last reference
+
+        ledgered = {t.name for t in topics.LEDGERED}
+        forged_ids = {
+            eid for (_, how), (topic, eid) in sent.items() if how != "replay" and topic in ledgered
+        }
+        _until(
+            lambda: forged_ids <= {e.event_id for e in ledger.entries()},
+            "the ledger did not record every forgery",
+        )
+        time.sleep(scaled(5))  # room for any effect to show
+        after = _effects(state, settings, besides={late.event_id})
+        letters = [
+            ev.DeadLetter.model_validate_json(v)
+            for v in _on_topics(state, ("deadletter",))["deadletter"]
+        ]
+        acks = [ev.CommandAck.model_validate_json(v) for v in _on_topics(state, ("acks",))["acks"]]
+        entries = ledger.entries()
+        shown = _cli(state, "incident", "show", incident_id, "--json")
+        status = _cli(state, "deploy", "check", MODEL)
+    finally:
+        up.stop()
+
+    assert after == before, f"forgeries had effects: {before} → {after}"
+    trust = trust_of(RollguardSettings(state_dir=state))
+    by_event = {}
+    for entry in entries:
+        by_event.setdefault(entry.event_id, entry)
+    refused_by: dict[str, set[str]] = {}
+    for letter in letters:
+        raw = base64.b64decode(letter.raw_b64)
+        try:
+            eid = orjson.loads(raw).get("event_id")
+        except orjson.JSONDecodeError:
+            continue
+        if letter.reason == "untrusted":
+            refused_by.setdefault(eid, set()).add(letter.consumer)
+    rejected = {(a.command_id, a.detail.split(":")[0]) for a in acks if a.status == "rejected"}
+
+    assert shown.returncode == 0, shown.stderr
+    in_incident = {e["event_id"] for e in json.loads(shown.stdout)["entries"]}
+    assert not (in_incident & forged_ids), "a forgery joined the real incident"
+    assert status.returncode in (0, 4), status.stderr  # the decider's own status, trusted
+
+    rows, failures = [], []
+    for (name, how), (topic, eid) in sorted(sent.items()):
+        entry = by_event.get(eid)
+        if how in FORGERIES:
+            expected = CONSUMERS[topic] - ({"executor"} if topic == "commands" else set())
+            refused = expected <= refused_by.get(eid, set())
+            if topic == "commands":
+                forged = ev.RollbackCommand.model_validate(entry.payload) if entry else None
+                refused = forged is not None and any(c == forged.command_id for c, _ in rejected)
+            untrusted = (
+                entry is not None and not provenance(entry, trust).trusted
+                if topic in {t.name for t in topics.LEDGERED}
+                else None  # not a ledgered topic (model status, baselines)
+            )
+            ok = refused and untrusted is not False
+            said = "refused" if refused else "TAKEN"
+            if not CONSUMERS[topic]:
+                said = "no service reads"  # its readers check it (deploy check, invalidations)
+            rows.append((name, how, said, untrusted))
+        elif how == "expired":
+            ok = (late.command_id, "expired") in rejected
+            rows.append((name, how, "rejected: expired" if ok else "TAKEN", True))
+        else:  # replay: no effect (checked above for all of them together)
+            ok = True
+            rows.append((name, how, "no effect", "same event"))
+        if not ok:
+            failures.append((name, how))
+    print("\nforgery matrix (event type, forgery, consumers, ledgered as untrusted):")
+    for name, how, said, kept in rows:
+        kept_as = {True: "untrusted", False: "TRUSTED?", None: "not ledgered"}.get(kept, kept)
+        print(f"  {name:<20} {how:<14} {said:<18} {kept_as}")
+    refused_n = sum(1 for r in rows if r[2] in ("refused", "rejected: expired", "no service reads"))
+    print(
+        f"  {refused_n} of {len(rows) - sum(1 for r in rows if r[1] == 'replay')} refused; "
+        f"effects: 0 (decisions, commands, applied acks, deployments {dict(after)})"
+    )
+    assert not failures, failures

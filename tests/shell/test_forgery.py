@@ -176,7 +176,9 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
         assert not missing, f"no real {missing} to forge from"
         # The real request and approval are sent once, as the CLI would, and answered (a
         # hold: the token is nobody's); what follows must add nothing to that.
-        first = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "acks": "all"})
+        first = confluent_kafka.Producer(
+            {"bootstrap.servers": bootstrap, "acks": "all", "log_level": 0}
+        )
         for name in ("RollbackRequest", "Approval"):
             topic, real = samples[name]
             first.produce(settings.topic(topic), value=real.encode(), key=MODEL.encode())
@@ -191,7 +193,7 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
         outsider = Signer(Ed25519PrivateKey.generate(), "", "decider")
         outsider = Signer(outsider.private, key_id(outsider.private.public_key()), "decider")
         producer = confluent_kafka.Producer(
-            {"bootstrap.servers": bootstrap, "acks": "all", "log_level": 2}
+            {"bootstrap.servers": bootstrap, "acks": "all", "log_level": 0}
         )
         sent: dict[tuple[str, str], tuple[str, str]] = {}  # (type, how) → (topic, event id)
 
@@ -222,7 +224,6 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
         send("commands", late.encode(), MODEL)
         sent[("RollbackCommand", "expired")] = ("commands", late.event_id)
         assert producer.flush(scaled(30)) == 0
-        del producer, first  # librdkafka's threads end with the last reference
 
         ledgered = {t.name for t in topics.LEDGERED}
         forged_ids = {

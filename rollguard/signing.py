@@ -182,23 +182,39 @@ class Trust:
         return Verdict(True)
 
 
-def load_trust(directory: Path, unsigned: Literal["refuse", "warn"] = "refuse") -> Trust:
-    """The keys under ``directory``: ``<role>/*.pub`` for each role, and ``*.pub`` at its top
-    (where keys were kept before roles; they are decider keys). A key under two roles is a
-    configuration error: one key, one role."""
-    keys: dict[str, tuple[Role, Ed25519PublicKey]] = {}
+def trusted_files(directory: Path) -> list[tuple[Role, Path]]:
+    """Every trusted public key file under ``directory`` and its role: ``<role>/*.pub``, and at
+    its top ``<role>.<anything>.pub`` (a flat directory, such as a Kubernetes Secret mounted as
+    files) or any other ``*.pub`` (where keys were kept before roles: decider keys)."""
     if not directory.is_dir():
         raise ConfigError(f"trusted keys directory {directory} does not exist")
-    places: list[tuple[Role, Path]] = [("decider", directory)]
-    places += [(role, directory / role) for role in ROLES if (directory / role).is_dir()]
-    for role, place in places:
-        for kid, public in load_trusted_keys(place).items():
-            if kid in keys and keys[kid][0] != role:
-                raise ConfigError(
-                    f"key {kid} is trusted as {keys[kid][0]} and as {role} under {directory}; "
-                    "a key has one role"
-                )
-            keys[kid] = (role, public)
+    found: list[tuple[Role, Path]] = []
+    for path in sorted(directory.glob("*.pub")):
+        prefix = path.name.split(".", 1)[0]
+        role: Role = next(
+            (r for r in ROLES if r == prefix and path.name.count(".") >= 2), "decider"
+        )
+        found.append((role, path))
+    for role in ROLES:
+        found += [(role, path) for path in sorted((directory / role).glob("*.pub"))]
+    return found
+
+
+def load_trust(directory: Path, unsigned: Literal["refuse", "warn"] = "refuse") -> Trust:
+    """The keys under ``directory`` (``trusted_files``). A key under two roles is a
+    configuration error: one key, one role."""
+    keys: dict[str, tuple[Role, Ed25519PublicKey]] = {}
+    for role, path in trusted_files(directory):
+        public = serialization.load_pem_public_key(path.read_bytes())
+        if not isinstance(public, Ed25519PublicKey):
+            raise ConfigError(f"{path} is not an Ed25519 public key")
+        kid = key_id(public)
+        if kid in keys and keys[kid][0] != role:
+            raise ConfigError(
+                f"key {kid} is trusted as {keys[kid][0]} and as {role} under {directory}; "
+                "a key has one role"
+            )
+        keys[kid] = (role, public)
     return Trust(keys, unsigned)
 
 

@@ -108,20 +108,23 @@ def _keys_generate(args: argparse.Namespace, settings: RollguardSettings) -> int
 
 
 def _trusted_files(settings: RollguardSettings) -> list[tuple[str, str, Path]]:
-    """(role, key id, file) of every trusted public key, as rollguard.signing.load_trust
-    reads them."""
-    from rollguard.signing import ROLES, load_trust
+    """(role, key id, file) of every trusted public key, as the services read them."""
+    from rollguard.signing import load_trust, trusted_files
 
     root = settings.resolved_trusted_keys_dir
-    trust = load_trust(root)
-    out: list[tuple[str, str, Path]] = []
-    places: list[tuple[Path, str]] = [(root, "decider"), *((root / r, r) for r in ROLES)]
-    for place, role in places:
-        for path in sorted(place.glob("*.pub")):
-            kid = path.stem
-            if kid in trust.keys:
-                out.append((role, kid, path))
-    return out
+    load_trust(root)  # refuses what a service would refuse: a bad file, a key with two roles
+    return [(role, _key_id_of(path), path) for role, path in trusted_files(root)]
+
+
+def _key_id_of(path: Path) -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from rollguard.signing import key_id
+
+    public = serialization.load_pem_public_key(path.read_bytes())
+    assert isinstance(public, Ed25519PublicKey)  # load_trust refused any other
+    return key_id(public)
 
 
 def _keys_list(args: argparse.Namespace, settings: RollguardSettings) -> int:

@@ -162,3 +162,18 @@ def test_a_token_created_while_running_is_picked_up_and_a_bad_file_keeps_the_las
     assert source.current.lookup(hash_token(token)) is not None  # the last good registry stays
     path.unlink()  # revoked by removing the file
     assert source.refresh(0.0) is True and len(source.current) == 0
+
+
+def test_a_flat_directory_names_each_key_s_role_in_its_file_name(tmp_path: Path) -> None:
+    """A Kubernetes Secret mounts its keys as files in one directory: <role>.<id>.pub."""
+    made = tmp_path / "made"
+    generate_keypair(tmp_path / "d.pem", made / "detector")
+    generate_keypair(tmp_path / "x.pem", made / "executor")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for role in ("detector", "executor"):
+        for pub in (made / role).iterdir():
+            (flat / f"{role}.{pub.name}").write_bytes(pub.read_bytes())
+    trust = load_trust(flat)
+    assert trust.keys[load_signer(tmp_path / "d.pem").key_id][0] == "detector"
+    assert trust.keys[load_signer(tmp_path / "x.pem").key_id][0] == "executor"

@@ -11,7 +11,7 @@ import time
 
 import structlog
 
-from benchmarks import freeze, fuzz, statistics, throughput
+from benchmarks import freeze, fuzz, signing, statistics, throughput
 
 
 def main() -> None:
@@ -45,6 +45,7 @@ def main() -> None:
         f"join: {m['without_join']['per_signal_kib']} KiB steady (target <= 256 KiB)"
     )
     print(f"correctness: {s['correctness']}")
+    print(signing.report(signing.main()))
     print(fuzz.report(fuzz.main()))  # about 6 minutes: 5 x 100,000 malformed records
     if os.environ.get("ROLLGUARD_BENCH_FREEZE") == "1":  # about 25 minutes: asked for only
         f = freeze.main([])  # prints a line per freeze

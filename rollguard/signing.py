@@ -200,15 +200,23 @@ def trusted_files(directory: Path) -> list[tuple[Role, Path]]:
     return found
 
 
-def load_trust(directory: Path, unsigned: Literal["refuse", "warn"] = "refuse") -> Trust:
-    """The keys under ``directory`` (``trusted_files``). A key under two roles is a
-    configuration error: one key, one role."""
-    keys: dict[str, tuple[Role, Ed25519PublicKey]] = {}
+def trusted_keys(directory: Path) -> list[tuple[Role, str, Path, Ed25519PublicKey]]:
+    """(role, key id, file, key) of every trusted key under ``directory``
+    (``trusted_files``), each file parsed once."""
+    out = []
     for role, path in trusted_files(directory):
         public = serialization.load_pem_public_key(path.read_bytes())
         if not isinstance(public, Ed25519PublicKey):
             raise ConfigError(f"{path} is not an Ed25519 public key")
-        kid = key_id(public)
+        out.append((role, key_id(public), path, public))
+    return out
+
+
+def load_trust(directory: Path, unsigned: Literal["refuse", "warn"] = "refuse") -> Trust:
+    """The keys under ``directory`` (``trusted_keys``). A key under two roles is a
+    configuration error: one key, one role."""
+    keys: dict[str, tuple[Role, Ed25519PublicKey]] = {}
+    for role, kid, _, public in trusted_keys(directory):
         if kid in keys and keys[kid][0] != role:
             raise ConfigError(
                 f"key {kid} is trusted as {keys[kid][0]} and as {role} under {directory}; "

@@ -109,22 +109,11 @@ def _keys_generate(args: argparse.Namespace, settings: RollguardSettings) -> int
 
 def _trusted_files(settings: RollguardSettings) -> list[tuple[str, str, Path]]:
     """(role, key id, file) of every trusted public key, as the services read them."""
-    from rollguard.signing import load_trust, trusted_files
+    from rollguard.signing import load_trust, trusted_keys
 
     root = settings.resolved_trusted_keys_dir
     load_trust(root)  # refuses what a service would refuse: a bad file, a key with two roles
-    return [(role, _key_id_of(path), path) for role, path in trusted_files(root)]
-
-
-def _key_id_of(path: Path) -> str:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    from rollguard.signing import key_id
-
-    public = serialization.load_pem_public_key(path.read_bytes())
-    assert isinstance(public, Ed25519PublicKey)  # load_trust refused any other
-    return key_id(public)
+    return [(role, kid, path) for role, kid, path, _ in trusted_keys(root)]
 
 
 def _keys_list(args: argparse.Namespace, settings: RollguardSettings) -> int:

@@ -149,6 +149,8 @@ async def test_level_2_restores_in_order_acks_each_component_and_invalidates_onc
         **os.environ,
         "ROLLGUARD_KAFKA_BOOTSTRAP": str(topics_ready.kafka_bootstrap),
         "ROLLGUARD_TOPIC_PREFIX": topics_ready.topic_prefix,
+        # The invalidations are signed by the executor: the CLI checks them against the keys.
+        "ROLLGUARD_STATE_DIR": str(topics_ready.state_dir),
     }
     rollguard = str(Path(sys.executable).with_name("rollguard"))
     listed = await asyncio.to_thread(

@@ -234,6 +234,7 @@ async def test_deploy_check_reads_the_public_status_whatever_the_decider_app_id(
     topics_ready: RollguardSettings,
     keys: str,
     publish: Callable[..., Awaitable[None]],
+    publish_signed: Callable[..., Awaitable[None]],
     tmp_path: Path,
 ) -> None:
     """deploy check reads rollguard.model-status, not the decider's faust table: a decider
@@ -249,7 +250,7 @@ async def test_deploy_check_reads_the_public_status_whatever_the_decider_app_id(
         return await asyncio.to_thread(rollguard, *args, env=env)
 
     for m in [manifest("v1", status="known_good"), manifest("v2", status="live")]:
-        await publish(topics.DEPLOYMENTS.name, m)
+        await publish_signed(topics.DEPLOYMENTS.name, m)
     decider = Decider(
         topics_ready,
         PolicySource(policy),

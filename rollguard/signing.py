@@ -122,11 +122,26 @@ def load_trusted_keys(directory: Path) -> dict[str, Ed25519PublicKey]:
     if not directory.is_dir():
         raise ConfigError(f"trusted keys directory {directory} does not exist")
     for path in sorted(directory.glob("*.pub")):
-        public = serialization.load_pem_public_key(path.read_bytes())
-        if not isinstance(public, Ed25519PublicKey):
-            raise ConfigError(f"{path} is not an Ed25519 public key")
+        public = load_public(path)
         keys[key_id(public)] = public
     return keys
+
+
+def load_public(path: Path) -> Ed25519PublicKey:
+    """The Ed25519 public key in the PEM file ``path``; a ConfigError naming the file when it
+    is empty, unreadable, not PEM or another kind of key."""
+    try:
+        public = serialization.load_pem_public_key(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"trusted key {path} cannot be read: {exc.strerror}") from exc
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(
+            f"trusted key {path} is not a PEM public key; remove it or replace it with the "
+            "file rollguard keys generate wrote"
+        ) from exc
+    if not isinstance(public, Ed25519PublicKey):
+        raise ConfigError(f"trusted key {path} is not an Ed25519 public key")
+    return public
 
 
 @dataclass(frozen=True)
@@ -205,9 +220,7 @@ def trusted_keys(directory: Path) -> list[tuple[Role, str, Path, Ed25519PublicKe
     (``trusted_files``), each file parsed once."""
     out = []
     for role, path in trusted_files(directory):
-        public = serialization.load_pem_public_key(path.read_bytes())
-        if not isinstance(public, Ed25519PublicKey):
-            raise ConfigError(f"{path} is not an Ed25519 public key")
+        public = load_public(path)
         out.append((role, key_id(public), path, public))
     return out
 

@@ -46,3 +46,21 @@ def test_generate_rotate_list_and_retire(tmp_path: Path) -> None:
     unknown = _cli(state, "keys", "retire", "0123456789abcdef")
     assert unknown.returncode == 2 and "no trusted key" in unknown.stderr
     assert "Traceback" not in unknown.stderr + again.stderr
+
+
+def test_a_broken_trusted_key_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    """An empty or non-PEM .pub under the trusted keys directory (a half-copied Secret, a
+    private key pasted by mistake) is a configuration error naming the file, exit 2."""
+    state = tmp_path / "state"
+    assert _cli(state, "keys", "generate", "--role", "detector").returncode == 0
+    trusted = RollguardSettings(state_dir=state).resolved_trusted_keys_dir
+    for name, content in [("empty.pub", b""), ("junk.pub", b"not a key\n")]:
+        bad = trusted / "detector" / name
+        bad.write_bytes(content)
+        for args in [("keys", "list"), ("keys", "retire", "0123456789abcdef")]:
+            result = _cli(state, *args)
+            assert result.returncode == 2, (args, result.stderr)
+            (line,) = result.stderr.strip().splitlines()
+            assert str(bad) in line and "not a PEM public key" in line, line
+        bad.unlink()
+    assert _cli(state, "keys", "list").returncode == 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TypeVar, get_args
 
@@ -158,13 +158,25 @@ class Verdict:
 
 
 @dataclass(frozen=True)
+class Retired:
+    """A key no longer trusted for what is recorded from ``at`` on (``rollguard keys
+    retire``); what the ledger recorded before then keeps the key's word."""
+
+    role: Role
+    public: Ed25519PublicKey
+    at: datetime
+
+
+@dataclass(frozen=True)
 class Trust:
     """The public keys a consumer trusts, by role; ``unsigned="warn"`` takes unsigned events
     (counted by the caller) while producers are moved to signing, and still refuses a wrong
-    signature, an unknown key and a key of the wrong role."""
+    signature, an unknown key and a key of the wrong role. ``retired`` keys count only for
+    ``check_recorded`` (history), never for ``check`` (what to act on now)."""
 
     keys: dict[str, tuple[Role, Ed25519PublicKey]] = field(default_factory=dict)
     unsigned: Literal["refuse", "warn"] = "refuse"
+    retired: dict[str, Retired] = field(default_factory=dict)
 
     def roles(self) -> dict[Role, list[str]]:
         out: dict[Role, list[str]] = {}
@@ -174,7 +186,6 @@ class Trust:
 
     def check(self, event: ev.Signed) -> Verdict:
         """Whether ``event`` is signed by a key trusted for its type (see ``signers``)."""
-        allowed = signers(event)
         if not event.signature:
             if self.unsigned == "warn":
                 return Verdict(True, "unsigned", "taken unsigned (ROLLGUARD_SIGNED_EVENTS=warn)")
@@ -182,7 +193,25 @@ class Trust:
         known = self.keys.get(event.key_id)
         if known is None:
             return Verdict(False, "unknown_key", f"key_id {event.key_id!r} is not trusted")
-        role, public = known
+        return self._verify(event, *known)
+
+    def check_recorded(self, event: ev.Signed, recorded_at: datetime) -> Verdict:
+        """``check`` for an event recorded at ``recorded_at`` (a ledger entry): a key retired
+        since still vouches for what was recorded before its retirement, so retiring a key
+        does not rewrite history; what was recorded after is ``retired_key``."""
+        gone = self.retired.get(event.key_id) if event.key_id not in self.keys else None
+        if gone is None or not event.signature:
+            return self.check(event)
+        if recorded_at >= gone.at:
+            return Verdict(
+                False,
+                "retired_key",
+                f"key {event.key_id} was retired at {gone.at.isoformat()}, before this record",
+            )
+        return self._verify(event, gone.role, gone.public)
+
+    def _verify(self, event: ev.Signed, role: Role, public: Ed25519PublicKey) -> Verdict:
+        allowed = signers(event)
         if role not in allowed:
             wanted = " or ".join(sorted(allowed))
             return Verdict(
@@ -225,9 +254,48 @@ def trusted_keys(directory: Path) -> list[tuple[Role, str, Path, Ed25519PublicKe
     return out
 
 
-def load_trust(directory: Path, unsigned: Literal["refuse", "warn"] = "refuse") -> Trust:
-    """The keys under ``directory`` (``trusted_keys``). A key under two roles is a
-    configuration error: one key, one role."""
+#: Where ``rollguard keys retire`` moves a key, beside its retirement time.
+RETIRED_DIR = "retired"
+
+
+def retire_key(directory: Path, role: Role, path: Path, at: datetime) -> Path:
+    """Move the trusted key ``path`` of ``role`` to ``directory``/retired as
+    ``<role>.<key id>.pub`` with its retirement time (``<...>.retired_at``, ISO 8601)."""
+    retired = directory / RETIRED_DIR
+    retired.mkdir(exist_ok=True)
+    kid = key_id(load_public(path))
+    target = retired / f"{role}.{kid}.pub"
+    (retired / f"{role}.{kid}.retired_at").write_text(at.isoformat() + "\n")
+    path.rename(target)
+    return target
+
+
+def retired_keys(directory: Path) -> dict[str, Retired]:
+    """The keys retired under ``directory`` with the time each was retired; a retired key
+    without its time (moved there by hand) vouches for nothing."""
+    out: dict[str, Retired] = {}
+    for path in sorted((directory / RETIRED_DIR).glob("*.pub")):
+        role, _, rest = path.name.partition(".")
+        stamp = path.with_name(f"{role}.{rest.removesuffix('.pub')}.retired_at")
+        if role not in ROLES or not stamp.is_file():
+            continue
+        try:
+            at = datetime.fromisoformat(stamp.read_text().strip())
+        except ValueError as exc:
+            raise ConfigError(f"{stamp} is not an ISO 8601 time: {exc}") from exc
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        public = load_public(path)
+        out[key_id(public)] = Retired(role, public, at)  # type: ignore[arg-type]
+    return out
+
+
+def load_trust(
+    directory: Path, unsigned: Literal["refuse", "warn"] = "refuse", *, history: bool = False
+) -> Trust:
+    """The keys under ``directory`` (``trusted_keys``); with ``history``, the retired ones
+    too, for reading what was recorded (``Trust.check_recorded``). A key under two roles is
+    a configuration error: one key, one role."""
     keys: dict[str, tuple[Role, Ed25519PublicKey]] = {}
     for role, kid, _, public in trusted_keys(directory):
         if kid in keys and keys[kid][0] != role:
@@ -236,13 +304,14 @@ def load_trust(directory: Path, unsigned: Literal["refuse", "warn"] = "refuse") 
                 "a key has one role"
             )
         keys[kid] = (role, public)
-    return Trust(keys, unsigned)
+    return Trust(keys, unsigned, retired_keys(directory) if history else {})
 
 
-def trust_of(settings: RollguardSettings) -> Trust:
-    """The keys a service of this installation trusts, as its settings say."""
+def trust_of(settings: RollguardSettings, *, history: bool = False) -> Trust:
+    """The keys a service of this installation trusts, as its settings say; ``history``
+    adds the retired keys, for reading the ledger."""
     unsigned: Literal["refuse", "warn"] = "warn" if settings.signed_events == "warn" else "refuse"
-    return load_trust(settings.resolved_trusted_keys_dir, unsigned)
+    return load_trust(settings.resolved_trusted_keys_dir, unsigned, history=history)
 
 
 def signer_of(settings: RollguardSettings, role: Role) -> Signer:

@@ -3,8 +3,9 @@
 The ledger records every record that reaches a control topic, forged ones too: that something
 arrived is a fact worth keeping. Each entry's payload is the event as it arrived, its ``key_id``
 and ``signature`` with it, so the signature is checked again when the ledger is read, against
-the trusted keys of now (``rollguard.signing.Trust``): an entry signed by no trusted key of a
-role allowed to sign its type is *untrusted*. ``incident show`` leaves untrusted entries out of
+the trusted keys of now (``rollguard.signing.Trust``), a key retired since counting for what
+was recorded before its retirement: an entry signed by no such key of a role allowed to sign
+its type is *untrusted*. ``incident show`` leaves untrusted entries out of
 an incident (a forged applied ack or a forged command reusing a real decision id never joins
 the real incident), and ``ledger verify`` counts them apart.
 """
@@ -36,7 +37,8 @@ class Provenance:
     #: The role of the key among the trusted ones (None: not a trusted key).
     role: str | None
     trusted: bool
-    #: Why not, when not: unsigned, unknown_key, wrong_role, bad_signature, unreadable.
+    #: Why not, when not: unsigned, unknown_key, retired_key, wrong_role, bad_signature,
+    #: unreadable.
     reason: str = ""
 
 
@@ -50,11 +52,11 @@ def provenance(entry: Entry, trust: Trust) -> Provenance:
     except ValidationError:
         return Provenance(key_id, None, False, "unreadable")
     known = trust.keys.get(key_id)
-    verdict = trust.check(event)
+    gone = trust.retired.get(key_id)
+    role = known[0] if known else gone.role if gone else None
+    verdict = trust.check_recorded(event, entry.recorded_at_utc())
     trusted = verdict.ok and bool(event.signature)
-    return Provenance(
-        key_id, known[0] if known else None, trusted, "" if trusted else verdict.reason
-    )
+    return Provenance(key_id, role, trusted, "" if trusted else verdict.reason)
 
 
 def trusted_only(entries: Iterable[Entry], trust: Trust) -> Iterator[Entry]:

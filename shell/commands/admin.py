@@ -44,9 +44,21 @@ def register(sub: Subparsers) -> None:
         handler=_keys_list
     )
     retire = keys.add_parser(
-        "retire", help="stop trusting a key: events it signs are refused from now on"
+        "retire",
+        help="stop trusting a key: events it signs are refused from now on; what the ledger "
+        "recorded before keeps its word",
     )
     retire.add_argument("key_id")
+    retire.add_argument(
+        "--since",
+        help="the key was compromised: distrust what the ledger recorded from this time on "
+        "too (ISO time, UTC if no offset, or a duration ago: 30m, 2h, 7d; default: now)",
+    )
+    retire.add_argument(
+        "--force",
+        action="store_true",
+        help="retire it although a role signs with it here or it is the role's last key",
+    )
     retire.set_defaults(handler=_keys_retire)
 
 
@@ -135,16 +147,42 @@ def _keys_list(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 
 def _keys_retire(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    found = [(role, path) for role, kid, path in _trusted_files(settings) if kid == args.key_id]
+    from datetime import UTC, datetime
+
+    from rollguard.signing import ROLES, load_signer, retire_key
+    from rollguard_shell.commands.ledger import parse_since
+
+    rows = _trusted_files(settings)
+    found = [(role, path) for role, kid, path in rows if kid == args.key_id]
     if not found:
         raise UsageError(f"no trusted key {args.key_id} (rollguard keys list)")
-    retired = settings.resolved_trusted_keys_dir / "retired"
+    role = found[0][0]
+    at = parse_since(args.since) if args.since else datetime.now(UTC)
+    signing_here = [
+        r
+        for r in ROLES
+        if settings.key_file(r).exists()
+        and load_signer(settings.key_file(r), r).key_id == args.key_id
+    ]
+    left = {kid for r, kid, _ in rows if r == role and kid != args.key_id}
+    if not args.force and (signing_here or not left):
+        why = (
+            f"the {role} here signs with it ({settings.key_file(role)})"
+            if signing_here
+            else f"it is the last trusted {role} key"
+        )
+        raise UsageError(
+            f"not retiring {args.key_id}: {why}; everything the {role} signs would be refused. "
+            f"Rotate first (rollguard keys generate --role {role} --rotate), restart, then "
+            "retire; or --force"
+        )
+    root = settings.resolved_trusted_keys_dir
     with writing("ROLLGUARD_TRUSTED_KEYS_DIR"):
-        retired.mkdir(exist_ok=True)
-        for role, path in found:
-            path.rename(retired / f"{role}.{path.name}")
+        for _, path in found:
+            retire_key(root, role, path, at)  # type: ignore[arg-type]
     print(
-        f"retired {args.key_id} ({found[0][0]}): events it signs are refused by services "
-        "started from now on; restart the running ones"
+        f"retired {args.key_id} ({role}) at {at.isoformat()}: events it signs are refused by "
+        "services started from now on (restart the running ones); ledger entries recorded "
+        "before then stay trusted"
     )
     return 0

@@ -38,7 +38,9 @@ def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:
     try:
         # Only what trusted keys signed: a forged ack or command naming a real decision id
         # never joins the real incident (services/ledger/provenance.py).
-        entries = trusted_only(store.iter_entries(event_types=INCIDENT_TYPES), trust_of(settings))
+        entries = trusted_only(
+            store.iter_entries(event_types=INCIDENT_TYPES), trust_of(settings, history=True)
+        )
         incident = find_incident(entries, args.id)
     finally:
         store.close()

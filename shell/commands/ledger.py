@@ -91,7 +91,9 @@ def selected(args: argparse.Namespace, settings: RollguardSettings) -> list[Any]
     try:
         if args.incident:
             pool = store.iter_entries(args.model_id, event_types=INCIDENT_TYPES)
-            incident = find_incident(trusted_only(pool, trust_of(settings)), args.incident)
+            incident = find_incident(
+                trusted_only(pool, trust_of(settings, history=True)), args.incident
+            )
             if incident is None:
                 raise UsageError(f"no incident {args.incident!r} in the ledger")
             entries = incident.entries
@@ -153,7 +155,7 @@ def _untrusted(args: argparse.Namespace, settings: RollguardSettings) -> Counter
     """The entries no key trusted for them signed, by event type and reason; None where
     there are no trusted keys to check them with (a ledger copied away from its keys)."""
     try:
-        trust = trust_of(settings)
+        trust = trust_of(settings, history=True)
     except ConfigError:
         return None
     store = open_ledger(args, settings)

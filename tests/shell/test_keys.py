@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rollguard import topics
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer, load_trust
+from rollguard_services.ledger.provenance import provenance
+from rollguard_services.ledger.store import Incoming, LedgerStore
 from tests.factories import breach
 from tests.shell.test_lifecycle import _cli
 
@@ -37,11 +40,24 @@ def test_generate_rotate_list_and_retire(tmp_path: Path) -> None:
     assert rows[first.key_id][0] == rows[second.key_id][0] == "detector"
     assert rows[first.key_id][2] == "-" and rows[second.key_id][2].endswith("detector.pem")
 
+    # The key the detector here signs with is not retired by mistake.
+    in_use = _cli(state, "keys", "retire", second.key_id)
+    assert in_use.returncode == 2 and "--rotate" in one_line(in_use), in_use.stderr
+
     retired = _cli(state, "keys", "retire", first.key_id)
     assert retired.returncode == 0, retired.stderr
     trust = load_trust(settings.resolved_trusted_keys_dir)
     assert trust.check(first.sign(breach())).reason == "unknown_key"
     assert trust.check(second.sign(breach())).ok
+
+    # A role's last trusted key (its private key kept elsewhere) is not retired by mistake.
+    elsewhere = tmp_path / "ci" / "operator.pem"
+    made = _cli(state, "keys", "generate", "--role", "operator", "--private", str(elsewhere))
+    assert made.returncode == 0, made.stderr
+    operator = load_signer(elsewhere, "operator").key_id
+    last = _cli(state, "keys", "retire", operator)
+    assert last.returncode == 2 and "last trusted operator key" in one_line(last)
+    assert _cli(state, "keys", "retire", operator, "--force").returncode == 0
 
     unknown = _cli(state, "keys", "retire", "0123456789abcdef")
     assert unknown.returncode == 2 and "no trusted key" in unknown.stderr
@@ -64,3 +80,51 @@ def test_a_broken_trusted_key_file_is_one_line_naming_it(tmp_path: Path) -> None
             assert str(bad) in line and "not a PEM public key" in line, line
         bad.unlink()
     assert _cli(state, "keys", "list").returncode == 0
+
+
+def one_line(result: object) -> str:
+    stderr = str(getattr(result, "stderr", ""))
+    assert "Traceback" not in stderr
+    (line,) = stderr.strip().splitlines()
+    return line
+
+
+def test_retiring_a_key_keeps_the_word_of_what_the_ledger_recorded_before(
+    tmp_path: Path,
+) -> None:
+    """A retired key no longer vouches for anything new, but the ledger entries it signed
+    before its retirement stay trusted: retiring does not rewrite history. Retired as
+    compromised (--since), what was recorded from then on is untrusted too."""
+    state = tmp_path / "state"
+    settings = RollguardSettings(state_dir=state)
+    assert _cli(state, "keys", "generate", "--role", "detector").returncode == 0
+    old = load_signer(settings.key_file("detector"), "detector")
+    store = LedgerStore(settings.resolved_ledger_url)
+    try:
+        store.append([Incoming(topics.BREACHES.name, 0, 0, old.sign(breach()).encode())])
+        in_use = _cli(state, "keys", "retire", old.key_id)
+        assert in_use.returncode == 2 and "the detector here signs with it" in one_line(in_use)
+        assert _cli(state, "keys", "generate", "--role", "detector", "--rotate").returncode == 0
+        assert _cli(state, "keys", "retire", old.key_id).returncode == 0
+        # A breach the old key signs after its retirement (a leaked key) lands too.
+        store.append([Incoming(topics.BREACHES.name, 0, 1, old.sign(breach()).encode())])
+
+        history = load_trust(settings.resolved_trusted_keys_dir, history=True)
+        before, after = (provenance(e, history) for e in store.iter_entries())
+        assert (before.trusted, before.role) == (True, "detector")
+        assert (after.trusted, after.reason) == (False, "retired_key")
+        # What services act on now: the retired key is not trusted at all.
+        assert load_trust(settings.resolved_trusted_keys_dir).check(old.sign(breach())).reason == (
+            "unknown_key"
+        )
+        verified = _cli(state, "ledger", "verify")
+        assert "Breach: retired_key" in verified.stdout, verified.stdout
+
+        # Retired as compromised since before the first entry: neither is trusted.
+        for path in (state / "keys" / "trusted" / "retired").iterdir():
+            if path.name.endswith(".retired_at"):
+                path.write_text("2000-01-01T00:00:00+00:00\n")
+        history = load_trust(settings.resolved_trusted_keys_dir, history=True)
+        assert [provenance(e, history).trusted for e in store.iter_entries()] == [False, False]
+    finally:
+        store.close()

@@ -1,13 +1,17 @@
-"""Role tokens: who may request and approve what.
+"""Role tokens: who may request and approve what, proven without revealing anything reusable.
 
-A token is a random secret handed to one person; only its SHA-256 is configured (a YAML file
-of ``{name, role, sha256}``) and only its SHA-256 travels in events, so neither the topics
-nor the ledger ever hold a usable token.
+A token is a random secret handed to one person. It is never configured and never travels:
+the CLI derives an Ed25519 key from it (HKDF-SHA256, ``person_signer``) and signs the
+person's requests and approvals with that key. The tokens file (``{name, role, key_id,
+public_key}`` per person) holds only the public half, so neither the file, the topics nor
+the ledger hold anything that lets a reader act as someone else: copying an approval's
+fields into a new one breaks its signature, and sending a signed one again is a replay the
+decider refuses (``rollguard_services.decider``: one use per event, and a time limit).
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import secrets
 import time
 from dataclasses import dataclass
@@ -15,16 +19,34 @@ from pathlib import Path
 from typing import Any, get_args
 
 import yaml
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from rollguard.errors import ConfigError, yaml_problem
 from rollguard.policy import Role
 from rollguard.secrets import check_private, write_private
+from rollguard.signing import Signer, Trust, key_id
 
 ROLES: tuple[str, ...] = get_args(Role)
 
+#: Binds the derived key to rollguard and to this derivation; a new scheme changes it.
+_PERSON_KEY_SALT = b"rollguard person key v1"
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.strip().encode()).hexdigest()
+
+def person_signer(token: str) -> Signer:
+    """The Ed25519 key a token holder signs requests and approvals with, derived from the
+    token alone (the same token, the same key, on any machine)."""
+    seed = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=_PERSON_KEY_SALT, info=b"ed25519"
+    ).derive(token.strip().encode())
+    private = Ed25519PrivateKey.from_private_bytes(seed)
+    return Signer(private, key_id(private.public_key()), "operator")
+
+
+def _raw_public(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
 
 
 @dataclass(frozen=True)
@@ -34,28 +56,71 @@ class Identity:
 
 
 class TokenRegistry:
-    def __init__(self, identities: dict[str, Identity] | None = None) -> None:
-        self._by_hash = dict(identities or {})
+    """The people of the tokens file, by the key id of the key their token derives."""
+
+    def __init__(
+        self,
+        identities: dict[str, Identity] | None = None,
+        keys: dict[str, Ed25519PublicKey] | None = None,
+        legacy: int = 0,
+    ) -> None:
+        self._by_key = dict(identities or {})
+        self.keys = dict(keys or {})
+        #: Entries of an older rollguard (a token's SHA-256, which approvals carried and
+        #: anyone could copy): ignored, their holders need a new token.
+        self.legacy = legacy
 
     def __len__(self) -> int:
-        return len(self._by_hash)
+        return len(self._by_key)
 
-    def lookup(self, token_sha256: str) -> Identity | None:
-        return self._by_hash.get(token_sha256)
+    def lookup(self, key_id: str) -> Identity | None:
+        return self._by_key.get(key_id)
+
+    @classmethod
+    def of_tokens(cls, people: dict[str, Identity]) -> TokenRegistry:
+        """A registry of ``{token: identity}`` (tests, fixed set-ups)."""
+        signers = {token: person_signer(token) for token in people}
+        return cls(
+            {signers[t].key_id: who for t, who in people.items()},
+            {s.key_id: s.private.public_key() for s in signers.values()},
+        )
+
+    def trust(self, base: Trust) -> Trust:
+        """``base`` and, as operator keys, the keys of the people here: what a consumer of
+        requests and approvals checks their signatures against."""
+        return base.with_keys("operator", self.keys)
 
     @classmethod
     def load(cls, path: Path) -> TokenRegistry:
         """Read the tokens file; a missing file is an empty registry (nobody may approve)."""
         identities: dict[str, Identity] = {}
+        keys: dict[str, Ed25519PublicKey] = {}
+        legacy = 0
         for i, entry in enumerate(_token_entries(path)):
-            name, role, digest = entry.get("name"), entry.get("role"), entry.get("sha256")
-            if not name or role not in ROLES or not isinstance(digest, str) or len(digest) != 64:
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{path}: tokens[{i}] is not a mapping")
+            name, role, kid = entry.get("name"), entry.get("role"), entry.get("key_id")
+            if "sha256" in entry and "public_key" not in entry:
+                legacy += 1
+                continue
+            public = _public_of(entry.get("public_key"))
+            if not name or role not in ROLES or public is None or kid != key_id(public):
                 raise ConfigError(
-                    f"{path}: tokens[{i}] needs name, role (one of {', '.join(ROLES)}) and a "
-                    "64-hex sha256"
+                    f"{path}: tokens[{i}] needs name, role (one of {', '.join(ROLES)}), "
+                    "public_key (base64 of a raw Ed25519 key) and its key_id"
                 )
-            identities[digest] = Identity(str(name), str(role))
-        return cls(identities)
+            identities[kid] = Identity(str(name), str(role))
+            keys[kid] = public
+        return cls(identities, keys, legacy)
+
+
+def _public_of(text: Any) -> Ed25519PublicKey | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return Ed25519PublicKey.from_public_bytes(base64.b64decode(text, validate=True))
+    except ValueError:
+        return None
 
 
 class TokenSource:
@@ -100,7 +165,7 @@ def _token_entries(path: Path) -> list[Any]:
     one."""
     if not path.exists():
         return []
-    check_private(path, "tokens file")  # the hashes it holds are what approvals carry
+    check_private(path, "tokens file")  # who may approve: nobody else edits it
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -112,11 +177,20 @@ def _token_entries(path: Path) -> list[Any]:
 
 
 def create_token(path: Path, name: str, role: str) -> str:
-    """Add a person with a new random token to the tokens file; return the token (once)."""
+    """Add a person with a new random token to the tokens file (the public key it derives,
+    not the token); return the token, to be shown once."""
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r}; known: {', '.join(ROLES)}")
     entries = _token_entries(path)
     token = secrets.token_urlsafe(32)
-    entries.append({"name": name, "role": role, "sha256": hash_token(token)})
+    person = person_signer(token)
+    entries.append(
+        {
+            "name": name,
+            "role": role,
+            "key_id": person.key_id,
+            "public_key": _raw_public(person.private.public_key()),
+        }
+    )
     write_private(path, yaml.safe_dump({"tokens": entries}, sort_keys=False).encode())
     return token

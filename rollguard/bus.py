@@ -142,6 +142,14 @@ async def wait_for_broker(settings: RollguardSettings) -> None:
     )
 
 
+def topic_configs(spec: topics.TopicSpec) -> dict[str, str]:
+    """The configs a topic is created with: compaction, retention."""
+    configs = {"cleanup.policy": "compact"} if spec.compacted else {}
+    if spec.retention_ms is not None:
+        configs["retention.ms"] = str(spec.retention_ms)
+    return configs
+
+
 async def provision_topics(
     settings: RollguardSettings, specs: Iterable[topics.TopicSpec] = topics.ALL
 ) -> list[str]:
@@ -163,7 +171,7 @@ async def provision_topics(
                 name,
                 num_partitions=settings.partitions,
                 replication_factor=settings.replication_factor,
-                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+                topic_configs=topic_configs(spec),
             )
             for name, spec in wanted.items()
             if name not in existing

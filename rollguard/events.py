@@ -326,14 +326,15 @@ class Decision(ModelEvent, Signed):
 
 
 class Approval(Event, Signed):
-    """A person's approval of a pending decision, with the hash of their role token."""
+    """A person's approval of a pending decision, signed with the key their role token
+    derives (rollguard.authority.person_signer): ``key_id`` names the person. v2: v1 carried
+    the token's SHA-256, which anyone who read it could copy."""
 
-    SCHEMA: ClassVar[str] = "Approval/v1"
-    schema_tag: Literal["Approval/v1"] = _tag("Approval")
+    SCHEMA: ClassVar[str] = "Approval/v2"
+    schema_tag: Literal["Approval/v2"] = _tag("Approval", 2)
     model_id: str = Field(min_length=1, max_length=256)
     decision_id: str = Field(min_length=1)
     role: str = Field(min_length=1, max_length=64, description="The role the approver claims.")
-    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the role token.")
     comment: str = Field(default="", max_length=4096)
 
     @property
@@ -342,16 +343,16 @@ class Approval(Event, Signed):
 
 
 class RollbackRequest(Event, Signed):
-    """A person asking for a rollback (or to lift a verification lock) through the decider."""
+    """A person asking for a rollback (or to lift a verification lock) through the decider,
+    signed like an Approval with the key their token derives (v2: no token hash)."""
 
-    SCHEMA: ClassVar[str] = "RollbackRequest/v1"
-    schema_tag: Literal["RollbackRequest/v1"] = _tag("RollbackRequest")
+    SCHEMA: ClassVar[str] = "RollbackRequest/v2"
+    schema_tag: Literal["RollbackRequest/v2"] = _tag("RollbackRequest", 2)
     model_id: str = Field(min_length=1, max_length=256)
     action: Literal["rollback", "unlock"] = "rollback"
     to_system_version: str | None = Field(default=None, description="Default: the rollback target.")
     level: RollbackLevel | None = Field(default=None, description="Default: chosen by the policy.")
     role: str = Field(min_length=1, max_length=64)
-    token_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     reason: str = Field(default="", max_length=4096)
 
     @property
@@ -422,6 +423,24 @@ class DeadLetter(Event):
     raw_truncated: bool = Field(
         default=False, description="Only the start of the value is kept (it was too large)."
     )
+
+
+class LedgerCheckpoint(Event):
+    """The ledger's word that after ``size`` entries its chain's head hash was
+    ``head_hash``, signed by the ledger's checkpoint key over ``size``, ``head_hash``, ``ts``
+    and ``key_id``. Kept in the checkpoint file and witnessed on the ledger-checkpoints topic,
+    where the ledger's writer cannot take one back (rollguard_services.ledger.checkpoints)."""
+
+    SCHEMA: ClassVar[str] = "LedgerCheckpoint/v1"
+    schema_tag: Literal["LedgerCheckpoint/v1"] = _tag("LedgerCheckpoint")
+    size: int = Field(ge=0, description="Entries the chain had: seq 1..size.")
+    head_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="hash of entry `size`.")
+    key_id: str = Field(min_length=1, max_length=64)
+    signature: str = Field(default="", max_length=128, description="Base64 Ed25519.")
+
+    def signed_bytes(self) -> bytes:
+        body = self.model_dump(mode="json", include={"size", "head_hash", "ts", "key_id"})
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
 class LastHealthCheck(BaseModel):
@@ -561,6 +580,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     OutputInvalidation,
     DeadLetter,
     ModelStatus,
+    LedgerCheckpoint,
 )
 
 E = TypeVar("E", bound=Event)

@@ -3,8 +3,8 @@
 Each producer signs what it publishes with the key of its role (``ROLES``): the detector its
 breaches and baselines, the decider its decisions, commands, model status, verified acks and
 known-good marks, the executor its acks, invalidations and pointer moves, the deployer (the CI
-that runs ``rollguard deploy record``) deployments, an operator (the CLI on behalf of a token
-holder) requests and approvals. A consumer holds the public keys it trusts, by role
+that runs ``rollguard deploy record``) deployments, a person (the key their role token
+derives, rollguard.authority) requests and approvals, as an operator. A consumer holds the public keys it trusts, by role
 (``Trust``), and acts only on an event signed by a key of a role allowed to sign that event
 (``signers``): a detector key cannot sign an ack. A key's id is the first 16 hex digits of
 SHA-256 over its raw public bytes; several keys per role are trusted at once, so keys rotate.
@@ -178,6 +178,11 @@ class Trust:
     unsigned: Literal["refuse", "warn"] = "refuse"
     retired: dict[str, Retired] = field(default_factory=dict)
 
+    def with_keys(self, role: Role, keys: dict[str, Ed25519PublicKey]) -> Trust:
+        """This trust and ``keys`` for ``role`` (a key trusted already keeps its role)."""
+        merged = {kid: (role, public) for kid, public in keys.items()} | self.keys
+        return Trust(merged, self.unsigned, self.retired)
+
     def roles(self) -> dict[Role, list[str]]:
         out: dict[Role, list[str]] = {}
         for kid, (role, _) in self.keys.items():
@@ -286,7 +291,7 @@ def retired_keys(directory: Path) -> dict[str, Retired]:
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
         public = load_public(path)
-        out[key_id(public)] = Retired(role, public, at)  # type: ignore[arg-type]
+        out[key_id(public)] = Retired(role, public, at)
     return out
 
 

@@ -16,6 +16,8 @@ class TopicSpec:
     compacted: bool = False
     #: Recorded by the ledger (only control topics are).
     ledgered: bool = True
+    #: retention.ms, when not the broker's default (-1: kept for ever).
+    retention_ms: int | None = None
 
 
 PREDICTIONS = TopicSpec("predictions", ev.PredictionEvent, control=False)
@@ -40,6 +42,16 @@ DEADLETTER = TopicSpec("deadletter", ev.DeadLetter, control=False)
 MODEL_STATUS = TopicSpec(
     "model-status", ev.ModelStatus, control=True, compacted=True, ledgered=False
 )
+# The ledger's signed checkpoints, witnessed where the ledger's writer cannot rewrite them:
+# appended by the ledger, kept for ever, compared by ``rollguard ledger verify``. Not a fact
+# about a model, so not ledgered (the ledger vouching for itself would prove nothing).
+LEDGER_CHECKPOINTS = TopicSpec(
+    "ledger-checkpoints",
+    ev.LedgerCheckpoint,
+    control=True,
+    ledgered=False,
+    retention_ms=-1,
+)
 
 ALL: tuple[TopicSpec, ...] = (
     PREDICTIONS,
@@ -58,6 +70,7 @@ ALL: tuple[TopicSpec, ...] = (
     INVALIDATIONS,
     DEADLETTER,
     MODEL_STATUS,
+    LEDGER_CHECKPOINTS,
 )
 
 #: What the ledger records: the control topics that carry facts.

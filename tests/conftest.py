@@ -110,10 +110,11 @@ def producer_role(event: Signed) -> Role:
 def publish_signed(
     publish: Callable[..., Awaitable[None]], topics_ready: RollguardSettings, keys: str
 ) -> Callable[..., Awaitable[None]]:
-    """``publish``, a control event signed first by the key of the role that produces it."""
+    """``publish``, a control event not signed yet signed first by the key of the role that
+    produces it (a person's request or approval comes signed by the key their token derives)."""
 
     async def send(topic: str, value: Event | bytes, key: bytes | None = None) -> None:
-        if isinstance(value, Signed):
+        if isinstance(value, Signed) and not value.signature:
             value = signer_of(topics_ready, producer_role(value)).sign(value)
         await publish(topic, value, key)
 

@@ -51,7 +51,7 @@ from rollguard.outage import OutageLimit
 from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer, Trust, trust_of
-from rollguard_services.decider.approvals import approve, request
+from rollguard_services.decider.approvals import approve, out_of_time, request
 from rollguard_services.decider.breaches import decide
 from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.delivery import ConfirmedTable, Delivery
@@ -161,15 +161,16 @@ class Decider:
         self.policy = policy
         self.signer = signer
         #: What is acted on: events signed by keys trusted for their type (rollguard.signing).
-        self.admission = Admission(trust or trust_of(settings), self.name)
+        self._trust = trust or trust_of(settings)
+        self.admission = Admission(self._trust, self.name)
         self.svc = decider_settings
         #: Followed as the file changes, unless fixed tokens are given (tests).
         self._token_source: TokenSource | None = None
         if tokens is None:
             self._token_source = TokenSource(settings.resolved_tokens_file)
             tokens = self._token_source.current
-        self.tokens = tokens
         self._token_error: str | None = None
+        self._use_tokens(tokens)
         self.ready = asyncio.Event()
         self.counts: Counter[str] = Counter()
 
@@ -182,6 +183,19 @@ class Decider:
             signer=self.signer,
         )
 
+    def _use_tokens(self, tokens: TokenRegistry) -> None:
+        """The people of ``tokens``: who a request or an approval names (its ``key_id``),
+        their keys trusted as operator keys for it."""
+        self.tokens = tokens
+        self.admission.trust = tokens.trust(self._trust)
+        if tokens.legacy:
+            log.warning(
+                "tokens_legacy_ignored",
+                entries=tokens.legacy,
+                detail="tokens file entries with only a sha256 (an older rollguard) can no "
+                "longer approve: give each person a new token (rollguard tokens create)",
+            )
+
     def reload(self) -> None:
         """SIGHUP: reload policy and tokens; a bad policy keeps the last good one."""
         self.policy.refresh(force=True)
@@ -192,7 +206,7 @@ class Decider:
         if source is None:
             return
         if source.refresh(force=force):
-            self.tokens = source.current
+            self._use_tokens(source.current)
             log.info("tokens_reloaded", path=str(source.path), tokens=len(self.tokens))
         if source.last_error != self._token_error:  # say it once per bad version of the file
             self._token_error = source.last_error
@@ -364,6 +378,12 @@ class Decider:
                     if not verdict.ok:
                         await dead_letters.send(msg, verdict.refusal, "untrusted")
                         continue
+                if isinstance(parsed, RollbackRequest | Approval):
+                    late = out_of_time(parsed, utcnow(), self.svc.people_input_ttl_s)
+                    if late is not None:
+                        admission.counts["expired"] += 1
+                        await dead_letters.send(msg, late, "untrusted")
+                        continue
                 self.counts[cls.__name__] += 1
                 await handle(parsed)
 
@@ -420,7 +440,7 @@ class Decider:
                 await publish(before, outcome, ctx.now)
 
         async def on_request(req: RollbackRequest) -> None:
-            who = self.tokens.lookup(req.token_sha256)
+            who = self.tokens.lookup(req.key_id)
             async with model(req.model_id) as before:
                 fresh = taken(before, req.event_id)
                 if fresh is None:
@@ -429,7 +449,7 @@ class Decider:
                 await publish(before, request(fresh, req, who, ctx), ctx.now)
 
         async def on_approval(approval: Approval) -> None:
-            who = self.tokens.lookup(approval.token_sha256)
+            who = self.tokens.lookup(approval.key_id)
             async with model(approval.model_id) as before:
                 fresh = taken(before, approval.event_id)
                 if fresh is None:

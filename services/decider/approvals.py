@@ -1,12 +1,13 @@
 """People: rollback and unlock requests, approvals, and approvals that run out of time.
 
-``who`` is the identity behind the input's token (None: the token is not configured); it
-belongs to the input, so it is passed with it rather than in the context.
+``who`` is the person whose key signed the input (rollguard.authority; None: a key of no
+person in the tokens file); it belongs to the input, so it is passed with it rather than in
+the context.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from rollguard.authority import Identity
 from rollguard.events import Approval, Reason, ReasonCode, RollbackRequest
@@ -14,6 +15,21 @@ from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.outcome import Outcome, decision, derived_id, launch
 from rollguard_services.decider.state import ModelState, Pending
 from rollguard_services.decider.targets import choose_level, rollback_target
+
+#: How far ahead of the decider's clock a person's input may be dated (clock skew).
+FUTURE_SKEW = timedelta(seconds=120)
+
+
+def out_of_time(event: RollbackRequest | Approval, now: datetime, ttl_s: float) -> str | None:
+    """Why a request or an approval is too old (or dated ahead) to act on, else None: a
+    person's signed input holds for ``ttl_s`` from when it was made, so one read off a topic
+    or the ledger cannot be sent again later (within that time, each is taken once)."""
+    age = now - event.ts
+    if age > timedelta(seconds=ttl_s):
+        return f"expired: made {age.total_seconds():.0f} s ago, a person's input holds {ttl_s:g} s"
+    if -age > FUTURE_SKEW:
+        return f"expired: dated {-age.total_seconds():.0f} s ahead of the decider's clock"
+    return None
 
 
 def request(
@@ -39,7 +55,7 @@ def request(
         )
 
     if who is None:
-        return refuse("unknown_token", "the request's token is not configured")
+        return refuse("unknown_token", "no person in the tokens file signed the request")
     if who.role != req.role:
         return refuse("wrong_role", f"token belongs to role {who.role}, request claims {req.role}")
     if req.action == "unlock":
@@ -143,7 +159,7 @@ def approve(
         return Outcome(state, [refused])
 
     if who is None:
-        return refuse("approval_rejected", "unknown token")
+        return refuse("approval_rejected", "no person in the tokens file signed the approval")
     if who.role != approval.role:
         return refuse(
             "approval_rejected",

@@ -16,6 +16,12 @@ class DeciderSettings(BaseSettings):
     tick_s: float = Field(
         default=0.5, gt=0, description="How often verification, approval expiry and bake run."
     )
+    people_input_ttl_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A rollback request or approval made longer ago than this (its ts) is "
+        "refused: a signed one read off a topic or the ledger cannot be sent again later.",
+    )
     store: str = Field(
         default="memory://",
         description="faust table store; tables are rebuilt from their changelog topics.",

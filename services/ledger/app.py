@@ -4,7 +4,8 @@ When the database cannot take a batch (missing, read-only, full, unreachable) th
 holds the batch, pauses its partitions, says why and retries with backoff; it commits nothing
 past what is stored, so when the database is back it carries on from the held batch without a
 gap. A signed checkpoint of the head is written at most ``checkpoint_interval_s`` after any
-new entry, and once more on the way out.
+new entry, and once more on the way out; each is also published to the ledger-checkpoints
+topic (``Witness``), where the ledger's writer cannot take it back.
 
 Whatever arrives is recorded, the fact that it arrived included; a value that is not a valid
 event of its topic is also dead-lettered with the reason, after it is stored and before the
@@ -18,7 +19,7 @@ from collections import Counter
 from typing import Any
 
 from aiokafka import TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from rollguard import topics
 from rollguard.bus import (
@@ -28,14 +29,20 @@ from rollguard.bus import (
     make_consumer,
     make_dead_letter_producer,
     producer_batches,
+    start_control_producer,
 )
-from rollguard.errors import LedgerError
-from rollguard.events import utcnow
+from rollguard.errors import BrokerUnavailable, LedgerError
+from rollguard.events import LedgerCheckpoint, utcnow
 from rollguard.logs import get_logger
 from rollguard.outage import OutageLimit, Sender
 from rollguard.settings import RollguardSettings
-from rollguard.signing import Signer, generate_keypair, load_signer
-from rollguard_services.ledger.checkpoints import CheckpointFile, sign_checkpoint
+from rollguard.signing import Signer, generate_keypair, load_signer, load_trusted_keys
+from rollguard_services.ledger.checkpoints import (
+    CheckpointFile,
+    Witness,
+    sign_checkpoint,
+    witnessed,
+)
 from rollguard_services.ledger.settings import LedgerSettings
 from rollguard_services.ledger.store import Incoming, LedgerStore
 
@@ -75,8 +82,10 @@ class Ledger:
         self.store = store
         consumer = None
         letters = make_dead_letter_producer(self.settings)
+        witness: Witness | None = None
         try:
             await letters.start()
+            witness = Witness((await start_control_producer(self.settings))[0], self.settings)
             dead = DeadLetterSink(
                 self.settings,
                 # a letter its batch could not deliver waits out a broker outage
@@ -85,6 +94,8 @@ class Ledger:
                 send_many=producer_batches(letters),
             )
             await self._refuse_lost_entries(store)
+            if store.count() != self._checkpointed_size:  # entries a kill -9 left uncovered
+                self._uncovered_since = asyncio.get_running_loop().time()
             names = [self.settings.topic(t.name) for t in topics.LEDGERED]
             consumer = make_consumer(
                 self.settings,
@@ -101,18 +112,27 @@ class Ledger:
                 store=store.url,
                 checkpoints=str(self.checkpoint_file.path),
             )
-            await self._consume(consumer, store, signer, dead)
+            await self._consume(consumer, store, signer, dead, witness)
         finally:
             if consumer is not None:
                 await consumer.stop()
-            await letters.stop()
             if self.status == "ok":
-                self._checkpoint(store, signer, final=True)
+                final = self._checkpoint(store, signer, final=True)
+                if witness is not None:  # the file has it; a broker gone is said, not waited
+                    await witness.publish(final, timeout_s=5.0)
+            if witness is not None:
+                await witness.producer.stop()
+            await letters.stop()
             store.close()
             log.info("stopped", **self.counts)
 
     async def _consume(
-        self, consumer: Any, store: LedgerStore, signer: Signer, dead: DeadLetterSink
+        self,
+        consumer: Any,
+        store: LedgerStore,
+        signer: Signer,
+        dead: DeadLetterSink,
+        witness: Witness,
     ) -> None:
         loop = asyncio.get_running_loop()
         held: dict[TopicPartition, list[Any]] = {}
@@ -174,7 +194,10 @@ class Ledger:
                 self._uncovered_since is not None
                 and loop.time() - self._uncovered_since >= self.svc.checkpoint_interval_s
             ):
-                await asyncio.to_thread(self._checkpoint, store, signer)
+                made = await asyncio.to_thread(self._checkpoint, store, signer)
+                await witness.publish(made)
+            elif witness.pending and loop.time() >= witness.retry_at:
+                await witness.publish()
 
     async def _commit(self, consumer: Any, offsets: dict[TopicPartition, int]) -> None:
         """Commit what is stored. A broker away long enough for the group to move on refuses
@@ -193,18 +216,22 @@ class Ledger:
         _, rejected = decode_batch(records, spec.event)
         return rejected
 
-    def _checkpoint(self, store: LedgerStore, signer: Signer, *, final: bool = False) -> None:
-        """Sign and keep the head; a failure is reported and retried at the next interval."""
+    def _checkpoint(
+        self, store: LedgerStore, signer: Signer, *, final: bool = False
+    ) -> LedgerCheckpoint | None:
+        """Sign and keep the head (returned, for the witness); a failure is reported and
+        retried at the next interval."""
         try:
             size, head = store.head()
             if size == self._checkpointed_size:
                 self._uncovered_since = None
-                return
-            self.checkpoint_file.append(sign_checkpoint(signer, size, head, utcnow()))
+                return None
+            made = sign_checkpoint(signer, size, head, utcnow())
+            self.checkpoint_file.append(made)
         except LedgerError as exc:
             self.counts["checkpoint_failures"] += 1
             log.error("checkpoint_failed", reason=str(exc), final=final)
-            return
+            return None
         self._checkpointed_size = size
         self._uncovered_since = None
         self.counts["checkpoints"] += 1
@@ -212,6 +239,7 @@ class Ledger:
         (log.debug if final else log.info)(
             "checkpoint", size=size, head_hash=head[:16], final=final
         )
+        return made
 
     async def _open_store(self) -> LedgerStore:
         """Open the store, retrying with backoff (and saying why) until it answers."""
@@ -226,15 +254,39 @@ class Ledger:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.svc.retry_max_s)
 
+    async def _witnessed(self) -> list[LedgerCheckpoint]:
+        """The checkpoints on the witness topic a trusted checkpoint key signed; none when
+        the broker does not answer (said: the file alone is then held against the table)."""
+        where = self.svc.resolved_checkpoint_trusted_dir(self.settings.state_dir)
+        trusted = load_trusted_keys(where) if where.is_dir() else {}
+        try:
+            return (await witnessed(self.settings, trusted)).checkpoints
+        except (BrokerUnavailable, KafkaError) as exc:
+            log.warning("witness_unread", reason=str(exc)[:300])
+            return []
+
     async def _refuse_lost_entries(self, store: LedgerStore) -> None:
         """Never extend a chain that is shorter than, or differs from, what was checkpointed.
 
         A replaced or emptied database would otherwise start over at seq 1 and the loss would
         look like a fresh ledger; wait (saying why) until the right database is back.
         """
+        seen = await self._witnessed()
+        said_missing = False
         while True:
             try:
-                last = self.checkpoint_file.last()
+                own = self.checkpoint_file.read().checkpoints
+                mine = {(c.size, c.head_hash) for c in own}
+                lost = [c for c in seen if (c.size, c.head_hash) not in mine]
+                if lost and not said_missing:  # deleted from the file; the witness has them
+                    said_missing = True
+                    log.warning(
+                        "checkpoints_missing_from_file",
+                        file=str(self.checkpoint_file.path),
+                        missing=len(lost),
+                        largest=max(c.size for c in lost),
+                    )
+                last = max([*own, *lost], key=lambda c: c.size, default=None)
                 problem = None
                 if last is not None:
                     held = store.hash_at(last.size)

@@ -14,12 +14,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from rollguard.errors import UsageError
+from rollguard.events import LedgerCheckpoint, utcnow
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_trusted_keys
 from rollguard_services.ledger.checkpoints import (
-    Checkpoint,
     CheckpointFile,
     CheckpointRead,
+    WitnessRead,
     signature_problem,
 )
 from rollguard_services.ledger.settings import LedgerSettings
@@ -40,17 +41,53 @@ class VerifyReport:
     warnings: list[str] = field(default_factory=list)
 
 
+#: Beyond the checkpoint interval, how long an entry may wait for its first checkpoint (a
+#: ledger restarted after a kill -9 checkpoints what it has at start).
+CHECKPOINT_GRACE_S = 60.0
+
+
 def verify_ledger(
-    store: LedgerStore, read: CheckpointRead, trusted: dict[str, Ed25519PublicKey]
+    store: LedgerStore,
+    read: CheckpointRead,
+    trusted: dict[str, Ed25519PublicKey],
+    witness: WitnessRead | None = None,
+    *,
+    checkpoint_interval_s: float | None = None,
+    grace_s: float = CHECKPOINT_GRACE_S,
 ) -> VerifyReport:
+    """The chain recomputed and held against the checkpoints of the file and, when given,
+    of the witness topic: a checkpoint the witness holds and the file lacks (deleted from
+    it), two checkpoints of one size that disagree (a re-signed rewrite), or entries no
+    checkpoint ever covered although one was due (``checkpoint_interval_s``: a deleted
+    checkpoint file) break it."""
     problems = [f"checkpoint file line {n} is not a checkpoint" for n in read.unreadable_lines]
-    valid: list[Checkpoint] = []
+    valid: list[LedgerCheckpoint] = []
     for cp in read.checkpoints:
         problem = signature_problem(cp, trusted)
         if problem:
             problems.append(f"checkpoint of size {cp.size} at {cp.ts.isoformat()}: {problem}")
         else:
             valid.append(cp)
+    if witness is not None:
+        in_file = {(cp.size, cp.head_hash) for cp in valid}
+        lost = [cp for cp in witness.checkpoints if (cp.size, cp.head_hash) not in in_file]
+        lost = list({(cp.size, cp.head_hash): cp for cp in lost}.values())
+        if lost:
+            problems.append(
+                f"{len(lost)} checkpoint(s) on the witness topic are not in the checkpoint "
+                f"file (sizes {', '.join(str(c.size) for c in sorted(lost, key=_size)[:5])}"
+                f"{', …' if len(lost) > 5 else ''}): checkpoints were deleted from the file"
+            )
+        valid += lost
+    heads: dict[int, set[str]] = {}
+    for cp in valid:
+        heads.setdefault(cp.size, set()).add(cp.head_hash)
+    for size, hashes in sorted(heads.items()):
+        if len(hashes) > 1:
+            problems.append(
+                f"{len(hashes)} checkpoints of size {size} vouch for different head hashes: "
+                "the chain was rewritten and signed again"
+            )
     chain = store.verify_chain(at_sizes={cp.size for cp in valid})
     first_bad, reason = chain.first_bad_seq, chain.reason
     # What the chain vouches for: every entry up to here recomputed correctly.
@@ -69,19 +106,38 @@ def verify_ledger(
                     first_bad, reason = bad, why
             break
         if chain.hashes_at.get(cp.size) == cp.head_hash:
-            matched = cp.size
+            if len(heads[cp.size]) == 1:  # of two that disagree, the one that matches is not
+                matched = cp.size  # proof: it may be the one signed again
             continue
-        bad = matched + 1
+        bad = min(matched + 1, cp.size)
         why = (
             f"an entry in seq {bad}..{cp.size} was changed and the chain re-hashed: the hash "
             f"at seq {cp.size} differs from the checkpoint of {cp.ts.isoformat()}, the last "
             f"checkpoint that matches is at seq {matched}"
         )
+        if len(heads[cp.size]) > 1:
+            why += f", and a checkpoint of size {cp.size} was signed again for the new chain"
         if first_bad is None or bad < first_bad:
             first_bad, reason = bad, why
         break
 
     warnings = []
+    if witness is not None and witness.ignored:
+        warnings.append(
+            f"{witness.ignored} record(s) on the witness topic are not checkpoints a trusted "
+            "key signed (ignored)"
+        )
+    overdue = store.first_recorded_at() if not valid and chain.entries else None
+    if overdue is not None and checkpoint_interval_s is not None:
+        age = (utcnow() - overdue).total_seconds()
+        if age > checkpoint_interval_s + grace_s and first_bad is None:
+            first_bad = 1
+            reason = (
+                f"no checkpoint covers any of the {chain.entries} entries, the first recorded "
+                f"{age:.0f} s ago (a checkpoint is due {checkpoint_interval_s:g} s after an "
+                "entry): the checkpoint file was deleted or replaced (a ledger that never "
+                "ran that long checkpoints when it starts again)"
+            )
     if not valid and chain.entries:
         warnings.append("no valid checkpoint: a cut tail or a re-hashed chain would go unseen")
     elif valid and max(cp.size for cp in valid) < chain.entries:
@@ -99,6 +155,10 @@ def verify_ledger(
     )
 
 
+def _size(cp: LedgerCheckpoint) -> int:
+    return cp.size
+
+
 def verify_configured(
     settings: RollguardSettings,
     ledger_settings: LedgerSettings,
@@ -106,6 +166,7 @@ def verify_configured(
     url: str | None = None,
     checkpoints: Path | None = None,
     trusted_dir: Path | None = None,
+    witness: WitnessRead | None = None,
 ) -> tuple[VerifyReport, Path]:
     """Verify the ledger the settings point at, with its checkpoint file and trusted keys.
 
@@ -122,6 +183,11 @@ def verify_configured(
         raise UsageError(f"no trusted checkpoint keys in {trusted_dir} (--trusted-dir)")
     store = LedgerStore(url, create=False)
     try:
-        return verify_ledger(store, read, trusted), path
+        return (
+            verify_ledger(
+                store, read, trusted, witness, checkpoint_interval_s=svc.checkpoint_interval_s
+            ),
+            path,
+        )
     finally:
         store.close()

@@ -1,53 +1,48 @@
 """Ed25519-signed checkpoints of the chain's head, kept outside the ledger table.
 
-A checkpoint says "after ``size`` entries the head hash was ``head_hash``", signed by the
-ledger's own key. Someone who can rewrite the table (the owner, triggers disabled) can cut its
-tail or rebuild every hash after a change and still get a chain that verifies; they cannot
-produce a checkpoint that vouches for the new head without the private key. Checkpoints are
-appended one JSON object per line to a file (fsynced), and optionally copied to a topic.
+A checkpoint (``rollguard.events.LedgerCheckpoint``) says "after ``size`` entries the head
+hash was ``head_hash``", signed by the ledger's own key. Someone who can rewrite the table
+(the owner, triggers disabled) can cut its tail or rebuild every hash after a change and
+still get a chain that verifies; they cannot produce a checkpoint that vouches for the new
+head without the private key. Checkpoints are appended one JSON object per line to a file
+(fsynced) and published to the ledger-checkpoints topic, the witness: whoever can write the
+state directory (the file, the database, even the key) cannot take a published checkpoint
+back, so a cut tail, deleted checkpoints or a re-signed rewrite still show against it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from rollguard import topics
+from rollguard.bus import read_topic
 from rollguard.errors import LedgerError
+from rollguard.events import LedgerCheckpoint
+from rollguard.logs import get_logger
+from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer
 
-
-class Checkpoint(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    size: int = Field(ge=0, description="Entries the chain had: seq 1..size.")
-    head_hash: str = Field(pattern=r"^[0-9a-f]{64}$", description="hash of entry `size`.")
-    ts: AwareDatetime
-    key_id: str = Field(min_length=1)
-    signature: str = Field(default="", description="Base64 Ed25519 over signed_bytes().")
-
-    def signed_bytes(self) -> bytes:
-        body = self.model_dump(mode="json", include={"size", "head_hash", "ts", "key_id"})
-        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-
-    def encode(self) -> bytes:
-        return orjson.dumps(self.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+log = get_logger("rollguard.ledger")
 
 
-def sign_checkpoint(signer: Signer, size: int, head_hash: str, ts: datetime) -> Checkpoint:
-    unsigned = Checkpoint(size=size, head_hash=head_hash, ts=ts, key_id=signer.key_id)
+def sign_checkpoint(signer: Signer, size: int, head_hash: str, ts: datetime) -> LedgerCheckpoint:
+    unsigned = LedgerCheckpoint(size=size, head_hash=head_hash, ts=ts, key_id=signer.key_id)
     sig = signer.private.sign(unsigned.signed_bytes())
     return unsigned.model_copy(update={"signature": base64.b64encode(sig).decode()})
 
 
-def signature_problem(cp: Checkpoint, trusted: dict[str, Ed25519PublicKey]) -> str | None:
+def signature_problem(cp: LedgerCheckpoint, trusted: dict[str, Ed25519PublicKey]) -> str | None:
     """None when a trusted key signed exactly this checkpoint; else why not."""
     public = trusted.get(cp.key_id)
     if public is None:
@@ -63,7 +58,7 @@ def signature_problem(cp: Checkpoint, trusted: dict[str, Ed25519PublicKey]) -> s
 class CheckpointRead:
     """Checkpoints of a file in order, and its lines that are not checkpoints (line numbers)."""
 
-    checkpoints: list[Checkpoint]
+    checkpoints: list[LedgerCheckpoint]
     unreadable_lines: list[int]
 
 
@@ -73,7 +68,7 @@ class CheckpointFile:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def append(self, cp: Checkpoint) -> None:
+    def append(self, cp: LedgerCheckpoint) -> None:
         """Write one line and fsync it; LedgerError (retriable) when the disk refuses."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +82,7 @@ class CheckpointFile:
     def read(self) -> CheckpointRead:
         if not self.path.exists():
             return CheckpointRead([], [])
-        good: list[Checkpoint] = []
+        good: list[LedgerCheckpoint] = []
         bad: list[int] = []
         try:
             lines = self.path.read_bytes().splitlines()
@@ -97,11 +92,83 @@ class CheckpointFile:
             if not line.strip():
                 continue
             try:
-                good.append(Checkpoint.model_validate_json(line))
+                good.append(LedgerCheckpoint.model_validate_json(line))
             except ValidationError:
                 bad.append(number)
         return CheckpointRead(good, bad)
 
-    def last(self) -> Checkpoint | None:
+    def last(self) -> LedgerCheckpoint | None:
         found = self.read().checkpoints
         return max(found, key=lambda c: c.size) if found else None
+
+
+@dataclass(frozen=True)
+class WitnessRead:
+    """What the witness topic held: the checkpoints a trusted key signed, and how many of
+    its records were anything else (unreadable, untrusted key, bad signature): anyone who can
+    write the topic can add noise, never a checkpoint."""
+
+    checkpoints: list[LedgerCheckpoint]
+    ignored: int = 0
+
+
+def witnessed_valid(
+    records: list[bytes | None], trusted: dict[str, Ed25519PublicKey]
+) -> WitnessRead:
+    """The witness topic's values, sorted into trusted checkpoints and the rest."""
+    good: list[LedgerCheckpoint] = []
+    ignored = 0
+    for value in records:
+        try:
+            cp = LedgerCheckpoint.model_validate_json(value or b"")
+        except ValidationError:
+            ignored += 1
+            continue
+        if signature_problem(cp, trusted) is None:
+            good.append(cp)
+        else:
+            ignored += 1
+    return WitnessRead(good, ignored)
+
+
+async def witnessed(
+    settings: RollguardSettings, trusted: dict[str, Ed25519PublicKey], timeout_s: float = 10.0
+) -> WitnessRead:
+    """The witness topic, read to its end; BrokerUnavailable when it cannot be."""
+    records = await read_topic(settings, topics.LEDGER_CHECKPOINTS.name, timeout_s=timeout_s)
+    return witnessed_valid([r.value for r in records], trusted)
+
+
+class Witness:
+    """Publishes each checkpoint to the witness topic, in order; one the broker did not take
+    is kept and sent again before the next (``pending``), never dropped."""
+
+    def __init__(self, producer: AIOKafkaProducer, settings: RollguardSettings) -> None:
+        self.producer = producer
+        self.topic = settings.topic(topics.LEDGER_CHECKPOINTS.name)
+        self.pending: list[LedgerCheckpoint] = []
+        self.published = 0
+        #: Loop time before which a failed send is not tried again.
+        self.retry_at = 0.0
+
+    async def publish(self, cp: LedgerCheckpoint | None = None, timeout_s: float = 10.0) -> bool:
+        """Send ``cp`` after what is pending; False (kept for later) when the broker does not
+        take it within ``timeout_s``."""
+        if cp is not None:
+            self.pending.append(cp)
+        while self.pending:
+            head = self.pending[0]
+            try:
+                await asyncio.wait_for(
+                    self.producer.send_and_wait(self.topic, head.encode(), key=b"ledger"),
+                    timeout_s,
+                )
+            except (KafkaError, TimeoutError) as exc:
+                self.retry_at = asyncio.get_running_loop().time() + timeout_s
+                log.warning(
+                    "witness_failed", size=head.size, pending=len(self.pending), error=str(exc)
+                )
+                return False
+            self.pending.pop(0)
+            self.published += 1
+        return True

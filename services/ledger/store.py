@@ -392,6 +392,13 @@ class LedgerStore:
             raise LedgerError(f"cannot read the ledger: {_first_line(exc)}") from exc
         return str(found.hash) if found else None
 
+    def first_recorded_at(self) -> datetime | None:
+        """When the ledger stored its first entry (None: it has none)."""
+        query = sa.select(entries.c.recorded_at).order_by(entries.c.seq).limit(1)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return datetime.fromisoformat(utc_iso(row[0])) if row is not None else None
+
     def entries(
         self,
         model_id: str | None = None,

@@ -7,11 +7,10 @@ import json
 
 from rollguard.errors import UsageError
 from rollguard.settings import RollguardSettings
-from rollguard.signing import trust_of
 from rollguard_services.ledger.incidents import INCIDENT_TYPES, describe, find_incident
 from rollguard_services.ledger.provenance import trusted_only
 from rollguard_shell.commands import Subparsers, group
-from rollguard_shell.commands.ledger import open_ledger
+from rollguard_shell.commands.ledger import open_ledger, recorded_trust
 
 _FIGURES = (
     ("mttd_s", "MTTD (bad version live → breach)"),
@@ -39,7 +38,7 @@ def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:
         # Only what trusted keys signed: a forged ack or command naming a real decision id
         # never joins the real incident (services/ledger/provenance.py).
         entries = trusted_only(
-            store.iter_entries(event_types=INCIDENT_TYPES), trust_of(settings, history=True)
+            store.iter_entries(event_types=INCIDENT_TYPES), recorded_trust(settings)
         )
         incident = find_incident(entries, args.id)
     finally:

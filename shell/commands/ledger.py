@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import sys
@@ -11,15 +12,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from rollguard.errors import ConfigError, ExitCode, UsageError
+from rollguard.authority import TokenRegistry
+from rollguard.bus import wait_for_broker
+from rollguard.errors import BrokerUnavailable, ConfigError, ExitCode, UsageError
 from rollguard.settings import RollguardSettings
-from rollguard.signing import trust_of
+from rollguard.signing import Trust, load_trusted_keys, trust_of
 from rollguard_services.ledger.audit import verify_configured
+from rollguard_services.ledger.checkpoints import WitnessRead, witnessed
 from rollguard_services.ledger.incidents import INCIDENT_TYPES, describe, find_incident
 from rollguard_services.ledger.provenance import trusted_only, untrusted_counts
 from rollguard_services.ledger.settings import LedgerSettings
 from rollguard_services.ledger.store import LedgerStore
-from rollguard_shell.commands import Subparsers, database_url, group, writing
+from rollguard_shell.commands import Subparsers, database_url, group, require_broker, writing
 
 
 def register(sub: Subparsers) -> None:
@@ -31,6 +35,13 @@ def register(sub: Subparsers) -> None:
     verify.add_argument("--checkpoints", type=Path, help="checkpoint file (JSON lines)")
     verify.add_argument(
         "--trusted-dir", type=Path, help="public keys that may sign checkpoints (*.pub)"
+    )
+    verify.add_argument(
+        "--witness",
+        choices=["auto", "require", "off"],
+        default="auto",
+        help="hold the checkpoints against the ledger-checkpoints topic: auto (when a broker "
+        "is configured and answers, else a warning), require (exit 3 without it), off",
     )
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(handler=_verify)
@@ -69,6 +80,13 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def recorded_trust(settings: RollguardSettings) -> Trust:
+    """The keys the ledger's entries are read against: the trusted keys, those retired since
+    (for what was recorded before), and the people of the tokens file (requests and
+    approvals are signed by the key each person's token derives)."""
+    return TokenRegistry.load(settings.resolved_tokens_file).trust(trust_of(settings, history=True))
+
+
 def ledger_url(args: argparse.Namespace, settings: RollguardSettings) -> str:
     """The ledger's URL, from --url or the settings, checked before anything opens it."""
     if args.url:
@@ -91,9 +109,7 @@ def selected(args: argparse.Namespace, settings: RollguardSettings) -> list[Any]
     try:
         if args.incident:
             pool = store.iter_entries(args.model_id, event_types=INCIDENT_TYPES)
-            incident = find_incident(
-                trusted_only(pool, trust_of(settings, history=True)), args.incident
-            )
+            incident = find_incident(trusted_only(pool, recorded_trust(settings)), args.incident)
             if incident is None:
                 raise UsageError(f"no incident {args.incident!r} in the ledger")
             entries = incident.entries
@@ -115,13 +131,20 @@ def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
         raise UsageError(f"--checkpoints {args.checkpoints}: no such file")
     if args.trusted_dir is not None and not args.trusted_dir.is_dir():
         raise UsageError(f"--trusted-dir {args.trusted_dir}: no such directory")
+    svc = LedgerSettings()
+    url = ledger_url(args, settings)
+    trusted_dir = args.trusted_dir or svc.resolved_checkpoint_trusted_dir(settings.state_dir)
+    witness, unread = _witness(args.witness, settings, trusted_dir)
     report, path = verify_configured(
         settings,
-        LedgerSettings(),
-        url=ledger_url(args, settings),
+        svc,
+        url=url,
         checkpoints=args.checkpoints,
         trusted_dir=args.trusted_dir,
+        witness=witness,
     )
+    if unread:
+        report.warnings[0:0] = [unread]
     untrusted = _untrusted(args, settings)
     if args.json:
         print(json.dumps({**report.__dict__, "untrusted": untrusted}))
@@ -151,11 +174,35 @@ def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
     return ExitCode.NOT_VERIFIED
 
 
+def _witness(
+    mode: str, settings: RollguardSettings, trusted_dir: Path
+) -> tuple[WitnessRead | None, str]:
+    """The witness topic's checkpoints (None when not read) and, when not, why not."""
+    if mode == "off":
+        return None, ""
+    if settings.embedded:
+        if mode == "require":
+            require_broker(settings)
+        return None, "no broker configured (ROLLGUARD_KAFKA_BOOTSTRAP): the witness was not read"
+    trusted = load_trusted_keys(trusted_dir) if trusted_dir.is_dir() else {}
+
+    async def read() -> WitnessRead:
+        await wait_for_broker(settings.model_copy(update={"connect_timeout_s": 5.0}))
+        return await witnessed(settings, trusted, timeout_s=30.0)
+
+    try:
+        return asyncio.run(read()), ""
+    except BrokerUnavailable as exc:
+        if mode == "require":
+            raise
+        return None, f"the witness was not read ({exc})"
+
+
 def _untrusted(args: argparse.Namespace, settings: RollguardSettings) -> Counter[str] | None:
     """The entries no key trusted for them signed, by event type and reason; None where
     there are no trusted keys to check them with (a ledger copied away from its keys)."""
     try:
-        trust = trust_of(settings, history=True)
+        trust = recorded_trust(settings)
     except ConfigError:
         return None
     store = open_ledger(args, settings)

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from rollguard import topics
-from rollguard.authority import ROLES, TokenRegistry, create_token, hash_token
+from rollguard.authority import ROLES, TokenRegistry, create_token, person_signer
 from rollguard.bus import publish_one, read_topic, wait_for_broker
 from rollguard.errors import ExitCode, UsageError
 from rollguard.events import (
@@ -31,7 +31,7 @@ from rollguard.events import (
 )
 from rollguard.policy import load_policy, resolve_policy
 from rollguard.settings import RollguardSettings
-from rollguard.signing import Role, signer_of, trust_of
+from rollguard.signing import Signer, signer_of, trust_of
 from rollguard_shell.commands import Subparsers, group, require_broker, writing
 
 
@@ -103,10 +103,11 @@ def _policy_lint(args: argparse.Namespace, settings: RollguardSettings) -> int:
     return 0
 
 
-def _token(settings: RollguardSettings) -> str:
+def _person(settings: RollguardSettings) -> Signer:
+    """The key the token holder signs with, derived from ROLLGUARD_TOKEN."""
     if settings.token is None:
         raise UsageError("set ROLLGUARD_TOKEN to your role token (rollguard tokens create)")
-    return hash_token(settings.token.get_secret_value())
+    return person_signer(settings.token.get_secret_value())
 
 
 def _send(
@@ -114,14 +115,15 @@ def _send(
     topic: str,
     event: SystemManifest | RollbackRequest | Approval,
     key: bytes,
-    role: Role,
+    signer: Signer | None = None,
 ) -> None:
-    """Publish ``event`` signed with this installation's key of ``role`` (the deployer's for a
-    deployment, an operator's for a request or an approval): consumers refuse it otherwise."""
+    """Publish ``event`` signed by ``signer`` (the token holder's key, for a request or an
+    approval), else by this installation's deployer key: consumers refuse it otherwise."""
 
     async def go() -> None:
         await wait_for_broker(settings)  # no broker is said first: exit 3, then the key
-        await publish_one(settings, topic, signer_of(settings, role).sign(event), key)
+        signing = signer or signer_of(settings, "deployer")
+        await publish_one(settings, topic, signing.sign(event), key)
 
     asyncio.run(go())
 
@@ -151,7 +153,7 @@ def _deploy_record(args: argparse.Namespace, settings: RollguardSettings) -> int
         status=args.status,
         note=args.note,
     )
-    _send(settings, topics.DEPLOYMENTS.name, manifest, manifest.key, "deployer")
+    _send(settings, topics.DEPLOYMENTS.name, manifest, manifest.key)
     print(f"recorded {args.model_id} {args.system_version} ({args.model}) as {args.status}")
     return 0
 
@@ -206,15 +208,15 @@ def _deploy_check(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 def _rollback(args: argparse.Namespace, settings: RollguardSettings) -> int:
     require_broker(settings)
+    person = _person(settings)
     req = RollbackRequest(
         model_id=args.model_id,
         to_system_version=args.to_system_version,
         level=args.level,
         role=args.role,
-        token_sha256=_token(settings),
         reason=args.reason,
     )
-    _send(settings, topics.REQUESTS.name, req, req.key, "operator")
+    _send(settings, topics.REQUESTS.name, req, req.key, person)
     print(
         f"requested rollback of {args.model_id} (request {req.event_id}); see rollguard.decisions"
     )
@@ -223,21 +225,18 @@ def _rollback(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 def _unlock(args: argparse.Namespace, settings: RollguardSettings) -> int:
     require_broker(settings)
+    person = _person(settings)
     req = RollbackRequest(
-        model_id=args.model_id,
-        action="unlock",
-        role=args.role,
-        token_sha256=_token(settings),
-        reason=args.reason,
+        model_id=args.model_id, action="unlock", role=args.role, reason=args.reason
     )
-    _send(settings, topics.REQUESTS.name, req, req.key, "operator")
+    _send(settings, topics.REQUESTS.name, req, req.key, person)
     print(f"requested unlock of {args.model_id} (request {req.event_id})")
     return 0
 
 
 def _approve(args: argparse.Namespace, settings: RollguardSettings) -> int:
     require_broker(settings)
-    token = _token(settings)
+    person = _person(settings)
     model_id = args.model_id
     if model_id is None:
         records = _read(settings, topics.DECISIONS.name)  # no broker is said first: exit 3
@@ -255,10 +254,9 @@ def _approve(args: argparse.Namespace, settings: RollguardSettings) -> int:
         model_id=model_id,
         decision_id=args.decision_id,
         role=args.role,
-        token_sha256=token,
         comment=args.comment,
     )
-    _send(settings, topics.APPROVALS.name, approval, approval.key, "operator")
+    _send(settings, topics.APPROVALS.name, approval, approval.key, person)
     print(
         f"approval of {args.decision_id} ({model_id}) as {args.role} sent; see rollguard.decisions"
     )
@@ -270,6 +268,9 @@ def _tokens_create(args: argparse.Namespace, settings: RollguardSettings) -> int
     TokenRegistry.load(path)  # a file the decider would refuse is not added to
     with writing("ROLLGUARD_TOKENS_FILE" if settings.tokens_file else "ROLLGUARD_STATE_DIR"):
         token = create_token(path, args.name, args.role)
-    print(f"token for {args.name} ({args.role}), shown once; its hash is in {path}:")
+    print(
+        f"token for {args.name} ({args.role}), shown once; {path} holds only the public key "
+        "it derives:"
+    )
     print(token)
     return 0

@@ -146,20 +146,22 @@ def test_a_signature_survives_the_json_round_trip_a_consumer_makes(
 def test_a_token_created_while_running_is_picked_up_and_a_bad_file_keeps_the_last(
     tmp_path: Path,
 ) -> None:
-    from rollguard.authority import TokenSource, create_token, hash_token
+    from rollguard.authority import TokenSource, create_token, person_signer
 
     path = tmp_path / "tokens.yaml"
     source = TokenSource(path)  # no file yet: nobody may approve
     assert len(source.current) == 0
     token = create_token(path, "dora", "data_engineering_lead")
     assert source.refresh(0.0) is True
-    who = source.current.lookup(hash_token(token))
+    who = source.current.lookup(person_signer(token).key_id)
     assert who is not None and who.name == "dora"
     assert source.refresh(0.0) is False  # unchanged
     path.write_text("tokens: [{name: x}]\n")  # broken
     os.utime(path, ns=(1, time.time_ns() + 10**9))  # a new mtime even on a coarse clock
     assert source.refresh(0.0) is False and source.last_error is not None
-    assert source.current.lookup(hash_token(token)) is not None  # the last good registry stays
+    assert (
+        source.current.lookup(person_signer(token).key_id) is not None
+    )  # the last good registry stays
     path.unlink()  # revoked by removing the file
     assert source.refresh(0.0) is True and len(source.current) == 0
 
@@ -177,3 +179,51 @@ def test_a_flat_directory_names_each_key_s_role_in_its_file_name(tmp_path: Path)
     trust = load_trust(flat)
     assert trust.keys[load_signer(tmp_path / "d.pem").key_id][0] == "detector"
     assert trust.keys[load_signer(tmp_path / "x.pem").key_id][0] == "executor"
+
+
+def test_a_token_proves_its_holder_without_anything_reusable_in_the_tokens_file(
+    tmp_path: Path,
+) -> None:
+    """The tokens file holds the public key a token derives: an approval signed with that key
+    is the holder's; copying its fields into another approval breaks the signature, and the
+    file holds nothing to sign with. Entries of an older rollguard (a token's SHA-256, which
+    approvals used to carry) are ignored, counted."""
+    import hashlib
+
+    import yaml
+
+    from rollguard.authority import TokenRegistry, create_token, person_signer
+
+    path = tmp_path / "tokens.yaml"
+    token = create_token(path, "dora", "data_engineering_lead")
+    text = path.read_text()
+    assert token not in text and hashlib.sha256(token.encode()).hexdigest() not in text
+    person = person_signer(token)
+    assert person_signer(token).key_id == person.key_id  # the same on any machine
+    assert person_signer(token + "x").key_id != person.key_id
+
+    registry = TokenRegistry.load(path)
+    who = registry.lookup(person.key_id)
+    assert who is not None and (who.name, who.role) == ("dora", "data_engineering_lead")
+    trust = registry.trust(Trust())
+    approval = person.sign(ev.Approval(model_id="m", decision_id="d", role=who.role))
+    assert trust.check(approval).ok
+    copied = approval.model_copy(update={"decision_id": "another", "event_id": ev.new_id()})
+    assert trust.check(copied).reason == "bad_signature"
+
+    doc = yaml.safe_load(text)
+    doc["tokens"].append({"name": "old", "role": "sre", "sha256": "0" * 64})
+    path.write_text(yaml.safe_dump(doc))
+    assert TokenRegistry.load(path).legacy == 1 and len(TokenRegistry.load(path)) == 1
+
+
+def test_a_person_s_input_holds_for_its_time_and_no_longer() -> None:
+    from rollguard_services.decider.approvals import out_of_time
+
+    now = ev.utcnow()
+    made = ev.RollbackRequest(model_id="m", role="sre", ts=now - timedelta(seconds=30))
+    assert out_of_time(made, now, 600) is None
+    late = out_of_time(made, now + timedelta(seconds=600), 600)
+    assert late is not None and late.startswith("expired: made 630 s ago")
+    ahead = made.model_copy(update={"ts": now + timedelta(minutes=5)})
+    assert "ahead of the decider's clock" in str(out_of_time(ahead, now, 600))

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from rollguard import topics
-from rollguard.authority import Identity, TokenRegistry, hash_token
+from rollguard.authority import Identity, TokenRegistry, person_signer
 from rollguard.events import (
     Approval,
     CommandAck,
@@ -37,11 +37,11 @@ from tests.factories import breach, manifest
 
 pytestmark = pytest.mark.broker
 
-TOKENS = TokenRegistry(
+TOKENS = TokenRegistry.of_tokens(
     {
-        hash_token("dora"): Identity("dora", "data_engineering_lead"),
-        hash_token("dan"): Identity("dan", "data_engineering_lead"),
-        hash_token("mike"): Identity("mike", "ml_lead"),
+        "dora": Identity("dora", "data_engineering_lead"),
+        "dan": Identity("dan", "data_engineering_lead"),
+        "mike": Identity("mike", "ml_lead"),
     }
 )
 
@@ -144,12 +144,10 @@ async def test_every_outcome_through_the_broker(
             breach("v2", model_id="notready"),
         ]:
             await publish_signed(topics.BREACHES.name, b)
-        l3 = RollbackRequest(
-            model_id="l3", level=3, role="data_engineering_lead", token_sha256=hash_token("dora")
-        )
-        l4 = RollbackRequest(
-            model_id="l4", level=4, role="data_engineering_lead", token_sha256=hash_token("dora")
-        )
+        # Each person signs with the key their token derives.
+        dora = person_signer("dora")
+        l3 = dora.sign(RollbackRequest(model_id="l3", level=3, role="data_engineering_lead"))
+        l4 = dora.sign(RollbackRequest(model_id="l4", level=4, role="data_engineering_lead"))
         await publish_signed(topics.REQUESTS.name, l3)
         await publish_signed(topics.REQUESTS.name, l4)
         await until(
@@ -157,11 +155,8 @@ async def test_every_outcome_through_the_broker(
         )
 
         def approve(model: str, req: RollbackRequest, who: str, role: str) -> Approval:
-            return Approval(
-                model_id=model,
-                decision_id=derived_id("request", req.event_id),
-                role=role,
-                token_sha256=hash_token(who),
+            return person_signer(who).sign(
+                Approval(model_id=model, decision_id=derived_id("request", req.event_id), role=role)
             )
 
         for a in [

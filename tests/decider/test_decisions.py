@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rollguard import events as ev
-from rollguard.authority import Identity, hash_token
+from rollguard.authority import Identity
 from rollguard.policy import ExpectedChange, ModelPolicy, RollbackPolicy
 from rollguard.signing import (
     Signer,
@@ -390,15 +390,11 @@ def test_target_is_the_newest_known_good_other_than_live_and_never_rolled_back()
 
 
 def req(level: int | None = None, role: str = "ml_engineer", **kw: object) -> ev.RollbackRequest:
-    return ev.RollbackRequest(
-        model_id="m", level=level, role=role, token_sha256=hash_token("t"), **kw
-    )  # type: ignore[arg-type]
+    return ev.RollbackRequest(model_id="m", level=level, role=role, **kw)  # type: ignore[arg-type]
 
 
 def approval(decision_id: str, role: str) -> ev.Approval:
-    return ev.Approval(
-        model_id="m", decision_id=decision_id, role=role, token_sha256=hash_token("t")
-    )
+    return ev.Approval(model_id="m", decision_id=decision_id, role=role)
 
 
 def test_manual_level_one_goes_straight_to_a_command_and_overrides_cooldown(signer: Signer) -> None:

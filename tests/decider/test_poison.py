@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from rollguard import topics
-from rollguard.authority import hash_token
+from rollguard.authority import person_signer
 from rollguard.events import (
     Approval,
     CommandAck,
@@ -54,15 +54,16 @@ async def test_oversized_invalid_input_on_every_topic_is_dead_lettered_and_the_r
         await publish_signed(name, HUGE, key=b"m")
     for m in good_and_bad("m"):
         await publish_signed(topics.DEPLOYMENTS.name, m)
-    request = RollbackRequest(
-        model_id="req", level=3, role="data_engineering_lead", token_sha256=hash_token("dora")
+    request = person_signer("dora").sign(
+        RollbackRequest(model_id="req", level=3, role="data_engineering_lead")
     )
     await publish_signed(topics.REQUESTS.name, request)
-    approval = Approval(
-        model_id="req",
-        decision_id=derived_id("request", request.event_id),
-        role="data_engineering_lead",
-        token_sha256=hash_token("dan"),
+    approval = person_signer("dan").sign(
+        Approval(
+            model_id="req",
+            decision_id=derived_id("request", request.event_id),
+            role="data_engineering_lead",
+        )
     )
     await publish_signed(topics.APPROVALS.name, approval)
     await publish_signed(

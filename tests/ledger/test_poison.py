@@ -45,12 +45,8 @@ def one_of_each() -> dict[str, Event]:
             tier="immediate",
             reasons=[Reason(code="cooldown", detail="in cooldown")],
         ),
-        topics.APPROVALS.name: Approval(
-            model_id="m", decision_id="d-1", role="ml_lead", token_sha256="0" * 64
-        ),
-        topics.REQUESTS.name: RollbackRequest(
-            model_id="m", level=3, role="data_engineering_lead", token_sha256="0" * 64
-        ),
+        topics.APPROVALS.name: Approval(model_id="m", decision_id="d-1", role="ml_lead"),
+        topics.REQUESTS.name: RollbackRequest(model_id="m", level=3, role="data_engineering_lead"),
         topics.COMMANDS.name: cmd,
         topics.ACKS.name: CommandAck(
             model_id="m",

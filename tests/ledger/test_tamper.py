@@ -22,9 +22,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rollguard.events import LedgerCheckpoint
 from rollguard.signing import Signer, key_id
 from rollguard_services.ledger.audit import VerifyReport, verify_ledger
-from rollguard_services.ledger.checkpoints import Checkpoint, CheckpointRead, sign_checkpoint
+from rollguard_services.ledger.checkpoints import CheckpointRead, sign_checkpoint
 from rollguard_services.ledger.store import Incoming, LedgerStore, entries, row_hash
 from tests.conftest import postgres_problem
 from tests.factories import breach
@@ -111,7 +112,7 @@ def chains(
 
 def build(store: LedgerStore, batches: list[int]) -> CheckpointRead:
     """Append the batches, signing a checkpoint of the head after each."""
-    cps: list[Checkpoint] = []
+    cps: list[LedgerCheckpoint] = []
     offset = 0
     for size in batches:
         store.append(

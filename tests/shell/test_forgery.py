@@ -26,9 +26,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rollguard import events as ev
 from rollguard import topics
+from rollguard.authority import person_signer
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Role, Signer, key_id, signer_of, signers, trust_of
 from rollguard_services.ledger.provenance import provenance
+from rollguard_shell.commands.ledger import recorded_trust
 from tests.conftest import scaled
 from tests.shell.test_lifecycle import _cli, _until
 from tests.shell.test_restart import MODEL, Ledger, Up, _deploy, _on_topics, _policy
@@ -140,6 +142,10 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
         "ROLLGUARD_ROUTER_VERSIONS": json.dumps(versions),
         "ROLLGUARD_ROUTER_RATE_RPS": "200",
     }
+    # A real person: requests and approvals are signed by the key ada's token derives.
+    made = _cli(state, "tokens", "create", "--name", "ada", "--role", "ml_lead")
+    assert made.returncode == 0, made.stderr
+    ada = person_signer(made.stdout.strip().splitlines()[-1])
     ledger = Ledger(state / "ledger.db")
     up = Up(state, env)
     up.start()
@@ -157,20 +163,14 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
         bootstrap = json.loads((state / "broker.json").read_text())["bootstrap"]
         settings = RollguardSettings(state_dir=state, kafka_bootstrap=bootstrap)
         samples = _samples(_on_topics(state, tuple(t for t in CONSUMERS if t != "requests")))
-        # Requests and approvals: as the CLI would make them for a token holder.
-        hash_ = "0" * 64
-        samples["RollbackRequest"] = (
-            "requests",
-            signer_of(settings, "operator").sign(
-                ev.RollbackRequest(model_id=MODEL, role="ml_engineer", token_sha256=hash_)
-            ),
-        )
-        samples["Approval"] = (
-            "approvals",
-            signer_of(settings, "operator").sign(
-                ev.Approval(model_id=MODEL, decision_id="d", role="ml_lead", token_sha256=hash_)
-            ),
-        )
+        # Requests and approvals: as the CLI makes them for ada (a role she does not hold,
+        # and a decision that awaits nobody: each is answered with a hold).
+        people = {
+            "RollbackRequest": ("requests", ev.RollbackRequest(model_id=MODEL, role="ml_engineer")),
+            "Approval": ("approvals", ev.Approval(model_id=MODEL, decision_id="d", role="ml_lead")),
+        }
+        for name, (topic, event) in people.items():
+            samples[name] = (topic, ada.sign(event))
         decided = sum(e.event_type == "Decision" for e in ledger.entries())
         missing = {"Breach", "Decision", "RollbackCommand", "CommandAck:applied"} - set(samples)
         assert not missing, f"no real {missing} to forge from"
@@ -223,12 +223,34 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
         )
         send("commands", late.encode(), MODEL)
         sent[("RollbackCommand", "expired")] = ("commands", late.event_id)
+        # A person's request and approval, really signed by ada, made 20 minutes ago.
+        for name, (topic, event) in people.items():
+            old = ada.sign(event.model_copy(update={"ts": ev.utcnow() - timedelta(minutes=20)}))
+            send(topic, old.encode(), MODEL)
+            sent[(name, "expired")] = (topic, old.event_id)
         assert producer.flush(scaled(30)) == 0
 
         ledgered = {t.name for t in topics.LEDGERED}
         forged_ids = {
             eid for (_, how), (topic, eid) in sent.items() if how != "replay" and topic in ledgered
         }
+        # Every request and approval anyone can read, off the topics and out of the ledger,
+        # sent again as it was: none is taken a second time.
+        readable = [
+            *_on_topics(state, ("requests", "approvals")).items(),
+            *(
+                (e.topic.removeprefix(settings.topic_prefix), [orjson.dumps(e.payload)])
+                for e in ledger.entries()
+                if e.event_type in ("RollbackRequest", "Approval")
+            ),
+        ]
+        resent = 0
+        for topic, values in readable:
+            for value in values:
+                send(topic, value, MODEL)
+                resent += 1
+        assert resent >= 2 * len(people) * 2, resent  # topic and ledger, real and expired
+        assert producer.flush(scaled(30)) == 0
         _until(
             lambda: forged_ids <= {e.event_id for e in ledger.entries()},
             "the ledger did not record every forgery",
@@ -247,7 +269,7 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
         up.stop()
 
     assert after == before, f"forgeries had effects: {before} → {after}"
-    trust = trust_of(RollguardSettings(state_dir=state))
+    trust = recorded_trust(RollguardSettings(state_dir=state))
     by_event = {}
     for entry in entries:
         by_event.setdefault(entry.event_id, entry)
@@ -286,9 +308,12 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
             if not CONSUMERS[topic]:
                 said = "no service reads"  # its readers check it (deploy check, invalidations)
             rows.append((name, how, said, untrusted))
-        elif how == "expired":
+        elif how == "expired" and topic == "commands":
             ok = (late.command_id, "expired") in rejected
             rows.append((name, how, "rejected: expired" if ok else "TAKEN", True))
+        elif how == "expired":  # a person's input past its time
+            ok = "decider" in refused_by.get(eid, set())
+            rows.append((name, how, "refused: expired" if ok else "TAKEN", "signed, late"))
         else:  # replay: no effect (checked above for all of them together)
             ok = True
             rows.append((name, how, "no effect", "same event"))
@@ -298,7 +323,11 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
     for name, how, said, kept in rows:
         kept_as = {True: "untrusted", False: "TRUSTED?", None: "not ledgered"}.get(kept, kept)
         print(f"  {name:<20} {how:<14} {said:<18} {kept_as}")
-    refused_n = sum(1 for r in rows if r[2] in ("refused", "rejected: expired", "no service reads"))
+    refused_n = sum(
+        1
+        for r in rows
+        if r[2] in ("refused", "rejected: expired", "refused: expired", "no service reads")
+    )
     print(
         f"  {refused_n} of {len(rows) - sum(1 for r in rows if r[1] == 'replay')} refused; "
         f"effects: 0 (decisions, commands, applied acks, deployments {dict(after)})"

@@ -30,10 +30,15 @@ MYPY := MYPYPATH=.typecheck $(BIN)/mypy -p rollguard -p rollguard_services -p ro
 	ln -sfn ../services .typecheck/rollguard_services
 	ln -sfn ../shell .typecheck/rollguard_shell
 
+# Two workers: most tests wait on a broker or a process, not on a core. The tests that run a
+# whole `rollguard up` (or many processes) are one xdist group, so they run one at a time on
+# one worker while the other takes the rest. PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
+
 test: $(VENV)/.dev-installed | .typecheck
 	$(BIN)/ruff check rollguard services shell tests benchmarks
 	$(MYPY)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check rollguard services shell tests benchmarks

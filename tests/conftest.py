@@ -121,6 +121,50 @@ def publish_signed(
     return send
 
 
+#: The tests that run a whole `rollguard up` or kill processes over and over: under
+#: pytest-xdist (make test) they share one worker, one at a time, so two of them never compete
+#: for the machine's two cores while the other worker runs everything else.
+HEAVY = pytest.mark.xdist_group("heavy")
+
+
+@pytest.fixture
+def figure(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Keep a figure a test measured (a matrix, timings) to print at the end of the run,
+    under the test's id (``pytest_terminal_summary``): a figure travels with the test's
+    report, so it is printed under pytest-xdist too, where a print would be lost."""
+
+    def keep(text: str) -> None:
+        request.node.user_properties.append(("figure", text.strip("\n")))
+
+    return keep
+
+
+def reported_properties(
+    terminalreporter: pytest.TerminalReporter, name: str
+) -> list[tuple[str, Any]]:
+    """(test id, value) of every user property ``name`` the run's reports carry, once per
+    test (the report of its last phase holds them all)."""
+    latest: dict[str, list[tuple[str, Any]]] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            props = getattr(report, "user_properties", None)
+            nodeid = getattr(report, "nodeid", "")
+            if props and len(props) >= len(latest.get(nodeid, [])):
+                latest[nodeid] = list(props)
+    return [(nodeid, v) for nodeid, props in latest.items() for k, v in props if k == name]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    figures = reported_properties(terminalreporter, "figure")
+    if not figures:
+        return
+    terminalreporter.section("figures measured by the tests")
+    for nodeid, text in sorted(figures):
+        terminalreporter.write_line(f"{nodeid}:")
+        for line in text.splitlines():
+            terminalreporter.write_line(f"  {line}")
+
+
 #: How much longer than on an idle machine the suite's waits may take: 1 by default, raised by
 #: a CI that runs on a loaded machine (ROLLGUARD_TEST_TIME_FACTOR=3). Every wait for something
 #: to happen goes through scaled(); no test asserts how fast anything is (benchmarks do).

@@ -94,8 +94,9 @@ class Ledger:
                 send_many=producer_batches(letters),
             )
             await self._refuse_lost_entries(store)
-            if store.count() != self._checkpointed_size:  # entries a kill -9 left uncovered
-                self._uncovered_since = asyncio.get_running_loop().time()
+            # Entries a kill -9 left uncovered are checkpointed now, not an interval later:
+            # a ledger restarted more often than that would otherwise never checkpoint.
+            await witness.publish(await asyncio.to_thread(self._checkpoint, store, signer))
             names = [self.settings.topic(t.name) for t in topics.LEDGERED]
             consumer = make_consumer(
                 self.settings,
@@ -223,7 +224,7 @@ class Ledger:
         retried at the next interval."""
         try:
             size, head = store.head()
-            if size == self._checkpointed_size:
+            if size in (0, self._checkpointed_size):  # nothing (new) to vouch for
                 self._uncovered_since = None
                 return None
             made = sign_checkpoint(signer, size, head, utcnow())

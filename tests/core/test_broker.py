@@ -7,6 +7,7 @@ import pytest
 
 from rollguard.broker import EmbeddedBroker
 from rollguard.errors import EmbeddedBrokerError
+from tests.conftest import HEAVY
 
 
 def test_embedded_broker_starts_listens_logs_and_stops(tmp_path: Path) -> None:
@@ -32,6 +33,7 @@ def test_broker_that_cannot_start_is_a_clear_error(tmp_path: Path) -> None:
     assert not broker.running
 
 
+@HEAVY
 def test_a_broker_on_disk_killed_and_started_again_has_its_topics_and_groups(
     tmp_path: Path,
 ) -> None:

@@ -53,6 +53,7 @@ async def test_fuzzed_records_are_all_dead_lettered_and_valid_traffic_is_still_j
     publish: Callable[..., Awaitable[None]],
     reader: TopicReader,
     keys: str,
+    figure: Callable[[str], None],
 ) -> None:
     settings = topics_ready
     await publish(
@@ -102,8 +103,8 @@ async def test_fuzzed_records_are_all_dead_lettered_and_valid_traffic_is_still_j
         timeout_s=60,
     )
     rss_after, peak_after = rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(
-        f"\nfuzz (test size): {len(sent)} malformed records of {len(KINDS)} kinds among "
+    figure(
+        f"fuzz (test size): {len(sent)} malformed records of {len(KINDS)} kinds among "
         f"{len(valid)} valid; dead letters {detector.counts['dead_letters']}; RSS "
         f"{(rss_after - rss_before) / 2**20:+.0f} MiB over the run, peak "
         f"{(peak_after - peak_before) / 1024:+.0f} MiB"

@@ -28,7 +28,7 @@ import random
 import signal
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from rollguard.events import CommandAck, OutputInvalidation, RollbackCommand, Sy
 from rollguard.settings import RollguardSettings
 from rollguard.signing import ensure_keys, load_signer, signer_of, trust_of
 from rollguard_services.executor.inbox import Inbox
-from tests.conftest import TopicReader, scaled
+from tests.conftest import HEAVY, TopicReader, scaled
 from tests.factories import command, manifest
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(scaled(400))]
@@ -289,8 +289,9 @@ async def check_lane(lane: Lane) -> dict[str, int]:
     }
 
 
+@HEAVY
 async def test_sigkill_at_every_step_still_applies_each_command_once(
-    settings: RollguardSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    settings: RollguardSettings, tmp_path: Path, figure: Callable[[str], None]
 ) -> None:
     rng = random.Random(20240605)
     lanes = []
@@ -322,6 +323,5 @@ async def test_sigkill_at_every_step_still_applies_each_command_once(
     report = {lane.point: await check_lane(lane) for lane in lanes}
 
     total = sum(r["kills"] for r in report.values())
-    with capsys.disabled():
-        print(f"\ncrash test: {total} SIGKILLs, {json.dumps(report, indent=1)}")
+    figure(f"crash test: {total} SIGKILLs, {json.dumps(report, indent=1)}")
     assert total >= 4 * KILLS_PER_POINT, {lane.point: lane.runs_log for lane in lanes}

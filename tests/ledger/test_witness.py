@@ -173,7 +173,7 @@ async def _ledger_with_two_checkpoints(
 
 
 async def test_an_attacker_with_the_state_directory_is_caught_by_the_witness(
-    served: tuple[StateDir, Callable[..., Awaitable[None]]],
+    served: tuple[StateDir, Callable[..., Awaitable[None]]], figure: Callable[[str], None]
 ) -> None:
     state, publish = served
     await _ledger_with_two_checkpoints(state, publish)
@@ -190,14 +190,17 @@ async def test_an_attacker_with_the_state_directory_is_caught_by_the_witness(
         rows.append((name, offline, witness))
     state.restore()
 
-    print("\nledger tamper matrix, attacker writes the state directory (key included):")
-    print(f"  {'attack':<38} {'file only':<12} with the witness")
+    lines = [
+        "ledger tamper matrix, attacker writes the state directory (key included):",
+        f"  {'attack':<38} {'file only':<12} with the witness",
+    ]
     for name, offline, witness in rows:
         said = "BROKEN" if not witness.ok else "ok (missed)"
-        print(f"  {name:<38} {'BROKEN' if not offline.ok else 'ok (missed)':<12} {said}")
-        print(f"      {witness.reason[:150]}")
+        lines.append(f"  {name:<38} {'BROKEN' if not offline.ok else 'ok (missed)':<12} {said}")
+        lines.append(f"      {witness.reason[:150]}")
     caught = sum(not w.ok for _, _, w in rows)
-    print(f"  with the witness: {caught} of {len(rows)} reported")
+    lines.append(f"  with the witness: {caught} of {len(rows)} reported")
+    figure("\n".join(lines))
     assert caught == len(rows), [(n, w.reason) for n, _, w in rows if w.ok]
     reasons = {name: witness.reason for name, _, witness in rows}
     assert "signed again" in reasons["rewrite + re-sign with the key"]

@@ -26,7 +26,7 @@ SWITCHES = 40
 async def test_switch_time_over_many_switches(
     topics_ready: RollguardSettings,
     publish: Callable[..., Awaitable[None]],
-    capsys: pytest.CaptureFixture[str],
+    figure: Callable[[str], None],
     keys: str,
     rate_rps: float,
     tick_s: float,
@@ -70,9 +70,10 @@ async def test_switch_time_over_many_switches(
     assert report["switch_ms_p50"] <= tick_s * 1000 + 5
     assert report["switch_ms_max"] <= tick_s * 1000 + 200
     assert report["propagation_ms_p50"] < 500
-    with capsys.disabled():
-        print(f"\nrouter switch time at {rate_rps:g} rps, tick {tick_s * 1000:g} ms:")
-        print(json.dumps({k: round(v, 2) for k, v in report.items()}))
+    figure(
+        f"router switch time at {rate_rps:g} rps, tick {tick_s * 1000:g} ms:\n"
+        + json.dumps({k: round(v, 2) for k, v in report.items()})
+    )
 
 
 def test_switch_report_leaves_out_switches_not_served_yet() -> None:

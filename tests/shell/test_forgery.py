@@ -16,6 +16,7 @@ import base64
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from rollguard.settings import RollguardSettings
 from rollguard.signing import Role, Signer, key_id, signer_of, signers, trust_of
 from rollguard_services.ledger.provenance import provenance
 from rollguard_shell.commands.ledger import recorded_trust
-from tests.conftest import scaled
+from tests.conftest import HEAVY, scaled
 from tests.shell.test_lifecycle import _cli, _until
 from tests.shell.test_restart import MODEL, Ledger, Up, _deploy, _on_topics, _policy
 
@@ -131,9 +132,10 @@ def _json(line: str) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+@HEAVY
 @pytest.mark.timeout(scaled(420))
 def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
-    tmp_path: Path,
+    tmp_path: Path, figure: Callable[[str], None]
 ) -> None:
     state = tmp_path / "state"
     versions = {"v1": {"error_rate": 0.01}, "b1": {"error_rate": 0.3}}
@@ -319,17 +321,20 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
             rows.append((name, how, "no effect", "same event"))
         if not ok:
             failures.append((name, how))
-    print("\nforgery matrix (event type, forgery, consumers, ledgered as untrusted):")
+    lines = ["forgery matrix (event type, forgery, consumers, ledgered as untrusted):"]
     for name, how, said, kept in rows:
         kept_as = {True: "untrusted", False: "TRUSTED?", None: "not ledgered"}.get(kept, kept)
-        print(f"  {name:<20} {how:<14} {said:<18} {kept_as}")
+        lines.append(f"  {name:<20} {how:<14} {said:<18} {kept_as}")
     refused_n = sum(
         1
         for r in rows
         if r[2] in ("refused", "rejected: expired", "refused: expired", "no service reads")
     )
-    print(
+    lines.append(
         f"  {refused_n} of {len(rows) - sum(1 for r in rows if r[1] == 'replay')} refused; "
-        f"effects: 0 (decisions, commands, applied acks, deployments {dict(after)})"
+        f"effects: 0 (decisions, commands, applied acks, deployments {dict(after)}); "
+        f"{resent} requests and approvals read off the topics and the ledger and sent again: "
+        "none taken"
     )
+    figure("\n".join(lines))
     assert not failures, failures

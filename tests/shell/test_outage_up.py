@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks.freeze import Freeze, freeze_once
 from benchmarks.live_up import LiveUp
-from tests.conftest import TIME_FACTOR, scaled
+from tests.conftest import HEAVY, TIME_FACTOR, scaled
 
 #: Past the clients' request timeout (40 s): their requests time out inside the freeze.
 FREEZE_S = 45.0
@@ -20,6 +20,7 @@ FREEZE_S = 45.0
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the broker in /proc")
 # ~105 s when it passes; when it does not, the waits that run out before it says why add up.
+@HEAVY
 @pytest.mark.timeout(scaled(900))
 async def test_up_weathers_a_broker_frozen_in_the_middle_of_an_incident(tmp_path: Path) -> None:
     """Frozen for 90 s, the broker made the router's send time out and the task group cancel

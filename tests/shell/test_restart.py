@@ -21,6 +21,7 @@ import sqlite3
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +36,7 @@ from rollguard import topics
 from rollguard.bus import read_topic
 from rollguard.events import LatencyEvent
 from rollguard.settings import RollguardSettings
-from tests.conftest import scaled
+from tests.conftest import HEAVY, scaled
 from tests.shell.test_lifecycle import ROOT, Running, _cli, _gone, _launch, _read, _until
 
 MODEL = "demo-model"  # the router's default model
@@ -54,6 +55,10 @@ class Entry:
     event_type: str
     event_id: str
     payload: dict[str, Any]
+    recorded_at: str = ""
+
+    def recorded_at_utc(self) -> datetime:
+        return datetime.fromisoformat(self.recorded_at).replace(tzinfo=UTC)
 
 
 class Ledger:
@@ -68,12 +73,12 @@ class Ledger:
         with sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10) as db:
             try:
                 rows = db.execute(
-                    "SELECT seq, topic, event_type, event_id, payload FROM ledger_entries"
-                    " ORDER BY seq"
+                    "SELECT seq, topic, event_type, event_id, payload, recorded_at"
+                    " FROM ledger_entries ORDER BY seq"
                 ).fetchall()
             except sqlite3.OperationalError:  # not created yet
                 return []
-        return [Entry(r[0], r[1], r[2], r[3], orjson.loads(r[4])) for r in rows]
+        return [Entry(r[0], r[1], r[2], r[3], orjson.loads(r[4]), r[5]) for r in rows]
 
 
 def _policy(directory: Path) -> Path:
@@ -257,8 +262,11 @@ def _on_topics(state: Path, names: tuple[str, ...] = ()) -> dict[str, list[bytes
     return asyncio.run(read())
 
 
+@HEAVY
 @pytest.mark.timeout(scaled(60 + 40 * (KILLS + 1)))
-def test_up_killed_at_every_step_of_incidents_completes_each_once(tmp_path: Path) -> None:
+def test_up_killed_at_every_step_of_incidents_completes_each_once(
+    tmp_path: Path, figure: Callable[[str], None]
+) -> None:
     state = tmp_path / "state"
     bad = [f"b{i}" for i in range(1, KILLS + 2)]
     versions = {"v1": {"error_rate": 0.01}, **{b: {"error_rate": 0.3} for b in bad}}
@@ -374,4 +382,4 @@ def test_up_killed_at_every_step_of_incidents_completes_each_once(tmp_path: Path
         f"{starts[len(starts) // 2]:.1f}s; deploy → verified by step: "
         + ", ".join(f"{k} {sorted(v)[len(v) // 2]:.1f}s" for k, v in timings.items())
     )
-    print("\n".join([*report, summary]))
+    figure("\n".join([*report, summary]))

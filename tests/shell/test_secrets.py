@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from rollguard.authority import person_signer
-from tests.conftest import scaled
+from tests.conftest import HEAVY, scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,6 +126,7 @@ def _haystacks(demo: Demo) -> dict[str, bytes]:
     return stacks
 
 
+@HEAVY
 @pytest.mark.timeout(scaled(300))
 def test_the_demo_leaves_no_secret_in_its_output_logs_topics_or_ledger(demo: Demo) -> None:
     secrets = _secrets(demo)

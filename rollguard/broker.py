@@ -83,6 +83,7 @@ class EmbeddedBroker:
         compacted: set[str] | None = None,
         storage: str = "memory://tansu/",
         env: dict[str, str] | None = None,
+        advertised_port: int | None = None,
     ) -> None:
         self.log_path = log_path
         self.port = port or free_port()
@@ -91,6 +92,9 @@ class EmbeddedBroker:
         self.compacted = compacted or set()
         self.storage = f"s3://{BUCKET}/" if data_dir is not None else storage
         self._env = env
+        #: The port clients are told to connect to, when not ``port`` (a TLS terminator in
+        #: front of the broker: Tansu 0.6 speaks plaintext only).
+        self.advertised_port = advertised_port or self.port
         self._proc: subprocess.Popen[bytes] | None = None
         self._store: subprocess.Popen[bytes] | None = None
 
@@ -110,7 +114,7 @@ class EmbeddedBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://127.0.0.1:{self.advertised_port}",
             "--storage-engine",
             self.storage,
         ]

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -45,12 +46,21 @@ def client_options(settings: RollguardSettings) -> dict[str, Any]:
         "security_protocol": settings.security_protocol,
     }
     if settings.security_protocol in ("SSL", "SASL_SSL"):
-        opts["ssl_context"] = create_ssl_context(
-            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None,
-            certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
-            keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
-            password=settings.ssl_password.get_secret_value() if settings.ssl_password else None,
-        )
+        try:
+            opts["ssl_context"] = create_ssl_context(
+                cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None,
+                certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+                keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+                password=settings.ssl_password.get_secret_value()
+                if settings.ssl_password
+                else None,
+            )
+        except (OSError, ssl.SSLError) as exc:  # FileNotFoundError is an OSError
+            raise ConfigError(
+                "ROLLGUARD_SSL_CAFILE, ROLLGUARD_SSL_CERTFILE or ROLLGUARD_SSL_KEYFILE: "
+                f"{getattr(exc, 'strerror', None) or exc}"
+                + (f" ({exc.filename})" if getattr(exc, "filename", None) else "")
+            ) from exc
     if settings.security_protocol.startswith("SASL"):
         if not (settings.sasl_mechanism and settings.sasl_username and settings.sasl_password):
             raise ConfigError(

@@ -32,7 +32,7 @@ from rollguard.errors import BrokerUnavailable, ConfigError
 from rollguard.events import DeadLetter, DeadLetterReason, Event, Signed, utcnow
 from rollguard.logs import get_logger
 from rollguard.settings import RollguardSettings
-from rollguard.signing import Trust, Verdict
+from rollguard.signing import Trust, TrustSource, Verdict
 
 log = get_logger("rollguard.bus")
 
@@ -490,16 +490,52 @@ class Admission:
     the reason like any refused record. Unsigned events taken in ``warn`` mode are counted and
     said once per event type."""
 
-    def __init__(self, trust: Trust, consumer: str) -> None:
-        self.trust = trust
+    def __init__(self, trust: Trust | TrustSource, consumer: str) -> None:
+        #: Followed as the trusted keys directory changes, when a source is given.
+        self.source = trust if isinstance(trust, TrustSource) else None
+        self._base = trust.current if isinstance(trust, TrustSource) else trust
+        #: Adds keys the directory does not hold (the decider: each person's, from the tokens).
+        self._people: Callable[[Trust], Trust] | None = None
+        self.trust = self._base
         self.consumer = consumer
         #: Events refused, by reason (unsigned, unknown_key, wrong_role, bad_signature);
         #: ``unsigned_taken`` in warn mode.
         self.counts: Counter[str] = Counter()
         self._warned: set[str] = set()
+        self._said_error: str | None = None
+
+    def with_people(self, people: Callable[[Trust], Trust]) -> None:
+        """Trust, besides the directory's keys, what ``people`` adds to them."""
+        self._people = people
+        self.trust = people(self._base)
+
+    def refresh(self, within_s: float | None = None) -> None:
+        """Take the trusted keys directory as it is now (at most once a second, or once per
+        ``within_s``)."""
+        source = self.source
+        if source is None:
+            return
+        if source.refresh(within_s=within_s):
+            self._base = source.current
+            self.trust = self._people(self._base) if self._people else self._base
+            log.info(
+                "trusted_keys_reloaded",
+                consumer=self.consumer,
+                keys={role: len(kids) for role, kids in self._base.roles().items()},
+            )
+        if source.last_error != self._said_error:
+            self._said_error = source.last_error
+            if source.last_error is not None:
+                log.error("trusted_keys_rejected", error=source.last_error, kept="last good keys")
 
     def verdict(self, event: Signed) -> Verdict:
+        self.refresh()
         verdict = self.trust.check(event)
+        if verdict.reason == "unknown_key" and self.source is not None:
+            # A key made a moment ago (keys generate, then deploy record): look again now,
+            # though at most five times a second, so a flood of forgeries costs little.
+            self.refresh(within_s=0.2)
+            verdict = self.trust.check(event)
         if verdict.ok and verdict.reason == "unsigned":
             self.counts["unsigned_taken"] += 1
             name = type(event).__name__

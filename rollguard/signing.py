@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -317,6 +318,51 @@ def trust_of(settings: RollguardSettings, *, history: bool = False) -> Trust:
     adds the retired keys, for reading the ledger."""
     unsigned: Literal["refuse", "warn"] = "warn" if settings.signed_events == "warn" else "refuse"
     return load_trust(settings.resolved_trusted_keys_dir, unsigned, history=history)
+
+
+class TrustSource:
+    """The trusted keys as the directory holds them now: a key added (``keys generate
+    --rotate``) or retired while a service runs is in force within ``min_interval_s``, no
+    restart needed. A directory that no longer loads keeps the last good keys and says why
+    (``last_error``)."""
+
+    def __init__(self, settings: RollguardSettings, min_interval_s: float = 1.0) -> None:
+        self.settings = settings
+        self.min_interval_s = min_interval_s
+        self.current = trust_of(settings)
+        self.last_error: str | None = None
+        self._stamp = self._files()
+        self._checked = time.monotonic()
+
+    def _files(self) -> tuple[tuple[str, int, int], ...]:
+        root = self.settings.resolved_trusted_keys_dir
+        try:
+            found = [root, *sorted(root.rglob("*"))]
+            return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in found)
+        except OSError:
+            return ()
+
+    def refresh(self, *, force: bool = False, within_s: float | None = None) -> bool:
+        """True when other keys are in force now. The directory is looked at when it was not
+        for ``within_s`` (default ``min_interval_s``)."""
+        now = time.monotonic()
+        interval = self.min_interval_s if within_s is None else within_s
+        if not force and now - self._checked < interval:
+            return False
+        self._checked = now
+        stamp = self._files()
+        if not force and stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            fresh = trust_of(self.settings)
+        except ConfigError as exc:
+            self.last_error = str(exc)
+            return False
+        self.last_error = None
+        changed = fresh.keys.keys() != self.current.keys.keys()
+        self.current = fresh
+        return changed
 
 
 def signer_of(settings: RollguardSettings, role: Role) -> Signer:

@@ -50,7 +50,7 @@ from rollguard.logs import get_logger
 from rollguard.outage import OutageLimit
 from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
-from rollguard.signing import Signer, Trust, trust_of
+from rollguard.signing import Signer, Trust, TrustSource
 from rollguard_services.decider.approvals import approve, out_of_time, request
 from rollguard_services.decider.breaches import decide
 from rollguard_services.decider.context import DecisionContext
@@ -161,8 +161,7 @@ class Decider:
         self.policy = policy
         self.signer = signer
         #: What is acted on: events signed by keys trusted for their type (rollguard.signing).
-        self._trust = trust or trust_of(settings)
-        self.admission = Admission(self._trust, self.name)
+        self.admission = Admission(trust or TrustSource(settings), self.name)
         self.svc = decider_settings
         #: Followed as the file changes, unless fixed tokens are given (tests).
         self._token_source: TokenSource | None = None
@@ -187,7 +186,7 @@ class Decider:
         """The people of ``tokens``: who a request or an approval names (its ``key_id``),
         their keys trusted as operator keys for it."""
         self.tokens = tokens
-        self.admission.trust = tokens.trust(self._trust)
+        self.admission.with_people(tokens.trust)
         if tokens.legacy:
             log.warning(
                 "tokens_legacy_ignored",

@@ -51,7 +51,7 @@ from rollguard.logs import get_logger
 from rollguard.outage import OutageLimit, Sender
 from rollguard.policy import PolicySet, PolicySource
 from rollguard.settings import RollguardSettings
-from rollguard.signing import Signer, Trust, signer_of, trust_of
+from rollguard.signing import Signer, Trust, TrustSource, signer_of
 from rollguard_services.detector import decoding
 from rollguard_services.detector import reference as references
 from rollguard_services.detector.decoding import (
@@ -148,7 +148,7 @@ class Detector:
         # Keys before the broker: a missing or unreadable key stops the detector at once.
         if self.signer is None:
             self.signer = signer_of(self.settings, "detector")
-        self.admission = Admission(self._trust or trust_of(self.settings), self.name)
+        self.admission = Admission(self._trust or TrustSource(self.settings), self.name)
         consumer = make_consumer(
             self.settings,
             group_id=self.svc.group_id,

@@ -44,7 +44,7 @@ from rollguard.logs import get_logger
 from rollguard.outage import OutageLimit, Sender
 from rollguard.policy import PolicySet, PolicyView
 from rollguard.settings import RollguardSettings
-from rollguard.signing import Signer, Trust, signer_of, trust_of, verify_command
+from rollguard.signing import Signer, Trust, TrustSource, signer_of, verify_command
 from rollguard_services.executor.appliers import build_appliers
 from rollguard_services.executor.appliers.base import Applier, Effect, Step
 from rollguard_services.executor.appliers.registry import LivePointer
@@ -92,7 +92,9 @@ class Executor:
         self.policy: PolicyView = policy if policy is not None else PolicySet()
         self.ready = asyncio.Event()
         self.counts: Counter[str] = Counter()
-        self.trust = trust if trust is not None else trust_of(settings)
+        #: Followed as the trusted keys directory changes, unless fixed keys are given (tests).
+        self._trust_source = TrustSource(settings) if trust is None else None
+        self.trust = trust if trust is not None else self._trust_source.current  # type: ignore[union-attr]
         #: Signs every ack, invalidation and pointer move before it is owed or published.
         self.signer = signer if signer is not None else signer_of(settings, "executor")
         self._crash_hits = 0
@@ -269,6 +271,11 @@ class Executor:
         source: Source,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> None:
+        if self._trust_source is not None and self._trust_source.refresh():
+            self.trust = self._trust_source.current
+            bound.info(
+                "trusted_keys_reloaded", decider_keys=len(self.trust.roles().get("decider", []))
+            )
         verdict = verify_command(command, self.trust, utcnow())
         plan = self.plan(command)
         reason: str

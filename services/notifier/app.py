@@ -30,7 +30,7 @@ from rollguard.logs import get_logger
 from rollguard.outage import OutageLimit, Sender
 from rollguard.policy import PolicySet, PolicySource, PolicyView
 from rollguard.settings import RollguardSettings
-from rollguard.signing import Trust, Verdict, trust_of
+from rollguard.signing import Trust, TrustSource, Verdict
 from rollguard_services.notifier.channels import configured_channels
 from rollguard_services.notifier.channels.base import Channel
 from rollguard_services.notifier.delivery import Pacer, deliver
@@ -91,7 +91,7 @@ class Notifier:
 
     async def run(self) -> None:
         # Keys before the broker: a missing trusted keys directory stops the notifier at once.
-        admission = Admission(self._trust or trust_of(self.settings), self.name)
+        admission = Admission(self._trust or TrustSource(self.settings), self.name)
         self.admission = admission
         outbox = await asyncio.to_thread(
             Outbox, self.svc.resolved_outbox_url(self.settings.state_dir)

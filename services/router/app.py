@@ -22,7 +22,7 @@ from rollguard.events import SystemManifest, decode
 from rollguard.logs import get_logger
 from rollguard.outage import OUTAGES, OutageLimit, Sender
 from rollguard.settings import RollguardSettings
-from rollguard.signing import Trust, trust_of
+from rollguard.signing import Trust, TrustSource
 from rollguard_services.router.serving import Router, switch_report
 from rollguard_services.router.settings import RouterSettings
 
@@ -58,7 +58,7 @@ class RouterService:
         self._switches_logged = 0
 
     async def run(self) -> None:
-        admission = Admission(self._trust or trust_of(self.settings), self.name)
+        admission = Admission(self._trust or TrustSource(self.settings), self.name)
         self.admission = admission
         producer = make_producer(self.settings, control=False)
         consumer = make_consumer(self.settings, group_id=None, control=True)

@@ -116,6 +116,12 @@ def _keys_generate(args: argparse.Namespace, settings: RollguardSettings) -> int
     with writing("--private, --trusted-dir or ROLLGUARD_STATE_DIR"):
         kid = generate_keypair(private, trusted)
     print(f"{role} key {kid}: private {private}, public {trusted / (kid + '.pub')}")
+    if args.rotate:
+        print(
+            f"running services trust it within a second; restart the {role} (or, for the "
+            f"deployer, the next `deploy record` does) so it signs with it, then "
+            f"`rollguard keys retire` the old one"
+        )
     return 0
 
 
@@ -173,16 +179,15 @@ def _keys_retire(args: argparse.Namespace, settings: RollguardSettings) -> int:
         )
         raise UsageError(
             f"not retiring {args.key_id}: {why}; everything the {role} signs would be refused. "
-            f"Rotate first (rollguard keys generate --role {role} --rotate), restart, then "
-            "retire; or --force"
+            f"Rotate first (rollguard keys generate --role {role} --rotate), restart the {role} "
+            "so it signs with the new key, then retire; or --force"
         )
     root = settings.resolved_trusted_keys_dir
     with writing("ROLLGUARD_TRUSTED_KEYS_DIR"):
         for _, path in found:
             retire_key(root, role, path, at)  # type: ignore[arg-type]
     print(
-        f"retired {args.key_id} ({role}) at {at.isoformat()}: events it signs are refused by "
-        "services started from now on (restart the running ones); ledger entries recorded "
-        "before then stay trusted"
+        f"retired {args.key_id} ({role}) at {at.isoformat()}: running services refuse what it "
+        "signs within a second; ledger entries recorded before then stay trusted"
     )
     return 0

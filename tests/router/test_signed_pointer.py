@@ -83,3 +83,46 @@ async def test_forged_manifests_do_not_move_the_pointer_and_signed_ones_do(
     assert all(letter.consumer == "router" and letter.reason == "untrusted" for letter in letters)
     assert all(letter.source_topic == settings.topic(topics.DEPLOYMENTS.name) for letter in letters)
     assert sorted(letter.error.split(": ")[1] for letter in letters) == sorted(forged)
+
+
+async def test_a_key_added_while_the_router_runs_is_trusted_without_a_restart(
+    topics_ready: RollguardSettings,
+    publish: Callable[..., Awaitable[None]],
+    keys: str,
+    tmp_path: Path,
+) -> None:
+    """`rollguard keys generate --role deployer --rotate` while services run: the new key's
+    deployments are followed within a second or so, the router is not restarted; a key
+    retired meanwhile is no longer trusted."""
+    settings = topics_ready
+    service = RouterService(
+        settings,
+        RouterSettings(
+            model_id="m",
+            rate_rps=50.0,
+            versions={"v1": SyntheticModelSpec(), "v2": SyntheticModelSpec()},
+            seed=1,
+        ),
+    )
+    trusted = settings.resolved_trusted_keys_dir / "deployer"
+    task = asyncio.create_task(service.run())
+    try:
+        await asyncio.wait_for(service.ready.wait(), scaled(30))
+        await publish(topics.DEPLOYMENTS.name, signed(manifest("v1", status="live"), settings))
+        await until(lambda: service.router.live == "v1", timeout_s=10)
+        # A new deployer key, trusted after the router started.
+        generate_keypair(tmp_path / "new" / "deployer.pem", trusted)
+        rotated = load_signer(tmp_path / "new" / "deployer.pem", "deployer")
+        await asyncio.sleep(0.3)  # an unknown key makes it look again, five times a second at most
+        await publish(topics.DEPLOYMENTS.name, rotated.sign(manifest("v2", status="live")))
+        await until(lambda: service.router.live == "v2", timeout_s=10)
+        assert service.counts["manifests_untrusted"] == 0
+        # Retired: its next deployment is refused.
+        (trusted / f"{rotated.key_id}.pub").unlink()
+        await asyncio.sleep(1.5)  # the directory is looked at once a second
+        await publish(topics.DEPLOYMENTS.name, rotated.sign(manifest("v1", status="live")))
+        await until(lambda: service.counts["manifests_untrusted"] == 1, timeout_s=10)
+        assert service.router.live == "v2"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

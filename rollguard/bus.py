@@ -32,7 +32,7 @@ from rollguard.errors import BrokerUnavailable, ConfigError
 from rollguard.events import DeadLetter, DeadLetterReason, Event, Signed, utcnow
 from rollguard.logs import get_logger
 from rollguard.settings import RollguardSettings
-from rollguard.signing import Trust, TrustSource, Verdict
+from rollguard.signing import Role, Trust, TrustSource, Verdict
 
 log = get_logger("rollguard.bus")
 
@@ -503,6 +503,23 @@ class Admission:
         self.counts: Counter[str] = Counter()
         self._warned: set[str] = set()
         self._said_error: str | None = None
+
+    def expect(self, *roles: Role) -> list[Role]:
+        """Say, once, which of ``roles`` (whose events this consumer acts on) no trusted key
+        speaks for: everything they sign would be refused (a fresh state directory, a trusted
+        directory not mounted). Returns them."""
+        missing = [r for r in roles if not self.trust.roles().get(r)]
+        if missing:
+            where = self.source.settings.resolved_trusted_keys_dir if self.source else None
+            log.warning(
+                "no_trusted_keys",
+                consumer=self.consumer,
+                roles=missing,
+                trusted_dir=str(where) if where else None,
+                detail="every event these roles sign will be refused: put their public keys "
+                "there (rollguard keys list where they run)",
+            )
+        return missing
 
     def with_people(self, people: Callable[[Trust], Trust]) -> None:
         """Trust, besides the directory's keys, what ``people`` adds to them."""

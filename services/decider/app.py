@@ -162,6 +162,7 @@ class Decider:
         self.signer = signer
         #: What is acted on: events signed by keys trusted for their type (rollguard.signing).
         self.admission = Admission(trust or TrustSource(settings), self.name)
+        self.admission.expect("deployer", "detector", "executor")
         self.svc = decider_settings
         #: Followed as the file changes, unless fixed tokens are given (tests).
         self._token_source: TokenSource | None = None

@@ -149,6 +149,7 @@ class Detector:
         if self.signer is None:
             self.signer = signer_of(self.settings, "detector")
         self.admission = Admission(self._trust or TrustSource(self.settings), self.name)
+        self.admission.expect("deployer")
         consumer = make_consumer(
             self.settings,
             group_id=self.svc.group_id,

@@ -127,6 +127,14 @@ class Executor:
                 trusted_decider_keys=sorted(self.trust.roles().get("decider", [])),
                 key_id=self.signer.key_id,
             )
+            if not self.trust.roles().get("decider"):
+                log.warning(
+                    "no_trusted_keys",
+                    consumer=self.name,
+                    roles=["decider"],
+                    trusted_dir=str(self.settings.resolved_trusted_keys_dir),
+                    detail="every command will be rejected: put the decider's public key there",
+                )
             await self._flush(sender)  # what was owed from before a crash
             while True:
                 limit.check()

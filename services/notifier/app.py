@@ -92,6 +92,7 @@ class Notifier:
     async def run(self) -> None:
         # Keys before the broker: a missing trusted keys directory stops the notifier at once.
         admission = Admission(self._trust or TrustSource(self.settings), self.name)
+        admission.expect("detector", "decider")
         self.admission = admission
         outbox = await asyncio.to_thread(
             Outbox, self.svc.resolved_outbox_url(self.settings.state_dir)

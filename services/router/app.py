@@ -59,6 +59,7 @@ class RouterService:
 
     async def run(self) -> None:
         admission = Admission(self._trust or TrustSource(self.settings), self.name)
+        admission.expect("deployer")
         self.admission = admission
         producer = make_producer(self.settings, control=False)
         consumer = make_consumer(self.settings, group_id=None, control=True)

@@ -227,3 +227,24 @@ def test_a_person_s_input_holds_for_its_time_and_no_longer() -> None:
     assert late is not None and late.startswith("expired: made 630 s ago")
     ahead = made.model_copy(update={"ts": now + timedelta(minutes=5)})
     assert "ahead of the decider's clock" in str(out_of_time(ahead, now, 600))
+
+
+def test_a_consumer_says_which_roles_no_trusted_key_speaks_for(tmp_path: Path) -> None:
+    """`rollguard run detector` on a fresh state directory makes the detector's own key and
+    trusts only it: every deployment would be refused. It says so at start."""
+    from structlog.testing import capture_logs
+
+    from rollguard.bus import Admission
+    from rollguard.settings import RollguardSettings
+    from rollguard.signing import TrustSource, ensure_keys
+
+    settings = RollguardSettings(state_dir=tmp_path / "state", kafka_bootstrap="127.0.0.1:1")
+    ensure_keys(settings, ("detector",))
+    admission = Admission(TrustSource(settings), "detector")
+    with capture_logs() as logs:
+        assert admission.expect("deployer", "detector") == ["deployer"]
+    (said,) = [e for e in logs if e["event"] == "no_trusted_keys"]
+    assert said["roles"] == ["deployer"]
+    assert said["trusted_dir"] == str(settings.resolved_trusted_keys_dir)
+    ensure_keys(settings, ("deployer",))
+    assert Admission(TrustSource(settings), "detector").expect("deployer") == []

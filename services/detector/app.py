@@ -191,6 +191,7 @@ class Detector:
                 send_many=producer_batches(letters),
             )
             await self._load_tables(control)
+            await self._resign_baselines()
             log.info("started", bootstrap=self.settings.kafka_bootstrap, group=self.svc.group_id)
             await self._loop(consumer)
         finally:
@@ -221,6 +222,29 @@ class Detector:
         log.info(
             "tables_loaded", baselines=len(self.folder.baselines), models=len(self.folder.models)
         )
+
+    async def _resign_baselines(self) -> None:
+        """Sign again, with the key this detector has now, the baselines it keeps that an
+        earlier detector key signed (one rotated out and still trusted), and publish them: the
+        compacted topic then holds them under the new key, so retiring the old one later
+        refuses none of them. Once per start, so detectors never take turns re-signing."""
+        trust = self.admission.trust if self.admission is not None else None
+        if self.signer is None or trust is None or self._producer is None:
+            return
+        stale = [
+            s
+            for signals in self.folder.baselines.values()
+            for s in signals.values()
+            if s.key_id != self.signer.key_id
+            and trust.keys.get(s.key_id, ("", None))[0] == "detector"
+        ]
+        if not stale:
+            return
+        fresh = [self.signer.sign(s) for s in stale]
+        for s in fresh:
+            self.folder.install_baseline(s)
+        await bl.publish(self._producer, self._baselines_topic, fresh)
+        log.info("baselines_resigned", baselines=len(fresh), key_id=self.signer.key_id)
 
     async def _poll_control(self, timeout_ms: int) -> None:
         admission = self.admission

@@ -261,3 +261,35 @@ async def test_baseline_import_publishes_snapshots_signed_with_the_deployer_key(
     trust = trust_of(settings)
     assert all(s.key_id == deployer and trust.check(s).ok for s in snapshots)
     assert all(s.checksum == bl.checksum(s) for s in snapshots)
+
+
+async def test_baselines_an_earlier_detector_key_signed_are_signed_again_so_retiring_it_loses_none(
+    topics_ready: RollguardSettings,
+    publish: Callable[..., Awaitable[None]],
+    keys: str,
+    tmp_path: Path,
+) -> None:
+    """The detector key is rotated (the old one still trusted): at its next start the
+    detector signs the baselines it keeps again with its key of now and publishes them, so
+    once the old key is retired the compacted topic still holds every baseline, trusted."""
+    settings = topics_ready
+    trusted = settings.resolved_trusted_keys_dir / "detector"
+    generate_keypair(tmp_path / "old" / "detector.pem", trusted)
+    old = load_signer(tmp_path / "old" / "detector.pem", "detector")
+    now = signer_of(settings, "detector").key_id
+    rng = np.random.default_rng(5)
+    kept = old.sign(bl.numeric_snapshot("m", "v1", "prediction", rng.normal(0, 1, 500)))
+    await publish(topics.BASELINES.name, kept, key=bl.snapshot_key(kept))
+
+    def holds(detector: Detector, key_id: str) -> bool:
+        snapshot = detector.baselines.get(("m", "v1"), {}).get("prediction")
+        return snapshot is not None and snapshot.key_id == key_id
+
+    first = Detector(settings, PolicySet(), DetectorSettings(group_id="resign", seed=1))
+    await run_until(first, lambda: holds(first, now))
+    assert first.baselines[("m", "v1")]["prediction"].checksum == kept.checksum
+
+    (trusted / f"{old.key_id}.pub").unlink()  # retired
+    second = Detector(settings, PolicySet(), DetectorSettings(group_id="resign-2", seed=1))
+    await run_until(second, lambda: holds(second, now))
+    assert trust_of(settings).check(second.baselines[("m", "v1")]["prediction"]).ok

@@ -152,6 +152,20 @@ def _keys_list(args: argparse.Namespace, settings: RollguardSettings) -> int:
     return 0
 
 
+#: What a role's key signed that compacted topics keep, and what to do about it when the key
+#: is retired (services starting later refuse what it signed). The detector signs its own
+#: baselines again at start.
+RETAINED = {
+    "deployer": "deployments and imported baselines it signed stay on their compacted topics; "
+    "services started later refuse them: record the live and known-good versions again "
+    "(rollguard deploy record) and import the baselines again with the new key",
+    "executor": "the invalidations and pointer moves it signed stay on their compacted topics; "
+    "downstream readers started later refuse them",
+    "decider": "the known-good marks and model status it signed stay on compacted topics; a "
+    "restarted decider signs the status again, a known-good mark needs the next bake",
+}
+
+
 def _keys_retire(args: argparse.Namespace, settings: RollguardSettings) -> int:
     from datetime import UTC, datetime
 
@@ -190,4 +204,7 @@ def _keys_retire(args: argparse.Namespace, settings: RollguardSettings) -> int:
         f"retired {args.key_id} ({role}) at {at.isoformat()}: running services refuse what it "
         "signs within a second; ledger entries recorded before then stay trusted"
     )
+    retained = RETAINED.get(role)
+    if retained:
+        print(f"note: {retained}")
     return 0

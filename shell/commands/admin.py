@@ -162,7 +162,7 @@ RETAINED = {
     "executor": "the invalidations and pointer moves it signed stay on their compacted topics; "
     "downstream readers started later refuse them",
     "decider": "the known-good marks and model status it signed stay on compacted topics; a "
-    "restarted decider signs the status again, a known-good mark needs the next bake",
+    "model status is signed again at its next change, a known-good mark at the next bake",
 }
 
 

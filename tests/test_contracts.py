@@ -105,7 +105,10 @@ async def test_breaches_the_detector_publishes_are_decided_by_the_decider(
         )
         metrics = out.decision.metrics
         assert metrics["blast_radius_events"] == float(b.version_events or 0)
-        assert metrics["mttd_s"] == pytest.approx(
+        live = state.live
+        assert live is not None
+        assert metrics["mttd_s"] == pytest.approx(max(0.0, (b.ts - live.ts).total_seconds()))
+        assert metrics["first_event_to_breach_s"] == pytest.approx(
             (b.ts - b.version_first_event_ts).total_seconds()  # type: ignore[operator]
         )
         # evidence is for people: the same breach without it is decided the same way.

@@ -437,6 +437,8 @@ class Decider:
                 if outcome is None:
                     self.counts["duplicate_breaches"] += 1
                     return
+                if not outcome.decisions:
+                    self.counts["breaches_quieted"] += 1  # a non-live version, said once
                 await publish(before, outcome, ctx.now)
 
         async def on_request(req: RollbackRequest) -> None:

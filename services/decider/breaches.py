@@ -1,7 +1,9 @@
 """Breaches into decisions: hold, investigate or roll back, always with the reason.
 
-Every breach yields a Decision — a hold is a decision too. Only an exact redelivery of a
-breach already decided is ignored.
+Every breach yields a Decision — a hold is a decision too — but two: an exact redelivery of
+a breach already decided, and a breach of a version that is not live once one hold has said
+so (``ModelState.quiet``: a rolled-back version goes on breaching every window; one hold per
+version until it is live again).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from rollguard.events import Breach, DecisionAction, Reason, ReasonCode
+from rollguard.events import Breach, DecisionAction, Reason, ReasonCode, SystemManifest
 from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.outcome import Outcome, decision, derived_id, launch
 from rollguard_services.decider.state import ModelState
@@ -41,7 +43,7 @@ def decide(state: ModelState, breach: Breach, ctx: DecisionContext) -> Outcome |
         "system_version": breach.system_version,
         "tier": breach.tier,
         "breach_ids": [breach.event_id],
-        "metrics": incident_metrics(breach, now),
+        "metrics": incident_metrics(breach, now, state.live),
     }
 
     def outcome(action: DecisionAction, code: ReasonCode, detail: str) -> Outcome:
@@ -80,10 +82,19 @@ def decide(state: ModelState, breach: Breach, ctx: DecisionContext) -> Outcome |
     if live is None:
         return outcome("hold", "unknown_model", "no live manifest is known for this model")
     if live.model_version != breach.model_version:
+        if breach.model_version in state.quiet:
+            # Said once already for this version (an incident's rolled-back version breaches
+            # every window): the breach is ledgered and counted, no decision is added.
+            return Outcome(state)
+        state = state.model_copy(
+            update={"quiet": {**state.quiet, breach.model_version: decision_id}}
+        )
         return outcome(
             "hold",
             "not_live_version",
-            f"breach is for {breach.model_version}, live is {live.model_version}",
+            f"breach is for {breach.model_version}, live is {live.model_version}; later "
+            f"breaches of {breach.model_version} are recorded without another decision until "
+            "it is live again",
         )
     change = policy.expected_change(breach.model_version, breach.ts)
     if change is not None:
@@ -132,13 +143,20 @@ def decide(state: ModelState, breach: Breach, ctx: DecisionContext) -> Outcome |
     return launch(state, rollback, target, level, ctx)
 
 
-def incident_metrics(breach: Breach, now: datetime) -> dict[str, float]:
-    """MTTD (first event of the bad version → breach), time to decision, blast radius so far."""
+def incident_metrics(
+    breach: Breach, now: datetime, live: SystemManifest | None
+) -> dict[str, float]:
+    """MTTD — the one definition rollguard uses everywhere (this decision, ``incident show``,
+    the demo): the bad version live (its live manifest's time) → the breach; time to
+    decision from the same start; the breach's first event of the version → the breach
+    (``first_event_to_breach_s``: how long the detector had data); blast radius so far."""
     metrics: dict[str, float] = {}
+    if live is not None and live.model_version == breach.model_version:
+        metrics["mttd_s"] = max(0.0, (breach.ts - live.ts).total_seconds())
+        metrics["time_to_decision_s"] = max(0.0, (now - live.ts).total_seconds())
     first = breach.version_first_event_ts
     if first is not None:
-        metrics["mttd_s"] = max(0.0, (breach.ts - first).total_seconds())
-        metrics["time_to_decision_s"] = max(0.0, (now - first).total_seconds())
+        metrics["first_event_to_breach_s"] = max(0.0, (breach.ts - first).total_seconds())
     if breach.version_events is not None:
         metrics["blast_radius_events"] = float(breach.version_events)
     return metrics

@@ -86,6 +86,9 @@ class ModelState(BaseModel):
     #: it was (a replay: its signature still holds) changes nothing the second time.
     taken_facts: tuple[str, ...] = ()
     last_breach: dict[str, datetime] = {}  # model_version → last breach time
+    #: model_version → the one ``not_live_version`` hold said about it since it stopped being
+    #: live: later breaches of it are measured (ledgered, counted) but decide nothing more.
+    quiet: dict[str, str] = {}
     health: dict[str, tuple[datetime, bool]] = {}  # model_version → last check
     #: What an outcome still owes the topics; only non-empty while it is being sent, or
     #: after a kill in the middle, when the next event of the model sends it again.
@@ -119,7 +122,10 @@ def apply_manifest(state: ModelState, manifest: SystemManifest) -> ModelState:
         known = others
     else:  # live or candidate again: its known-good standing, if any, is unchanged
         known = state.known_good
-    return state.model_copy(update={"live": live, "known_good": known})
+    quiet = state.quiet
+    if manifest.serving and manifest.model_version in quiet:  # live again: it speaks again
+        quiet = {v: d for v, d in quiet.items() if v != manifest.model_version}
+    return state.model_copy(update={"live": live, "known_good": known, "quiet": quiet})
 
 
 def apply_health(state: ModelState, check: HealthCheckEvent) -> ModelState:

@@ -1,6 +1,7 @@
-"""What a window is compared with: the baseline of the last known-good version, else the
-previous live version's concurrent window (canary-style), else nothing; a known-good
-version only with another known-good version's baseline."""
+"""What a window is compared with: a known-good version with its own baseline when it has
+one; else the baseline of the last known-good version, else the previous live version's
+concurrent window (canary-style), else nothing; a known-good version never with a version
+that is not known good."""
 
 from __future__ import annotations
 
@@ -81,6 +82,11 @@ def choose(
 ) -> Reference:
     """The reference for one closed window of ``window.key``."""
     model_id, version = window.key
+    if version in model.known_good and (model_id, version) in baselines:
+        # What good looked like for this very version (imported, or captured while it was
+        # known good): a restored version is verified against it, so a rollback onto inputs
+        # that drifted is seen to leave the restored version drifted too (issue 14).
+        return of_baseline(version, baselines[(model_id, version)])
     good = model.reference_version(version)
     if good is not None and (model_id, good) in baselines:
         return of_baseline(good, baselines[(model_id, good)])

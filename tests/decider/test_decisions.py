@@ -245,7 +245,10 @@ def test_replaying_a_breach_gives_the_same_decision_and_command_byte_for_byte(
     assert other.command is not None and other.command.nonce != first.command.nonce
 
 
-def test_incident_metrics_come_from_the_breach_fields(signer: Signer) -> None:
+def test_incident_metrics_have_one_mttd_live_to_breach(signer: Signer) -> None:
+    """MTTD is the bad version live (its manifest, 5 min before T0) → the breach, as
+    ``incident show`` and the demo count it; the detector's first event of the version is a
+    figure of its own."""
     b = breach(
         "v2",
         ts=T0 - timedelta(seconds=1),
@@ -255,8 +258,9 @@ def test_incident_metrics_come_from_the_breach_fields(signer: Signer) -> None:
     )
     out = decide(live_v2(), b, signer, now=T0)
     assert out.decision.metrics == {
-        "mttd_s": 3.0,
-        "time_to_decision_s": 4.0,
+        "mttd_s": 299.0,
+        "time_to_decision_s": 300.0,
+        "first_event_to_breach_s": 3.0,
         "blast_radius_events": 812.0,
     }
 
@@ -555,3 +559,23 @@ def test_a_late_ack_leaves_the_command_decided_after_the_expiry_in_flight(signer
     # An ack of neither command changes nothing.
     other = applied(out, expiry).model_copy(update={"command_id": "someone-else"})
     assert apply_ack(after, other, ctx(signer)) == after
+
+
+def test_a_version_that_is_not_live_is_held_once_then_only_recorded(signer: Signer) -> None:
+    """After a rollback the bad version goes on breaching every window: one hold says it is
+    not live; its later breaches add no decision until it is live again (issue 14, part 5)."""
+    state = live_v2()  # v2 live; its breaches are decided
+    state = apply_manifest(state, manifest("v1", status="live", ts=T0))  # rolled back to v1
+    first = decide(state, breach("v2"), signer)
+    assert codes(first.decision)[-1] == "not_live_version"
+    state = first.state
+    for _ in range(5):
+        later = decide(state, breach("v2"), signer)
+        assert later.decisions == [] and later.command is None
+        state = later.state
+    # Another version that is not live gets its own one hold.
+    assert codes(decide(state, breach("v9"), signer).decision)[-1] == "not_live_version"
+    # Live again, v2's breaches are decided again.
+    again = apply_manifest(state, manifest("v2", status="live", ts=T0 + timedelta(minutes=1)))
+    assert "v2" not in again.quiet
+    assert decide(again, breach("v2"), signer).decisions

@@ -37,3 +37,28 @@ def test_a_restored_known_good_version_is_never_compared_with_the_bad_one() -> N
 
 def _policy(model_id: str) -> WindowPolicy:
     return WindowPolicy()
+
+
+def test_a_restored_version_is_verified_against_its_own_baseline() -> None:
+    """Issue 14: v1 restored after a rollback has a baseline of its own (captured while it
+    was known good): its windows are compared with it, not with another known-good version
+    (v0) nor with nothing, so a rollback onto drifted inputs shows v1 drifted too."""
+    import numpy as np
+
+    from rollguard import baselines as bl
+
+    own = {"prediction": bl.numeric_snapshot("m", "v1", "prediction", np.arange(300.0))}
+    older = {"prediction": bl.numeric_snapshot("m", "v0", "prediction", np.arange(300.0))}
+    model = ModelState(
+        registered={"v0", "v1", "b1"}, known_good=["v0", "v1"], live="v1", previous_live="b1"
+    )
+    baselines = {("m", "v1"): own, ("m", "v0"): older}
+    versions = _versions(_window("b1"))
+    assert choose(_window("v1"), model, baselines, versions, VersionWindows(_policy)).source == (
+        "baseline:v1"
+    )
+    # Without its own, the other known-good version's baseline, as before.
+    del baselines[("m", "v1")]
+    assert choose(_window("v1"), model, baselines, versions, VersionWindows(_policy)).source == (
+        "baseline:v0"
+    )

@@ -360,7 +360,11 @@ class TrustSource:
             self.last_error = str(exc)
             return False
         self.last_error = None
-        changed = fresh.keys.keys() != self.current.keys.keys()
+
+        def roles(trust: Trust) -> dict[str, Role]:
+            return {kid: role for kid, (role, _) in trust.keys.items()}
+
+        changed = roles(fresh) != roles(self.current)  # a key moved to another role too
         self.current = fresh
         return changed
 

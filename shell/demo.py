@@ -306,7 +306,6 @@ async def run_demo(
             phase = f"rolled back to {GOOD}: confirming"
             await asyncio.sleep(1.0)
             report.served_by_restored_after_rollback = router.served[GOOD] - served_before
-            router_service.rate_rps = 0
 
             breach = observer.first(Breach, model_version=BAD)
             decision = observer.first(Decision, action="rollback")
@@ -331,6 +330,9 @@ async def run_demo(
             verified: CommandAck = observer.first(CommandAck, status="verified")
             report.rollback_verified = True
             report.time_to_verified_s = _secs(verified.ts, deployed)
+            # Traffic flowed through the whole verification window: the restored version was
+            # verified on what it served, not on silence. Now the demo winds down.
+            router_service.rate_rps = 0
 
             phase = "waiting for the ledger to catch up"
 

@@ -31,7 +31,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from rollguard import topics
-from rollguard.authority import TokenRegistry, TokenSource
+from rollguard.authority import Identity, TokenRegistry, TokenSource
 from rollguard.bus import Admission, DeadLetterSink, client_options, read_topic, refusal
 from rollguard.errors import BrokerUnavailable
 from rollguard.events import (
@@ -441,8 +441,13 @@ class Decider:
                     self.counts["breaches_quieted"] += 1  # a non-live version, said once
                 await publish(before, outcome, ctx.now)
 
+        def signer_of_input(event: RollbackRequest | Approval) -> Identity | None:
+            """The person whose key signed ``event``; nobody for an unsigned one (taken in
+            warn mode), whose key_id anyone could have written."""
+            return self.tokens.lookup(event.key_id) if event.signature else None
+
         async def on_request(req: RollbackRequest) -> None:
-            who = self.tokens.lookup(req.key_id)
+            who = signer_of_input(req)
             async with model(req.model_id) as before:
                 fresh = taken(before, req.event_id)
                 if fresh is None:
@@ -451,7 +456,7 @@ class Decider:
                 await publish(before, request(fresh, req, who, ctx), ctx.now)
 
         async def on_approval(approval: Approval) -> None:
-            who = self.tokens.lookup(approval.key_id)
+            who = signer_of_input(approval)
             async with model(approval.model_id) as before:
                 fresh = taken(before, approval.event_id)
                 if fresh is None:

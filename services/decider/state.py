@@ -112,9 +112,12 @@ def apply_manifest(state: ModelState, manifest: SystemManifest) -> ModelState:
     if (
         live is not None
         and state.live is not None
-        and (live.system_version == state.live.system_version and manifest.status == "known_good")
+        and live.system_version == state.live.system_version
+        and manifest.status in ("known_good", "live")
     ):
-        live = state.live  # marking the live version known good does not restart its bake
+        # Marking the live version known good, or recording it live again (a deployer key
+        # retired: its deployments recorded anew), restarts neither its bake nor its MTTD.
+        live = state.live
     others = tuple(k for k in state.known_good if k.system_version != manifest.system_version)
     if manifest.status == "known_good":
         known = (*others, manifest)

@@ -229,7 +229,9 @@ class Detector:
         compacted topic then holds them under the new key, so retiring the old one later
         refuses none of them. Once per start, so detectors never take turns re-signing."""
         trust = self.admission.trust if self.admission is not None else None
-        if self.signer is None or trust is None or self._producer is None:
+        if not self.svc.resign_baselines or self.signer is None or trust is None:
+            return
+        if self._producer is None:
             return
         stale = [
             s

@@ -48,6 +48,13 @@ class DetectorSettings(BaseSettings):
         default=1.0, gt=0, description="...or once nothing reached it for this long (wall time)."
     )
     table_load_timeout_s: float = Field(default=10.0, gt=0)
+    resign_baselines: bool = Field(
+        default=True,
+        description="At start, sign again with the detector key of now the baselines an "
+        "earlier, still trusted detector key signed (a routine rotation). Set false after a "
+        "key leaked: what the leaked key signed would be vouched for by the new one; capture "
+        "or import the baselines again instead.",
+    )
     seed: int | None = Field(
         default=None, description="Reservoir sampling seed (tests, benchmarks)."
     )

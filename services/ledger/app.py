@@ -40,6 +40,7 @@ from rollguard.signing import Signer, generate_keypair, load_signer, load_truste
 from rollguard_services.ledger.checkpoints import (
     CheckpointFile,
     Witness,
+    WitnessRead,
     sign_checkpoint,
     witnessed,
 )
@@ -84,8 +85,15 @@ class Ledger:
         letters = make_dead_letter_producer(self.settings)
         witness: Witness | None = None
         try:
+            await self._refuse_lost_entries(store)
+            # Entries a kill -9 left uncovered are checkpointed now, not an interval later (a
+            # ledger restarted more often than that would otherwise never checkpoint), and
+            # into the file before any producer needs the broker: a broker away at the
+            # restart does not leave them uncovered.
+            made = await asyncio.to_thread(self._checkpoint, store, signer)
             await letters.start()
             witness = Witness((await start_control_producer(self.settings))[0], self.settings)
+            await witness.publish(made)
             dead = DeadLetterSink(
                 self.settings,
                 # a letter its batch could not deliver waits out a broker outage
@@ -93,10 +101,6 @@ class Ledger:
                 self.name,
                 send_many=producer_batches(letters),
             )
-            await self._refuse_lost_entries(store)
-            # Entries a kill -9 left uncovered are checkpointed now, not an interval later:
-            # a ledger restarted more often than that would otherwise never checkpoint.
-            await witness.publish(await asyncio.to_thread(self._checkpoint, store, signer))
             names = [self.settings.topic(t.name) for t in topics.LEDGERED]
             consumer = make_consumer(
                 self.settings,
@@ -255,16 +259,16 @@ class Ledger:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.svc.retry_max_s)
 
-    async def _witnessed(self) -> list[LedgerCheckpoint]:
-        """The checkpoints on the witness topic a trusted checkpoint key signed; none when
-        the broker does not answer (said: the file alone is then held against the table)."""
+    async def _witnessed(self) -> WitnessRead:
+        """The witness topic's checkpoints; none when the broker does not answer (said: the
+        file alone is then held against the table)."""
         where = self.svc.resolved_checkpoint_trusted_dir(self.settings.state_dir)
         trusted = load_trusted_keys(where) if where.is_dir() else {}
         try:
-            return (await witnessed(self.settings, trusted)).checkpoints
+            return await witnessed(self.settings, trusted)
         except (BrokerUnavailable, KafkaError) as exc:
             log.warning("witness_unread", reason=str(exc)[:300])
-            return []
+            return WitnessRead([])
 
     async def _refuse_lost_entries(self, store: LedgerStore) -> None:
         """Never extend a chain that is shorter than, or differs from, what was checkpointed.
@@ -272,7 +276,8 @@ class Ledger:
         A replaced or emptied database would otherwise start over at seq 1 and the loss would
         look like a fresh ledger; wait (saying why) until the right database is back.
         """
-        seen = await self._witnessed()
+        read = await self._witnessed()
+        seen = read.checkpoints
         said_missing = False
         while True:
             try:
@@ -289,7 +294,15 @@ class Ledger:
                     )
                 last = max([*own, *lost], key=lambda c: c.size, default=None)
                 problem = None
-                if last is not None:
+                if read.untrusted:  # a checkpoint key made afresh over a ledger's history
+                    kids = ", ".join(sorted({c.key_id for c in read.untrusted}))
+                    problem = (
+                        f"the witness topic holds checkpoints of key(s) {kids}, which "
+                        f"{self.svc.resolved_checkpoint_trusted_dir(self.settings.state_dir)} "
+                        "does not trust: the checkpoint key was replaced; put the old key's "
+                        "public half back there"
+                    )
+                elif last is not None:
                     held = store.hash_at(last.size)
                     if held is None:
                         problem = (

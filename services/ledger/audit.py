@@ -68,6 +68,14 @@ def verify_ledger(
             problems.append(f"checkpoint of size {cp.size} at {cp.ts.isoformat()}: {problem}")
         else:
             valid.append(cp)
+    if witness is not None and witness.untrusted:
+        kids = sorted({cp.key_id for cp in witness.untrusted})
+        problems.append(
+            f"{len(witness.untrusted)} checkpoint(s) on the witness topic are signed by key(s) "
+            f"{', '.join(kids)}, which are not trusted here: the checkpoint key was replaced "
+            "(keep a rotated key's public half in the trusted directory), or something else "
+            "writes the witness topic"
+        )
     if witness is not None:
         in_file = {(cp.size, cp.head_hash) for cp in valid}
         lost = [cp for cp in witness.checkpoints if (cp.size, cp.head_hash) not in in_file]
@@ -124,8 +132,7 @@ def verify_ledger(
     warnings = []
     if witness is not None and witness.ignored:
         warnings.append(
-            f"{witness.ignored} record(s) on the witness topic are not checkpoints a trusted "
-            "key signed (ignored)"
+            f"{witness.ignored} record(s) on the witness topic are not checkpoints (ignored)"
         )
     overdue = store.first_recorded_at() if not valid and chain.entries else None
     if overdue is not None and checkpoint_interval_s is not None:

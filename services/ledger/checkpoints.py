@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -110,6 +110,9 @@ class WitnessRead:
 
     checkpoints: list[LedgerCheckpoint]
     ignored: int = 0
+    #: Well-formed checkpoints no trusted key signed: the checkpoint key was replaced (a
+    #: state-directory attacker making their own), or something else writes the topic.
+    untrusted: list[LedgerCheckpoint] = field(default_factory=list)
 
 
 def witnessed_valid(
@@ -117,6 +120,7 @@ def witnessed_valid(
 ) -> WitnessRead:
     """The witness topic's values, sorted into trusted checkpoints and the rest."""
     good: list[LedgerCheckpoint] = []
+    untrusted: list[LedgerCheckpoint] = []
     ignored = 0
     for value in records:
         try:
@@ -124,11 +128,8 @@ def witnessed_valid(
         except ValidationError:
             ignored += 1
             continue
-        if signature_problem(cp, trusted) is None:
-            good.append(cp)
-        else:
-            ignored += 1
-    return WitnessRead(good, ignored)
+        (good if signature_problem(cp, trusted) is None else untrusted).append(cp)
+    return WitnessRead(good, ignored, untrusted)
 
 
 async def witnessed(

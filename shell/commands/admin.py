@@ -177,7 +177,10 @@ def _keys_retire(args: argparse.Namespace, settings: RollguardSettings) -> int:
     if not found:
         raise UsageError(f"no trusted key {args.key_id} (rollguard keys list)")
     role = found[0][0]
-    at = parse_since(args.since) if args.since else datetime.now(UTC)
+    now = datetime.now(UTC)
+    at = parse_since(args.since) if args.since else now
+    if at > now:  # a later time would keep trusting, in history, what it signs from now on
+        raise UsageError(f"--since {args.since}: a time to come; give now or earlier")
     signing_here = [
         r
         for r in ROLES

@@ -134,7 +134,8 @@ def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
     svc = LedgerSettings()
     url = ledger_url(args, settings)
     trusted_dir = args.trusted_dir or svc.resolved_checkpoint_trusted_dir(settings.state_dir)
-    witness, unread = _witness(args.witness, settings, trusted_dir)
+    copy = "--url" if args.url else "--checkpoints" if args.checkpoints else ""
+    witness, unread = _witness(args.witness, settings, trusted_dir, copy)
     report, path = verify_configured(
         settings,
         svc,
@@ -175,11 +176,17 @@ def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 
 def _witness(
-    mode: str, settings: RollguardSettings, trusted_dir: Path
+    mode: str, settings: RollguardSettings, trusted_dir: Path, copy: str = ""
 ) -> tuple[WitnessRead | None, str]:
-    """The witness topic's checkpoints (None when not read) and, when not, why not."""
+    """The witness topic's checkpoints (None when not read) and, when not, why not. A copy
+    (``copy``: the option that names it) is verified on its own unless asked."""
     if mode == "off":
         return None, ""
+    if mode == "auto" and copy:
+        return None, (
+            f"{copy} names a copy, verified on its own (a copy may be behind the witness): "
+            "--witness require holds it against the topic"
+        )
     if settings.embedded:
         if mode == "require":
             require_broker(settings)

@@ -248,3 +248,21 @@ def test_a_consumer_says_which_roles_no_trusted_key_speaks_for(tmp_path: Path) -
     assert said["trusted_dir"] == str(settings.resolved_trusted_keys_dir)
     ensure_keys(settings, ("deployer",))
     assert Admission(TrustSource(settings), "detector").expect("deployer") == []
+
+
+def test_a_key_moved_to_another_role_is_taken_at_once(tmp_path: Path) -> None:
+    """A key filed under the wrong role and moved: running services follow the move (the
+    key ids alone did not change, so a reload that compared only them kept the old role)."""
+    from rollguard.settings import RollguardSettings
+    from rollguard.signing import TrustSource, ensure_keys
+
+    settings = RollguardSettings(state_dir=tmp_path / "state", kafka_bootstrap="127.0.0.1:1")
+    ensure_keys(settings, ("detector",))
+    source = TrustSource(settings, min_interval_s=0.0)
+    ((kid, (role, _)),) = source.current.keys.items()
+    assert role == "detector"
+    trusted = settings.resolved_trusted_keys_dir
+    (trusted / "decider").mkdir(exist_ok=True)
+    (trusted / "detector" / f"{kid}.pub").rename(trusted / "decider" / f"{kid}.pub")
+    assert source.refresh(force=True)
+    assert source.current.keys[kid][0] == "decider"

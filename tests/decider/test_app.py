@@ -466,3 +466,43 @@ async def test_an_ack_on_the_topic_before_the_decider_is_back_ends_the_flight(
         for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 2, timeout_s=3)
     ]
     assert [d.action for d in decisions] == ["rollback"], [d.reasons for d in decisions]
+
+
+async def test_in_warn_mode_an_unsigned_request_naming_a_person_s_key_is_nobody_s(
+    topics_ready: RollguardSettings,
+    keys: str,
+    publish_signed: Callable[..., Awaitable[None]],
+    publish: Callable[..., Awaitable[None]],
+    reader: TopicReader,
+    tmp_path: Path,
+) -> None:
+    """ROLLGUARD_SIGNED_EVENTS=warn takes unsigned events, but a person's key id is public
+    (on the approvals topic, in the ledger): an unsigned request that names it acts as
+    nobody, never as that person."""
+    settings = topics_ready.model_copy(update={"signed_events": "warn"})
+    for m in (manifest("v1", status="known_good"), manifest("v2", status="live")):
+        await publish_signed(topics.DEPLOYMENTS.name, m)
+    decider = Decider(
+        settings,
+        PolicySource(policy_file(tmp_path)),
+        load_signer(settings.resolved_signing_key_file),
+        DeciderSettings(app_id="decider-warn", tick_s=0.2),
+        tokens=TOKENS,
+    )
+    dora = person_signer("dora").key_id
+    forged = RollbackRequest(model_id="m", level=1, role="data_engineering_lead", key_id=dora)
+    task = asyncio.create_task(decider.run())
+    try:
+        await until(lambda: decider.counts["SystemManifest"] == 2, 60)
+        await publish(topics.REQUESTS.name, forged)
+        await until(lambda: decider.counts["RollbackRequest"] == 1, 30)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    decisions = [
+        Decision.model_validate_json(r.value)
+        for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 1)
+    ]
+    (held,) = [d for d in decisions if d.model_id == "m"]
+    assert held.action == "hold" and held.command_id is None
+    assert [r.code for r in held.reasons] == ["unknown_token"] and held.requested_by is None

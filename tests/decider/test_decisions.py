@@ -579,3 +579,13 @@ def test_a_version_that_is_not_live_is_held_once_then_only_recorded(signer: Sign
     again = apply_manifest(state, manifest("v2", status="live", ts=T0 + timedelta(minutes=1)))
     assert "v2" not in again.quiet
     assert decide(again, breach("v2"), signer).decisions
+
+
+def test_recording_the_live_version_again_keeps_when_it_went_live() -> None:
+    """After a deployer key is retired its deployments are recorded anew: the live version's
+    start (its bake, its MTTD) stays the first record's."""
+    state = live_v2()
+    first = state.live
+    assert first is not None
+    again = apply_manifest(state, manifest("v2", status="live", ts=T0 + timedelta(hours=1)))
+    assert again.live is not None and again.live.ts == first.ts

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from rollguard import topics
 from rollguard.settings import RollguardSettings
-from rollguard.signing import load_signer, load_trusted_keys
+from rollguard.signing import generate_keypair, load_signer, load_trusted_keys
 from rollguard_services.ledger.app import Ledger
 from rollguard_services.ledger.audit import VerifyReport, verify_ledger
 from rollguard_services.ledger.checkpoints import (
@@ -76,6 +76,7 @@ class StateDir:
         self.saved.mkdir()
         shutil.copy2(self.db, self.saved / "ledger.db")
         shutil.copy2(self.cps, self.saved / "cps.jsonl")
+        shutil.copytree(self.key.parent, self.saved / "keys")
 
     @property
     def store(self) -> LedgerStore:
@@ -84,6 +85,9 @@ class StateDir:
     def restore(self) -> None:
         shutil.copy2(self.saved / "ledger.db", self.db)
         shutil.copy2(self.saved / "cps.jsonl", self.cps)
+        keys = self.key.parent
+        shutil.rmtree(keys)
+        shutil.copytree(self.saved / "keys", keys)
 
     def verify(self, witness: WitnessRead | None) -> VerifyReport:
         store = self.store
@@ -129,6 +133,17 @@ class StateDir:
             b"".join(line for line in lines if f'"size":{kept.size},' in line.decode())
         )
 
+    def replace_the_key(self) -> None:
+        """Rewrite as above, but with a checkpoint key of one's own: the old public key out
+        of the trusted directory, a new pair in (what the ledger also does on a first start
+        without a key)."""
+        trusted_dir = self.svc.resolved_checkpoint_trusted_dir(self.settings.state_dir)
+        for old in trusted_dir.glob("*.pub"):
+            old.unlink()
+        self.key.unlink()
+        generate_keypair(self.key, trusted_dir)
+        self.rewrite_and_resign()
+
     def delete_checkpoints(self) -> None:
         self.cps.unlink()
 
@@ -145,6 +160,7 @@ class StateDir:
 
 ATTACKS: dict[str, Callable[[StateDir], None]] = {
     "rewrite + re-sign with the key": StateDir.rewrite_and_resign,
+    "replace the key, rewrite, re-sign": StateDir.replace_the_key,
     "truncate to an older checkpoint": StateDir.truncate_to_an_older_checkpoint,
     "delete the checkpoint file": StateDir.delete_checkpoints,
     "truncate the table (and checkpoints)": StateDir.truncate_the_table,
@@ -205,10 +221,11 @@ async def test_an_attacker_with_the_state_directory_is_caught_by_the_witness(
     reasons = {name: witness.reason for name, _, witness in rows}
     assert "signed again" in reasons["rewrite + re-sign with the key"]
     assert "seq 4..6 are missing" in reasons["truncate to an older checkpoint"]
-    truncated = rows[1][2]
+    assert "not trusted here" in rows[1][2].reason
+    truncated = rows[2][2]
     assert any("deleted from the file" in p for p in truncated.checkpoint_problems)
     # Without the witness, only the deleted file is seen (its entries were due a checkpoint).
-    assert [not offline.ok for _, offline, _ in rows] == [False, False, True, False]
+    assert [not offline.ok for _, offline, _ in rows] == [False, False, False, True, False]
 
 
 def _cli(state: StateDir, *args: str, broker: bool = True) -> subprocess.CompletedProcess[str]:
@@ -250,6 +267,14 @@ async def test_ledger_verify_reads_the_witness_and_a_restarted_ledger_refuses_a_
     ledger = Ledger(state.settings, state.svc)
     await run_until(ledger, lambda: ledger.status == "stalled")
     assert "vouches for 6" in ledger.stall_reason, ledger.stall_reason
+
+    # The checkpoint key deleted: the ledger makes a new one at start, and refuses to sign
+    # over a history the witness holds under the old one.
+    state.key.unlink()
+    shutil.rmtree(state.svc.resolved_checkpoint_trusted_dir(state.settings.state_dir))
+    fresh = Ledger(state.settings, state.svc)
+    await run_until(fresh, lambda: fresh.status == "stalled")
+    assert "checkpoint key was replaced" in fresh.stall_reason, fresh.stall_reason
 
     # Asked to, without a broker: one line, exit 3.
     alone = await asyncio.to_thread(_cli, state, "--witness", "require", broker=False)

@@ -59,6 +59,10 @@ def test_generate_rotate_list_and_retire(tmp_path: Path) -> None:
     assert last.returncode == 2 and "last trusted operator key" in one_line(last)
     assert _cli(state, "keys", "retire", operator, "--force").returncode == 0
 
+    # A time to come would keep trusting, in history, what the key signs from now on.
+    ahead = _cli(state, "keys", "retire", second.key_id, "--since", "2999-01-01T00:00:00+00:00")
+    assert ahead.returncode == 2 and "a time to come" in one_line(ahead)
+
     unknown = _cli(state, "keys", "retire", "0123456789abcdef")
     assert unknown.returncode == 2 and "no trusted key" in unknown.stderr
     assert "Traceback" not in unknown.stderr + again.stderr

@@ -21,15 +21,9 @@ from tests.factories import manifest, signed
 pytestmark = pytest.mark.broker
 
 
-async def test_forged_manifests_do_not_move_the_pointer_and_signed_ones_do(
-    topics_ready: RollguardSettings,
-    publish: Callable[..., Awaitable[None]],
-    reader: TopicReader,
-    keys: str,
-    tmp_path: Path,
-) -> None:
-    settings = topics_ready
-    service = RouterService(
+def _router(settings: RollguardSettings) -> RouterService:
+    """A router of m serving v1 and v2, following deployments."""
+    return RouterService(
         settings,
         RouterSettings(
             model_id="m",
@@ -38,6 +32,17 @@ async def test_forged_manifests_do_not_move_the_pointer_and_signed_ones_do(
             seed=1,
         ),
     )
+
+
+async def test_forged_manifests_do_not_move_the_pointer_and_signed_ones_do(
+    topics_ready: RollguardSettings,
+    publish: Callable[..., Awaitable[None]],
+    reader: TopicReader,
+    keys: str,
+    tmp_path: Path,
+) -> None:
+    settings = topics_ready
+    service = _router(settings)
     generate_keypair(tmp_path / "rogue" / "rogue.pem", tmp_path / "rogue" / "public")
     rogue = load_signer(tmp_path / "rogue" / "rogue.pem", "deployer")
     move = manifest("v2", status="live")
@@ -95,15 +100,7 @@ async def test_a_key_added_while_the_router_runs_is_trusted_without_a_restart(
     deployments are followed within a second or so, the router is not restarted; a key
     retired meanwhile is no longer trusted."""
     settings = topics_ready
-    service = RouterService(
-        settings,
-        RouterSettings(
-            model_id="m",
-            rate_rps=50.0,
-            versions={"v1": SyntheticModelSpec(), "v2": SyntheticModelSpec()},
-            seed=1,
-        ),
-    )
+    service = _router(settings)
     trusted = settings.resolved_trusted_keys_dir / "deployer"
     task = asyncio.create_task(service.run())
     try:

@@ -50,7 +50,8 @@ typecheck: $(VENV)/.dev-installed | .typecheck
 schemas: $(VENV)/.demo-installed
 	$(BIN)/rollguard schemas export
 
-# Throughput, false breaches, detection delay, memory, exact-path checks (< 10 min).
+# Throughput, false breaches, detection delay, memory, exact-path checks, signing cost and
+# the demo signed against unsigned (about 20 min).
 # ROLLGUARD_BENCH_FREEZE=1 make bench adds broker freezes under traffic (about 25 min more).
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks.run

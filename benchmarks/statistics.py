@@ -104,7 +104,10 @@ def _delay_numeric(
     return delays
 
 
-def _delay_categories(trials: int, limit: int) -> list[int | None]:
+def _delay_categories(
+    trials: int, limit: int, shifted: tuple[float, float, float] = (0.2, 0.3, 0.5)
+) -> list[int | None]:
+    """Labels a, b, c at 50/30/20 % in the baseline, ``shifted`` in every window."""
     delays: list[int | None] = []
     labels = np.array(["a", "b", "c"])
     for t in range(trials):
@@ -115,7 +118,7 @@ def _delay_categories(trials: int, limit: int) -> list[int | None]:
         det.install_baseline(bl.categorical_snapshot("m", "v1", "prediction", base))
         found = None
         for i in range(limit):
-            window = list(rng.choice(labels, DELAY_WINDOW, p=[0.2, 0.3, 0.5]))
+            window = list(rng.choice(labels, DELAY_WINDOW, p=list(shifted)))
             if det.close_version_window(_window(det, float(i), {"prediction": window})):
                 found = i + 1
                 break
@@ -168,12 +171,16 @@ def _delay_ctr(trials: int, limit: int) -> list[int | None]:
     return delays
 
 
-def detection_delay(trials: int = 20, limit: int = 20) -> dict[str, Any]:
+def detection_delay(trials: int = 100, limit: int = 20) -> dict[str, Any]:
+    """Windows until the first published breach, per drift, over ``trials`` seeds; with the
+    share of trials caught in the first window and within two (issue 14's figures)."""
     scenarios: dict[str, list[int | None]] = {
         "mean_shift_0.5_sigma": _delay_numeric(lambda x: x + 0.5, trials, limit),
         "mean_shift_0.2_sigma": _delay_numeric(lambda x: x + 0.2, trials, limit),
         "variance_x2": _delay_numeric(lambda x: x * np.sqrt(2), trials, limit),
         "category_mix": _delay_categories(trials, limit),
+        # 50/30/20 -> 28/30/42: PSI 0.29, past the "major" line of 0.25.
+        "psi_0.29_categories": _delay_categories(trials, limit, (0.28, 0.3, 0.42)),
         "error_rate_1_to_6_pct": _delay_latency("error_rate", trials, limit),
         "latency_x5": _delay_latency("latency", trials, limit),
         "ctr_minus_20_pct": _delay_ctr(trials, limit),
@@ -188,6 +195,8 @@ def detection_delay(trials: int = 20, limit: int = 20) -> dict[str, Any]:
             "max_windows": max(hit) if hit else None,
             "median_events": float(np.median(hit)) * DELAY_WINDOW if hit else None,
             "window_events": DELAY_WINDOW,
+            "first_window_pct": round(100 * sum(x == 1 for x in hit) / trials, 1),
+            "within_2_windows_pct": round(100 * sum(x <= 2 for x in hit) / trials, 1),
         }
     return out
 

@@ -71,3 +71,16 @@ class FalseAlarmPolicy(_Frozen):
         default=2, ge=1, description="Breach only when k of the last n windows breach."
     )
     sustain_n: int = Field(default=3, ge=1)
+    severe_p: float = Field(
+        default=1e-9,
+        ge=0,
+        le=1,
+        description="A rapid breach whose corrected p-value is at most this, with an effect of "
+        "at least severe_effect times its threshold, is published in its first window, without "
+        "waiting for k of n (0: never).",
+    )
+    severe_effect: float = Field(
+        default=1.0,
+        ge=1,
+        description="Effect size the severe bar needs, in multiples of the breach threshold.",
+    )

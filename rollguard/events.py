@@ -204,6 +204,11 @@ class Sustain(BaseModel):
     k: int = Field(ge=1)
     n: int = Field(ge=1)
     hits: int = Field(ge=0)
+    severe: bool = Field(
+        default=False,
+        description="Published before k of n: its corrected p-value and effect size passed "
+        "the policy's severe bar (false_alarms.severe_p, severe_effect).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Sustain:
@@ -250,7 +255,11 @@ class Breach(ModelEvent, Signed):
         # a rapid breach must say how it was sustained.
         if self.tier == "rapid" and self.sustain is None:
             raise ValueError("sustain: a rapid-tier breach needs its k of n (sustain)")
-        if self.sustain is not None and self.sustain.hits < self.sustain.k:
+        if (
+            self.sustain is not None
+            and self.sustain.hits < self.sustain.k
+            and not self.sustain.severe
+        ):
             raise ValueError(
                 f"sustain: {self.sustain.hits} of the last {self.sustain.n} windows breached, "
                 f"{self.sustain.k} needed"

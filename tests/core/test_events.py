@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from rollguard import events as ev
 from rollguard import schemas
-from tests.factories import manifest
+from tests.factories import breach, manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,3 +126,14 @@ def test_every_reason_code_is_documented_once_in_policies_md() -> None:
     section = text.split("\n## Reason codes\n", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.MULTILINE)
     assert sorted(rows) == sorted(get_args(ev.ReasonCode))  # each once, none unknown
+
+
+def test_a_rapid_breach_before_k_of_n_must_say_it_was_severe() -> None:
+    """Issue 14: a rapid breach of its first window passes the contract only as severe."""
+    import pytest
+    from pydantic import ValidationError
+
+    early = ev.Sustain(k=2, n=3, hits=1, severe=True)
+    assert breach(tier="rapid", sustain=early).sustain == early
+    with pytest.raises(ValidationError, match="2 needed"):
+        breach(tier="rapid", sustain=ev.Sustain(k=2, n=3, hits=1))

@@ -12,8 +12,9 @@ import pytest
 from rollguard import baselines as bl
 from rollguard import topics
 from rollguard.bus import make_producer
+from rollguard.detector_policy import FalseAlarmPolicy
 from rollguard.events import Breach, DeadLetter, PredictionEvent, utcnow
-from rollguard.policy import PolicySet
+from rollguard.policy import ModelPolicy, PolicySet
 from rollguard.settings import RollguardSettings
 from rollguard_services.detector.app import Detector
 from rollguard_services.detector.settings import DetectorSettings
@@ -40,12 +41,16 @@ def predictions(version: str, n: int, shift: float, seed: int) -> list[Predictio
     ]
 
 
+@pytest.mark.parametrize("severe", [True, False], ids=["severe-in-the-first-window", "k-of-n"])
 async def test_sustained_ks_breach_against_the_published_baseline(
     topics_ready: RollguardSettings,
     publish: Callable[..., Awaitable[None]],
     reader: TopicReader,
     keys: str,
+    severe: bool,
 ) -> None:
+    """A 1-sigma shift (KS D about 0.4 on 400 events): past the severe bar it is published
+    from its first window (issue 14); with the bar off (severe_p 0), after k of n."""
     rng = np.random.default_rng(0)
     await publish(
         topics.DEPLOYMENTS.name, signed(manifest("v1", status="known_good"), topics_ready)
@@ -75,7 +80,12 @@ async def test_sustained_ks_breach_against_the_published_baseline(
     for doc in bad:
         await publish(topics.PREDICTIONS.name, orjson.dumps(doc), key=b"m")
 
-    detector = Detector(topics_ready, PolicySet(), DetectorSettings(group_id="drift", seed=1))
+    policy = (
+        PolicySet()
+        if severe
+        else PolicySet(defaults=ModelPolicy(false_alarm=FalseAlarmPolicy(severe_p=0.0)))
+    )
+    detector = Detector(topics_ready, policy, DetectorSettings(group_id="drift", seed=1))
     await run_until(
         detector,
         lambda: detector.counts["breaches"] >= 1 and detector.counts["dead_letters"] >= 3,
@@ -96,9 +106,14 @@ async def test_sustained_ks_breach_against_the_published_baseline(
         "v2",
     )
     assert first.kind == "ks" and first.evidence["method"] == "exact"
-    assert first.evidence["sustain"] == "2/3" and first.value >= 0.1
+    assert first.value >= 0.1
     assert first.sustain is not None and (first.sustain.k, first.sustain.n) == (2, 3)
-    assert first.sustain.hits >= 2
+    if severe:
+        assert first.evidence["sustain"] == "1/3 severe"
+        assert first.sustain.severe and first.sustain.hits == 1
+    else:
+        assert first.evidence["sustain"] == "2/3"
+        assert not first.sustain.severe and first.sustain.hits >= 2
     assert first.version_events is not None and first.version_events >= 800
     assert first.version_first_event_ts is not None
     assert not any(b.signal == "feature:f0" for b in breaches)

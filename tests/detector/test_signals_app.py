@@ -121,7 +121,9 @@ async def test_health_ctr_quality_fairness_and_cost_breach_through_the_broker(
         found.setdefault(b.detector, b)
     assert wanted <= set(found)
     assert found["health"].tier == "immediate" and found["health"].value >= 3
-    assert found["ctr"].tier == "rapid" and found["ctr"].evidence["sustain"] == "2/3"
+    ctr = found["ctr"].sustain
+    assert found["ctr"].tier == "rapid" and ctr is not None
+    assert ctr.severe or ctr.hits >= ctr.k  # an 80 % drop passes the severe bar at once
     assert found["ctr"].value == pytest.approx(0.8, abs=0.05) and found["ctr"].p_value is not None
     assert (found["feature_quality"].signal, found["feature_quality"].statistic) == (
         "feature:f0",

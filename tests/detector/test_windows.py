@@ -111,7 +111,9 @@ async def test_rapid_tests_slide_over_the_last_windows() -> None:
     assert detector.counts["evaluations"] == 5  # five full windows of 200, closed at once
     ks = [b for b in found if b.detector == "prediction_ks"]
     assert ks, found
-    # The span grows to the last three windows and then slides: 400 events when k-of-n
-    # sustain first lets a breach out (window 2), then 600 (windows 3, 4, 5).
-    assert [b.n for b in ks] == [400, 600, 600, 600]
+    # The span grows to the last three windows and then slides: 200 events in window 1 (a
+    # 1-sigma shift passes the severe bar, so k-of-n does not hold it back), 400 in window 2,
+    # then 600 (windows 3, 4, 5).
+    assert [b.n for b in ks] == [200, 400, 600, 600, 600]
+    assert ks[0].sustain is not None and ks[0].sustain.severe
     assert len({b.window_start for b in ks}) == 1  # one time bucket: spans start together

@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from pydantic import ConfigDict, Field
+from scipy.stats import chi2
 
 from rollguard.detector_policy import DetectorBase, Tier
 from rollguard_services.detector.kinds.base import (
@@ -36,6 +37,13 @@ class PsiConfig(DetectorBase):
     bins: int = Field(default=10, ge=2, le=100)
     moderate: float = Field(default=0.1, gt=0)
     major: float = Field(default=0.25, gt=0, description="Breach at or above this PSI.")
+    alpha: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="Significance after correction of the PSI's chi-square p-value, besides "
+        "the PSI itself.",
+    )
 
 
 #: Additive smoothing of bin counts, so an empty bin never makes PSI infinite.
@@ -58,30 +66,43 @@ def psi_value(
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+def psi_p_value(value: float, n: int, reference_n: float | None, bins: int) -> float:
+    """How likely a PSI this large is between two samples of one distribution: for small
+    differences PSI is the chi-square statistic over the sample sizes, so
+    ``value / (1/n + 1/N)`` follows chi-square with ``bins - 1`` degrees of freedom
+    (``reference_n`` None: a reference of shares, taken as exact)."""
+    scale = 1.0 / n + (1.0 / reference_n if reference_n else 0.0)
+    return float(chi2.sf(value / scale, max(bins - 1, 1)))
+
+
 def measure(
-    expected: npt.NDArray[np.int64],
+    expected: npt.NDArray[np.int64] | npt.NDArray[np.float64],
     actual: npt.NDArray[np.int64],
     *,
     signal: str,
     moderate: float,
     major: float,
     min_events: int,
+    alpha: float = 0.01,
+    reference_n: float | None = None,
 ) -> Measurement:
     """PSI of a window (``actual``) against the baseline (``expected``) on the same bins.
 
-    Breach at or above ``major``; ``moderate`` is reported in the evidence only.
+    Breach at or above ``major`` with a p-value (``psi_p_value``) below ``alpha`` after the
+    evaluation's correction; ``moderate`` is reported in the evidence only.
     """
     n = int(np.sum(actual))
     if n == 0 or int(np.sum(expected)) == 0:
         return Measurement("psi", signal, "no_data", "psi", 0.0, major, n)
     value = psi_value(expected, actual)
     level = "major" if value >= major else "moderate" if value >= moderate else "none"
-    evidence: dict[str, float | int | str] = {"level": level, "bins": len(actual)}
+    evidence: dict[str, float | int | str] = {"level": level, "bins": len(actual), "alpha": alpha}
+    p = psi_p_value(value, n, reference_n, len(actual))
     if n < min_events:
         phase: Phase = "inconclusive"
     else:
-        phase = "breach" if value >= major else "ok"
-    return Measurement("psi", signal, phase, "psi", value, major, n, None, evidence)
+        phase = "breach" if value >= major and p < alpha else "ok"
+    return Measurement("psi", signal, phase, "psi", value, major, n, p, evidence)
 
 
 def coarse_bins(reference_counts: npt.NDArray[np.int64], bins: int) -> npt.NDArray[np.intp]:
@@ -104,10 +125,12 @@ def regroup(counts: npt.NDArray[np.int64], groups: npt.NDArray[np.intp]) -> npt.
 
 
 def on_view(config: PsiConfig, view: NumericView | CategoricalView) -> Measurement:
+    reference_n: float | None = None
     if isinstance(view, NumericView):
         groups = coarse_bins(view.reference_counts, config.bins)
         expected = regroup(view.reference_counts, groups)
         actual = regroup(view.counts, groups)
+        reference_n = float(view.reference_counts.sum())
     else:
         labels = sorted(set(view.counts) | set(view.reference))
         shares = np.array([view.reference.get(k, 0.0) for k in labels], dtype=np.float64)
@@ -121,6 +144,8 @@ def on_view(config: PsiConfig, view: NumericView | CategoricalView) -> Measureme
         moderate=config.moderate,
         major=config.major,
         min_events=config.min_events,
+        alpha=config.alpha,
+        reference_n=reference_n,
     )
 
 

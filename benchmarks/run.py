@@ -32,7 +32,8 @@ def main() -> None:
     for scenario, r in s["detection_delay"].items():
         print(
             f"delay {scenario}: detected {r['detected']}/{r['trials']}, median "
-            f"{r['median_windows']} windows (max {r['max_windows']}) of {r['window_events']} events"
+            f"{r['median_windows']} windows (max {r['max_windows']}) of {r['window_events']} "
+            f"events; first window {r['first_window_pct']} %, within 2 {r['within_2_windows_pct']} %"
         )
     m = s["memory"]
     print(

@@ -41,6 +41,18 @@ def register(sub: Subparsers) -> None:
     lint.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     lint.add_argument("--model-id", action="append", default=[], help="also show this model")
     lint.set_defaults(handler=_policy_lint)
+    explain = policy.add_parser(
+        "explain",
+        help="what MODEL's policy can see at an event rate: window, smallest change, delay",
+    )
+    explain.add_argument("model_id", metavar="MODEL")
+    explain.add_argument(
+        "--rate", type=float, required=True, help="events per second the model scores (> 0)"
+    )
+    explain.add_argument(
+        "--policy", type=Path, help="policy file or directory (default: ROLLGUARD_POLICY_PATH)"
+    )
+    explain.set_defaults(handler=_policy_explain)
 
     deploy = group(sub, "deploy", "deployments")
     record = deploy.add_parser("record", help="publish a SystemManifest (from CI/CD)")
@@ -87,6 +99,40 @@ def register(sub: Subparsers) -> None:
     create.add_argument("--name", required=True)
     create.add_argument("--role", required=True, choices=ROLES)
     create.set_defaults(handler=_tokens_create)
+
+
+def _policy_explain(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    from rollguard_services.detector.explain import advice, explain, window
+    from rollguard_services.detector.kinds import config_classes
+    from rollguard_services.detector.settings import DetectorSettings
+
+    if not args.rate > 0 or args.rate == float("inf"):
+        raise UsageError(f"--rate {args.rate:g}: give the events per second, more than 0")
+    policy = resolve_policy(args.policy or settings.policy_path, kinds=config_classes())
+    model = policy.for_model(args.model_id)
+    events = DetectorSettings().window_events
+    seconds, n = window(model, args.rate, events)
+    print(
+        f"{args.model_id} at {args.rate:g} events/s: windows of {seconds:g} s, {n:.1f} events "
+        f"each (window.seconds {model.window.seconds:g}"
+        + (f", ROLLGUARD_DETECTOR_WINDOW_EVENTS {events}" if events else "")
+        + ")"
+    )
+    rows = explain(model, args.rate, events)
+    print(f"{'detector':<22} {'kind':<16} {'tier':<10} {'smallest change it sees':<48} delay")
+    for r in rows:
+        seen = r.smallest if r.conclusive else f"inconclusive (needs {r.min_events} events)"
+        delay = f"{r.delay_s:.1f} s" if r.delay_s is not None else "-"
+        print(f"{r.instance:<22} {r.kind:<16} {r.tier:<10} {seen:<48} {delay}")
+    print(
+        f"rapid tier: published after {model.false_alarm.sustain_k} of "
+        f"{model.false_alarm.sustain_n} windows, or in the first when corrected p <= "
+        f"{model.false_alarm.severe_p:g} (severe)"
+    )
+    said = advice(model, args.rate, rows)
+    if said:
+        print(f"note: {said}")
+    return 0
 
 
 def _policy_lint(args: argparse.Namespace, settings: RollguardSettings) -> int:

@@ -22,7 +22,7 @@ import signal
 import ssl
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import faust
@@ -51,7 +51,7 @@ from rollguard.outage import OutageLimit
 from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer, Trust, TrustSource
-from rollguard_services.decider.approvals import approve, out_of_time, request
+from rollguard_services.decider.approvals import FUTURE_SKEW, approve, out_of_time, request
 from rollguard_services.decider.breaches import decide
 from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.delivery import ConfirmedTable, Delivery
@@ -65,6 +65,7 @@ from rollguard_services.decider.state import (
     apply_health,
     apply_manifest,
     taken,
+    taken_person,
 )
 from rollguard_services.decider.status import status_change
 from rollguard_services.decider.timers import TICK_STEPS, due, expire_in_flight, expiring
@@ -441,6 +442,10 @@ class Decider:
                     self.counts["breaches_quieted"] += 1  # a non-live version, said once
                 await publish(before, outcome, ctx.now)
 
+        def usable_until(event: RollbackRequest | Approval) -> datetime:
+            """After this, ``out_of_time`` refuses ``event`` whatever is remembered."""
+            return event.ts + timedelta(seconds=self.svc.people_input_ttl_s) + FUTURE_SKEW
+
         def signer_of_input(event: RollbackRequest | Approval) -> Identity | None:
             """The person whose key signed ``event``; nobody for an unsigned one (taken in
             warn mode), whose key_id anyone could have written."""
@@ -449,7 +454,7 @@ class Decider:
         async def on_request(req: RollbackRequest) -> None:
             who = signer_of_input(req)
             async with model(req.model_id) as before:
-                fresh = taken(before, req.event_id)
+                fresh = taken_person(before, req.event_id, usable_until(req), utcnow())
                 if fresh is None:
                     return replayed(req, req.model_id)
                 ctx = self.context(req.model_id)
@@ -458,7 +463,7 @@ class Decider:
         async def on_approval(approval: Approval) -> None:
             who = signer_of_input(approval)
             async with model(approval.model_id) as before:
-                fresh = taken(before, approval.event_id)
+                fresh = taken_person(before, approval.event_id, usable_until(approval), utcnow())
                 if fresh is None:
                     return replayed(approval, approval.model_id)
                 ctx = self.context(approval.model_id)

@@ -85,6 +85,10 @@ class ModelState(BaseModel):
     #: Event ids of the latest deployments, requests and approvals taken: one sent again as
     #: it was (a replay: its signature still holds) changes nothing the second time.
     taken_facts: tuple[str, ...] = ()
+    #: Requests and approvals taken, with when each stops being acceptable anyway (its time
+    #: plus the limit on a person's input): kept until then, however many other facts come,
+    #: so a signed one sent again within its time is never taken twice.
+    taken_people: tuple[tuple[str, datetime], ...] = ()
     last_breach: dict[str, datetime] = {}  # model_version → last breach time
     #: model_version → the one ``not_live_version`` hold said about it since it stopped being
     #: live: later breaches of it are measured (ledgered, counted) but decide nothing more.
@@ -104,6 +108,18 @@ def taken(state: ModelState, event_id: str) -> ModelState | None:
     if event_id in state.taken_facts:
         return None
     return state.model_copy(update={"taken_facts": (*state.taken_facts, event_id)[-FACT_MEMORY:]})
+
+
+def taken_person(
+    state: ModelState, event_id: str, until: datetime, now: datetime
+) -> ModelState | None:
+    """The state remembering the request or approval ``event_id`` until ``until``; None when
+    it was taken already. Ids whose time has passed are forgotten (the input is refused as
+    expired by then)."""
+    kept = tuple((e, t) for e, t in state.taken_people if t >= now)
+    if any(e == event_id for e, _ in kept):
+        return None
+    return state.model_copy(update={"taken_people": (*kept, (event_id, until))})
 
 
 def apply_manifest(state: ModelState, manifest: SystemManifest) -> ModelState:

@@ -589,3 +589,19 @@ def test_recording_the_live_version_again_keeps_when_it_went_live() -> None:
     assert first is not None
     again = apply_manifest(state, manifest("v2", status="live", ts=T0 + timedelta(hours=1)))
     assert again.live is not None and again.live.ts == first.ts
+
+
+def test_a_person_s_input_is_remembered_for_its_whole_time_however_many_facts_come() -> None:
+    """A signed approval sent again later, within its 600 s, is never taken twice: its id is
+    kept until its time is up, not among the last 512 facts (the review's replay window)."""
+    from rollguard_services.decider.state import taken, taken_person
+
+    until = T0 + timedelta(seconds=720)
+    state = taken_person(live_v2(), "approval-1", until, T0)
+    assert state is not None
+    for i in range(2_000):  # a flood of other facts
+        state = taken(state, f"manifest-{i}") or state
+    assert taken_person(state, "approval-1", until, T0 + timedelta(seconds=600)) is None
+    # Once its time is up the id is forgotten: the input is refused as expired by then.
+    later = taken_person(state, "other", T0 + timedelta(hours=1), until + timedelta(seconds=1))
+    assert later is not None and [e for e, _ in later.taken_people] == ["other"]

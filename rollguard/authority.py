@@ -15,6 +15,7 @@ import base64
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args
 
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from rollguard.errors import ConfigError, yaml_problem
 from rollguard.policy import Role
 from rollguard.secrets import check_private, write_private
-from rollguard.signing import Signer, Trust, key_id
+from rollguard.signing import Retired, Signer, Trust, key_id
 
 ROLES: tuple[str, ...] = get_args(Role)
 
@@ -63,12 +64,16 @@ class TokenRegistry:
         identities: dict[str, Identity] | None = None,
         keys: dict[str, Ed25519PublicKey] | None = None,
         legacy: int = 0,
+        revoked: dict[str, Retired] | None = None,
     ) -> None:
         self._by_key = dict(identities or {})
         self.keys = dict(keys or {})
         #: Entries of an older rollguard (a token's SHA-256, which approvals carried and
         #: anyone could copy): ignored, their holders need a new token.
         self.legacy = legacy
+        #: People whose token was revoked (``rollguard tokens revoke``), by key id: nothing
+        #: they sign now is taken; what the ledger recorded before keeps their word.
+        self.revoked = dict(revoked or {})
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -85,16 +90,21 @@ class TokenRegistry:
             {s.key_id: s.private.public_key() for s in signers.values()},
         )
 
-    def trust(self, base: Trust) -> Trust:
+    def trust(self, base: Trust, *, history: bool = False) -> Trust:
         """``base`` and, as operator keys, the keys of the people here: what a consumer of
-        requests and approvals checks their signatures against."""
-        return base.with_keys("operator", self.keys)
+        requests and approvals checks their signatures against. With ``history``, revoked
+        people's keys too, for what was recorded before their revocation."""
+        trusted = base.with_keys("operator", self.keys)
+        if not history:
+            return trusted
+        return Trust(trusted.keys, trusted.unsigned, {**self.revoked, **trusted.retired})
 
     @classmethod
     def load(cls, path: Path) -> TokenRegistry:
         """Read the tokens file; a missing file is an empty registry (nobody may approve)."""
         identities: dict[str, Identity] = {}
         keys: dict[str, Ed25519PublicKey] = {}
+        revoked: dict[str, Retired] = {}
         legacy = 0
         for i, entry in enumerate(_token_entries(path)):
             if not isinstance(entry, dict):
@@ -109,9 +119,21 @@ class TokenRegistry:
                     f"{path}: tokens[{i}] needs name, role (one of {', '.join(ROLES)}), "
                     "public_key (base64 of a raw Ed25519 key) and its key_id"
                 )
+            revoked_at = entry.get("revoked_at")
+            if revoked_at is not None:
+                try:
+                    at = datetime.fromisoformat(str(revoked_at))
+                except ValueError as exc:
+                    raise ConfigError(
+                        f"{path}: tokens[{i}].revoked_at: not an ISO 8601 time ({revoked_at!r})"
+                    ) from exc
+                revoked[kid] = Retired(
+                    "operator", public, at if at.tzinfo else at.replace(tzinfo=UTC)
+                )
+                continue
             identities[kid] = Identity(str(name), str(role))
             keys[kid] = public
-        return cls(identities, keys, legacy)
+        return cls(identities, keys, legacy, revoked)
 
 
 def _public_of(text: Any) -> Ed25519PublicKey | None:
@@ -194,3 +216,17 @@ def create_token(path: Path, name: str, role: str) -> str:
     )
     write_private(path, yaml.safe_dump({"tokens": entries}, sort_keys=False).encode())
     return token
+
+
+def revoke_token(path: Path, name: str, at: datetime) -> int:
+    """Mark every token of ``name`` revoked at ``at`` (kept in the file, for the ledger's
+    history); how many were. Nothing they sign from then on is taken."""
+    entries = _token_entries(path)
+    hit = 0
+    for entry in entries:
+        if isinstance(entry, dict) and entry.get("name") == name and "revoked_at" not in entry:
+            entry["revoked_at"] = at.isoformat()
+            hit += 1
+    if hit:
+        write_private(path, yaml.safe_dump({"tokens": entries}, sort_keys=False).encode())
+    return hit

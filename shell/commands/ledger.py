@@ -84,7 +84,9 @@ def recorded_trust(settings: RollguardSettings) -> Trust:
     """The keys the ledger's entries are read against: the trusted keys, those retired since
     (for what was recorded before), and the people of the tokens file (requests and
     approvals are signed by the key each person's token derives)."""
-    return TokenRegistry.load(settings.resolved_tokens_file).trust(trust_of(settings, history=True))
+    return TokenRegistry.load(settings.resolved_tokens_file).trust(
+        trust_of(settings, history=True), history=True
+    )
 
 
 def ledger_url(args: argparse.Namespace, settings: RollguardSettings) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from rollguard import topics
-from rollguard.authority import ROLES, TokenRegistry, create_token, person_signer
+from rollguard.authority import ROLES, TokenRegistry, create_token, person_signer, revoke_token
 from rollguard.bus import publish_one, read_topic, wait_for_broker
 from rollguard.errors import ExitCode, UsageError
 from rollguard.events import (
@@ -99,6 +99,12 @@ def register(sub: Subparsers) -> None:
     create.add_argument("--name", required=True)
     create.add_argument("--role", required=True, choices=ROLES)
     create.set_defaults(handler=_tokens_create)
+    revoke = tokens.add_parser(
+        "revoke",
+        help="stop taking what a person signs; the ledger keeps their earlier approvals' word",
+    )
+    revoke.add_argument("--name", required=True)
+    revoke.set_defaults(handler=_tokens_revoke)
 
 
 def _policy_explain(args: argparse.Namespace, settings: RollguardSettings) -> int:
@@ -305,6 +311,21 @@ def _approve(args: argparse.Namespace, settings: RollguardSettings) -> int:
     _send(settings, topics.APPROVALS.name, approval, approval.key, person)
     print(
         f"approval of {args.decision_id} ({model_id}) as {args.role} sent; see rollguard.decisions"
+    )
+    return 0
+
+
+def _tokens_revoke(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    path = settings.resolved_tokens_file
+    TokenRegistry.load(path)  # a file the decider would refuse is not changed
+    at = utcnow()
+    with writing("ROLLGUARD_TOKENS_FILE" if settings.tokens_file else "ROLLGUARD_STATE_DIR"):
+        n = revoke_token(path, args.name, at)
+    if not n:
+        raise UsageError(f"no token of {args.name!r} to revoke in {path}")
+    print(
+        f"revoked {n} token(s) of {args.name} at {at.isoformat()}: the decider takes nothing "
+        "they sign from now on (it follows the file); the ledger keeps their earlier word"
     )
     return 0
 

@@ -132,3 +132,40 @@ def test_retiring_a_key_keeps_the_word_of_what_the_ledger_recorded_before(
         assert [provenance(e, history).trusted for e in store.iter_entries()] == [False, False]
     finally:
         store.close()
+
+
+def test_a_revoked_person_signs_nothing_more_and_keeps_their_earlier_word(tmp_path: Path) -> None:
+    """`rollguard tokens revoke`: the decider takes nothing the person signs from then on,
+    but the approvals the ledger recorded before stay theirs in `incident show` and
+    `ledger verify` (removing them from the file would have made their history untrusted)."""
+    from rollguard import events as ev
+    from rollguard.authority import TokenRegistry, person_signer
+    from rollguard_shell.commands.ledger import recorded_trust
+
+    state = tmp_path / "state"
+    settings = RollguardSettings(state_dir=state)
+    assert _cli(state, "keys", "generate", "--role", "detector").returncode == 0  # a trusted dir
+    made = _cli(state, "tokens", "create", "--name", "dora", "--role", "data_engineering_lead")
+    assert made.returncode == 0, made.stderr
+    dora = person_signer(made.stdout.strip().splitlines()[-1])
+    store = LedgerStore(settings.resolved_ledger_url)
+    try:
+        before = dora.sign(ev.Approval(model_id="m", decision_id="d", role="data_engineering_lead"))
+        store.append([Incoming(topics.APPROVALS.name, 0, 0, before.encode())])
+        revoked = _cli(state, "tokens", "revoke", "--name", "dora")
+        assert revoked.returncode == 0, revoked.stderr
+        after = dora.sign(ev.Approval(model_id="m", decision_id="e", role="data_engineering_lead"))
+        store.append([Incoming(topics.APPROVALS.name, 0, 1, after.encode())])
+
+        registry = TokenRegistry.load(settings.resolved_tokens_file)
+        assert registry.lookup(dora.key_id) is None  # the decider: nobody's
+        assert (
+            dora.key_id not in registry.trust(load_trust(settings.resolved_trusted_keys_dir)).keys
+        )
+        history = recorded_trust(settings)
+        first, second = (provenance(e, history) for e in store.iter_entries())
+        assert first.trusted and (second.trusted, second.reason) == (False, "retired_key")
+    finally:
+        store.close()
+    nobody = _cli(state, "tokens", "revoke", "--name", "nobody")
+    assert nobody.returncode == 2 and "no token of 'nobody'" in one_line(nobody)

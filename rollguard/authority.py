@@ -192,6 +192,8 @@ def _token_entries(path: Path) -> list[Any]:
         doc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(yaml_problem(path, exc)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from exc
     entries = doc.get("tokens") if isinstance(doc, dict) else None
     if not isinstance(doc, dict) or not isinstance(entries, list | None):
         raise ConfigError(f"{path}: a tokens file is a mapping with a list under 'tokens'")
@@ -203,7 +205,15 @@ def create_token(path: Path, name: str, role: str) -> str:
     not the token); return the token, to be shown once."""
     if role not in ROLES:
         raise ConfigError(f"unknown role {role!r}; known: {', '.join(ROLES)}")
+    if not name.strip() or not name.isprintable() or len(name) > 128:
+        raise ConfigError(f"--name {name[:40]!r}: give a person's name (printable, 1-128 chars)")
     entries = _token_entries(path)
+    if any(
+        isinstance(e, dict) and e.get("name") == name and "revoked_at" not in e for e in entries
+    ):
+        raise ConfigError(
+            f"{name} has a token already; rollguard tokens revoke --name {name} first"
+        )
     token = secrets.token_urlsafe(32)
     person = person_signer(token)
     entries.append(

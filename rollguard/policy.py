@@ -268,6 +268,8 @@ def load_policy(*paths: Path, kinds: DetectorKinds | None = None) -> PolicySet:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(yaml_problem(path, exc)) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from exc
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a policy file is a mapping with defaults and/or models")
         unknown = set(raw) - {"version", "defaults", "models"}

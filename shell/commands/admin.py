@@ -167,7 +167,7 @@ RETAINED = {
 
 
 def _keys_retire(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
     from rollguard.signing import ROLES, load_signer, retire_key
     from rollguard_shell.commands.ledger import parse_since
@@ -179,7 +179,7 @@ def _keys_retire(args: argparse.Namespace, settings: RollguardSettings) -> int:
     role = found[0][0]
     now = datetime.now(UTC)
     at = parse_since(args.since) if args.since else now
-    if at > now:  # a later time would keep trusting, in history, what it signs from now on
+    if at > now + timedelta(seconds=1):  # later would keep trusting what it signs from now on
         raise UsageError(f"--since {args.since}: a time to come; give now or earlier")
     signing_here = [
         r

@@ -72,7 +72,10 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text.strip())
     if match:
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-        return (now or datetime.now(UTC)) - timedelta(seconds=float(match.group(1)) * unit)
+        try:
+            return (now or datetime.now(UTC)) - timedelta(seconds=float(match.group(1)) * unit)
+        except (OverflowError, ValueError):
+            raise UsageError(f"--since {text!r}: further back than a date can be") from None
     try:
         when = datetime.fromisoformat(text)
     except ValueError:

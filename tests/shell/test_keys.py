@@ -169,3 +169,28 @@ def test_a_revoked_person_signs_nothing_more_and_keeps_their_earlier_word(tmp_pa
         store.close()
     nobody = _cli(state, "tokens", "revoke", "--name", "nobody")
     assert nobody.returncode == 2 and "no token of 'nobody'" in one_line(nobody)
+
+
+def test_bad_names_binary_files_and_huge_durations_are_one_line(tmp_path: Path) -> None:
+    """From a user probe: an empty or repeated name no longer corrupts the tokens file, a
+    file that is not text and a duration past the calendar are one line, exit 2."""
+    state = tmp_path / "state"
+    for name in ("", "  ", "x\x1b[31mred"):
+        bad = _cli(state, "tokens", "create", "--name", name, "--role", "sre")
+        assert bad.returncode == 2 and "give a person's name" in one_line(bad)
+    assert _cli(state, "tokens", "create", "--name", "alice", "--role", "sre").returncode == 0
+    again = _cli(state, "tokens", "create", "--name", "alice", "--role", "sre")
+    assert again.returncode == 2 and "has a token already" in one_line(again)
+    assert _cli(state, "tokens", "revoke", "--name", "alice").returncode == 0
+    assert _cli(state, "tokens", "create", "--name", "alice", "--role", "sre").returncode == 0
+
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    explained = _cli(state, "policy", "explain", "m", "--rate", "100", "--policy", str(binary))
+    assert explained.returncode == 2 and "not a text file" in one_line(explained)
+    tokens = RollguardSettings(state_dir=state).resolved_tokens_file
+    tokens.write_bytes(b"\xff\xfe")
+    garbled = _cli(state, "tokens", "revoke", "--name", "alice")
+    assert garbled.returncode == 2 and "not a text file" in one_line(garbled)
+    far = _cli(state, "ledger", "show", "--since", "99999999d")
+    assert far.returncode == 2 and "further back than a date can be" in one_line(far)

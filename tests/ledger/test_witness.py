@@ -175,6 +175,11 @@ def served(
     yield StateDir(topics_ready, svc), publish
 
 
+async def _witness(state: StateDir) -> WitnessRead:
+    """The witness topic as ``ledger verify`` reads it, bounded: a hang fails here, named."""
+    return await asyncio.wait_for(witnessed(state.settings, state.trusted), scaled(60))
+
+
 async def _ledger_with_two_checkpoints(
     state: StateDir, publish: Callable[..., Awaitable[None]]
 ) -> None:
@@ -184,7 +189,7 @@ async def _ledger_with_two_checkpoints(
         ledger = Ledger(state.settings, state.svc)
         size = 3 * (round_ + 1)
         await run_until(ledger, lambda svc=ledger, n=size: svc._checkpointed_size == n)
-    published = await witnessed(state.settings, state.trusted)
+    published = await _witness(state)
     assert sorted({c.size for c in published.checkpoints}) == [3, 6], published
 
 
@@ -192,9 +197,9 @@ async def test_an_attacker_with_the_state_directory_is_caught_by_the_witness(
     served: tuple[StateDir, Callable[..., Awaitable[None]]], figure: Callable[[str], None]
 ) -> None:
     state, publish = served
-    await _ledger_with_two_checkpoints(state, publish)
+    await asyncio.wait_for(_ledger_with_two_checkpoints(state, publish), scaled(120))
     state.save()
-    assert state.verify(await witnessed(state.settings, state.trusted)).ok
+    assert state.verify(await _witness(state)).ok
     await asyncio.sleep(2 * INTERVAL_S)  # every checkpoint that was due is due
 
     rows = []
@@ -202,7 +207,7 @@ async def test_an_attacker_with_the_state_directory_is_caught_by_the_witness(
         state.restore()
         attack(state)
         offline = state.verify(None)
-        witness = state.verify(await witnessed(state.settings, state.trusted))
+        witness = state.verify(await _witness(state))
         rows.append((name, offline, witness))
     state.restore()
 
@@ -251,7 +256,7 @@ async def test_ledger_verify_reads_the_witness_and_a_restarted_ledger_refuses_a_
     served: tuple[StateDir, Callable[..., Awaitable[None]]],
 ) -> None:
     state, publish = served
-    await _ledger_with_two_checkpoints(state, publish)
+    await asyncio.wait_for(_ledger_with_two_checkpoints(state, publish), scaled(120))
     fine = await asyncio.to_thread(_cli, state)
     assert fine.returncode == 0 and fine.stdout.startswith("ledger ok: 6 entries"), fine
 

@@ -200,6 +200,11 @@ def _token_entries(path: Path) -> list[Any]:
     return list(entries or [])
 
 
+def _write_entries(path: Path, entries: list[Any]) -> None:
+    """The tokens file, written whole, mode 0600 from its first byte."""
+    write_private(path, yaml.safe_dump({"tokens": entries}, sort_keys=False).encode())
+
+
 def create_token(path: Path, name: str, role: str) -> str:
     """Add a person with a new random token to the tokens file (the public key it derives,
     not the token); return the token, to be shown once."""
@@ -224,7 +229,7 @@ def create_token(path: Path, name: str, role: str) -> str:
             "public_key": _raw_public(person.private.public_key()),
         }
     )
-    write_private(path, yaml.safe_dump({"tokens": entries}, sort_keys=False).encode())
+    _write_entries(path, entries)
     return token
 
 
@@ -238,5 +243,5 @@ def revoke_token(path: Path, name: str, at: datetime) -> int:
             entry["revoked_at"] = at.isoformat()
             hit += 1
     if hit:
-        write_private(path, yaml.safe_dump({"tokens": entries}, sort_keys=False).encode())
+        _write_entries(path, entries)
     return hit

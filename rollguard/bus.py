@@ -14,14 +14,14 @@ import hashlib
 import logging
 import ssl
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner, murmur2
 from pydantic import TypeAdapter, ValidationError
@@ -44,6 +44,7 @@ def client_options(settings: RollguardSettings) -> dict[str, Any]:
     opts: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap,
         "security_protocol": settings.security_protocol,
+        "client_id": settings.client_id,
     }
     if settings.security_protocol in ("SSL", "SASL_SSL"):
         try:
@@ -161,7 +162,11 @@ def topic_configs(spec: topics.TopicSpec) -> dict[str, str]:
 
 
 async def provision_topics(
-    settings: RollguardSettings, specs: Iterable[topics.TopicSpec] = topics.ALL
+    settings: RollguardSettings,
+    specs: Iterable[topics.TopicSpec] = topics.ALL,
+    *,
+    internal: Mapping[str, Mapping[str, str]] | None = None,
+    must_create: bool = False,
 ) -> list[str]:
     """Create the topics that are missing, with explicit partitions; returns the ones created.
 
@@ -175,21 +180,19 @@ async def provision_topics(
         raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from exc
     try:
         existing = set(await admin.list_topics())
-        wanted = {settings.topic(s.name): s for s in specs}
+        wanted = {settings.topic(s.name): topic_configs(s) for s in specs}
+        wanted.update({name: dict(configs) for name, configs in (internal or {}).items()})
         new = [
             NewTopic(
                 name,
                 num_partitions=settings.partitions,
                 replication_factor=settings.replication_factor,
-                topic_configs=topic_configs(spec),
+                topic_configs=configs,
             )
-            for name, spec in wanted.items()
+            for name, configs in wanted.items()
             if name not in existing
         ]
-        if new:
-            # Another process may win the race; the partition check below still applies.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
+        created = await _create(admin, new, settings, must_create=must_create) if new else []
         described = await admin.describe_topics(list(wanted))
         for desc in described:
             count = len(desc.get("partitions", []))
@@ -198,9 +201,55 @@ async def provision_topics(
                     f"topic {desc['topic']} has {count} partitions, settings say "
                     f"{settings.partitions} (ROLLGUARD_PARTITIONS)"
                 )
-        return [t.name for t in new]
+        return created
     finally:
         await admin.close()
+
+
+#: CreateTopics answers per topic: another process won the race (the partition check still
+#: applies), or this principal may not create topics (least privilege: docs/security.md).
+_TOPIC_ALREADY_EXISTS = 36
+_NOT_ALLOWED = {29: "TOPIC_AUTHORIZATION_FAILED", 31: "CLUSTER_AUTHORIZATION_FAILED"}
+
+
+async def _create(
+    admin: AIOKafkaAdminClient,
+    new: list[NewTopic],
+    settings: RollguardSettings,
+    *,
+    must_create: bool,
+) -> list[str]:
+    """The topics created of ``new``; a refusal other than "exists" or "not allowed" is a
+    ConfigError naming the topic (aiokafka returns per-topic errors, it raises none)."""
+    response = await admin.create_topics(new)
+    created: list[str] = []
+    refused: list[str] = []
+    for entry in response.topic_errors:
+        topic, code = entry[0], entry[1]
+        if code == 0:
+            created.append(topic)
+        elif code in _NOT_ALLOWED:
+            refused.append(topic)
+        elif code != _TOPIC_ALREADY_EXISTS:
+            message = entry[2] if len(entry) > 2 and entry[2] else f"error code {code}"
+            raise ConfigError(f"cannot create topic {topic}: {message}")
+    who = settings.sasl_username or "(no SASL user)"
+    if refused and must_create:
+        raise ConfigError(
+            f"not allowed to create topics ({who}): {', '.join(sorted(refused))}; "
+            "run `rollguard topics create` as a principal with Create on the cluster"
+        )
+    if refused:
+        # A service that may not create topics (one principal per service): the admin's
+        # `rollguard topics create` makes them; a service that needs one still missing fails
+        # when it first reads or writes it, naming it.
+        log.warning(
+            "topics_not_created",
+            reason="this principal may not create topics",
+            principal=who,
+            topics=sorted(refused),
+        )
+    return created
 
 
 class SourceRecord(Protocol):

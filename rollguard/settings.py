@@ -30,6 +30,12 @@ class RollguardSettings(BaseSettings):
         default=True, description="Idempotent control producers; forced off on the embedded broker."
     )
     security_protocol: SecurityProtocol = "PLAINTEXT"
+    client_id: str = Field(
+        default="rollguard",
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="The Kafka client id; each service adds its name (rollguard-detector), each "
+        "command its own (rollguard-deploy), so broker logs, quotas and ACL audits tell them apart.",
+    )
     sasl_mechanism: SaslMechanism | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None

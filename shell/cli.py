@@ -79,6 +79,10 @@ def _first_rollguard_error(group: BaseExceptionGroup[BaseException]) -> Rollguar
     return None
 
 
+#: The commands that run services: each service's clients carry its name instead.
+SERVICE_COMMANDS = ("up", "run", "demo")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     # Ctrl-C stops any command, even one started as a background job of a script (which
     # inherits SIGINT ignored); the long-running ones stop cleanly (stopping.py).
@@ -90,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             refuse_second_up(settings)
         elif args.command != "demo":  # the demo runs a broker of its own
             settings = with_running_broker(settings)
+        if args.command not in SERVICE_COMMANDS:  # a service names its own clients
+            settings = settings.model_copy(
+                update={"client_id": f"{settings.client_id}-{args.command}"}
+            )
         if getattr(args, "logs", True):
             configure_logging(settings.log_level, settings.log_format)
         code: int = args.handler(args, settings)

@@ -44,7 +44,7 @@ from rollguard_services.ledger.settings import LedgerSettings
 from rollguard_services.ledger.store import LedgerStore
 from rollguard_services.router.app import RouterService
 from rollguard_services.router.settings import RouterSettings
-from rollguard_shell.runner import SERVICES, ensure_keys, kafka, run_services
+from rollguard_shell.runner import as_client, build_service, ensure_keys, kafka, run_services
 
 MODEL_ID = "demo-model"
 GOOD, BAD = "v1", "v2"
@@ -224,12 +224,13 @@ async def run_demo(
 
     async with kafka(base, demo_dir / "broker.log") as settings:
         router_service = RouterService(
-            settings, RouterSettings(model_id=MODEL_ID, rate_rps=rate_rps)
+            as_client("router", settings), RouterSettings(model_id=MODEL_ID, rate_rps=rate_rps)
         )
         services = [router_service] + [
-            SERVICES[n](settings) for n in ("detector", "decider", "executor", "ledger", "notifier")
+            build_service(n, settings)
+            for n in ("detector", "decider", "executor", "ledger", "notifier")
         ]
-        observer = Observer(settings)
+        observer = Observer(as_client("demo", settings))
         router = router_service.router
         phase = "starting services"
         observer.note(
@@ -255,7 +256,7 @@ async def run_demo(
                     await asyncio.sleep(0.125)
                     lv.update(_render(observer, router, phase))
 
-        producer = make_producer(settings, control=True)
+        producer = make_producer(as_client("deployer", settings), control=True)
         deploy_topic = settings.topic(topics.DEPLOYMENTS.name)
         background = [
             asyncio.create_task(run_services(services), name="services"),

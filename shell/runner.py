@@ -37,6 +37,7 @@ from rollguard_services.notifier.app import Notifier
 from rollguard_services.notifier.settings import NotifierSettings
 from rollguard_services.router.app import RouterService
 from rollguard_services.router.settings import RouterSettings
+from rollguard_shell.access import internal_topics
 from rollguard_shell.discovery import BrokerRecord
 from rollguard_shell.stopping import on_abandon
 
@@ -97,7 +98,13 @@ def build_service(name: str, settings: RollguardSettings) -> Service:
         factory = SERVICES[name]
     except KeyError:
         raise UsageError(f"unknown service {name!r}; known: {', '.join(SERVICES)}") from None
-    return factory(settings)
+    return factory(as_client(name, settings))
+
+
+def as_client(name: str, settings: RollguardSettings) -> RollguardSettings:
+    """The settings a service's (or the demo's stand-in deployer's) clients use: its own client id (rollguard-detector), which the
+    broker's logs, quotas and an audit of who read and wrote what (docs/security.md) name."""
+    return settings.model_copy(update={"client_id": f"{settings.client_id}-{name}"})
 
 
 #: The services that sign what they publish, and the role of their key.
@@ -126,12 +133,12 @@ def _retention(settings: RollguardSettings) -> tuple[dict[str, int], set[str]]:
     """How the embedded broker on disk keeps each partition bounded (rollguard.objectstore):
     the newest batches of every topic that is not compacted, the latest record per key of the
     compacted ones (the decider's table included)."""
-    decider = DeciderSettings()
     keep = settings.embedded_keep_batches
+    internal = internal_topics(settings)
     trimmed = [settings.topic(t.name) for t in topics.ALL if not t.compacted]
-    trimmed.append(decider.ticks_topic(settings.topic_prefix))
+    trimmed += [name for name, configs in internal.items() if "cleanup.policy" not in configs]
     compacted = {settings.topic(t.name) for t in topics.ALL if t.compacted}
-    compacted.add(decider.changelog_topic(settings.topic_prefix))
+    compacted |= {name for name, configs in internal.items() if "cleanup.policy" in configs}
     # compacted ones keep their newest batches whole too, as Kafka never compacts the active
     # segment: a consumer not far behind reads every record
     return dict.fromkeys([*trimmed, *compacted], keep), compacted
@@ -188,7 +195,7 @@ async def kafka(
         with on_abandon(abandon):
             await wait_for_broker(settings)
             settings = await negotiate_idempotence(settings)
-            created = await provision_topics(settings)
+            created = await provision_topics(settings, internal=internal_topics(settings))
             log.info("topics", bootstrap=settings.kafka_bootstrap, created=created)
             if broker is not None and record:
                 written = BrokerRecord(broker.bootstrap, os.getpid())

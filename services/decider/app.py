@@ -78,7 +78,10 @@ def faust_broker_options(settings: RollguardSettings) -> dict[str, Any]:
     """The same connection settings as every other client, in faust's terms."""
     opts = client_options(settings)
     hosts = opts["bootstrap_servers"].split(",")
-    out: dict[str, Any] = {"broker": ";".join(f"kafka://{h.strip()}" for h in hosts)}
+    out: dict[str, Any] = {
+        "broker": ";".join(f"kafka://{h.strip()}" for h in hosts),
+        "broker_client_id": opts["client_id"],
+    }
     context: ssl.SSLContext | None = opts.get("ssl_context")
     if settings.security_protocol.startswith("SASL"):
         out["broker_credentials"] = faust.SASLCredentials(
@@ -228,6 +231,9 @@ class Decider:
             broker_rebalance_timeout=s.rebalance_timeout_ms / 1000,
             consumer_auto_offset_reset="earliest",
             web_enabled=False,
+            # No on_leader timers here: without faust's leader topic, the decider needs no
+            # topic but those `rollguard topics create` makes (least privilege, no Create).
+            topic_disable_leader=True,
             loop=asyncio.get_running_loop(),
         )
 

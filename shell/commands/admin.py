@@ -1,4 +1,4 @@
-"""topics, schemas, keys: provisioning and housekeeping."""
+"""topics (and their ACLs), schemas, keys: provisioning and housekeeping."""
 
 from __future__ import annotations
 
@@ -18,6 +18,15 @@ def register(sub: Subparsers) -> None:
     topics.add_parser("create", help="create missing topics with explicit partitions").set_defaults(
         handler=_topics_create
     )
+    acls = topics.add_parser(
+        "acls",
+        help="print the Kafka ACLs of each principal (a kafka-acls.sh script, or the table)",
+    )
+    acls.add_argument(
+        "--principal-type", default="User", help="the principal type your brokers use (User)"
+    )
+    acls.add_argument("--table", action="store_true", help="print the table of grants instead")
+    acls.set_defaults(handler=_topics_acls, logs=False)
 
     schemas = group(sub, "schemas", "event JSON Schemas")
     export = schemas.add_parser("export", help="write schemas/*.json from the event models")
@@ -64,15 +73,30 @@ def register(sub: Subparsers) -> None:
 
 def _topics_create(args: argparse.Namespace, settings: RollguardSettings) -> int:
     from rollguard.bus import provision_topics, wait_for_broker
+    from rollguard_shell.access import internal_topics
 
     require_broker(settings)
 
     async def create() -> list[str]:
         await wait_for_broker(settings)
-        return await provision_topics(settings)
+        return await provision_topics(
+            settings, internal=internal_topics(settings), must_create=True
+        )
 
     created = asyncio.run(create())
     print(f"created {len(created)} topic(s): {', '.join(created) or 'none, all exist'}")
+    return 0
+
+
+def _topics_acls(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    from rollguard_shell.access import acl_script, markdown_table
+
+    if not args.principal_type.isidentifier():
+        raise UsageError(f"--principal-type {args.principal_type!r}: a name such as User")
+    if args.table:
+        print(markdown_table())
+    else:
+        print(acl_script(settings.topic_prefix, principal_type=args.principal_type), end="")
     return 0
 
 

@@ -10,11 +10,9 @@ broker here has SASL/SCRAM users), so its settings are checked against what aiok
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import ipaddress
 import ssl
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from rollguard.events import Breach
 from rollguard.settings import RollguardSettings
 from rollguard.signing import ensure_keys, signer_of, trust_of
 from tests.factories import breach
+from tests.relay import Relay
 
 pytestmark = pytest.mark.broker
 
@@ -92,42 +91,6 @@ def _server(
     return cert_path, key_path
 
 
-class TlsTerminator(threading.Thread):
-    """A TLS listener on loopback that forwards each connection to ``upstream``."""
-
-    def __init__(self, cert: Path, key: Path, upstream: int) -> None:
-        super().__init__(daemon=True)
-        self.port = free_port()
-        self.upstream = upstream
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.context.load_cert_chain(cert, key)
-        self.ready = threading.Event()
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (ConnectionError, ssl.SSLError):
-                pass
-            finally:
-                writer.close()
-
-        async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
-            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-        server = await asyncio.start_server(forward, "127.0.0.1", self.port, ssl=self.context)
-        self.ready.set()
-        await asyncio.to_thread(self.stopping.wait)
-        server.close()
-
-
 @pytest.fixture(scope="module")
 def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
     """(bootstrap, the CA that signed its certificate, another CA) of a TLS-only listener."""
@@ -135,8 +98,10 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     ca_key, ca, ca_path = _ca(where, "rollguard-test-ca")
     _, _, other = _ca(where, "someone-else")
     cert, key = _server(where, ca_key, ca)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
     tansu_port = free_port()
-    terminator = TlsTerminator(cert, key, tansu_port)
+    terminator = Relay(tansu_port, tls=context)  # a TLS listener in front of Tansu
     broker = EmbeddedBroker(where / "tansu.log", port=tansu_port, advertised_port=terminator.port)
     with broker:
         terminator.start()
@@ -144,8 +109,7 @@ def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         try:
             yield f"127.0.0.1:{terminator.port}", ca_path, other
         finally:
-            terminator.stopping.set()
-            terminator.join(10)
+            terminator.stop()
 
 
 def _settings(bootstrap: str, tmp_path: Path, **tls: object) -> RollguardSettings:

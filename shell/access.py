@@ -1,0 +1,188 @@
+"""Least privilege on Kafka: the one principal of each service and exactly which topics it
+reads and writes and which consumer group it uses.
+
+The table docs/security.md shows, `rollguard acls` turns into Kafka ACL commands, the compose
+file gives each container its principal from, and tests/shell/test_access.py holds against
+what each service's clients really send to a broker (every Produce, Fetch and group request,
+read off the wire)."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from rollguard import topics
+from rollguard.settings import RollguardSettings
+from rollguard_services.decider.settings import DeciderSettings
+from rollguard_services.detector.settings import DetectorSettings
+from rollguard_services.executor.settings import ExecutorSettings
+from rollguard_services.ledger.settings import LedgerSettings
+from rollguard_services.notifier.settings import NotifierSettings
+
+DATA = ("predictions", "latency", "business", "health", "outcomes")
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one principal may do; topic and group names are after the topic prefix."""
+
+    principal: str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    groups: tuple[str, ...] = ()
+    #: Topics it may create (CreateTopics): the admin only.
+    creates: bool = False
+    note: str = ""
+
+
+def _decider_internal() -> tuple[str, str]:
+    """The decider's own topics (faust's): its ticks and its state table's changelog."""
+    svc = DeciderSettings()
+    return svc.ticks_topic(""), svc.changelog_topic("")
+
+
+def grants() -> tuple[Grant, ...]:
+    own = _decider_internal()  # the decider's faust topics
+    dl = topics.DEADLETTER.name
+    return (
+        Grant(
+            "router",
+            reads=("deployments",),
+            writes=DATA,
+            note="reference integration; your serving layer in its place",
+        ),
+        Grant(
+            "detector",
+            reads=(*DATA, "deployments", "baselines"),
+            writes=("breaches", "baselines", dl),
+            groups=(DetectorSettings().group_id,),
+        ),
+        Grant(
+            "decider",
+            reads=("deployments", "breaches", "acks", "health", "requests", "approvals", *own),
+            writes=("decisions", "commands", "acks", "deployments", "model-status", dl, *own),
+            groups=(DeciderSettings().app_id,),
+        ),
+        Grant(
+            "executor",
+            reads=("commands",),
+            writes=("acks", "invalidations", "deployments", dl),
+            groups=(ExecutorSettings().group_id,),
+        ),
+        Grant(
+            "ledger",
+            reads=(
+                *(t.name for t in topics.ALL if t.ledgered and t.control),
+                topics.LEDGER_CHECKPOINTS.name,
+            ),
+            writes=(topics.LEDGER_CHECKPOINTS.name, dl),
+            groups=(LedgerSettings().group_id,),
+            note="Write on ledger-checkpoints, never Delete or Alter: it cannot take one back",
+        ),
+        Grant(
+            "notifier",
+            reads=("breaches", "decisions", "acks"),
+            writes=(dl,),
+            groups=(NotifierSettings().group_id,),
+        ),
+        Grant(
+            "deployer",
+            reads=("model-status",),
+            writes=("deployments", "baselines"),
+            note="CI: rollguard deploy record, baseline import",
+        ),
+        Grant(
+            "operator",
+            reads=("decisions",),
+            writes=("requests", "approvals"),
+            note="people: rollguard rollback, approve, unlock, incident show",
+        ),
+        Grant(
+            "auditor",
+            reads=(topics.LEDGER_CHECKPOINTS.name,),
+            writes=(),
+            note="rollguard ledger verify",
+        ),
+        Grant(
+            "admin",
+            reads=(),
+            writes=(),
+            creates=True,
+            note="rollguard topics create (and the ACLs themselves); no service runs as it",
+        ),
+    )
+
+
+def grant_of(principal: str) -> Grant:
+    for grant in grants():
+        if grant.principal == principal:
+            return grant
+    raise KeyError(principal)
+
+
+def internal_topics(settings: RollguardSettings) -> dict[str, dict[str, str]]:
+    """The decider's faust topics `rollguard topics create` makes too, with their configs, so
+    that the decider never needs Create (faust declares only a topic it cannot see)."""
+    svc = DeciderSettings()
+    return {
+        svc.ticks_topic(settings.topic_prefix): {},
+        svc.changelog_topic(settings.topic_prefix): {"cleanup.policy": "compact"},
+    }
+
+
+def acl_commands(prefix: str, *, principal_type: str = "User") -> Iterator[str]:
+    """kafka-acls.sh lines (for Apache Kafka's CLI) granting each principal its row."""
+    head = '"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add'
+    for g in grants():
+        who = f"--allow-principal {principal_type}:{g.principal}"
+
+        def names(kind: str, items: tuple[str, ...]) -> str:
+            return " ".join(f"--{kind} {shlex.quote(prefix + n)}" for n in sorted(set(items)))
+
+        if g.reads or g.groups:
+            resources = " ".join(
+                x for x in (names("topic", g.reads), names("group", g.groups)) if x
+            )
+            yield f"{head} {who} --operation Read {resources}"
+        if g.writes:
+            yield f"{head} {who} --operation Write {names('topic', g.writes)}"
+        if g.creates:
+            # Create on the topics under the prefix only, not on the cluster.
+            yield (
+                f"{head} {who} --operation Create --operation Describe "
+                f"--resource-pattern-type prefixed --topic {shlex.quote(prefix)}"
+            )
+
+
+def acl_script(prefix: str, *, principal_type: str = "User") -> str:
+    """A POSIX sh script that applies every ACL; deploy/kafka/acls.sh is this, for the default
+    prefix (a test keeps it current)."""
+    lines = [
+        "#!/bin/sh",
+        f"# Generated by `rollguard topics acls` for the topic prefix {prefix!r}; do not edit.",
+        "# Grants each rollguard principal exactly its row of docs/security.md (least privilege).",
+        "#   KAFKA_BOOTSTRAP   a broker to talk to (required)",
+        "#   KAFKA_ACLS        the kafka-acls.sh to run (default: kafka-acls.sh on PATH)",
+        "#   KAFKA_ACLS_OPTS   more options, e.g. --command-config admin.properties",
+        "set -eu",
+        ': "${KAFKA_BOOTSTRAP:?set KAFKA_BOOTSTRAP to a broker}"',
+        'KAFKA_ACLS="${KAFKA_ACLS:-kafka-acls.sh}"',
+        'KAFKA_ACLS_OPTS="${KAFKA_ACLS_OPTS:-}"',
+        *acl_commands(prefix, principal_type=principal_type),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def markdown_table() -> str:
+    """The table docs/security.md shows (a test keeps the two the same)."""
+    rows = ["| principal | reads | writes | group |", "|---|---|---|---|"]
+    for g in grants():
+        if g.creates:
+            continue
+        rows.append(
+            f"| {g.principal} | {', '.join(g.reads) or '—'} | {', '.join(g.writes) or '—'} "
+            f"| {', '.join(g.groups) or '—'} |"
+        )
+    return "\n".join(rows)

@@ -83,6 +83,14 @@ class LedgerMissing(LedgerError):
     exit_code = ExitCode.USAGE
 
 
+class LedgerCorrupt(LedgerError):
+    """An entry's stored columns cannot be read back as an entry (bytes that are not JSON
+    text, a time that is not a time): the ledger does not verify, whatever read it."""
+
+    retriable = False
+    exit_code = ExitCode.NOT_VERIFIED
+
+
 def yaml_problem(path: object, exc: Exception) -> str:
     """One line for a YAML syntax error: ``file:line:column: problem`` (PyYAML's own text
     spans several lines, with a caret drawing)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from rollguard.errors import UsageError
+from rollguard.errors import LedgerCorrupt, UsageError
 from rollguard.events import LedgerCheckpoint, utcnow
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_trusted_keys
@@ -134,7 +134,12 @@ def verify_ledger(
         warnings.append(
             f"{witness.ignored} record(s) on the witness topic are not checkpoints (ignored)"
         )
-    overdue = store.first_recorded_at() if not valid and chain.entries else None
+    try:
+        overdue = store.first_recorded_at() if not valid and chain.entries else None
+    except LedgerCorrupt as exc:  # the chain has already said where, if it could
+        overdue = None
+        if first_bad is None:
+            first_bad, reason = 1, str(exc)
     if overdue is not None and checkpoint_interval_s is not None:
         age = (utcnow() - overdue).total_seconds()
         if age > checkpoint_interval_s + grace_s and first_bad is None:

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from rollguard.database import engine_for, sqlite_file
-from rollguard.errors import LedgerError, LedgerMissing
+from rollguard.errors import LedgerCorrupt, LedgerError, LedgerMissing
 from rollguard.events import utcnow
 
 GENESIS = "0" * 64
@@ -395,8 +395,11 @@ class LedgerStore:
     def first_recorded_at(self) -> datetime | None:
         """When the ledger stored its first entry (None: it has none)."""
         query = sa.select(entries.c.recorded_at).order_by(entries.c.seq).limit(1)
-        with self.engine.connect() as conn:
-            row = conn.execute(query).first()
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(query).first()
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise LedgerCorrupt(f"the first entry cannot be read: {_first_line(exc)}") from exc
         return datetime.fromisoformat(utc_iso(row[0])) if row is not None else None
 
     def entries(
@@ -428,8 +431,26 @@ class LedgerStore:
             )
         if event_types is not None:
             query = query.where(entries.c.event_type.in_(list(event_types)))
+        last = 0
         with self.engine.connect() as conn:
-            for r in conn.execution_options(yield_per=1000).execute(query):
+            rows = iter(conn.execution_options(yield_per=1000).execute(query))
+            while True:
+                try:
+                    r = next(rows)
+                except StopIteration:
+                    return
+                except (TypeError, ValueError, OverflowError) as exc:
+                    # A column the driver cannot even read back (a recorded_at that is no time).
+                    raise LedgerCorrupt(
+                        f"the entry after seq {last} cannot be read: {_first_line(exc)}"
+                    ) from exc
+                last = r.seq
+                try:
+                    payload = orjson.loads(r.payload)
+                except (TypeError, orjson.JSONDecodeError) as exc:
+                    raise LedgerCorrupt(
+                        f"entry seq {r.seq}: its payload is not JSON text ({_first_line(exc)})"
+                    ) from exc
                 yield Entry(
                     r.seq,
                     r.topic,
@@ -439,7 +460,7 @@ class LedgerStore:
                     r.event_id,
                     r.model_id,
                     r.recorded_at,
-                    orjson.loads(r.payload),
+                    payload,
                     r.hash,
                     r.prev_hash,
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import re
 import sys
@@ -14,13 +15,13 @@ from typing import Any
 
 from rollguard.authority import TokenRegistry
 from rollguard.bus import wait_for_broker
-from rollguard.errors import BrokerUnavailable, ConfigError, ExitCode, UsageError
+from rollguard.errors import BrokerUnavailable, ConfigError, ExitCode, LedgerCorrupt, UsageError
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Trust, load_trusted_keys, trust_of
 from rollguard_services.ledger.audit import verify_configured
 from rollguard_services.ledger.checkpoints import WitnessRead, witnessed
 from rollguard_services.ledger.incidents import INCIDENT_TYPES, describe, find_incident
-from rollguard_services.ledger.provenance import trusted_only, untrusted_counts
+from rollguard_services.ledger.provenance import provenance, trusted_only, untrusted_counts
 from rollguard_services.ledger.settings import LedgerSettings
 from rollguard_services.ledger.store import LedgerStore
 from rollguard_shell.commands import Subparsers, database_url, group, require_broker, writing
@@ -151,7 +152,18 @@ def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
     )
     if unread:
         report.warnings[0:0] = [unread]
-    untrusted = _untrusted(args, settings)
+    unreadable = False
+    try:
+        untrusted = _untrusted(args, settings)
+    except LedgerCorrupt as exc:  # who signed what cannot be read from a corrupt entry
+        untrusted, unreadable = None, True
+        report = dataclasses.replace(
+            report,
+            ok=False,
+            first_bad_seq=report.first_bad_seq,
+            reason=report.reason or str(exc),
+            warnings=[*report.warnings, f"who signed each entry was not checked: {exc}"],
+        )
     if args.json:
         print(json.dumps({**report.__dict__, "untrusted": untrusted}))
     else:
@@ -166,7 +178,7 @@ def _verify(args: argparse.Namespace, settings: RollguardSettings) -> int:
             print(f"  checkpoint problem: {problem}")
         for warning in report.warnings:
             print(f"  warning: {warning}")
-        if untrusted is None:
+        if untrusted is None and not unreadable:
             keys = settings.resolved_trusted_keys_dir
             print(f"  note: no trusted keys at {keys}: who signed each entry was not checked")
         elif untrusted:  # recorded as they arrived; never part of an incident
@@ -227,14 +239,21 @@ def _untrusted(args: argparse.Namespace, settings: RollguardSettings) -> Counter
 def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
     entries = selected(args, settings)
+    try:  # who signed each entry, where the trusted keys are here to tell
+        trust: Trust | None = recorded_trust(settings)
+    except ConfigError:
+        trust = None
     for e in entries:
+        found = provenance(e, trust) if trust is not None else None
         if args.json:
-            print(json.dumps(e.as_json()))
+            signed = None if found is None else {**dataclasses.asdict(found)}
+            print(json.dumps({**e.as_json(), "provenance": signed}))
         else:
             version = e.payload.get("model_version") or "-"
+            mark = f"  [UNTRUSTED: {found.reason}]" if found and not found.trusted else ""
             print(
                 f"{e.seq:>6}  {e.as_json()['recorded_at']}  {e.model_id or '-'} {version}  "
-                f"{describe(e)}"
+                f"{describe(e)}{mark}"
             )
     if not entries and not args.json:
         print("no entries match", file=sys.stderr)

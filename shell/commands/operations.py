@@ -1,8 +1,8 @@
 """policy, deploy, rollback, approve, unlock, tokens: what people do around a rollback.
 
 Requests and approvals are events on Kafka, decided by the decider under the same rules as
-automatic rollbacks. They carry the SHA-256 of the caller's role token (ROLLGUARD_TOKEN),
-never the token itself.
+automatic rollbacks. Each is signed with the key the caller's role token (ROLLGUARD_TOKEN)
+derives; neither the token nor anything reusable in its place is ever sent.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import yaml
 from rollguard import topics
 from rollguard.authority import ROLES, TokenRegistry, create_token, person_signer, revoke_token
 from rollguard.bus import publish_one, read_topic, wait_for_broker
-from rollguard.errors import ExitCode, UsageError
+from rollguard.errors import ConfigError, ExitCode, UsageError
 from rollguard.events import (
     Approval,
     Components,
@@ -155,11 +155,36 @@ def _policy_lint(args: argparse.Namespace, settings: RollguardSettings) -> int:
     return 0
 
 
-def _person(settings: RollguardSettings) -> Signer:
-    """The key the token holder signs with, derived from ROLLGUARD_TOKEN."""
+def _person(settings: RollguardSettings, role: str) -> Signer:
+    """The key the token holder signs with, derived from ROLLGUARD_TOKEN.
+
+    Where the tokens file the decider reads is readable here too (`rollguard up`, the
+    decider's host), a token it would refuse (revoked, unknown, another role's) is one line
+    and exit 2 now, not a request that exits 0 and is refused out of sight."""
     if settings.token is None:
         raise UsageError("set ROLLGUARD_TOKEN to your role token (rollguard tokens create)")
-    return person_signer(settings.token.get_secret_value())
+    person = person_signer(settings.token.get_secret_value())
+    path = settings.resolved_tokens_file
+    try:
+        registry = TokenRegistry.load(path) if path.is_file() else None
+    except (OSError, ConfigError):  # not ours to read here: the decider decides
+        registry = None
+    if registry is None:
+        return person
+    revoked = registry.revoked.get(person.key_id)
+    if revoked is not None:
+        raise UsageError(
+            f"ROLLGUARD_TOKEN was revoked at {revoked.at.isoformat()} ({path}); "
+            "ask for a new one (rollguard tokens create)"
+        )
+    who = registry.lookup(person.key_id)
+    if who is None:
+        raise UsageError(
+            f"ROLLGUARD_TOKEN is not a token of {path}: the decider would refuse what it signs"
+        )
+    if who.role != role:
+        raise UsageError(f"ROLLGUARD_TOKEN is {who.name}'s, whose role is {who.role}, not {role}")
+    return person
 
 
 def _send(
@@ -260,7 +285,7 @@ def _deploy_check(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 def _rollback(args: argparse.Namespace, settings: RollguardSettings) -> int:
     require_broker(settings)
-    person = _person(settings)
+    person = _person(settings, args.role)
     req = RollbackRequest(
         model_id=args.model_id,
         to_system_version=args.to_system_version,
@@ -277,7 +302,7 @@ def _rollback(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 def _unlock(args: argparse.Namespace, settings: RollguardSettings) -> int:
     require_broker(settings)
-    person = _person(settings)
+    person = _person(settings, args.role)
     req = RollbackRequest(
         model_id=args.model_id, action="unlock", role=args.role, reason=args.reason
     )
@@ -288,7 +313,7 @@ def _unlock(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 def _approve(args: argparse.Namespace, settings: RollguardSettings) -> int:
     require_broker(settings)
-    person = _person(settings)
+    person = _person(settings, args.role)
     model_id = args.model_id
     if model_id is None:
         records = _read(settings, topics.DECISIONS.name)  # no broker is said first: exit 3

@@ -366,3 +366,36 @@ def test_any_value_of_another_type_in_any_column_names_the_seq(
         assert report.ok or report.first_bad_seq == 4
     else:
         assert not report.ok and report.first_bad_seq == 4, report
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("payload", "x'fffe00'"), ("recorded_at", "'garbage'"), ("payload", "x'7b2261'")],
+    ids=["payload-not-utf8", "recorded-at-not-a-time", "payload-cut-json"],
+)
+def test_an_unreadable_entry_is_broken_for_every_ledger_command_never_a_traceback(
+    tmp_path: Path, column: str, value: str
+) -> None:
+    """From a user probe: bytes that are not JSON text, or a recorded_at that is no time,
+    crashed `ledger verify`, `show` and `export` with a traceback. Each now says which entry
+    (exit 5, BROKEN: the ledger does not verify)."""
+    from tests.shell.test_cli import one_line_error, rollguard
+
+    db = tmp_path / "ledger.db"
+    store = LedgerStore(f"sqlite:///{db}")
+    try:
+        build(store, [3, 3])
+        with owner(store) as conn:
+            conn.exec_driver_sql(f"UPDATE ledger_entries SET {column} = {value} WHERE seq = 4")
+    finally:
+        store.close()
+    env = {"ROLLGUARD_STATE_DIR": str(tmp_path / "state")}
+    url = f"sqlite:///{db}"
+    verify = rollguard("ledger", "verify", "--url", url, env=env)
+    assert verify.returncode == 5, verify.stderr
+    assert "Traceback" not in verify.stderr
+    assert verify.stdout.startswith("ledger BROKEN at seq 4"), verify.stdout
+    for command in ("show", "export"):
+        result = rollguard("ledger", command, "--url", url, env=env)
+        assert result.returncode == 5, (command, result.stderr)
+        assert "seq" in one_line_error(result) and result.stdout == "", command

@@ -281,6 +281,7 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
         entries = ledger.entries()
         shown = _cli(state, "incident", "show", incident_id, "--json")
         status = _cli(state, "deploy", "check", MODEL)
+        listed = _cli(state, "ledger", "show", "--json")  # what a person reads
     finally:
         up.stop()
 
@@ -302,16 +303,23 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
 
     assert shown.returncode == 0, shown.stderr
     in_incident = {e["event_id"] for e in json.loads(shown.stdout)["entries"]}
-    # Forgeries never join it. (A person's genuinely signed but expired input is not a
-    # forgery: the decider refuses it as late, the ledger keeps it as signed.)
+    # Forgeries never join it. A replay is the real event again, and what the real keys
+    # signed late (a person's input, a command the decider's key signed) is not a forgery:
+    # refused as late, kept as signed, and, when it names the incident's decision, shown in
+    # it (as it was, once the incident sampled here was the one the command belongs to).
     joined = [
         (name, how)
         for (name, how), (_, eid) in sent.items()
-        if eid in in_incident and (how in FORGERIES or name == "RollbackCommand")
+        if eid in in_incident and how in FORGERIES
     ]
     assert not joined, f"forgeries joined the real incident: {joined}"
     assert status.returncode in (0, 4), status.stderr  # the decider's own status, trusted
 
+    assert listed.returncode == 0, listed.stderr
+    shown_as: dict[str, bool] = {}
+    for line in listed.stdout.splitlines():
+        row = json.loads(line)
+        shown_as.setdefault(row["event_id"], row["provenance"]["trusted"])
     rows, failures = [], []
     for (name, how), (topic, eid) in sorted(sent.items()):
         entry = by_event.get(eid)
@@ -326,7 +334,8 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
                 if topic in {t.name for t in topics.LEDGERED}
                 else None  # not a ledgered topic (model status, baselines)
             )
-            ok = refused and untrusted is not False
+            # `ledger show` marks it too, as a person reads the ledger
+            ok = refused and untrusted is not False and shown_as.get(eid) is not True
             said = "refused" if refused else "TAKEN"
             if not CONSUMERS[topic]:
                 said = "no service reads"  # its readers check it (deploy check, invalidations)

@@ -194,3 +194,34 @@ def test_bad_names_binary_files_and_huge_durations_are_one_line(tmp_path: Path) 
     assert garbled.returncode == 2 and "not a text file" in one_line(garbled)
     far = _cli(state, "ledger", "show", "--since", "99999999d")
     assert far.returncode == 2 and "further back than a date can be" in one_line(far)
+
+
+def test_rollback_and_approve_refuse_a_token_the_decider_would_refuse_before_sending(
+    tmp_path: Path,
+) -> None:
+    """From a user probe: a revoked or unknown token, or one of another role, got exit 0 and
+    a request the decider then refused out of sight. Where the tokens file is readable, each
+    is one line, exit 2, before anything is sent; a good token goes on to the broker (none
+    answers here: exit 3)."""
+    from tests.shell.test_cli import one_line_error, rollguard
+
+    state = tmp_path / "state"
+    made = _cli(state, "tokens", "create", "--name", "dora", "--role", "sre")
+    gone = _cli(state, "tokens", "create", "--name", "rex", "--role", "sre")
+    assert made.returncode == 0 and gone.returncode == 0, (made.stderr, gone.stderr)
+    dora, rex = (r.stdout.strip().splitlines()[-1] for r in (made, gone))
+    assert _cli(state, "tokens", "revoke", "--name", "rex").returncode == 0
+    base = {"ROLLGUARD_STATE_DIR": str(state), "ROLLGUARD_KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    base["ROLLGUARD_CONNECT_TIMEOUT_S"] = "1"
+    cases = {
+        "revoked": (rex, "sre", "was revoked at"),
+        "unknown": ("not-a-token-of-this-file", "sre", "is not a token of"),
+        "another role": (dora, "ml_lead", "dora's, whose role is sre, not ml_lead"),
+    }
+    for what, (token, role, said) in cases.items():
+        for command in (["rollback", "m"], ["approve", "d1", "--model-id", "m"]):
+            result = rollguard(*command, "--as", role, env={**base, "ROLLGUARD_TOKEN": token})
+            assert result.returncode == 2, (what, command, result.stderr)
+            assert said in one_line_error(result), (what, command)
+    ok = rollguard("rollback", "m", "--as", "sre", env={**base, "ROLLGUARD_TOKEN": dora})
+    assert ok.returncode == 3, ok.stderr  # past the token check, on to a broker that is not there

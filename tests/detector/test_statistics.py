@@ -144,6 +144,14 @@ def test_feature_quality_gates() -> None:
     unknown = feature_quality.measure(100, 0, 0, 30, **kw)
     assert (unknown.phase, unknown.statistic) == ("breach", "unknown_category_rate")
     assert feature_quality.measure(10, 5, 0, 0, **kw).phase == "inconclusive"
+    # A rate a little above the limit in a small window is no evidence (the demo's restored
+    # version failed its verification on 0.057 out of range over 87 events): the lower
+    # confidence bound decides, and a clearly broken feature still fails.
+    noise = feature_quality.measure(87, 0, 5, 0, **kw)
+    assert noise.phase == "ok" and noise.evidence["lower_bound"] < 0.05 < noise.value
+    broken = feature_quality.measure(87, 0, 12, 0, **kw)
+    assert broken.phase == "breach" and broken.statistic == "out_of_range_rate"
+    assert broken.evidence["lower_bound"] > 0.05
 
 
 def test_page_hinkley_matches_a_plain_loop_and_alarms_on_a_rise() -> None:

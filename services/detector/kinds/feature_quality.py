@@ -13,6 +13,7 @@ from rollguard_services.detector.kinds.base import (
     Phase,
     VersionInputs,
 )
+from rollguard_services.detector.kinds.error_rate import wilson_lower_bound
 
 
 class FeatureQualityConfig(DetectorBase):
@@ -24,6 +25,14 @@ class FeatureQualityConfig(DetectorBase):
     max_null_rate: float = Field(default=0.05, ge=0, le=1)
     max_out_of_range_rate: float = Field(default=0.05, ge=0, le=1)
     max_unknown_category_rate: float = Field(default=0.05, ge=0, le=1)
+    confidence: float = Field(
+        default=0.95,
+        gt=0.5,
+        lt=1,
+        description="A gate fails when the rate's one-sided lower confidence bound (Wilson) "
+        "is above its limit, not the window's raw rate: 6 out-of-range values in 100 is no "
+        "evidence of a rate above 5 %.",
+    )
 
 
 def measure(
@@ -37,26 +46,31 @@ def measure(
     max_out_of_range_rate: float,
     max_unknown_category_rate: float,
     min_events: int,
+    confidence: float = 0.95,
 ) -> Measurement:
     """Null, out-of-range and unknown-category rates of one feature in a window.
 
-    ``value`` is the worst rate relative to its limit (> 1 means a gate failed); the statistic
-    names that gate and the evidence holds all three rates.
+    The statistic names the gate whose lower confidence bound is furthest above (or least
+    below) its limit, ``value`` is that gate's rate in the window; it fails when the bound is
+    above the limit. The evidence holds all three rates and the bound.
     """
     if n == 0:
         return Measurement("feature_quality", signal, "no_data", "null_rate", 0.0, max_null_rate, 0)
-    rates = {
-        "null_rate": (nulls / n, max_null_rate),
-        "out_of_range_rate": (out_of_range / n, max_out_of_range_rate),
-        "unknown_category_rate": (unknown / n, max_unknown_category_rate),
+    gates = {
+        "null_rate": (nulls, max_null_rate),
+        "out_of_range_rate": (out_of_range, max_out_of_range_rate),
+        "unknown_category_rate": (unknown, max_unknown_category_rate),
     }
-    worst = max(rates, key=lambda k: rates[k][0] - rates[k][1])
-    rate, limit = rates[worst]
-    evidence: dict[str, float | int | str] = {k: v[0] for k, v in rates.items()}
+    lower = {k: wilson_lower_bound(count, n, confidence) for k, (count, _) in gates.items()}
+    worst = max(gates, key=lambda k: lower[k] - gates[k][1])
+    rate, limit = gates[worst][0] / n, gates[worst][1]
+    evidence: dict[str, float | int | str] = {k: count / n for k, (count, _) in gates.items()}
+    evidence["lower_bound"] = lower[worst]
+    evidence["confidence"] = confidence
     if n < min_events:
         phase: Phase = "inconclusive"
     else:
-        phase = "breach" if rate > limit else "ok"
+        phase = "breach" if lower[worst] > limit else "ok"
     return Measurement("feature_quality", signal, phase, worst, rate, limit, n, None, evidence)
 
 
@@ -76,6 +90,7 @@ def on_version(
             max_out_of_range_rate=config.max_out_of_range_rate,
             max_unknown_category_rate=config.max_unknown_category_rate,
             min_events=config.min_events,
+            confidence=config.confidence,
         )
 
     out: list[Measurement] = []

@@ -219,6 +219,19 @@ class Sustain(BaseModel):
         return self
 
 
+class DriftedInput(BaseModel):
+    """An input feature that drifted in the window of a breach (a ks or psi detector's
+    measurement of a ``feature:*`` signal past its threshold, sustained or not)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    signal: str = Field(min_length=1, description="feature:<name>")
+    detector: str = Field(min_length=1)
+    statistic: str = Field(min_length=1)
+    value: float
+    p_value: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
 class Breach(ModelEvent, Signed):
     """A detector's measurement past its threshold, as the decider and the incident figures read
     it. ``evidence`` carries detector-specific numbers for people and reports only: no other
@@ -248,6 +261,13 @@ class Breach(ModelEvent, Signed):
         default=None, ge=0, description="Events of this version seen so far (blast radius)."
     )
     evidence: dict[str, float | int | str] = Field(default_factory=dict)
+    input_drift: list[DriftedInput] = Field(
+        default_factory=list,
+        max_length=64,
+        description="The input features that drifted in the same window of the same version: "
+        "with the feature pipeline unchanged, the decider reads a rapid-tier breach as a data "
+        'shift, not a bad model (docs/policies.md, "Data shift").',
+    )
 
     @model_validator(mode="after")
     def _sustained(self) -> Breach:
@@ -291,6 +311,7 @@ ReasonCode = Literal[
     # after a command
     "command_unacknowledged",
     "verification_failed",
+    "data_shift",
     # people: requests and approvals
     "unknown_token",
     "wrong_role",

@@ -68,6 +68,12 @@ class RollbackPolicy(_Frozen):
     cooldown_s: float = Field(default=300.0, ge=0, description="No second rollback within this.")
     command_ttl_s: float = Field(default=60.0, gt=0, description="A command expires after this.")
     automatic_tiers: tuple[Tier, ...] = ("immediate", "rapid")
+    on_data_shift: Literal["investigate", "rollback"] = Field(
+        default="investigate",
+        description="A rapid-tier breach that comes with input-feature drift while the live and "
+        "target manifests share the feature pipeline: the inputs changed, not the model, and a "
+        "rollback would not help. investigate pages a person; rollback acts anyway.",
+    )
     level: Literal["auto", "system"] = Field(
         default="auto",
         description="auto: level 1 when only the model differs, else 2; system: always 2.",

@@ -11,7 +11,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from rollguard.events import Breach, DecisionAction, Reason, ReasonCode, SystemManifest
+from rollguard.events import (
+    Breach,
+    DecisionAction,
+    DriftedInput,
+    Reason,
+    ReasonCode,
+    SystemManifest,
+)
 from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.outcome import Outcome, decision, derived_id, launch
 from rollguard_services.decider.state import ModelState
@@ -124,6 +131,10 @@ def decide(state: ModelState, breach: Breach, ctx: DecisionContext) -> Outcome |
     if not_ready is not None:
         return outcome("investigate", not_ready.code, not_ready.detail + "; escalating")
 
+    shift = data_shift(breach, live, target)
+    if shift is not None and policy.rollback.on_data_shift == "investigate":
+        return outcome("investigate", "data_shift", shift)
+
     level, level_reasons = choose_level(live, target, policy)
     reasons = [Reason(code="breach", detail=what), *level_reasons]
     if level == 2:
@@ -141,6 +152,47 @@ def decide(state: ModelState, breach: Breach, ctx: DecisionContext) -> Outcome |
         target_system_version=target.system_version,
     )
     return launch(state, rollback, target, level, ctx)
+
+
+def data_shift(breach: Breach, live: SystemManifest, target: SystemManifest) -> str | None:
+    """Why a rapid-tier breach reads as a change of the inputs, not of the model (None: it
+    does not): input features drifted in its window while the live and the target system
+    versions run the same feature pipeline, so the target would be fed the same shifted
+    inputs and a rollback would not help. Errors, latency and health (the immediate tier)
+    are never explained away."""
+    if breach.tier != "rapid":
+        return None
+    drifted = list(breach.input_drift)
+    itself = breach.signal.startswith("feature:") and breach.kind in ("ks", "psi")
+    if itself and all(d.signal != breach.signal for d in drifted):
+        drifted.insert(
+            0,
+            DriftedInput(
+                signal=breach.signal,
+                detector=breach.detector,
+                statistic=breach.statistic,
+                value=breach.value,
+                p_value=breach.p_value,
+            ),
+        )
+    if not drifted:
+        return None
+    pipeline = live.components.feature_pipeline
+    if target.components.feature_pipeline != pipeline:
+        return None  # the deploy changed the pipeline: the rollback takes that back too
+    named = ", ".join(
+        f"{d.signal.removeprefix('feature:')} ({d.statistic}={d.value:.3g}"
+        + (f", p={d.p_value:.2g}" if d.p_value is not None else "")
+        + ")"
+        for d in drifted[:5]
+    )
+    more = f" and {len(drifted) - 5} more" if len(drifted) > 5 else ""
+    return (
+        f"input features drifted: {named}{more}; the feature pipeline {pipeline} is the same "
+        f"in {live.system_version} and the target {target.system_version}, so the inputs "
+        "changed, not the model, and a rollback would not help (policy rollback.on_data_shift: "
+        "rollback acts anyway)"
+    )
 
 
 def incident_metrics(

@@ -42,6 +42,7 @@ from rollguard.events import (
     BaselineSnapshot,
     Breach,
     BusinessMetricEvent,
+    DriftedInput,
     HealthCheckEvent,
     OutcomeEvent,
     Signed,
@@ -556,13 +557,20 @@ class Detector:
             inputs, self.folder.configs(window.model_id), self.kinds, policy.false_alarm.correction
         )
         self.counts["evaluations"] += 1
+        drifted = input_drift(judged)
         return [
-            self._breach(window.key, window.system_version, span[0].start, window.end, j)
+            self._breach(window.key, window.system_version, span[0].start, window.end, j, drifted)
             for j in publishable(judged, state.sustain)
         ]
 
     def _breach(
-        self, key: VersionKey, system_version: str | None, start: float, end: float, j: Judged
+        self,
+        key: VersionKey,
+        system_version: str | None,
+        start: float,
+        end: float,
+        j: Judged,
+        drifted: list[DriftedInput] | None = None,
     ) -> Breach:
         m = j.measurement
         seen = self.folder.seen.get(key)
@@ -589,9 +597,46 @@ class Detector:
             else datetime.fromtimestamp(seen.first_ts, UTC),
             version_events=None if seen is None else seen.events,
             evidence=dict(m.evidence),
+            input_drift=drifted or [],
         )
         # Signed where it is built: a send made again after an outage is the same bytes.
         return self._sign(breach)
+
+
+#: The kinds whose breach of a ``feature:*`` signal is input drift.
+DRIFT_KINDS = frozenset({"ks", "psi"})
+
+
+def input_drift(judged: list[Judged], limit: int = 64) -> list[DriftedInput]:
+    """The input features past their drift threshold in this window, sustained or not (the
+    data-shift rule needs the inputs' state now), most significant first."""
+    found = [
+        j
+        for j in judged
+        if j.measurement.detector in DRIFT_KINDS
+        and j.measurement.signal.startswith("feature:")
+        and j.measurement.phase == "breach"
+    ]
+    found.sort(
+        key=lambda j: (
+            1.0 if j.measurement.p_value is None else j.measurement.p_value,
+            -j.measurement.value,
+        )
+    )
+    by_signal: dict[str, DriftedInput] = {}
+    for j in found:
+        m = j.measurement
+        by_signal.setdefault(
+            m.signal,
+            DriftedInput(
+                signal=m.signal,
+                detector=j.instance,
+                statistic=m.statistic,
+                value=m.value,
+                p_value=None if m.p_value is None else min(1.0, max(0.0, m.p_value)),
+            ),
+        )
+    return list(by_signal.values())[:limit]
 
 
 def _log_failure(task: asyncio.Future[None]) -> None:

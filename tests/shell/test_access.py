@@ -15,7 +15,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from rollguard_shell.access import acl_script, grant_of, grants, markdown_table
 from rollguard_shell.runner import SERVICES
 from tests.conftest import HEAVY, scaled
 from tests.relay import AccessLog, Relay
+from tests.shell.test_secrets import _rollguard
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,18 +113,6 @@ class Wire:
     access: AccessLog
     demo: subprocess.CompletedProcess[bytes]
     cli: dict[str, subprocess.CompletedProcess[bytes]]
-
-
-def _rollguard(
-    args: list[str], env: dict[str, str], timeout: float
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "rollguard_shell.cli", *args],
-        env=env,
-        capture_output=True,
-        timeout=timeout,
-        cwd=ROOT,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from rollguard_services.ledger.settings import LedgerSettings
 from rollguard_services.notifier.settings import NotifierSettings
 
 DATA = ("predictions", "latency", "business", "health", "outcomes")
+#: Kafka's longest topic name.
+MAX_TOPIC_NAME = 249
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,11 @@ def grant_of(principal: str) -> Grant:
     raise KeyError(principal)
 
 
+def topic_names() -> set[str]:
+    """Every topic of the grants, after the prefix."""
+    return {t for g in grants() for t in (*g.reads, *g.writes)}
+
+
 def internal_topics(settings: RollguardSettings) -> dict[str, dict[str, str]]:
     """The decider's faust topics `rollguard topics create` makes too, with their configs, so
     that the decider never needs Create (faust declares only a topic it cannot see)."""
@@ -179,10 +186,9 @@ def markdown_table() -> str:
     """The table docs/security.md shows (a test keeps the two the same)."""
     rows = ["| principal | reads | writes | group |", "|---|---|---|---|"]
     for g in grants():
-        if g.creates:
-            continue
+        writes = ", ".join(g.writes) or ("— (creates the topics)" if g.creates else "—")
         rows.append(
-            f"| {g.principal} | {', '.join(g.reads) or '—'} | {', '.join(g.writes) or '—'} "
+            f"| {g.principal} | {', '.join(g.reads) or '—'} | {writes} "
             f"| {', '.join(g.groups) or '—'} |"
         )
     return "\n".join(rows)

@@ -451,6 +451,9 @@ class LedgerStore:
                     raise LedgerCorrupt(
                         f"entry seq {r.seq}: its payload is not JSON text ({_first_line(exc)})"
                     ) from exc
+                wrong = _wrong_column(r, payload)
+                if wrong:
+                    raise LedgerCorrupt(f"entry seq {r.seq}: {wrong}")
                 yield Entry(
                     r.seq,
                     r.topic,
@@ -518,6 +521,21 @@ class LedgerStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _wrong_column(row: Any, payload: object) -> str:
+    """What makes a stored row no entry (empty: nothing): what the chain hashes is checked by
+    ``verify_chain``; this is what reading it as an Entry needs."""
+    if not isinstance(payload, dict):
+        return f"its payload is JSON {type(payload).__name__}, not an event"
+    if not isinstance(row.recorded_at, datetime):
+        return "its recorded_at is not a time"
+    for column in ("topic", "event_type", "event_id", "hash", "prev_hash"):
+        if not isinstance(getattr(row, column), str):
+            return f"its {column} is not text"
+    if row.model_id is not None and not isinstance(row.model_id, str):
+        return "its model_id is not text"
+    return ""
 
 
 def _first_line(exc: BaseException) -> str:

@@ -89,10 +89,24 @@ def _topics_create(args: argparse.Namespace, settings: RollguardSettings) -> int
 
 
 def _topics_acls(args: argparse.Namespace, settings: RollguardSettings) -> int:
-    from rollguard_shell.access import acl_script, markdown_table
+    from rollguard_shell.access import MAX_TOPIC_NAME, acl_script, markdown_table, topic_names
 
-    if not args.principal_type.isidentifier():
+    if not (args.principal_type.isascii() and args.principal_type.isidentifier()):
         raise UsageError(f"--principal-type {args.principal_type!r}: a name such as User")
+    prefix = settings.topic_prefix
+    if not prefix or prefix.startswith("-"):
+        # Empty, the admin's prefixed grant would cover every topic of the cluster; a leading
+        # dash reads as an option to kafka-acls.sh.
+        raise UsageError(
+            f"ROLLGUARD_TOPIC_PREFIX {prefix!r}: ACLs need a prefix of their own that does "
+            "not start with '-' (such as rollguard.)"
+        )
+    longest = max(len(prefix + name) for name in topic_names())
+    if longest > MAX_TOPIC_NAME:
+        raise UsageError(
+            f"ROLLGUARD_TOPIC_PREFIX is {len(prefix)} characters: topic names would reach "
+            f"{longest}, past Kafka's {MAX_TOPIC_NAME}"
+        )
     if args.table:
         print(markdown_table())
     else:

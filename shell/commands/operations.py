@@ -161,14 +161,16 @@ def _person(settings: RollguardSettings, role: str) -> Signer:
     Where the tokens file the decider reads is readable here too (`rollguard up`, the
     decider's host), a token it would refuse (revoked, unknown, another role's) is one line
     and exit 2 now, not a request that exits 0 and is refused out of sight."""
-    if settings.token is None:
+    if settings.token is None or not settings.token.get_secret_value().strip():
         raise UsageError("set ROLLGUARD_TOKEN to your role token (rollguard tokens create)")
     person = person_signer(settings.token.get_secret_value())
     path = settings.resolved_tokens_file
     try:
-        registry = TokenRegistry.load(path) if path.is_file() else None
-    except (OSError, ConfigError):  # not ours to read here: the decider decides
+        registry = TokenRegistry.load(path) if path.exists() else None
+    except PermissionError:  # not ours to read here: the decider decides
         registry = None
+    except (OSError, ConfigError) as exc:  # the decider's file, broken: say so, send nothing
+        raise UsageError(f"ROLLGUARD_TOKENS_FILE: {exc}") from exc
     if registry is None:
         return person
     revoked = registry.revoked.get(person.key_id)

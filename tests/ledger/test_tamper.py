@@ -370,8 +370,22 @@ def test_any_value_of_another_type_in_any_column_names_the_seq(
 
 @pytest.mark.parametrize(
     ("column", "value"),
-    [("payload", "x'fffe00'"), ("recorded_at", "'garbage'"), ("payload", "x'7b2261'")],
-    ids=["payload-not-utf8", "recorded-at-not-a-time", "payload-cut-json"],
+    [
+        ("payload", "x'fffe00'"),
+        ("recorded_at", "'garbage'"),
+        ("payload", "x'7b2261'"),
+        ("payload", "CAST('[1,2]' AS BLOB)"),
+        ("model_id", "x'ff'"),
+        ("recorded_at", "12345"),
+    ],
+    ids=[
+        "payload-not-utf8",
+        "recorded-at-not-a-time",
+        "payload-cut-json",
+        "payload-not-an-object",
+        "model-id-bytes",
+        "recorded-at-a-number",
+    ],
 )
 def test_an_unreadable_entry_is_broken_for_every_ledger_command_never_a_traceback(
     tmp_path: Path, column: str, value: str

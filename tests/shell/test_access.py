@@ -215,3 +215,23 @@ def test_each_client_reads_and_writes_only_what_its_principal_is_granted(
     assert not overreach, f"outside their grants: {overreach}"
     seen = {principals[c] for c in clients if c in principals}
     assert set(SERVICES) | {"deployer", "operator", "admin"} <= seen, seen
+
+
+@pytest.mark.parametrize(
+    ("prefix", "said"),
+    [
+        ("", "need a prefix of their own"),
+        ("-x.", "need a prefix of their own"),
+        ("a" * 240, "past Kafka's 249"),
+    ],
+    ids=["empty", "dash", "too-long"],
+)
+def test_acls_for_a_prefix_that_would_grant_too_much_or_name_no_topic_are_refused(
+    prefix: str, said: str
+) -> None:
+    """From a user probe: an empty prefix made the admin's prefixed Create cover every topic
+    of the cluster; a leading dash reads as an option; a long one names no valid topic."""
+    from tests.shell.test_cli import one_line_error, rollguard
+
+    result = rollguard("topics", "acls", env={"ROLLGUARD_TOPIC_PREFIX": prefix})
+    assert result.returncode == 2 and said in one_line_error(result) and result.stdout == ""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from rollguard import topics
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer, load_trust
@@ -225,3 +227,26 @@ def test_rollback_and_approve_refuse_a_token_the_decider_would_refuse_before_sen
             assert said in one_line_error(result), (what, command)
     ok = rollguard("rollback", "m", "--as", "sre", env={**base, "ROLLGUARD_TOKEN": dora})
     assert ok.returncode == 3, ok.stderr  # past the token check, on to a broker that is not there
+
+
+@pytest.mark.parametrize("content", ["tokens: [1, 2", "tokens: 5"], ids=["not-yaml", "not-a-list"])
+def test_a_broken_tokens_file_beside_the_cli_is_one_line_before_anything_is_sent(
+    tmp_path: Path, content: str
+) -> None:
+    from tests.shell.test_cli import one_line_error, rollguard
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    tokens = state / "tokens.yaml"
+    tokens.touch(mode=0o600)
+    tokens.write_text(content)
+    env = {
+        "ROLLGUARD_STATE_DIR": str(state),
+        "ROLLGUARD_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        "ROLLGUARD_TOKEN": "some-token",
+    }
+    result = rollguard("rollback", "m", "--as", "sre", env=env)
+    assert result.returncode == 2, result.stderr
+    assert one_line_error(result).startswith("rollguard: error: ROLLGUARD_TOKENS_FILE: ")
+    empty = rollguard("rollback", "m", "--as", "sre", env={**env, "ROLLGUARD_TOKEN": " "})
+    assert empty.returncode == 2 and "set ROLLGUARD_TOKEN" in one_line_error(empty)

@@ -400,7 +400,11 @@ class LedgerStore:
                 row = conn.execute(query).first()
         except (TypeError, ValueError, OverflowError) as exc:
             raise LedgerCorrupt(f"the first entry cannot be read: {_first_line(exc)}") from exc
-        return datetime.fromisoformat(utc_iso(row[0])) if row is not None else None
+        if row is None:
+            return None
+        if not isinstance(row[0], datetime):
+            raise LedgerCorrupt("the first entry's recorded_at is not a time")
+        return datetime.fromisoformat(utc_iso(row[0]))
 
     def entries(
         self,

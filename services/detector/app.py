@@ -440,6 +440,7 @@ class Detector:
                     self._breach_topic, breach.encode(), key=breach.key
                 )
             self.counts["breaches"] += 1
+            self.counts[f"breaches_{breach.tier}"] += 1
             log.warning(
                 "breach",
                 model_id=breach.model_id,

@@ -177,8 +177,8 @@ class Ledger:
                     continue
                 self.counts["appended"] += added
                 self.counts["redelivered"] += len(incoming) - added
-                self.counts["dead_letters"] += len(refused)
                 await dead.reject_all(refused)
+                self.counts["dead_letters"] += len(refused)  # once on the topic, not before
                 refused = []
                 if added and self._uncovered_since is None:
                     self._uncovered_since = loop.time()

@@ -38,14 +38,18 @@ class Grant:
     note: str = ""
 
 
-def _decider_internal() -> tuple[str, str]:
-    """The decider's own topics (faust's): its ticks and its state table's changelog."""
+def _decider_internal(prefix: str = "") -> dict[str, dict[str, str]]:
+    """The decider's own topics (faust's), after ``prefix``, with the configs they are made
+    with: its ticks and its state table's changelog."""
     svc = DeciderSettings()
-    return svc.ticks_topic(""), svc.changelog_topic("")
+    return {
+        svc.ticks_topic(prefix): {},
+        svc.changelog_topic(prefix): {"cleanup.policy": "compact"},
+    }
 
 
 def grants() -> tuple[Grant, ...]:
-    own = _decider_internal()  # the decider's faust topics
+    own = tuple(_decider_internal())  # the decider's faust topics
     dl = topics.DEADLETTER.name
     return (
         Grant(
@@ -131,11 +135,7 @@ def topic_names() -> set[str]:
 def internal_topics(settings: RollguardSettings) -> dict[str, dict[str, str]]:
     """The decider's faust topics `rollguard topics create` makes too, with their configs, so
     that the decider never needs Create (faust declares only a topic it cannot see)."""
-    svc = DeciderSettings()
-    return {
-        svc.ticks_topic(settings.topic_prefix): {},
-        svc.changelog_topic(settings.topic_prefix): {"cleanup.policy": "compact"},
-    }
+    return _decider_internal(settings.topic_prefix)
 
 
 def acl_commands(prefix: str, *, principal_type: str = "User") -> Iterator[str]:

@@ -311,6 +311,7 @@ ReasonCode = Literal[
     # after a command
     "command_unacknowledged",
     "verification_failed",
+    "unverifiable",
     "data_shift",
     # people: requests and approvals
     "unknown_token",
@@ -429,6 +430,29 @@ class OutputInvalidation(ModelEvent, Signed):
     valid_from: AwareDatetime = Field(description="Start of the interval whose outputs are bad.")
     valid_to: AwareDatetime = Field(description="End of the interval (rollback applied).")
     command_id: str = Field(min_length=1)
+
+
+class TrafficReport(ModelEvent, Signed):
+    """How many requests of one version the detector saw in the windows it closed since its
+    last report (one report per version every ``traffic_interval_s``; none for no traffic).
+
+    What a verification counts: a restored version that served no traffic, or too little to
+    judge, is not called verified. Signed by the detector; not ledgered (the decision that
+    counts them is)."""
+
+    SCHEMA: ClassVar[str] = "TrafficReport/v1"
+    schema_tag: Literal["TrafficReport/v1"] = _tag("TrafficReport")
+    start: AwareDatetime = Field(description="Start of the first window counted (event time).")
+    end: AwareDatetime = Field(description="End of the last window counted (event time).")
+    requests: int = Field(ge=0, description="Latency events: requests served, errors too.")
+    errors: int = Field(ge=0, description="Of those, the requests that failed.")
+    predictions: int = Field(ge=0, description="Prediction events.")
+    windows: int = Field(ge=1, description="Closed windows counted.")
+
+    @property
+    def served(self) -> int:
+        """Requests served: a server may report latencies, predictions or both."""
+        return max(self.requests, self.predictions)
 
 
 class DeadLetter(Event):
@@ -608,6 +632,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RollbackCommand,
     CommandAck,
     OutputInvalidation,
+    TrafficReport,
     DeadLetter,
     ModelStatus,
     LedgerCheckpoint,

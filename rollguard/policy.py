@@ -85,6 +85,13 @@ class RollbackPolicy(_Frozen):
     verification_s: float = Field(
         default=120.0, gt=0, description="After applied, the restored version must stay clean."
     )
+    verification_min_requests: int = Field(
+        default=100,
+        ge=0,
+        description="The restored version must serve at least this many requests in its "
+        "verification window (counted by the detector), else the rollback is unverifiable: "
+        "silence proves nothing. 0: any traffic, none included, verifies.",
+    )
     target_ready_within_s: float | None = Field(
         default=None,
         gt=0,

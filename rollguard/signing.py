@@ -41,7 +41,7 @@ def signers(event: ev.Signed) -> frozenset[Role]:
     a deployment, which the deployer records, the decider marks known good after its bake and
     the executor's pointer moves in a rollback)."""
     match event:
-        case ev.Breach():
+        case ev.Breach() | ev.TrafficReport():
             return frozenset({"detector"})
         case ev.BaselineSnapshot():
             return frozenset({"detector", "deployer"})

@@ -42,6 +42,12 @@ DEADLETTER = TopicSpec("deadletter", ev.DeadLetter, control=False)
 MODEL_STATUS = TopicSpec(
     "model-status", ev.ModelStatus, control=True, compacted=True, ledgered=False
 )
+# What the detector saw of each version, every few seconds: the decider counts a restored
+# version's traffic before it calls a rollback verified. Counted, not a fact to keep: the
+# decision that counts it is ledgered. A day is more than any verification window.
+TRAFFIC = TopicSpec(
+    "traffic", ev.TrafficReport, control=True, ledgered=False, retention_ms=86_400_000
+)
 # The ledger's signed checkpoints, witnessed where the ledger's writer cannot rewrite them:
 # appended by the ledger, kept for ever, compared by ``rollguard ledger verify``. Not a fact
 # about a model, so not ledgered (the ledger vouching for itself would prove nothing).
@@ -70,6 +76,7 @@ ALL: tuple[TopicSpec, ...] = (
     INVALIDATIONS,
     DEADLETTER,
     MODEL_STATUS,
+    TRAFFIC,
     LEDGER_CHECKPOINTS,
 )
 

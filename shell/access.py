@@ -61,12 +61,15 @@ def grants() -> tuple[Grant, ...]:
         Grant(
             "detector",
             reads=(*DATA, "deployments", "baselines"),
-            writes=("breaches", "baselines", dl),
+            writes=("breaches", "baselines", topics.TRAFFIC.name, dl),
             groups=(DetectorSettings().group_id,),
         ),
         Grant(
             "decider",
-            reads=("deployments", "breaches", "acks", "health", "requests", "approvals", *own),
+            reads=(
+                *("deployments", "breaches", "acks", "health", "requests", "approvals"),
+                *(topics.TRAFFIC.name, *own),
+            ),
             writes=("decisions", "commands", "acks", "deployments", "model-status", dl, *own),
             groups=(DeciderSettings().app_id,),
         ),

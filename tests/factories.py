@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from rollguard import events as ev
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Role, signer_of
+from rollguard_services.detector.traffic import TrafficCounter
+from rollguard_services.detector.windows import LatencyWindow
 
 
 def manifest(
@@ -81,3 +83,17 @@ def signed(event: S, settings: RollguardSettings, role: Role = "deployer") -> S:
     """``event`` signed as the service (or person) of ``role`` signs it, with the key
     ``ensure_keys`` made for that role (the ``keys`` fixture)."""
     return signer_of(settings, role).sign(event)
+
+
+def traffic(
+    version: str, requests: int, at: datetime, *, model_id: str = "m", seconds: float = 1.0
+) -> ev.TrafficReport:
+    """What the detector reports of ``requests`` served by ``version`` in one window ending
+    at ``at``: counted by its own TrafficCounter from a closed latency window."""
+    counter = TrafficCounter(interval_s=0)
+    end = at.timestamp()
+    counter.add_latency(
+        LatencyWindow(model_id, version, None, start=end - seconds, seconds=seconds, n=requests)
+    )
+    (report,) = counter.due(0.0)
+    return report

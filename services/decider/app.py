@@ -43,6 +43,7 @@ from rollguard.events import (
     RollbackRequest,
     Signed,
     SystemManifest,
+    TrafficReport,
     decode,
     utcnow,
 )
@@ -64,6 +65,7 @@ from rollguard_services.decider.state import (
     apply_ack,
     apply_health,
     apply_manifest,
+    apply_traffic,
     taken,
     taken_person,
 )
@@ -185,6 +187,7 @@ class Decider:
             policy=self.policy.for_model(model_id),
             now=now if now is not None else utcnow(),
             signer=self.signer,
+            traffic_grace=timedelta(seconds=self.svc.traffic_grace_s),
         )
 
     def _use_tokens(self, tokens: TokenRegistry) -> None:
@@ -243,6 +246,7 @@ class Decider:
         deployments, breaches, acks = raw("deployments"), raw("breaches"), raw("acks")
         approvals, requests, health = raw("approvals"), raw("requests"), raw("health")
         decisions_out, commands_out = raw("decisions"), raw("commands")
+        traffic = raw(topics.TRAFFIC.name)
         status_out = raw(topics.MODEL_STATUS.name)
         ticks = app.topic(
             self.svc.ticks_topic(s.topic_prefix),
@@ -437,6 +441,17 @@ class Decider:
             async with model(check.model_id) as before:
                 await store(before, apply_health(before, check), utcnow())
 
+        async def on_traffic(report: TrafficReport) -> None:
+            # A report per active version every few seconds: read cheaply, stored only when it
+            # counts towards a verification.
+            if not states.get(report.model_id):
+                return
+            async with model(report.model_id) as before:
+                after = apply_traffic(before, report)
+                if after is not before:
+                    await store(before, after, utcnow())
+                    self.counts["traffic_counted"] += 1
+
         async def on_breach(breach: Breach) -> None:
             async with model(breach.model_id) as before:
                 ctx = self.context(breach.model_id)
@@ -511,6 +526,10 @@ class Decider:
         @app.agent(breaches)
         async def breach_agent(stream: faust.StreamT[Any]) -> None:
             await each(stream, Breach, on_breach)
+
+        @app.agent(traffic)
+        async def traffic_agent(stream: faust.StreamT[Any]) -> None:
+            await each(stream, TrafficReport, on_traffic)
 
         @app.agent(acks)
         async def ack_agent(stream: faust.StreamT[Any]) -> None:

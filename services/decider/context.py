@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from rollguard.policy import ModelPolicy
 from rollguard.signing import Signer
@@ -20,3 +20,6 @@ class DecisionContext:
     policy: ModelPolicy
     now: datetime
     signer: Signer
+    #: How long past a verification window's end its last traffic reports may still arrive
+    #: (the detector reports every few seconds, once the window's windows have closed).
+    traffic_grace: timedelta = timedelta(seconds=5)

@@ -22,6 +22,12 @@ class DeciderSettings(BaseSettings):
         description="A rollback request or approval made longer ago than this (its ts) is "
         "refused: a signed one read off a topic or the ledger cannot be sent again later.",
     )
+    traffic_grace_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="A verification short of traffic waits this long past its window for the "
+        "detector's last traffic reports before it is called unverifiable.",
+    )
     store: str = Field(
         default="memory://",
         description="faust table store; tables are rebuilt from their changelog topics.",

@@ -7,11 +7,19 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict
 
-from rollguard.events import CommandAck, HealthCheckEvent, ReasonCode, SystemManifest
+from rollguard.events import (
+    CommandAck,
+    HealthCheckEvent,
+    ReasonCode,
+    SystemManifest,
+    TrafficReport,
+)
 from rollguard_services.decider.context import DecisionContext
 
 #: The acks that end a command in flight ("received" and "verified" do not).
 FINAL_ACKS = frozenset({"applied", "failed", "rejected"})
+#: Traffic reports of a rollback's target kept while it is in flight (one per two seconds).
+TARGET_TRAFFIC_MEMORY = 256
 
 
 class InFlight(BaseModel):
@@ -38,6 +46,11 @@ class Verifying(BaseModel):
     applied_at: datetime
     deadline: datetime
     metrics: dict[str, float] = {}
+    #: Requests the restored version served since ``applied_at`` (TrafficReports).
+    served: int = 0
+    #: The end of the last report counted: a report delivered again, or a detector's after
+    #: a restart for windows already counted, ends no later and is not counted twice.
+    counted_until: datetime | None = None
 
 
 class Pending(BaseModel):
@@ -78,6 +91,8 @@ class ModelState(BaseModel):
     #: (its executor ran on through a broker outage, say) still says what happened.
     expired: InFlight | None = None
     verifying: Verifying | None = None
+    #: (end, served) of the in-flight rollback's target, reported before its applied ack.
+    target_traffic: tuple[tuple[datetime, int], ...] = ()
     cooldown_until: datetime | None = None
     locked: ReasonCode | None = None  # why automatic action stopped
     pending: tuple[Pending, ...] = ()
@@ -173,6 +188,7 @@ def apply_ack(state: ModelState, ack: CommandAck, ctx: DecisionContext) -> Model
             "time_to_applied_s": (ack.ts - flight.issued_at).total_seconds()
             + flight.metrics.get("time_to_decision_s", 0.0),
         }
+        early = [(end, n) for end, n in state.target_traffic if end > ack.ts]
         verifying = Verifying(
             command_id=flight.command_id,
             decision_id=flight.decision_id,
@@ -180,6 +196,8 @@ def apply_ack(state: ModelState, ack: CommandAck, ctx: DecisionContext) -> Model
             applied_at=ack.ts,
             deadline=ack.ts + timedelta(seconds=rollback.verification_s),
             metrics=metrics,
+            served=sum(n for _, n in early),
+            counted_until=max((end for end, _ in early), default=None),
         )
         until = ack.ts + timedelta(seconds=rollback.cooldown_s)
         # Applying the command moved the live pointer to its target: the decider knows that
@@ -188,14 +206,42 @@ def apply_ack(state: ModelState, ack: CommandAck, ctx: DecisionContext) -> Model
         return state.model_copy(
             update={
                 **ended,
+                "target_traffic": (),
                 "verifying": verifying,
                 "cooldown_until": until,
                 "live": flight.target,
             }
         )
     if ack.status in ("failed", "rejected"):
-        return state.model_copy(update=ended)
+        return state.model_copy(update={**ended, "target_traffic": ()})
     return state
+
+
+def apply_traffic(state: ModelState, report: TrafficReport) -> ModelState:
+    """Count the restored version's traffic into its verification: what it served in windows
+    that ended after the rollback applied and before the verification window closed.
+
+    While the rollback is in flight the target's reports are kept: the traffic agent may read
+    them before the ack agent reads the applied ack (after a restart, say), and they count
+    once it does."""
+    verifying, flight = state.verifying, state.in_flight
+    if flight is not None and report.model_version == flight.target.model_version:
+        if any(end == report.end for end, _ in state.target_traffic):
+            return state
+        kept = (*state.target_traffic, (report.end, report.served))[-TARGET_TRAFFIC_MEMORY:]
+        return state.model_copy(update={"target_traffic": kept})
+    if (
+        verifying is None
+        or report.model_version != verifying.restored_version
+        or report.end <= verifying.applied_at
+        or report.start > verifying.deadline
+        or (verifying.counted_until is not None and report.end <= verifying.counted_until)
+    ):
+        return state
+    counted = verifying.model_copy(
+        update={"served": verifying.served + report.served, "counted_until": report.end}
+    )
+    return state.model_copy(update={"verifying": counted})
 
 
 def is_known_good(state: ModelState, system_version: str) -> bool:

@@ -36,16 +36,24 @@ def bake(state: ModelState, ctx: DecisionContext) -> Outcome | None:
 
 
 def check_verification(state: ModelState, ctx: DecisionContext) -> Outcome | None:
-    """Once the window passed without a breach of the restored version: a ``verified`` ack."""
+    """Once the window passed without a breach of the restored version: a ``verified`` ack if
+    it served the policy's minimum of requests meanwhile, else (once the detector's last
+    reports had time to arrive) ``unverifiable``: the model is locked and a person paged."""
     verifying = state.verifying
     now = ctx.now
     if verifying is None or now < verifying.deadline:
         return None
+    needed = ctx.policy.rollback.verification_min_requests
+    if verifying.served < needed:
+        if now < verifying.deadline + ctx.traffic_grace:
+            return None
+        return unverifiable(state, ctx, needed)
     live = state.live
     metrics = {
         **verifying.metrics,
         "time_to_verified_s": verifying.metrics.get("time_to_applied_s", 0.0)
         + (now - verifying.applied_at).total_seconds(),
+        "verification_requests": float(verifying.served),
     }
     ack = CommandAck(
         event_id=derived_id(verifying.command_id, "verified"),
@@ -56,10 +64,42 @@ def check_verification(state: ModelState, ctx: DecisionContext) -> Outcome | Non
         command_id=verifying.command_id,
         status="verified",
         executor_id=DECIDER_ID,
-        detail=f"{verifying.restored_version} stayed within thresholds for the verification window",
+        detail=f"{verifying.restored_version} stayed within thresholds for the verification "
+        f"window, serving {verifying.served} requests",
         timings=metrics,
     )
     return Outcome(state.model_copy(update={"verifying": None}), acks=[ack])
+
+
+def unverifiable(state: ModelState, ctx: DecisionContext, needed: int) -> Outcome:
+    """Too little traffic to call the restored version good: stop acting, ask a person."""
+    verifying = state.verifying
+    assert verifying is not None
+    seconds = (verifying.deadline - verifying.applied_at).total_seconds()
+    locked = state.model_copy(update={"verifying": None, "locked": "unverifiable"})
+    live = state.live
+    said = decision(
+        locked,
+        ctx,
+        event_id=derived_id(verifying.command_id, "unverifiable"),
+        model_version=verifying.restored_version,
+        system_version=live.system_version if live else None,
+        action="investigate",
+        parent_decision_id=verifying.decision_id,
+        command_id=verifying.command_id,
+        metrics={**verifying.metrics, "verification_requests": float(verifying.served)},
+        reasons=[
+            Reason(
+                code="unverifiable",
+                detail=f"restored {verifying.restored_version} served {verifying.served} "
+                f"requests in its {seconds:g} s verification window, {needed} needed "
+                "(rollback.verification_min_requests): nothing says it is good. Automatic "
+                "action on this model stops until a person acts (rollguard rollback ... or "
+                "unlock)",
+            )
+        ],
+    )
+    return Outcome(locked, [said])
 
 
 def expiring(state: ModelState, ctx: DecisionContext) -> bool:

@@ -47,6 +47,7 @@ from rollguard.events import (
     OutcomeEvent,
     Signed,
     SystemManifest,
+    TrafficReport,
 )
 from rollguard.logs import get_logger
 from rollguard.outage import OutageLimit, Sender
@@ -69,6 +70,7 @@ from rollguard_services.detector.rebalance import Revocations
 from rollguard_services.detector.settings import DetectorSettings
 from rollguard_services.detector.state import ModelState, VersionSeen, VersionState
 from rollguard_services.detector.sustain import publishable
+from rollguard_services.detector.traffic import TrafficCounter
 from rollguard_services.detector.windows import LatencyWindow, VersionKey, VersionWindow
 
 log = get_logger("rollguard.detector")
@@ -122,6 +124,8 @@ class Detector:
         self._deployments_topic = settings.topic(topics.DEPLOYMENTS.name)
         self._baselines_topic = settings.topic(topics.BASELINES.name)
         self._breach_topic = settings.topic(topics.BREACHES.name)
+        self._traffic_topic = settings.topic(topics.TRAFFIC.name)
+        self.traffic = TrafficCounter(self.svc.traffic_interval_s)
         self._folding = asyncio.Lock()
         self._rejected: list[Rejected] = []
         self.revocations = Revocations(self._folding, settings.rebalance_timeout_ms / 2000)
@@ -419,9 +423,12 @@ class Detector:
         closed_versions = self.folder.version_windows.close_ready(now)
         self.folder.forget_quiet(now)
         for window in closed:
+            self.traffic.add_latency(window)
             await self.publish(self.judge(window))
         for vw in closed_versions:
+            self.traffic.add_predictions(vw)
             await self.publish(self.close_version_window(vw))
+        await self.report_traffic(self.traffic.due(time.monotonic()))
         # Dead letters after the breaches (under a flood they are most of a batch's work), and
         # on the topic before the batch is committed.
         rejected, self._rejected = self._rejected, []
@@ -452,6 +459,18 @@ class Detector:
                 n=breach.n,
                 tier=breach.tier,
             )
+
+    async def report_traffic(self, reports: list[TrafficReport]) -> None:
+        """Each version's traffic of the last interval, signed, on topics.TRAFFIC."""
+        if self._producer is not None and reports:
+            producer = self._producer
+            await asyncio.gather(
+                *(
+                    producer.send_and_wait(self._traffic_topic, r.encode(), key=r.key)
+                    for r in map(self._sign, reports)
+                )
+            )
+        self.counts["traffic_reports"] += len(reports)
 
     def _reject(self, rejected: list[Rejected]) -> None:
         """Keep ``rejected`` for the dead-letter topic (sent at the end of ``process``)."""

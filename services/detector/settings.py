@@ -47,6 +47,12 @@ class DetectorSettings(BaseSettings):
     idle_close_s: float = Field(
         default=1.0, gt=0, description="...or once nothing reached it for this long (wall time)."
     )
+    traffic_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="How often each version's traffic is reported (topics.TRAFFIC): what the "
+        "decider counts before it calls a restored version verified.",
+    )
     table_load_timeout_s: float = Field(default=10.0, gt=0)
     resign_baselines: bool = Field(
         default=True,

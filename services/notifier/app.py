@@ -35,6 +35,7 @@ from rollguard_services.notifier.channels import configured_channels
 from rollguard_services.notifier.channels.base import Channel
 from rollguard_services.notifier.delivery import Pacer, deliver
 from rollguard_services.notifier.notifications import (
+    PAGE_ALWAYS,
     PAGE_OPENERS,
     Notification,
     channels_for,
@@ -185,7 +186,7 @@ class Notifier:
                 if n is None:
                     continue
                 chosen = self._route(n, paged=False)
-                paged = n.kind in PAGE_OPENERS and "pagerduty" in chosen
+                paged = (n.kind in PAGE_OPENERS or n.kind in PAGE_ALWAYS) and "pagerduty" in chosen
                 if paged:
                     paged_now.add(n.incident_ref)
                 info = IncidentInfo(n.incident_ref, event.event_id, event.tier, paged)

@@ -26,10 +26,13 @@ Kind = Literal[
     "rollback_verified",
     "rollback_failed",
     "verification_failed",
+    "unverifiable",
 ]
 
 #: Kinds PagerDuty gets whatever the tier: a human must act.
-PAGE_ALWAYS: frozenset[str] = frozenset({"rollback_failed", "verification_failed"})
+PAGE_ALWAYS: frozenset[str] = frozenset({"rollback_failed", "verification_failed", "unverifiable"})
+#: The decisions that say a rollback did not verify, by their last reason's code.
+NOT_VERIFIED: frozenset[str] = frozenset({"verification_failed", "unverifiable"})
 #: Kinds that open a PagerDuty incident where the tier's route includes PagerDuty (a rollback,
 #: or an escalation because no rollback is possible).
 PAGE_OPENERS: frozenset[str] = frozenset({"rollback_decided", "investigate"})
@@ -118,13 +121,18 @@ def from_decision(
         decision.action
     ]  # type: ignore[assignment]
     what = f"{decision.model_id} {decision.model_version}"
-    if decision.action == "rollback":
+    last = decision.reasons[-1].code
+    if decision.action == "investigate" and last in NOT_VERIFIED:
+        kind = last  # type: ignore[assignment]  # both are kinds
+        verb = "did NOT verify" if last == "verification_failed" else "could not be verified"
+        summary = f"Rollback of {decision.model_id} to {decision.model_version} {verb}"
+    elif decision.action == "rollback":
         summary = (
             f"Rolling back {what} to {decision.target_system_version} (level {decision.level}, "
             f"{decision.tier} tier)"
         )
     elif decision.action == "investigate":
-        summary = f"Investigate {what}: {decision.reasons[-1].code} ({decision.tier} tier)"
+        summary = f"Investigate {what}: {last} ({decision.tier} tier)"
     else:
         summary = f"Holding {what}: {decision.reasons[-1].code}"
     return Notification(
@@ -156,14 +164,12 @@ def from_ack(ack: CommandAck, tier: Tier | None, decision_id: str | None) -> Not
     are steps of it, told by its final ack, whose detail lists every component.
     """
     kind: Kind
-    if ack.component is not None and ack.component != "verification":
+    if ack.component is not None:
         return None
     if ack.status == "applied":
         kind, verb = "rollback_applied", "applied"
     elif ack.status == "verified":
         kind, verb = "rollback_verified", "verified: signals back to baseline"
-    elif ack.status == "failed" and ack.component == "verification":
-        kind, verb = "verification_failed", "did NOT verify: signals still off baseline"
     elif ack.status in ("failed", "rejected"):
         kind, verb = "rollback_failed", f"{ack.status.upper()}"
     else:

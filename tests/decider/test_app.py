@@ -33,7 +33,7 @@ from rollguard_services.decider.outcome import derived_id
 from rollguard_services.decider.settings import DeciderSettings
 from rollguard_services.decider.state import InFlight, ModelState
 from tests.conftest import TopicReader, until
-from tests.factories import breach, manifest
+from tests.factories import breach, manifest, traffic
 
 pytestmark = pytest.mark.broker
 
@@ -191,6 +191,9 @@ async def test_every_outcome_through_the_broker(
             await publish_signed(
                 topics.DEPLOYMENTS.name, manifest("v1", status="live", model_id=model)
             )
+        # what the detector reports of the restored v1's traffic: verify-ok served enough
+        soon = utcnow() + timedelta(seconds=0.5)
+        await publish_signed(topics.TRAFFIC.name, traffic("v1", 200, soon, model_id="verify-ok"))
         # three applied acks and verify-ok's own verified ack; three v1-live manifests and
         # the bake's known_good one
         await until(lambda: decider.counts["CommandAck"] >= 4, 30)
@@ -454,6 +457,8 @@ async def test_an_ack_on_the_topic_before_the_decider_is_back_ends_the_flight(
             executor_id="x",
         ),
     )
+    soon = utcnow() + timedelta(seconds=0.3)
+    await publish_signed(topics.TRAFFIC.name, traffic("v1", 200, soon, model_id="late"))
     await asyncio.sleep(max(0.0, (command.expires_at - utcnow()).total_seconds()) + 0.2)
 
     decider, task = started()

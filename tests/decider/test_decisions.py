@@ -21,8 +21,14 @@ from rollguard.signing import (
 from rollguard_services.decider import approvals, breaches, targets, timers
 from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.outcome import DECIDER_ID, Outcome
-from rollguard_services.decider.state import ModelState, apply_ack, apply_manifest, is_known_good
-from tests.factories import breach, manifest
+from rollguard_services.decider.state import (
+    ModelState,
+    apply_ack,
+    apply_manifest,
+    apply_traffic,
+    is_known_good,
+)
+from tests.factories import breach, manifest, traffic
 
 POLICY = ModelPolicy()
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -274,6 +280,18 @@ def test_applied_starts_cooldown_and_verification_then_verified(signer: Signer) 
     assert after.in_flight is None and after.verifying is not None
     assert after.cooldown_until == T0 + timedelta(seconds=1 + POLICY.rollback.cooldown_s)
     assert timers.check_verification(after, ctx(signer, now=T0 + timedelta(seconds=60))) is None
+    # What the restored v1 served after the rollback counts; v2's, a window that ended
+    # before the ack and a report delivered twice do not.
+    first = traffic("v1", 60, T0 + timedelta(seconds=30))
+    for report in (
+        first,
+        first,
+        traffic("v2", 500, T0 + timedelta(seconds=31)),
+        traffic("v1", 500, T0 + timedelta(seconds=0.5)),
+        traffic("v1", 60, T0 + timedelta(seconds=32)),
+    ):
+        after = apply_traffic(after, report)
+    assert after.verifying is not None and after.verifying.served == 120
     done = timers.check_verification(
         after, ctx(signer, now=T0 + timedelta(seconds=1 + POLICY.rollback.verification_s))
     )
@@ -285,6 +303,47 @@ def test_applied_starts_cooldown_and_verification_then_verified(signer: Signer) 
         DECIDER_ID,
     )  # type: ignore[union-attr]
     assert ack.timings["time_to_verified_s"] >= POLICY.rollback.verification_s
+    assert ack.timings["verification_requests"] == 120
+
+
+def test_a_restored_version_that_served_too_little_is_unverifiable_and_locks(
+    signer: Signer,
+) -> None:
+    out = decide(live_v2(), breach("v2"), signer)
+    after = apply_ack(out.state, applied(out, T0), ctx(signer))
+    after = apply_traffic(after, traffic("v1", 99, T0 + timedelta(seconds=10)))
+    assert after.verifying is not None
+    deadline = after.verifying.deadline
+    # The detector's last reports may still come: it waits the grace before saying so.
+    assert timers.check_verification(after, ctx(signer, now=deadline)) is None
+    said = timers.check_verification(after, ctx(signer, now=deadline + timedelta(seconds=5)))
+    assert said is not None and not said.acks
+    (unverifiable,) = said.decisions
+    assert unverifiable.action == "investigate" and codes(unverifiable) == ["unverifiable"]
+    assert "served 99 requests" in unverifiable.reasons[0].detail
+    assert unverifiable.command_id == out.command.command_id  # type: ignore[union-attr]
+    assert unverifiable.parent_decision_id == out.decision.event_id
+    assert said.state.locked == "unverifiable" and said.state.verifying is None
+    # Locked: the next breach is held for a person, not rolled back.
+    assert decide(said.state, breach("v1"), signer).decision.action == "hold"
+
+
+def test_target_traffic_read_before_the_applied_ack_counts_once_it_comes(
+    signer: Signer,
+) -> None:
+    out = decide(live_v2(), breach("v2"), signer)
+    # The traffic agent read the restored v1's reports before the ack agent read the ack
+    # (after a restart, say): kept while in flight, once each, and only what ended after it.
+    early = traffic("v1", 70, T0 + timedelta(seconds=3))
+    state = out.state
+    for report in (traffic("v1", 500, T0 - timedelta(seconds=5)), early, early):
+        state = apply_traffic(state, report)
+    assert len(state.target_traffic) == 2
+    after = apply_ack(state, applied(out, T0 + timedelta(seconds=1)), ctx(signer))
+    assert after.verifying is not None and after.verifying.served == 70
+    assert after.target_traffic == ()
+    # ... and the same report read again afterwards is not counted twice.
+    assert apply_traffic(after, early).verifying.served == 70  # type: ignore[union-attr]
 
 
 def test_applied_moves_the_live_pointer_before_the_deployments_topic_says_so(
@@ -541,6 +600,7 @@ def test_an_applied_ack_after_the_expiry_is_still_what_happened(signer: Signer) 
     assert late.expired is None and late.in_flight is None
     assert late.live is not None and late.live.system_version == "sys-v1"
     assert late.verifying is not None and late.verifying.command_id == out.command.command_id
+    late = apply_traffic(late, traffic("v1", 200, late.verifying.deadline))
     verified = timers.check_verification(late, ctx(signer, now=late.verifying.deadline))
     assert verified is not None and [a.status for a in verified.acks] == ["verified"]
 

@@ -74,8 +74,10 @@ async def test_oversized_invalid_input_on_every_ledgered_topic_is_dead_lettered_
     # The letters go out after the batch's appends: wait for both, or the last send is cut.
     await run_until(
         ledger,
-        lambda: ledger.counts["appended"] == 2 * len(valid)
-        and ledger.counts["dead_letters"] >= len(valid),
+        lambda: (
+            ledger.counts["appended"] == 2 * len(valid)
+            and ledger.counts["dead_letters"] >= len(valid)
+        ),
     )
     assert ledger.counts["dead_letters"] == len(valid)
 

@@ -53,6 +53,7 @@ CONSUMERS = {
     "requests": {"decider"},
     "approvals": {"decider"},
     "invalidations": set(),  # downstream systems read it (rollguard.invalidations)
+    "traffic": {"decider"},  # counted towards a rollback's verification
     "model-status": set(),  # the CLI reads it (deploy check refuses an untrusted status)
 }
 FORGERIES = ("unsigned", "bad_signature", "wrong_role", "unknown_key")
@@ -188,6 +189,7 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
             "RollbackCommand",
             "CommandAck:applied",
             "BaselineSnapshot",
+            "TrafficReport",
         } - set(samples)
         assert not missing, f"no real {missing} to forge from"
         # The real request and approval are sent once, as the CLI would, and answered (a

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rollguard_services.notifier.channels.base import incident_url
-from rollguard_services.notifier.notifications import Notification
+from rollguard_services.notifier.notifications import PAGE_ALWAYS, Notification
 
 _SEVERITY = {"immediate": "critical", "rapid": "error", "delayed": "warning"}
 
@@ -31,7 +31,7 @@ class PagerDutyChannel:
             return self._follow_up("resolve", n)
         if n.kind == "hold":
             return None
-        failed = n.kind in ("rollback_failed", "verification_failed")
+        failed = n.kind in PAGE_ALWAYS
         link = incident_url(self.incident_base_url, n.incident_ref)
         details: dict[str, Any] = {
             "event": n.kind,

@@ -16,6 +16,7 @@ _TITLE = {
     "rollback_verified": ":white_check_mark: Rollback verified",
     "rollback_failed": ":x: Rollback failed",
     "verification_failed": ":warning: Rollback did not verify",
+    "unverifiable": ":warning: Rollback could not be verified",
 }
 
 

@@ -12,7 +12,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    model_validator,
+)
 
 Tier = Literal["immediate", "rapid", "delayed"]
 ManifestStatus = Literal["candidate", "live", "known_good", "rolled_back"]
@@ -103,6 +110,13 @@ class PredictionEvent(ModelEvent):
     prediction: Number | Label = Field(description="A number (regression, score) or a label.")
     score: Number | None = None
     features: dict[FeatureName, Scalar] | None = None
+    shadow: StrictBool = Field(
+        default=False,
+        description="Scored in shadow, never served: the known-good version a rollback would "
+        "restore, scoring a sample of the live version's requests on the same inputs. The "
+        "detector measures it apart from that version's own traffic (the counterfactual check, "
+        'docs/policies.md "Data shift vs bad model").',
+    )
 
 
 class LatencyEvent(ModelEvent):
@@ -232,6 +246,24 @@ class DriftedInput(BaseModel):
     p_value: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
+class Counterfactual(BaseModel):
+    """What the version a rollback would restore did on the same inputs: its shadow
+    predictions (``PredictionEvent.shadow``) of the breach's window, measured on the breach's
+    signal against that version's own baseline."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_version: str = Field(min_length=1, max_length=256, description="The shadow version.")
+    detector: str = Field(min_length=1)
+    statistic: str = Field(min_length=1)
+    value: float
+    p_value: float | None = Field(default=None, ge=0.0, le=1.0)
+    threshold: float | None = None
+    n: int = Field(ge=0, description="Shadow predictions measured.")
+    drifted: bool = Field(description="Past the detector's threshold too: it drifts the same way.")
+    window_end: AwareDatetime
+
+
 class Breach(ModelEvent, Signed):
     """A detector's measurement past its threshold, as the decider and the incident figures read
     it. ``evidence`` carries detector-specific numbers for people and reports only: no other
@@ -267,6 +299,12 @@ class Breach(ModelEvent, Signed):
         description="The input features that drifted in the same window of the same version: "
         "with the feature pipeline unchanged, the decider reads a rapid-tier breach as a data "
         'shift, not a bad model (docs/policies.md, "Data shift").',
+    )
+    counterfactual: Counterfactual | None = Field(
+        default=None,
+        description="The rollback target's shadow predictions on the same inputs, measured on "
+        "this breach's signal: drifted too, a rollback would not help (a data shift); within "
+        "baseline, it would.",
     )
 
     @model_validator(mode="after")

@@ -13,6 +13,7 @@ from typing import Any
 
 from rollguard.events import (
     Breach,
+    Counterfactual,
     DecisionAction,
     DriftedInput,
     Reason,
@@ -156,12 +157,19 @@ def decide(state: ModelState, breach: Breach, ctx: DecisionContext) -> Outcome |
 
 def data_shift(breach: Breach, live: SystemManifest, target: SystemManifest) -> str | None:
     """Why a rapid-tier breach reads as a change of the inputs, not of the model (None: it
-    does not): input features drifted in its window while the live and the target system
+    does not). With the target's shadow predictions on the breach (the counterfactual check)
+    they decide: the target drifted the same way on the same inputs, or it did not. Without
+    them: input features drifted in its window while the live and the target system
     versions run the same feature pipeline, so the target would be fed the same shifted
     inputs and a rollback would not help. Errors, latency and health (the immediate tier)
     are never explained away."""
     if breach.tier != "rapid":
         return None
+    seen = breach.counterfactual
+    if seen is not None and seen.model_version == target.model_version:
+        # The stronger evidence, when the router scores in shadow: the target itself, on
+        # these very inputs, against its own baseline.
+        return counterfactual_shift(breach, seen) if seen.drifted else None
     drifted = list(breach.input_drift)
     itself = breach.signal.startswith("feature:") and breach.kind in ("ks", "psi")
     if itself and all(d.signal != breach.signal for d in drifted):
@@ -192,6 +200,18 @@ def data_shift(breach: Breach, live: SystemManifest, target: SystemManifest) -> 
         f"in {live.system_version} and the target {target.system_version}, so the inputs "
         "changed, not the model, and a rollback would not help (policy rollback.on_data_shift: "
         "rollback acts anyway)"
+    )
+
+
+def counterfactual_shift(breach: Breach, seen: Counterfactual) -> str:
+    p = f", p={seen.p_value:.2g}" if seen.p_value is not None else ""
+    past = f" past {seen.threshold:g}" if seen.threshold is not None else ""
+    return (
+        f"on the same inputs the rollback target {seen.model_version} drifts the same way: its "
+        f"{seen.n} shadow predictions give {breach.signal} {seen.statistic}={seen.value:.3g}{p}"
+        f"{past} against its own baseline ({seen.detector}), so the inputs changed, not the "
+        "model, and a rollback would not help (policy rollback.on_data_shift: rollback acts "
+        "anyway)"
     )
 
 

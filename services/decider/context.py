@@ -22,4 +22,4 @@ class DecisionContext:
     signer: Signer
     #: How long past a verification window's end its last traffic reports may still arrive
     #: (the detector reports every few seconds, once the window's windows have closed).
-    traffic_grace: timedelta = timedelta(seconds=5)
+    traffic_grace: timedelta = timedelta(seconds=10)

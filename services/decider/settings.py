@@ -23,7 +23,7 @@ class DeciderSettings(BaseSettings):
         "refused: a signed one read off a topic or the ledger cannot be sent again later.",
     )
     traffic_grace_s: float = Field(
-        default=5.0,
+        default=10.0,
         ge=0,
         description="A verification short of traffic waits this long past its window for the "
         "detector's last traffic reports before it is called unverifiable.",

@@ -194,7 +194,9 @@ def apply_ack(state: ModelState, ack: CommandAck, ctx: DecisionContext) -> Model
             decision_id=flight.decision_id,
             restored_version=flight.target.model_version,
             applied_at=ack.ts,
-            deadline=ack.ts + timedelta(seconds=rollback.verification_s),
+            # From when the decider learns of it: an ack read late (a broker outage, a
+            # restart) still gets a window in which the restored version's traffic is seen.
+            deadline=max(ack.ts, ctx.now) + timedelta(seconds=rollback.verification_s),
             metrics=metrics,
             served=sum(n for _, n in early),
             counted_until=max((end for end, _ in early), default=None),
@@ -219,7 +221,7 @@ def apply_ack(state: ModelState, ack: CommandAck, ctx: DecisionContext) -> Model
 
 def apply_traffic(state: ModelState, report: TrafficReport) -> ModelState:
     """Count the restored version's traffic into its verification: what it served in windows
-    that ended after the rollback applied and before the verification window closed.
+    that ended after the rollback applied, until the verification is decided.
 
     While the rollback is in flight the target's reports are kept: the traffic agent may read
     them before the ack agent reads the applied ack (after a restart, say), and they count
@@ -234,7 +236,6 @@ def apply_traffic(state: ModelState, report: TrafficReport) -> ModelState:
         verifying is None
         or report.model_version != verifying.restored_version
         or report.end <= verifying.applied_at
-        or report.start > verifying.deadline
         or (verifying.counted_until is not None and report.end <= verifying.counted_until)
     ):
         return state

@@ -42,6 +42,7 @@ from rollguard.events import (
     BaselineSnapshot,
     Breach,
     BusinessMetricEvent,
+    Counterfactual,
     DriftedInput,
     HealthCheckEvent,
     OutcomeEvent,
@@ -56,6 +57,7 @@ from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer, Trust, TrustSource, signer_of
 from rollguard_services.detector import decoding
 from rollguard_services.detector import reference as references
+from rollguard_services.detector.counterfactual import Shadowed, counterfactual
 from rollguard_services.detector.decoding import (
     PredictionBatch,
     Record,
@@ -421,10 +423,13 @@ class Detector:
         now = time.time()
         closed += self.folder.latency_windows.close_idle(now)
         closed_versions = self.folder.version_windows.close_ready(now)
+        closed_shadows = self.folder.shadow_windows.close_ready(now)
         self.folder.forget_quiet(now)
         for window in closed:
             self.traffic.add_latency(window)
             await self.publish(self.judge(window))
+        for sw in closed_shadows:  # before the live windows their breaches compare with
+            self.measure_shadow(sw)
         for vw in closed_versions:
             self.traffic.add_predictions(vw)
             await self.publish(self.close_version_window(vw))
@@ -518,7 +523,12 @@ class Detector:
                     for i in rows.tolist()
                 ]
                 continue
-            self.folder.fold_version(key, batch, rows, rejected, now)
+            served, shadow = batch.split_shadow(rows)
+            if len(served):
+                self.folder.fold_version(key, batch, served, rejected, now)
+            if len(shadow):
+                self.folder.fold_version(key, batch, shadow, rejected, now, shadow=True)
+                self.counts["shadow_predictions"] += len(shadow)
         self.counts["prediction_events"] += len(batch)
         self.counts[f"prediction_batches_{batch.path}"] += 1
         self._reject(rejected)
@@ -579,9 +589,36 @@ class Detector:
         self.counts["evaluations"] += 1
         drifted = input_drift(judged)
         return [
-            self._breach(window.key, window.system_version, span[0].start, window.end, j, drifted)
+            self._breach(
+                window.key,
+                window.system_version,
+                span[0].start,
+                window.end,
+                j,
+                drifted,
+                counterfactual(model.shadowed, window.model_version, window.end, j),
+            )
             for j in publishable(judged, state.sustain)
         ]
+
+    def measure_shadow(self, window: VersionWindow) -> None:
+        """A closed window of a version's shadow predictions, measured against that version's
+        own baseline and kept for the live version's next breaches: never a breach itself."""
+        reference = self.reference(window)
+        if not reference.source.startswith("baseline:"):
+            self.counts["shadow_windows_without_baseline"] += 1
+            return
+        state = self.folder.version(window.key, shadow=True)
+        state.recent.append(window)
+        span = list(state.recent)[-self.svc.rapid_span_windows :]
+        inputs = VersionInputs(window, span, state, reference, self.rng)
+        policy = self.policy.for_model(window.model_id)
+        judged = judge_version(
+            inputs, self.folder.configs(window.model_id), self.kinds, policy.false_alarm.correction
+        )
+        model = self.folder.model(window.model_id)
+        model.shadowed = Shadowed.of(window.model_version, window.end, window.seconds, judged)
+        self.counts["shadow_windows"] += 1
 
     def _breach(
         self,
@@ -591,6 +628,7 @@ class Detector:
         end: float,
         j: Judged,
         drifted: list[DriftedInput] | None = None,
+        shadow: Counterfactual | None = None,
     ) -> Breach:
         m = j.measurement
         seen = self.folder.seen.get(key)
@@ -618,6 +656,7 @@ class Detector:
             version_events=None if seen is None else seen.events,
             evidence=dict(m.evidence),
             input_drift=drifted or [],
+            counterfactual=shadow,
         )
         # Signed where it is built: a send made again after an outage is the same bytes.
         return self._sign(breach)

@@ -116,6 +116,15 @@ class PredictionBatch(Batch):
     features: dict[str, Column]
     request_id: pa.Array  # string
     missing: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
+    #: Which rows are shadow predictions (``PredictionEvent.shadow``); None: none are.
+    shadow: npt.NDArray[np.bool_] | None = None
+
+    def split_shadow(self, rows: Rows) -> tuple[Rows, Rows]:
+        """``rows`` as (served, shadow): a version's own traffic and its shadow scoring."""
+        if self.shadow is None:
+            return rows, rows[:0]
+        marked = self.shadow[rows]
+        return rows[~marked], rows[marked]
 
     def request_ids(self, rows: Rows) -> pa.Array:
         return self.request_id.take(arrow.indices(rows))
@@ -359,7 +368,27 @@ def _arrow_batch(
         features=features,
         request_id=cols["request_id"],
         missing=missing,
+        shadow=_arrow_shadow(cols.get("shadow"), values),
     )
+
+
+def _arrow_shadow(column: pa.Array | None, values: list[Any]) -> npt.NDArray[np.bool_] | None:
+    """The shadow flags: JSON booleans, absent meaning false. Arrow reads an absent key and a
+    null alike, so a row without a flag whose bytes name it (``"shadow": null``, say) goes to
+    the next path, as does any other type: pydantic refuses what StrictBool does."""
+    if column is None:
+        return None
+    _require(column.type in (pa.bool_(), pa.null()))
+    if column.null_count:
+        absent = np.flatnonzero(arrow.nulls(column)).tolist()
+        _require(not any(b'"shadow"' in values[i] for i in absent))
+    if column.type == pa.null():
+        return None
+    return _flags(column.fill_null(False).to_numpy(zero_copy_only=False).astype(np.bool_))
+
+
+def _flags(flags: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_] | None:
+    return flags if flags.any() else None
 
 
 def _arrow_latency(records: list[Record], cols: dict[str, pa.Array]) -> LatencyBatch:
@@ -528,6 +557,8 @@ def _fast_batch(docs: list[Any]) -> bool:
     systems = [d.get("system_version") for d in docs]
     if not _types(systems) <= {str, type(None)} or any(s and len(s) > 256 for s in systems):
         return False
+    if not _types([d.get("shadow", False) for d in docs]) <= {bool}:
+        return False
     if any(d.get("schema", _TAG) != _TAG for d in docs):
         return False
     ids = [d["event_id"] for d in docs if "event_id" in d]
@@ -574,6 +605,7 @@ def _from_docs(
         features={name: [f.get(name) for f in feats] for name in sorted(names)},
         request_id=arrow.strings([d["request_id"] for d in docs]),
         missing=missing,
+        shadow=_flags(np.array([d.get("shadow", False) for d in docs], dtype=np.bool_)),
     )
 
 
@@ -598,6 +630,7 @@ def _from_events(records: list[Record]) -> tuple[PredictionBatch, list[Rejected]
             "prediction": e.prediction,
             "score": e.score,
             "features": e.features,
+            "shadow": e.shadow,
         }
         for _, e in good
     ]

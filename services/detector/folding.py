@@ -88,6 +88,15 @@ class Folder:
             svc.lateness_s,
             svc.idle_close_s,
         )
+        #: Shadow predictions (PredictionEvent.shadow): a known-good version scoring the live
+        #: version's inputs, windowed apart from that version's own traffic.
+        self.shadow_windows = VersionWindows(
+            lambda model_id: policy(model_id).window,
+            svc.window_events,
+            svc.lateness_s,
+            svc.idle_close_s,
+        )
+        self.shadows: dict[VersionKey, VersionState] = {}
         self.seen: dict[VersionKey, VersionSeen] = {}
         self.models: dict[str, ModelState] = {}
         self.versions: dict[VersionKey, VersionState] = {}
@@ -101,11 +110,12 @@ class Folder:
     def model(self, model_id: str) -> ModelState:
         return self.models.setdefault(model_id, ModelState())
 
-    def version(self, key: VersionKey) -> VersionState:
-        state = self.versions.get(key)
+    def version(self, key: VersionKey, *, shadow: bool = False) -> VersionState:
+        states = self.shadows if shadow else self.versions
+        state = states.get(key)
         if state is None:
             policy = self._policy(key[0])
-            state = self.versions[key] = VersionState(
+            state = states[key] = VersionState(
                 deque(maxlen=max(self.svc.rapid_span_windows, 2)), Sustain.of(policy.false_alarm)
             )
         return state
@@ -122,6 +132,8 @@ class Folder:
             del self.seen[key]
             self.versions.pop(key, None)
             self.version_windows.drop(key)
+            self.shadows.pop(key, None)
+            self.shadow_windows.drop(key)
         for model_id, model in self.models.items():
             ttl = self._join(model_id).ttl_s
             if ttl is not None:
@@ -259,8 +271,14 @@ class Folder:
         rows: npt.NDArray[np.intp],
         rejected: list[Rejected],
         now: float,
+        *,
+        shadow: bool = False,
     ) -> None:
-        """Fold one version's rows of a prediction batch; bad rows go to ``rejected``."""
+        """Fold one version's rows of a prediction batch; bad rows go to ``rejected``.
+
+        ``shadow``: the rows are that version's shadow scoring of another version's requests:
+        windowed apart, and no part of its own traffic (first event, joins, baseline capture).
+        """
         rows = self.refuse_skewed(key[0], batch, rows, now, rejected)
         if len(rows) == 0:
             return
@@ -279,14 +297,16 @@ class Folder:
             kept = np.flatnonzero(keep)
             columns = {s: take(c, kept) for s, c in columns.items()}
         ts = batch.ts[rows]
-        self.saw(key, float(ts[0]), len(rows), now)
-        self._remember_for_join(model, key, batch.request_ids(rows), columns, now)
-        state = self.version(key)
-        if state.capture is not None:
-            self.fold_columns(state.capture.window, columns, slice(None))
-            self._check_capture(key, state, now)
+        windows = self.shadow_windows if shadow else self.version_windows
+        if not shadow:
+            self.saw(key, float(ts[0]), len(rows), now)
+            self._remember_for_join(model, key, batch.request_ids(rows), columns, now)
+            state = self.version(key)
+            if state.capture is not None:
+                self.fold_columns(state.capture.window, columns, slice(None))
+                self._check_capture(key, state, now)
         system_version = batch.system_version_of(int(rows[0]))
-        for window, sel in self.version_windows.spans(key, system_version, ts, now, counted=True):
+        for window, sel in windows.spans(key, system_version, ts, now, counted=True):
             self.fold_columns(window, columns, sel)
 
     def _columns(

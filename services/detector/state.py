@@ -6,6 +6,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from rollguard import baselines as bl
+from rollguard_services.detector.counterfactual import Shadowed
 from rollguard_services.detector.join import PendingJoin
 from rollguard_services.detector.sustain import Sustain
 from rollguard_services.detector.windows import VersionKey, VersionWindow
@@ -50,6 +51,8 @@ class ModelState:
     grids: dict[str, bl.Grid] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)  # signal -> numeric / categorical
     features: frozenset[str] | None = None
+    #: The last judged window of a known-good version's shadow predictions (counterfactual).
+    shadowed: Shadowed | None = None
     pending: PendingJoin = field(default_factory=PendingJoin)  # waiting for their outcome
 
     def reference_version(self, version: str) -> str | None:

@@ -50,7 +50,11 @@ class RouterService:
         self.svc = router_settings
         self.ready = asyncio.Event()
         self.router = Router(
-            self.svc.model_id, dict(self.svc.versions), np.random.default_rng(self.svc.seed)
+            self.svc.model_id,
+            dict(self.svc.versions),
+            np.random.default_rng(self.svc.seed),
+            shadow_fraction=self.svc.shadow_fraction,
+            input_shift=self.svc.input_shift,
         )
         self.counts: Counter[str] = Counter()
         #: Traffic can be paused (rate 0) without stopping the pointer follower.
@@ -92,6 +96,7 @@ class RouterService:
             log.info(
                 "stopped",
                 served=dict(self.router.served),
+                shadowed=dict(self.router.shadowed),
                 telemetry_dropped=self.counts["telemetry_dropped"],
             )
 

@@ -78,11 +78,25 @@ class Router:
     #: Event time of the serving manifest followed last; an older one is not followed.
     followed_ts: datetime | None = None
     stale_ignored: int = 0
+    #: Share of requests the rollback target scores in shadow, and the inputs' mean.
+    shadow_fraction: float = 0.0
+    input_shift: float = 0.0
+    #: Versions marked known good, oldest first: the last one not live is the rollback target.
+    known_good: list[str] = field(default_factory=list)
+    shadowed: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def shadow_version(self) -> str | None:
+        """The version a rollback would restore, warm here: it scores a sample in shadow."""
+        good = [v for v in self.known_good if v != self.live and v in self.versions]
+        return good[-1] if good and self.shadow_fraction > 0 else None
 
     def follow(self, manifest: SystemManifest) -> bool:
         """Move the live pointer when ``manifest`` makes another known version live."""
         if manifest.model_id != self.model_id or not manifest.serving:
             return False
+        if manifest.status == "known_good" and manifest.model_version not in self.known_good:
+            self.known_good.append(manifest.model_version)
         if manifest.model_version not in self.versions:
             self.unknown_versions[manifest.model_version] += 1
             return False
@@ -119,8 +133,12 @@ class Router:
         self.served[version] += n
         errors = self.rng.random(n) < spec.error_rate
         latencies = spec.latency_median_ms * np.exp(self.rng.normal(0, spec.latency_sigma, n))
-        predictions = self.rng.normal(spec.prediction_mean, spec.prediction_sd, n)
-        features = self.rng.normal(0, 1, (n, 3))
+        features = self.rng.normal(self.input_shift, 1, (n, 3))
+        predictions = self._score(spec, features)
+        shadow = self.shadow_version
+        if shadow is not None:
+            scored = self.rng.random(n) < self.shadow_fraction
+            shadow_predictions = self._score(self.versions[shadow], features)
         now = utcnow()
         out: list[PredictionEvent | LatencyEvent] = []
         common = {
@@ -141,13 +159,35 @@ class Router:
                     error_kind="synthetic" if failed else None,
                 )
             )
-            if not failed:
+            if failed:
+                continue
+            inputs = {f"f{j}": float(features[i, j]) for j in range(3)}
+            out.append(
+                PredictionEvent(
+                    **common,
+                    request_id=request_id,
+                    prediction=float(predictions[i]),
+                    features=inputs,
+                )
+            )
+            if shadow is not None and scored[i]:
+                self.shadowed[shadow] += 1
                 out.append(
                     PredictionEvent(
-                        **common,
+                        ts=now,
+                        model_id=self.model_id,
+                        model_version=shadow,
                         request_id=request_id,
-                        prediction=float(predictions[i]),
-                        features={f"f{j}": float(features[i, j]) for j in range(3)},
+                        prediction=float(shadow_predictions[i]),
+                        features=inputs,
+                        shadow=True,
                     )
                 )
         return out
+
+    def _score(self, spec: SyntheticModelSpec, features: np.ndarray) -> np.ndarray:
+        """A synthetic version's predictions for ``features`` (one row per request)."""
+        noise = self.rng.normal(0, 1, len(features))
+        return (
+            spec.prediction_mean + spec.feature_weight * features[:, 0] + spec.prediction_sd * noise
+        )

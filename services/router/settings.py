@@ -16,6 +16,11 @@ class SyntheticModelSpec(BaseModel):
     latency_sigma: float = Field(default=0.35, ge=0, description="Log-normal shape.")
     prediction_mean: float = 0.0
     prediction_sd: float = Field(default=1.0, ge=0)
+    feature_weight: float = Field(
+        default=0.0,
+        description="How much the prediction follows input f0 (prediction = mean + weight * f0 "
+        "+ sd * noise): with a weight, a shift of the inputs moves every version's output.",
+    )
 
 
 class RouterSettings(BaseSettings):
@@ -32,3 +37,16 @@ class RouterSettings(BaseSettings):
         description="JSON: model version → behaviour. Every version is kept warm.",
     )
     seed: int | None = None
+    shadow_fraction: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Share of live requests the rollback target (the last known-good version "
+        "other than the live one) also scores, in shadow: PredictionEvent.shadow, never served "
+        "(the counterfactual check; it needs as many events a window as any test). 0: none.",
+    )
+    input_shift: float = Field(
+        default=0.0,
+        description="Mean of the synthetic inputs f0..f2 (0: standard normal): a drill's or a "
+        "test's data shift, the world changing under an unchanged model.",
+    )

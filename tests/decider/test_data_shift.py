@@ -17,7 +17,14 @@ import pytest
 from rollguard import baselines as bl
 from rollguard import topics
 from rollguard.bus import make_producer
-from rollguard.events import Breach, Decision, PredictionEvent, utcnow
+from rollguard.events import (
+    Breach,
+    Counterfactual,
+    Decision,
+    DriftedInput,
+    PredictionEvent,
+    utcnow,
+)
 from rollguard.policy import ModelPolicy, PolicySet, PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer
@@ -146,3 +153,44 @@ def test_the_immediate_tier_and_a_breach_without_drifted_inputs_are_never_a_data
     assert data_shift(errors, live, target) is None
     quiet = breach("v2", tier="rapid", detector="prediction_ks", kind="ks", signal="prediction")
     assert data_shift(quiet, live, target) is None
+
+
+def test_the_target_s_counterfactual_decides_over_the_input_rule() -> None:
+    live = manifest("v2", "s2", status="live")  # the same pipeline: the input rule applies
+    target = manifest("v1", "s1", status="known_good")
+    drifted_input = DriftedInput(
+        signal="feature:f0", detector="feature_ks", statistic="ks_d", value=0.4, p_value=1e-9
+    )
+
+    def shadow(version: str, drifted: bool) -> Counterfactual:
+        return Counterfactual(
+            model_version=version,
+            detector="prediction_ks",
+            statistic="ks_d",
+            value=0.4 if drifted else 0.03,
+            p_value=1e-12 if drifted else 0.6,
+            threshold=0.1,
+            n=400,
+            drifted=drifted,
+            window_end=utcnow(),
+        )
+
+    def judged(seen: Counterfactual | None) -> str | None:
+        b = breach(
+            "v2",
+            tier="rapid",
+            detector="prediction_ks",
+            kind="ks",
+            signal="prediction",
+            input_drift=[drifted_input],
+            counterfactual=seen,
+        )
+        return data_shift(b, live, target)
+
+    assert "f0 (" in (judged(None) or "")  # inputs drifted, same pipeline: the input rule
+    # The target on the same inputs stays within its baseline: the model is at fault.
+    assert judged(shadow("v1", drifted=False)) is None
+    said = judged(shadow("v1", drifted=True)) or ""
+    assert "rollback target v1 drifts the same way" in said and "400 shadow predictions" in said
+    # Another version's shadow says nothing of this target: the input rule again.
+    assert "f0 (" in (judged(shadow("v0", drifted=False)) or "")

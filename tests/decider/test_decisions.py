@@ -316,7 +316,7 @@ def test_a_restored_version_that_served_too_little_is_unverifiable_and_locks(
     deadline = after.verifying.deadline
     # The detector's last reports may still come: it waits the grace before saying so.
     assert timers.check_verification(after, ctx(signer, now=deadline)) is None
-    said = timers.check_verification(after, ctx(signer, now=deadline + timedelta(seconds=5)))
+    said = timers.check_verification(after, ctx(signer, now=deadline + timedelta(seconds=10)))
     assert said is not None and not said.acks
     (unverifiable,) = said.decisions
     assert unverifiable.action == "investigate" and codes(unverifiable) == ["unverifiable"]
@@ -326,6 +326,15 @@ def test_a_restored_version_that_served_too_little_is_unverifiable_and_locks(
     assert said.state.locked == "unverifiable" and said.state.verifying is None
     # Locked: the next breach is held for a person, not rolled back.
     assert decide(said.state, breach("v1"), signer).decision.action == "hold"
+
+
+def test_an_applied_ack_read_late_gets_a_whole_verification_window(signer: Signer) -> None:
+    out = decide(live_v2(), breach("v2"), signer)
+    # Applied at T0, read 40 s later (the broker was frozen): the window runs from the read.
+    read_at = T0 + timedelta(seconds=40)
+    after = apply_ack(out.state, applied(out, T0), ctx(signer, now=read_at))
+    assert after.verifying is not None and after.verifying.applied_at == T0
+    assert after.verifying.deadline == read_at + timedelta(seconds=POLICY.rollback.verification_s)
 
 
 def test_target_traffic_read_before_the_applied_ack_counts_once_it_comes(

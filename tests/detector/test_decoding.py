@@ -97,6 +97,33 @@ def test_the_three_paths_agree_on_good_input() -> None:
     assert arrow["ts"][0] == pytest.approx(datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC).timestamp())
 
 
+def test_shadow_predictions_are_told_apart_alike_on_every_path() -> None:
+    docs = [_doc(i) for i in range(20)]
+    for i in (2, 3, 11):
+        docs[i]["shadow"] = True
+    docs[4]["shadow"] = False
+    batches = _every_path(_records(docs))
+    assert {b.path for b in batches.values()} == {"arrow", "orjson", "pydantic"}
+    for batch in batches.values():
+        rows = batch.groups[("m", "v1")]
+        served, shadow = batch.split_shadow(rows)
+        assert shadow.tolist() == [3, 11] and 3 not in served.tolist()
+        assert len(served) + len(shadow) == len(rows)
+    # none marked: nothing is shadow, and no mask is kept
+    plain = _every_path(_records([_doc(i) for i in range(4)]))
+    assert all(b.shadow is None for b in plain.values())
+
+
+@pytest.mark.parametrize("flag", [None, "true", 1])
+def test_a_shadow_flag_that_is_not_a_boolean_is_refused(flag: object) -> None:
+    docs = [_doc(i) for i in range(6)]
+    docs[2]["shadow"] = flag
+    batch, rejected = decode_predictions(_records(docs))
+    assert [r.record.offset for r in rejected] == [2]
+    assert "shadow" in rejected[0].error
+    assert len(batch) == 5
+
+
 def test_a_null_feature_and_a_missing_one_stay_apart_on_the_arrow_path() -> None:
     docs = [
         _doc(0),

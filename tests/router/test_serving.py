@@ -51,3 +51,23 @@ def test_serves_the_live_version_and_records_the_switch() -> None:
     switch = r.switches[-1]
     assert switch.to_version == "v2" and switch.switch_ms is not None and switch.switch_ms >= 0
     assert {e.system_version for e in bad} == {"sys-v2"}
+
+
+def test_the_rollback_target_scores_the_same_requests_in_shadow() -> None:
+    spec = SyntheticModelSpec(error_rate=0.0, feature_weight=1.0, prediction_sd=0.0)
+    r = Router("m", {"v1": spec, "v2": spec}, np.random.default_rng(1), shadow_fraction=0.5)
+    r.follow(manifest("v1", status="known_good"))
+    assert r.shadow_version is None  # v1 is live: nothing warm to compare with
+    assert not any(e.shadow for e in r.serve(50) if isinstance(e, PredictionEvent))
+    r.follow(manifest("v2", status="live"))
+    assert r.shadow_version == "v1"
+    events = [e for e in r.serve(400) if isinstance(e, PredictionEvent)]
+    live = {e.request_id: e for e in events if not e.shadow}
+    shadow = [e for e in events if e.shadow]
+    assert {e.model_version for e in live.values()} == {"v2"}
+    assert {e.model_version for e in shadow} == {"v1"}
+    assert 120 < len(shadow) < 280 and r.shadowed["v1"] == len(shadow)
+    for e in shadow:  # the live request's own inputs, scored by the same function of f0
+        twin = live[e.request_id]
+        assert e.features == twin.features and e.prediction == twin.prediction
+    assert r.served["v1"] == 50  # what it served while live; the shadow is never served

@@ -46,6 +46,15 @@ class _Frozen(BaseModel):
 
 class WindowPolicy(_Frozen):
     seconds: float = Field(default=1.0, gt=0, le=3600, description="Tumbling window length.")
+    max_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        le=86_400,
+        description="A window short of the events its tests need (their min_events) is pooled "
+        "with the version's next ones until it has them or spans this long, then judged as one: "
+        "a quiet model gets conclusive tests without tuning. The immediate tier's version "
+        "checks (health) still run on every window.",
+    )
     close_grace_s: float = Field(
         default=0.3, ge=0, le=60, description="Wall-clock wait after a window's end for stragglers."
     )

@@ -38,6 +38,7 @@ from rollguard.bus import (
     make_producer,
     producer_batches,
 )
+from rollguard.detector_policy import DetectorBase
 from rollguard.events import (
     BaselineSnapshot,
     Breach,
@@ -52,10 +53,10 @@ from rollguard.events import (
 )
 from rollguard.logs import get_logger
 from rollguard.outage import OutageLimit, Sender
-from rollguard.policy import PolicySet, PolicySource
+from rollguard.policy import ModelPolicy, PolicySet, PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer, Trust, TrustSource, signer_of
-from rollguard_services.detector import decoding
+from rollguard_services.detector import decoding, pooling
 from rollguard_services.detector import reference as references
 from rollguard_services.detector.counterfactual import Shadowed, counterfactual
 from rollguard_services.detector.decoding import (
@@ -557,13 +558,21 @@ class Detector:
     # --- evaluation of closed windows ----------------------------------------------------------
 
     def judge(self, window: LatencyWindow) -> list[Breach]:
-        """The latency window's kinds; one Breach per measurement in phase ``breach``."""
+        """The latency window's kinds; one Breach per measurement in phase ``breach``. A
+        window short of their min_events is pooled with the next (pooling.pooled)."""
         configs = self.folder.configs(window.model_id)
         key = (window.model_id, window.model_version)
-        found = judge_latency(window, configs, self.kinds)
+        state = self.folder.version(key)
+        need = pooling.needed(configs, self.kinds, latency=True)
+        max_s = self.policy.for_model(window.model_id).window.max_seconds
+        ready, state.held_latency = pooling.pooled(state.held_latency, window, need, max_s)
+        if ready is None:
+            self.counts["latency_windows_pooled"] += 1
+            return []
+        found = judge_latency(ready, configs, self.kinds)
         return [
-            self._breach(key, window.system_version, window.start, window.end, j)
-            for j in publishable(found, self.folder.version(key).sustain)
+            self._breach(key, ready.system_version, ready.start, ready.end, j)
+            for j in publishable(found, state.sustain)
         ]
 
     def reference(self, window: VersionWindow) -> references.Reference:
@@ -572,20 +581,54 @@ class Detector:
         return references.choose(window, model, f.baselines, f.versions, f.version_windows)
 
     def close_version_window(self, window: VersionWindow) -> list[Breach]:
+        """A closed prediction window's kinds. One short of the events its tests need is
+        pooled with the version's next windows and judged once the pool has them
+        (pooling.pooled); the immediate tier's kinds, and those that measure what they keep
+        across windows (ground truth), run on every window all the same."""
         state = self.folder.version(window.key)
-        state.recent.append(window)
         model = self.folder.model(window.model_id)
         for signal, acc in window.numeric.items():
             sample = acc.reservoir.values()
             # No baseline for this signal yet: fix the model's grid from the first sample.
             if signal not in model.grids and len(sample) >= 50:
                 model.grids[signal] = bl.grid_from_sample(sample)
-        span = list(state.recent)[-self.svc.rapid_span_windows :]
-        inputs = VersionInputs(window, span, state, self.reference(window), self.rng)
         policy = self.policy.for_model(window.model_id)
-        judged = judge_version(
-            inputs, self.folder.configs(window.model_id), self.kinds, policy.false_alarm.correction
-        )
+        configs = self.folder.configs(window.model_id)
+        every, pooled_kinds = pooling.split(configs, self.kinds)
+        need = pooling.needed(pooled_kinds, self.kinds, latency=False)
+        ready, state.held = pooling.pooled(state.held, window, need, policy.window.max_seconds)
+        runs: list[tuple[VersionWindow, dict[str, DetectorBase]]] = []
+        if ready is window:
+            runs.append((window, configs))  # enough on its own: one evaluation, as ever
+        else:
+            runs.append((window, every))
+            if ready is None:
+                self.counts["windows_pooled"] += 1
+            else:
+                runs.append((ready, pooled_kinds))
+        breaches: list[Breach] = []
+        for judged_window, kinds in runs:
+            if not kinds:
+                continue
+            if judged_window is ready:
+                state.recent.append(ready)
+                span = list(state.recent)[-self.svc.rapid_span_windows :]
+            else:
+                span = [judged_window]
+            breaches += self._evaluate(judged_window, span, kinds, state, model, policy)
+        return breaches
+
+    def _evaluate(
+        self,
+        window: VersionWindow,
+        span: list[VersionWindow],
+        configs: dict[str, DetectorBase],
+        state: VersionState,
+        model: ModelState,
+        policy: ModelPolicy,
+    ) -> list[Breach]:
+        inputs = VersionInputs(window, span, state, self.reference(window), self.rng)
+        judged = judge_version(inputs, configs, self.kinds, policy.false_alarm.correction)
         self.counts["evaluations"] += 1
         drifted = input_drift(judged)
         return [

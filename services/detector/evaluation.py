@@ -26,7 +26,7 @@ def judge_latency(
     for name, config in configs.items():
         kind = kinds.kind(config)
         if kind.on_latency is not None:
-            judged += [Judged(name, _tier(config), m) for m in kind.on_latency(config, window)]
+            judged += [Judged(name, tier_of(config), m) for m in kind.on_latency(config, window)]
     return judged
 
 
@@ -43,7 +43,7 @@ def judge_version(
         kind = kinds.kind(config)
         if kind.on_version is not None:
             judged += [
-                Judged(name, _tier(config), m) for m in kind.on_version(name, config, inputs)
+                Judged(name, tier_of(config), m) for m in kind.on_version(name, config, inputs)
             ]
     out: list[Judged] = []
     for j in correct(judged, correction):
@@ -55,6 +55,6 @@ def judge_version(
     return out
 
 
-def _tier(config: DetectorBase) -> Tier:
+def tier_of(config: DetectorBase) -> Tier:
     assert config.tier is not None, "typed configs always have a tier"
     return config.tier

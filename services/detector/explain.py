@@ -13,8 +13,10 @@ The figures are the tests' own large-sample bounds, not simulations:
   (against 5,000 baseline events), never below ``max_relative_drop``.
 - ``error_rate``: the error rate whose one-sided Wilson lower bound clears ``threshold``.
 
-A rapid-tier change is published after ``sustain_k`` windows, or in its first window when it
-passes the severe bar (``false_alarm.severe_p``); immediate-tier ones in their first window.
+A window short of a detector's ``min_events`` is pooled with the next ones until it holds them
+or spans ``window.max_seconds`` (pooling.py): the window such a detector is judged on is that
+pool. A rapid-tier change is published after ``sustain_k`` of them, or in its first when it
+passes the severe bar (``false_alarm.severe_p``); immediate-tier ones in their first.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from statistics import NormalDist
 from scipy.stats import chi2
 
 from rollguard.policy import ModelPolicy, WindowPolicy
+from rollguard_services.detector.kinds import KINDS
 
 #: The reference sample KS holds against (a baseline snapshot's capped sample).
 REFERENCE_N = 2_000
@@ -69,16 +72,53 @@ def _ks_smallest(alpha: float, n: float, min_effect: float) -> tuple[float, floa
     return d, d * math.sqrt(2 * math.pi)
 
 
+def pooled_window(
+    policy: ModelPolicy, rate_per_s: float, need: int, window_events: int = 0
+) -> tuple[float, float]:
+    """(seconds, events) of what a detector needing ``need`` events is judged on: one
+    window, or as many pooled as hold ``need`` events, up to ``window.max_seconds``."""
+    seconds, n = window(policy, rate_per_s, window_events)
+    if n >= need or rate_per_s <= 0:
+        return seconds, n
+    pooled = min(policy.window.max_seconds, math.ceil(need / n) * seconds)
+    return pooled, rate_per_s * pooled
+
+
+def pools(kind: str, tier: str) -> bool:
+    """Whether a detector of this kind and tier is judged on pooled windows when one is short
+    (pooling.py): not the immediate tier's version checks (health), nor ground truth."""
+    found = KINDS.get(kind)
+    if found is None:
+        return False
+    if tier == "immediate":
+        return found.on_latency is not None
+    return found.pooled
+
+
 def explain(policy: ModelPolicy, rate_per_s: float, window_events: int = 0) -> list[Explained]:
     """Every detector of ``policy`` at ``rate_per_s`` events a second."""
-    seconds, n = window(policy, rate_per_s, window_events)
     rapid = [d for d in policy.detectors.values() if getattr(d, "tier", "") == "rapid"]
     tests = max(len(rapid), 1)  # at least one signal each; more features, stricter
     fa = policy.false_alarm
+    # The detector pools a version's windows until the neediest detector of each kind of
+    # window has its events (pooling.needed): every pooled detector is judged on that pool.
+    need = {True: 0, False: 0}
+    for d in policy.detectors.values():
+        kind, tier = str(getattr(d, "kind", "")), str(getattr(d, "tier", ""))
+        if pools(kind, tier) and kind in KINDS:
+            latency = KINDS[kind].on_latency is not None
+            need[latency] = max(need[latency], getattr(d, "min_events", None) or 0)
     out: list[Explained] = []
     for name, d in sorted(policy.detectors.items()):
         kind, tier = str(getattr(d, "kind", "")), str(getattr(d, "tier", ""))
         min_events = getattr(d, "min_events", None)
+        if pools(kind, tier) and min_events:
+            pool = need[KINDS[kind].on_latency is not None]
+            seconds, n = pooled_window(policy, rate_per_s, pool, window_events)
+        else:
+            # Health checks and joined outcomes: counted apart from the prediction rate.
+            seconds, n = window(policy, rate_per_s, window_events)
+            min_events = None
         conclusive = min_events is None or n >= min_events
         smallest = ""
         if conclusive and n > 0:
@@ -119,26 +159,26 @@ def _smallest(kind: str, d: object, n: float, tests: int) -> str:
 
 def advice(policy: ModelPolicy, rate_per_s: float, rows: list[Explained]) -> str | None:
     """What to change when a test cannot conclude at this rate, else None."""
-    short = [r for r in rows if not r.conclusive and r.min_events]
-    if not short or rate_per_s <= 0:
-        return None if rate_per_s > 0 else "no traffic: nothing is ever conclusive"
-    need = max(r.min_events or 0 for r in short)
-    seconds = math.ceil(need / rate_per_s)
-    said = (
-        f"{len(short)} detector(s) are inconclusive: a window holds {rows[0].events:.1f} events, "
-        f"they need up to {need}. "
-    )
-    longest = WindowPolicy.model_fields["seconds"].metadata
-    cap = next((float(m.le) for m in longest if hasattr(m, "le")), 3600.0)
-    if seconds <= cap:
-        return said + (
-            f"Set window.seconds to {seconds} or more for this model "
-            f"(it has {policy.window.seconds:g})."
+    if rate_per_s <= 0:
+        return "no traffic: nothing is ever conclusive"
+    pooled = [r for r in rows if not r.conclusive and r.min_events]
+    said: list[str] = []
+    if pooled:
+        need = max(r.min_events or 0 for r in pooled)
+        most = int(rate_per_s * policy.window.max_seconds)
+        names = ", ".join(sorted(r.instance for r in pooled))
+        longest = WindowPolicy.model_fields["max_seconds"].metadata
+        cap = next((float(m.le) for m in longest if hasattr(m, "le")), 86_400.0)
+        wider = math.ceil(need / rate_per_s)
+        said.append(
+            f"{len(pooled)} detector(s) stay inconclusive: even pooled over window.max_seconds "
+            f"({policy.window.max_seconds:g} s) the windows hold {most} events, {need} needed. "
+            + (
+                f"Set window.max_seconds to {wider} or more for this model, or "
+                if wider <= cap
+                else ""
+            )
+            + f"set min_events to {most} or less for {names}, or measure this model in a "
+            "batch job instead."
         )
-    most = int(rate_per_s * cap)
-    names = ", ".join(sorted(r.instance for r in short if (r.min_events or 0) > most))
-    return said + (
-        f"Even the longest window ({cap:g} s) holds {most} events: set window.seconds to "
-        f"{cap:g} and min_events to {most} or less for {names}, or measure this model in a "
-        "batch job instead."
-    )
+    return " ".join(said) or None

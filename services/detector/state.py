@@ -9,7 +9,7 @@ from rollguard import baselines as bl
 from rollguard_services.detector.counterfactual import Shadowed
 from rollguard_services.detector.join import PendingJoin
 from rollguard_services.detector.sustain import Sustain
-from rollguard_services.detector.windows import VersionKey, VersionWindow
+from rollguard_services.detector.windows import LatencyWindow, VersionKey, VersionWindow
 
 
 @dataclass
@@ -35,6 +35,10 @@ class VersionState:
     sustain: Sustain
     consecutive_failures: int = 0
     capture: Capture | None = None
+    #: Closed windows short of their tests' min_events, pooled until they have them
+    #: (pooling.pooled): prediction windows and latency windows.
+    held: VersionWindow | None = None
+    held_latency: LatencyWindow | None = None
     #: Running state a detector kind keeps across windows (drift statistics, joined tallies),
     #: by detector instance name. Only that kind's module reads its entry.
     kind_state: dict[str, object] = field(default_factory=dict)

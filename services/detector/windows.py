@@ -37,6 +37,14 @@ class LatencyWindow:
     def end(self) -> float:
         return self.start + self.seconds
 
+    def absorb(self, other: LatencyWindow) -> None:
+        """Pool the version's next window in: one window from this start to ``other``'s end."""
+        self.seconds = other.end - self.start
+        self.system_version = other.system_version or self.system_version
+        self.errors += other.errors
+        self.n += other.n
+        self.counts = self.counts + other.counts
+
 
 class LatencyWindows:
     """Error and latency windows of every live (model_id, model_version)."""
@@ -118,6 +126,24 @@ class Reservoir:
     def values(self) -> npt.NDArray[np.float64]:
         return self._sample
 
+    def absorb(self, other: Reservoir) -> None:
+        """Pool ``other``'s sample into this one: each item stands for seen/len(sample) events
+        of its window, and a pool over the cap keeps ``cap`` of them in that proportion."""
+        if other.seen == 0:
+            return
+        samples = [x for x in (self._sample, other._sample) if len(x)]
+        weights = [
+            np.full(len(x), seen / len(x))
+            for x, seen in ((self._sample, self.seen), (other._sample, other.seen))
+            if len(x)
+        ]
+        pooled, weight = np.concatenate(samples), np.concatenate(weights)
+        if len(pooled) > self.cap:
+            keep = self.rng.choice(len(pooled), self.cap, replace=False, p=weight / weight.sum())
+            pooled = pooled[np.sort(keep)]
+        self._sample = pooled
+        self.seen += other.seen
+
 
 @dataclass
 class NumericAccumulator:
@@ -147,6 +173,22 @@ class NumericAccumulator:
             self.out_of_range += int(((values < self.grid.low) | (values > self.grid.high)).sum())
         self.reservoir.add(values)
 
+    def absorb(self, other: NumericAccumulator) -> None:
+        """Pool the next window's values of this signal in. Counts stay only where every part
+        was counted on the same grid; otherwise the pooled sample decides."""
+        mine, theirs = self.n - self.nulls, other.n - other.nulls
+        if theirs:
+            if not mine and len(other.counts):
+                self.grid, self.counts = other.grid, other.counts.copy()
+            elif mine and len(self.counts) and other.grid is self.grid and len(other.counts):
+                self.counts = self.counts + other.counts
+            else:
+                self.counts = np.zeros(0, dtype=np.int64)
+        self.n += other.n
+        self.nulls += other.nulls
+        self.out_of_range += other.out_of_range
+        self.reservoir.absorb(other.reservoir)
+
 
 #: Categories beyond this many per signal fold into one bucket: state stays bounded.
 MAX_CATEGORIES = 256
@@ -169,6 +211,14 @@ class CategoricalAccumulator:
             else:
                 self.counts[OTHER] = self.counts.get(OTHER, 0) + 1
 
+    def absorb(self, other: CategoricalAccumulator) -> None:
+        self.n += other.n
+        self.nulls += other.nulls
+        for v, count in other.counts.items():
+            if v not in self.counts and len(self.counts) >= MAX_CATEGORIES:
+                v = OTHER
+            self.counts[v] = self.counts.get(v, 0) + count
+
 
 @dataclass
 class MetricSums:
@@ -179,6 +229,13 @@ class MetricSums:
     numerator: float = 0.0
     denominator: float = 0.0
     ratio_events: int = 0
+
+    def absorb(self, other: MetricSums) -> None:
+        self.n += other.n
+        self.total += other.total
+        self.numerator += other.numerator
+        self.denominator += other.denominator
+        self.ratio_events += other.ratio_events
 
     @property
     def rate(self) -> float:
@@ -211,6 +268,27 @@ class VersionWindow:
     @property
     def key(self) -> VersionKey:
         return (self.model_id, self.model_version)
+
+    def absorb(self, other: VersionWindow) -> None:
+        """Pool the version's next window in (a quiet model's windows, short of the events a
+        test needs, judged as one): one window from this start to ``other``'s end. A kind's
+        own sums pool when they know how (an ``absorb`` method), else the later ones stand."""
+        self.seconds = other.end - self.start
+        self.system_version = other.system_version or self.system_version
+        self.n += other.n
+        self.health_checks += other.health_checks
+        for parts, theirs in (
+            (self.numeric, other.numeric),
+            (self.categorical, other.categorical),
+            (self.metrics, other.metrics),
+            (self.kind_sums, other.kind_sums),
+        ):
+            for name, part in theirs.items():
+                mine = parts.get(name)
+                if mine is not None and hasattr(mine, "absorb"):
+                    mine.absorb(part)
+                else:
+                    parts[name] = part  # type: ignore[assignment]
 
 
 class VersionWindows:

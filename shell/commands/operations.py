@@ -122,14 +122,19 @@ def _policy_explain(args: argparse.Namespace, settings: RollguardSettings) -> in
         f"{args.model_id} at {args.rate:g} events/s: windows of {seconds:g} s, {n:.1f} events "
         f"each (window.seconds {model.window.seconds:g}"
         + (f", ROLLGUARD_DETECTOR_WINDOW_EVENTS {events}" if events else "")
-        + ")"
+        + "); a test short of events is judged on pooled windows, up to window.max_seconds "
+        + f"{model.window.max_seconds:g}"
     )
     rows = explain(model, args.rate, events)
-    print(f"{'detector':<22} {'kind':<16} {'tier':<10} {'smallest change it sees':<48} delay")
+    print(
+        f"{'detector':<22} {'kind':<16} {'tier':<10} {'judged on':<10} "
+        f"{'smallest change it sees':<48} delay"
+    )
     for r in rows:
         seen = r.smallest if r.conclusive else f"inconclusive (needs {r.min_events} events)"
         delay = f"{r.delay_s:.1f} s" if r.delay_s is not None else "-"
-        print(f"{r.instance:<22} {r.kind:<16} {r.tier:<10} {seen:<48} {delay}")
+        judged = f"{r.window_s:g} s"
+        print(f"{r.instance:<22} {r.kind:<16} {r.tier:<10} {judged:<10} {seen:<48} {delay}")
     print(
         f"rapid tier: published after {model.false_alarm.sustain_k} of "
         f"{model.false_alarm.sustain_n} windows, or in the first when corrected p <= "

@@ -358,7 +358,9 @@ async def test_model_status_follows_the_rollback(
             command.command_id,
             "v1",
         )
-        assert verifying.verifying.deadline == applied.ts + timedelta(seconds=120)
+        # 120 s from when the decider read the ack (never before the ack's own time)
+        window = timedelta(seconds=120)
+        assert applied.ts + window <= verifying.verifying.deadline <= utcnow() + window
         assert verifying.cooldown_until == applied.ts + timedelta(seconds=300)
 
         await asyncio.sleep(1.0)  # five ticks, nothing due (verification runs 120 s)

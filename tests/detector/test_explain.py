@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rollguard.policy import ModelPolicy, WindowPolicy, resolve_policy
+from rollguard.policy import ModelPolicy, resolve_policy
 from rollguard_services.detector.explain import advice, explain, window
 from rollguard_services.detector.kinds import config_classes
 from tests.shell.test_cli import one_line_error, rollguard
@@ -16,20 +16,20 @@ def _default() -> ModelPolicy:
     return resolve_policy(None, kinds=config_classes()).defaults
 
 
-def test_a_few_events_a_minute_are_inconclusive_and_it_says_which_window_would_do() -> None:
+def test_a_few_events_a_minute_conclude_on_pooled_windows_without_tuning() -> None:
     policy = _default()
-    rows = explain(policy, rate_per_s=6 / 60)
-    assert all(not r.conclusive and r.delay_s is None for r in rows if r.min_events)
-    said = advice(policy, 6 / 60, rows)
-    assert said is not None and "window.seconds to 2000" in said  # 200 events at 6 a minute
-    # With that window, KS and PSI conclude, and a breach takes k windows of it.
-    wide = policy.model_copy(update={"window": WindowPolicy(seconds=2000)})
-    (ks,) = [r for r in explain(wide, 6 / 60) if r.kind == "ks"]
-    assert ks.conclusive and ks.smallest.startswith("KS D ")
-    assert ks.delay_s == pytest.approx(2 * 2000 + wide.window.close_grace_s)
-    # At 3 a minute even the longest window (3600 s, 180 events) is short for KS and PSI.
+    rows = {r.kind: r for r in explain(policy, rate_per_s=6 / 60)}
+    # 200 events at 6 a minute: KS and PSI are judged on 2,000 s of pooled windows.
+    ks, psi, errors = rows["ks"], rows["psi"], rows["error_rate"]
+    assert ks.conclusive and ks.window_s == 2000 and ks.smallest.startswith("KS D ")
+    assert psi.conclusive and psi.window_s == 2000
+    assert ks.delay_s == pytest.approx(2 * 2000 + policy.window.close_grace_s)
+    assert errors.conclusive and errors.window_s == 500  # 50 requests
+    assert advice(policy, 6 / 60, list(rows.values())) is None  # nothing to tune
+    # At 3 a minute even window.max_seconds (3600 s, 180 events) is short for KS and PSI.
     slower = advice(policy, 3 / 60, explain(policy, 3 / 60))
-    assert slower is not None and "holds 180 events" in slower
+    assert slower is not None and "hold 180 events, 200 needed" in slower
+    assert "window.max_seconds to 4000" in slower
     assert "min_events to 180 or less for prediction_ks, prediction_psi" in slower
 
 
@@ -49,7 +49,7 @@ def test_policy_explain_through_the_cli() -> None:
     slow = rollguard("policy", "explain", "m", "--rate", "0.05")
     assert slow.returncode == 0, slow.stderr
     assert "inconclusive (needs 200 events)" in slow.stdout
-    assert "Even the longest window (3600 s) holds 180 events" in slow.stdout
+    assert "pooled over window.max_seconds (3600 s) the windows hold 180 events" in slow.stdout
     busy = rollguard("policy", "explain", "m", "--rate", "100000")
     assert busy.returncode == 0 and "a mean shift of about 0.13 sigma" in busy.stdout
     bad = rollguard("policy", "explain", "m", "--rate", "0")

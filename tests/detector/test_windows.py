@@ -7,9 +7,19 @@ from typing import Any
 import numpy as np
 from aiokafka import ConsumerRecord, TopicPartition
 
+from rollguard import baselines as bl
 from rollguard.events import Breach, PredictionEvent
 from rollguard.policy import WindowPolicy
-from rollguard_services.detector.windows import LatencyWindows, VersionWindows
+from rollguard_services.detector.pooling import pooled
+from rollguard_services.detector.windows import (
+    CategoricalAccumulator,
+    LatencyWindows,
+    MetricSums,
+    NumericAccumulator,
+    Reservoir,
+    VersionWindow,
+    VersionWindows,
+)
 
 
 def fold(windows: LatencyWindows, ts: list[float], errors: list[bool]) -> list:
@@ -117,3 +127,55 @@ async def test_rapid_tests_slide_over_the_last_windows() -> None:
     assert [b.n for b in ks] == [200, 400, 600, 600, 600]
     assert ks[0].sustain is not None and ks[0].sustain.severe
     assert len({b.window_start for b in ks}) == 1  # one time bucket: spans start together
+
+
+def test_windows_short_of_events_pool_until_they_have_them() -> None:
+    rng = np.random.default_rng(2)
+    grid = bl.grid_from_sample(rng.normal(0, 1, 1000))
+
+    def window(i: int) -> VersionWindow:  # one second, 60 predictions
+        w = VersionWindow("m", "v1", "s1", 100.0 + i, 1.0, n=60)
+        w.numeric["prediction"] = NumericAccumulator(grid, Reservoir(100, rng))
+        w.numeric["prediction"].add(rng.normal(0, 1, 60))
+        w.categorical["c"] = CategoricalAccumulator()
+        w.categorical["c"].add(["a", "b", None])
+        w.metrics["ctr"] = MetricSums(60, 0.0, 3, 60, 60)
+        return w
+
+    held: VersionWindow | None = None
+    for i in range(3):
+        ready, held = pooled(held, window(i), need=200, max_seconds=3600)
+        assert ready is None and held is not None and held.n == 60 * (i + 1)
+    ready, held = pooled(held, window(3), need=200, max_seconds=3600)
+    assert held is None and ready is not None
+    # One window of four seconds, everything in it added up.
+    assert (ready.start, ready.end, ready.n) == (100.0, 104.0, 240)
+    acc = ready.numeric["prediction"]
+    assert acc.n == 240 and int(acc.counts.sum()) == 240
+    assert len(acc.reservoir.values()) == 100 and acc.reservoir.seen == 240  # capped, weighted
+    assert ready.categorical["c"].counts == {"a": 4, "b": 4} and ready.categorical["c"].nulls == 4
+    assert (ready.metrics["ctr"].numerator, ready.metrics["ctr"].denominator) == (12, 240)
+    # A window with enough on its own is judged as it is; a pool stops at max_seconds.
+    alone = window(9)
+    assert pooled(None, alone, need=50, max_seconds=3600) == (alone, None)
+    ready, held = pooled(None, window(0), need=200, max_seconds=1.0)
+    assert ready is not None and held is None and ready.n == 60
+
+
+def test_pooled_latency_windows_add_up() -> None:
+    windows = LatencyWindows(lambda _: WindowPolicy(seconds=1.0))
+    first = fold(windows, [100.1, 100.2], [True, False])
+    closed = fold(windows, [101.5], [True]) + first
+    (w,) = closed
+    ready, held = pooled(None, w, need=3, max_seconds=3600)
+    assert ready is None and held is w
+    (nxt,) = fold(windows, [102.5], [False])
+    ready, held = pooled(held, nxt, need=3, max_seconds=3600)
+    assert held is None and ready is not None
+    assert (ready.start, ready.end, ready.n, ready.errors, int(ready.counts.sum())) == (
+        100.0,
+        102.0,
+        3,
+        2,
+        3,
+    )

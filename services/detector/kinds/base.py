@@ -166,6 +166,9 @@ class DetectorKind(Generic[C]):
     fold_outcomes: Callable[[str, C, JoinedOutcomes], None] | None = None
     #: The reservoir this kind needs per numeric signal (the exact tests' sample cap).
     reservoir: Callable[[C], int] | None = None
+    #: Judged on pooled windows when one is short of events (pooling.py). False for a kind
+    #: that measures what it keeps across windows (joined outcomes): judged on every window.
+    pooled: bool = True
 
 
 AnyKind = DetectorKind[Any]

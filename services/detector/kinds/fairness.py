@@ -56,6 +56,11 @@ class Tallies:
         self.totals[label] = self.totals.get(label, 0) + total
         self.hits[label] = self.hits.get(label, 0) + hits
 
+    def absorb(self, other: Tallies) -> None:
+        """A pooled window's tallies (windows.VersionWindow.absorb)."""
+        for label, total in other.totals.items():
+            self.add(label, total, other.hits.get(label, 0))
+
 
 def measure(
     positives: dict[str, int],

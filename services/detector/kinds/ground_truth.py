@@ -150,4 +150,5 @@ KIND = DetectorKind(
     on_version=on_version,
     join=lambda config: JoinNeed(max_pending=config.max_pending, ttl_s=config.join_ttl_s),
     fold_outcomes=fold_outcomes,
+    pooled=False,
 )

@@ -94,7 +94,8 @@ async def test_bad_version_breaches_good_one_does_not_and_bad_input_is_dead_lett
         "wilson_lower",
     )
     assert first.value > 0.05 and first.n >= 50
-    assert first.window_end - first.window_start == timedelta(seconds=1)
+    # 1 s windows; the burst's part in a window short of 50 requests pools with the next.
+    assert first.window_end - first.window_start in (timedelta(seconds=1), timedelta(seconds=2))
 
     letters = [
         DeadLetter.model_validate_json(r.value)

@@ -40,8 +40,12 @@ async def _send(settings: RollguardSettings, topic: str, docs: list[dict[str, ob
         await producer.stop()
 
 
-def _stamp(seconds: float) -> str:
-    return (utcnow() - timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+def _stamps(ago: float, spacing: float, n: int) -> list[str]:
+    """``n`` event times ``spacing`` apart from a whole second ``ago`` seconds back."""
+    base = utcnow().replace(microsecond=0) - timedelta(seconds=ago)
+    return [
+        (base + timedelta(seconds=i * spacing)).isoformat().replace("+00:00", "Z") for i in range(n)
+    ]
 
 
 @HEAVY
@@ -72,11 +76,11 @@ async def test_the_default_policy_concludes_from_a_few_events_a_minute_to_100k_a
         [
             {
                 **common,
-                "ts": _stamp(ago - i * spacing),
+                "ts": ts,
                 "request_id": f"p{i}",
                 "prediction": float(x),
             }
-            for i, x in enumerate(shifted)
+            for i, (ts, x) in enumerate(zip(_stamps(ago, spacing, n), shifted, strict=True))
         ],
     )
     requests = 80 if quiet else 20_000
@@ -87,12 +91,12 @@ async def test_the_default_policy_concludes_from_a_few_events_a_minute_to_100k_a
         [
             {
                 **common,
-                "ts": _stamp(ago - i * (spacing if quiet else 5e-5)),
+                "ts": ts,
                 "request_id": f"l{i}",
                 "latency_ms": 20.0,
                 "status": "error" if failed[i] else "ok",
             }
-            for i in range(requests)
+            for i, ts in enumerate(_stamps(ago, spacing if quiet else 5e-5, requests))
         ],
     )
 

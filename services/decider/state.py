@@ -49,8 +49,11 @@ class Verifying(BaseModel):
     #: Requests the restored version served since ``applied_at`` (TrafficReports).
     served: int = 0
     #: The end of the last report counted: a report delivered again, or a detector's after
-    #: a restart for windows already counted, ends no later and is not counted twice.
+    #: a restart for windows already counted, ends no later and is not counted twice ...
     counted_until: datetime | None = None
+    #: ... except reports of count-based windows, several of which end alike: the ids of
+    #: those counted that end at ``counted_until``.
+    counted_ids: tuple[str, ...] = ()
 
 
 class Pending(BaseModel):
@@ -91,8 +94,9 @@ class ModelState(BaseModel):
     #: (its executor ran on through a broker outage, say) still says what happened.
     expired: InFlight | None = None
     verifying: Verifying | None = None
-    #: (end, served) of the in-flight rollback's target, reported before its applied ack.
-    target_traffic: tuple[tuple[datetime, int], ...] = ()
+    #: (end, served, report id) of the in-flight rollback's target, reported before its
+    #: applied ack.
+    target_traffic: tuple[tuple[datetime, int, str], ...] = ()
     cooldown_until: datetime | None = None
     locked: ReasonCode | None = None  # why automatic action stopped
     pending: tuple[Pending, ...] = ()
@@ -188,7 +192,8 @@ def apply_ack(state: ModelState, ack: CommandAck, ctx: DecisionContext) -> Model
             "time_to_applied_s": (ack.ts - flight.issued_at).total_seconds()
             + flight.metrics.get("time_to_decision_s", 0.0),
         }
-        early = [(end, n) for end, n in state.target_traffic if end > ack.ts]
+        early = [(end, n, eid) for end, n, eid in state.target_traffic if end > ack.ts]
+        last = max((end for end, _, _ in early), default=None)
         verifying = Verifying(
             command_id=flight.command_id,
             decision_id=flight.decision_id,
@@ -198,8 +203,9 @@ def apply_ack(state: ModelState, ack: CommandAck, ctx: DecisionContext) -> Model
             # restart) still gets a window in which the restored version's traffic is seen.
             deadline=max(ack.ts, ctx.now) + timedelta(seconds=rollback.verification_s),
             metrics=metrics,
-            served=sum(n for _, n in early),
-            counted_until=max((end for end, _ in early), default=None),
+            served=sum(n for _, n, _ in early),
+            counted_until=last,
+            counted_ids=tuple(eid for end, _, eid in early if end == last),
         )
         until = ack.ts + timedelta(seconds=rollback.cooldown_s)
         # Applying the command moved the live pointer to its target: the decider knows that
@@ -228,19 +234,29 @@ def apply_traffic(state: ModelState, report: TrafficReport) -> ModelState:
     once it does."""
     verifying, flight = state.verifying, state.in_flight
     if flight is not None and report.model_version == flight.target.model_version:
-        if any(end == report.end for end, _ in state.target_traffic):
+        if any(eid == report.event_id for _, _, eid in state.target_traffic):
             return state
-        kept = (*state.target_traffic, (report.end, report.served))[-TARGET_TRAFFIC_MEMORY:]
+        seen = (report.end, report.served, report.event_id)
+        kept = (*state.target_traffic, seen)[-TARGET_TRAFFIC_MEMORY:]
         return state.model_copy(update={"target_traffic": kept})
     if (
         verifying is None
         or report.model_version != verifying.restored_version
         or report.end <= verifying.applied_at
-        or (verifying.counted_until is not None and report.end <= verifying.counted_until)
     ):
         return state
+    until = verifying.counted_until
+    if until is not None and (
+        report.end < until or (report.end == until and report.event_id in verifying.counted_ids)
+    ):
+        return state
+    ids = (*verifying.counted_ids, report.event_id) if report.end == until else (report.event_id,)
     counted = verifying.model_copy(
-        update={"served": verifying.served + report.served, "counted_until": report.end}
+        update={
+            "served": verifying.served + report.served,
+            "counted_until": report.end,
+            "counted_ids": ids,
+        }
     )
     return state.model_copy(update={"verifying": counted})
 

@@ -97,6 +97,8 @@ class Folder:
             svc.idle_close_s,
         )
         self.shadows: dict[VersionKey, VersionState] = {}
+        #: When each version's shadow predictions were last folded (wall clock).
+        self.shadow_seen: dict[VersionKey, float] = {}
         self.seen: dict[VersionKey, VersionSeen] = {}
         self.models: dict[str, ModelState] = {}
         self.versions: dict[VersionKey, VersionState] = {}
@@ -132,6 +134,11 @@ class Folder:
             del self.seen[key]
             self.versions.pop(key, None)
             self.version_windows.drop(key)
+        quiet_shadows = [
+            k for k, last in self.shadow_seen.items() if now - last > self.svc.version_ttl_s
+        ]
+        for key in quiet_shadows:  # on their own clock: a target scores while it serves nothing
+            del self.shadow_seen[key]
             self.shadows.pop(key, None)
             self.shadow_windows.drop(key)
         for model_id, model in self.models.items():
@@ -298,7 +305,9 @@ class Folder:
             columns = {s: take(c, kept) for s, c in columns.items()}
         ts = batch.ts[rows]
         windows = self.shadow_windows if shadow else self.version_windows
-        if not shadow:
+        if shadow:
+            self.shadow_seen[key] = now
+        else:
             self.saw(key, float(ts[0]), len(rows), now)
             self._remember_for_join(model, key, batch.request_ids(rows), columns, now)
             state = self.version(key)

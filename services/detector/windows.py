@@ -38,12 +38,20 @@ class LatencyWindow:
         return self.start + self.seconds
 
     def absorb(self, other: LatencyWindow) -> None:
-        """Pool the version's next window in: one window from this start to ``other``'s end."""
-        self.seconds = other.end - self.start
+        """Pool another closed window of the version in: one window over both."""
+        self.start, self.seconds = _span(self, other)
         self.system_version = other.system_version or self.system_version
         self.errors += other.errors
         self.n += other.n
         self.counts = self.counts + other.counts
+
+
+def _span(
+    a: LatencyWindow | VersionWindow, b: LatencyWindow | VersionWindow
+) -> tuple[float, float]:
+    """(start, seconds) of one window over both."""
+    start = min(a.start, b.start)
+    return start, max(a.end, b.end) - start
 
 
 class LatencyWindows:
@@ -272,8 +280,9 @@ class VersionWindow:
     def absorb(self, other: VersionWindow) -> None:
         """Pool the version's next window in (a quiet model's windows, short of the events a
         test needs, judged as one): one window from this start to ``other``'s end. A kind's
-        own sums pool when they know how (an ``absorb`` method), else the later ones stand."""
-        self.seconds = other.end - self.start
+        own sums pool when they know how (an ``absorb`` method), else the later ones stand.
+        Windows may close out of order (count-based ones, idle ones): the pool spans both."""
+        self.start, self.seconds = _span(self, other)
         self.system_version = other.system_version or self.system_version
         self.n += other.n
         self.health_checks += other.health_checks

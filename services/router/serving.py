@@ -93,7 +93,11 @@ class Router:
 
     def follow(self, manifest: SystemManifest) -> bool:
         """Move the live pointer when ``manifest`` makes another known version live."""
-        if manifest.model_id != self.model_id or not manifest.serving:
+        if manifest.model_id != self.model_id:
+            return False
+        if manifest.status == "rolled_back" and manifest.model_version in self.known_good:
+            self.known_good.remove(manifest.model_version)  # no rollback target any more
+        if not manifest.serving:
             return False
         if manifest.status == "known_good" and manifest.model_version not in self.known_good:
             self.known_good.append(manifest.model_version)

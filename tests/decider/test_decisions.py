@@ -353,6 +353,13 @@ def test_target_traffic_read_before_the_applied_ack_counts_once_it_comes(
     assert after.target_traffic == ()
     # ... and the same report read again afterwards is not counted twice.
     assert apply_traffic(after, early).verifying.served == 70  # type: ignore[union-attr]
+    # Count-based windows: two reports of full windows of one time bucket end alike; both
+    # count, each once.
+    at = T0 + timedelta(seconds=4)
+    one, two = traffic("v1", 100, at), traffic("v1", 100, at)
+    for report in (one, two, one, two):
+        after = apply_traffic(after, report)
+    assert after.verifying is not None and after.verifying.served == 270
 
 
 def test_applied_moves_the_live_pointer_before_the_deployments_topic_says_so(

@@ -155,6 +155,11 @@ def test_windows_short_of_events_pool_until_they_have_them() -> None:
     assert len(acc.reservoir.values()) == 100 and acc.reservoir.seen == 240  # capped, weighted
     assert ready.categorical["c"].counts == {"a": 4, "b": 4} and ready.categorical["c"].nulls == 4
     assert (ready.metrics["ctr"].numerator, ready.metrics["ctr"].denominator) == (12, 240)
+    # Windows may close out of order (count-based, idle): the pool spans both.
+    late, early = window(5), window(2)
+    _, out_of_order = pooled(None, late, need=200, max_seconds=3600)
+    _, out_of_order = pooled(out_of_order, early, need=200, max_seconds=3600)
+    assert out_of_order is not None and (out_of_order.start, out_of_order.end) == (102.0, 106.0)
     # A window with enough on its own is judged as it is; a pool stops at max_seconds.
     alone = window(9)
     assert pooled(None, alone, need=50, max_seconds=3600) == (alone, None)

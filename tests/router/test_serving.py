@@ -71,3 +71,12 @@ def test_the_rollback_target_scores_the_same_requests_in_shadow() -> None:
         twin = live[e.request_id]
         assert e.features == twin.features and e.prediction == twin.prediction
     assert r.served["v1"] == 50  # what it served while live; the shadow is never served
+
+
+def test_a_rolled_back_version_is_no_rollback_target_to_shadow() -> None:
+    r = Router("m", {"v1": SyntheticModelSpec(), "v2": SyntheticModelSpec()}, shadow_fraction=1)
+    r.follow(manifest("v1", status="known_good"))
+    r.follow(manifest("v2", status="live"))
+    assert r.shadow_version == "v1"
+    r.follow(manifest("v1", status="rolled_back"))
+    assert r.shadow_version is None and r.live == "v2"

@@ -48,9 +48,13 @@ async def test_bad_deployment_is_rolled_back_and_the_ledger_links_every_step(
             if e.event_type == kind and all(e.payload.get(k) == v for k, v in match.items())
         ]
 
-    breach = of("Breach", model_version="v2")[0]
     (decision,) = of("Decision", action="rollback")
-    assert breach["event_id"] in decision["breach_ids"]  # type: ignore[operator]
+    # One of v2's breaches. Not always the first: the decider's deployments and breaches
+    # agents read their topics independently, and a breach read before v2's live manifest
+    # is held (not_live_version) until the next one (noted for the decider, issue 14's note).
+    v2_breaches = {b["event_id"] for b in of("Breach", model_version="v2")}
+    assert set(decision["breach_ids"]) <= v2_breaches  # type: ignore[arg-type]
+    assert decision["breach_ids"]
     (command,) = of("RollbackCommand", command_id=decision["command_id"])
     assert command["decision_id"] == decision["event_id"]
     assert command["signature"]

@@ -610,13 +610,26 @@ class Detector:
         for judged_window, kinds in runs:
             if not kinds:
                 continue
-            if judged_window is ready:
-                state.recent.append(ready)
-                span = list(state.recent)[-self.svc.rapid_span_windows :]
-            else:
-                span = [judged_window]
+            span = self._span(state, ready) if judged_window is ready else [judged_window]
             breaches += self._evaluate(judged_window, span, kinds, state, model, policy)
         return breaches
+
+    def _span(self, state: VersionState, window: VersionWindow) -> list[VersionWindow]:
+        """The rapid span ending with ``window``, now one of the version's recent windows."""
+        state.recent.append(window)
+        return list(state.recent)[-self.svc.rapid_span_windows :]
+
+    def _judged(
+        self,
+        window: VersionWindow,
+        span: list[VersionWindow],
+        configs: dict[str, DetectorBase],
+        state: VersionState,
+        reference: references.Reference,
+        policy: ModelPolicy,
+    ) -> list[Judged]:
+        inputs = VersionInputs(window, span, state, reference, self.rng)
+        return judge_version(inputs, configs, self.kinds, policy.false_alarm.correction)
 
     def _evaluate(
         self,
@@ -627,8 +640,7 @@ class Detector:
         model: ModelState,
         policy: ModelPolicy,
     ) -> list[Breach]:
-        inputs = VersionInputs(window, span, state, self.reference(window), self.rng)
-        judged = judge_version(inputs, configs, self.kinds, policy.false_alarm.correction)
+        judged = self._judged(window, span, configs, state, self.reference(window), policy)
         self.counts["evaluations"] += 1
         drifted = input_drift(judged)
         return [
@@ -652,13 +664,10 @@ class Detector:
             self.counts["shadow_windows_without_baseline"] += 1
             return
         state = self.folder.version(window.key, shadow=True)
-        state.recent.append(window)
-        span = list(state.recent)[-self.svc.rapid_span_windows :]
-        inputs = VersionInputs(window, span, state, reference, self.rng)
+        configs = self.folder.configs(window.model_id)
         policy = self.policy.for_model(window.model_id)
-        judged = judge_version(
-            inputs, self.folder.configs(window.model_id), self.kinds, policy.false_alarm.correction
-        )
+        span = self._span(state, window)
+        judged = self._judged(window, span, configs, state, reference, policy)
         model = self.folder.model(window.model_id)
         model.shadowed = Shadowed.of(window.model_version, window.end, window.seconds, judged)
         self.counts["shadow_windows"] += 1

@@ -11,7 +11,7 @@ import time
 
 import structlog
 
-from benchmarks import demo_signing, freeze, fuzz, signing, statistics, throughput
+from benchmarks import demo_signing, freeze, fuzz, ledger, signing, statistics, throughput
 
 
 def main() -> None:
@@ -47,6 +47,7 @@ def main() -> None:
     )
     print(f"correctness: {s['correctness']}")
     print(signing.report(signing.main()))
+    print(ledger.report(ledger.main()))  # about 1 minute
     print(demo_signing.report(demo_signing.main()))  # about 6 minutes: 10 whole demos
     print(fuzz.report(fuzz.main()))  # about 6 minutes: 5 x 100,000 malformed records
     if os.environ.get("ROLLGUARD_BENCH_FREEZE") == "1":  # about 25 minutes: asked for only

@@ -16,7 +16,12 @@ class LedgerSettings(BaseSettings):
         default="rollguard-ledger",
         description="Run one ledger consumer per chain: the chain has a single writer.",
     )
-    max_batch: int = Field(default=500, ge=1)
+    max_batch: int = Field(
+        default=2000,
+        ge=1,
+        description="Records stored per transaction at most: one commit (and one fsync) per "
+        "batch is what bounds the append rate (benchmarks/ledger.py).",
+    )
     checkpoint_interval_s: float = Field(
         default=10.0,
         gt=0,

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
 from rollguard.database import engine_for, sqlite_file
@@ -121,9 +123,10 @@ def record_bytes(
     event_type: str,
     event_id: str,
     model_id: str | None,
-    recorded_at: datetime,
+    recorded_at: datetime | str,
 ) -> bytes:
-    """Canonical JSON of an entry's columns other than seq, payload and the hashes."""
+    """Canonical JSON of an entry's columns other than seq, payload and the hashes
+    (``recorded_at`` as a time, or already in ``utc_iso``'s spelling)."""
     return orjson.dumps(
         {
             "event_id": event_id,
@@ -131,7 +134,7 @@ def record_bytes(
             "model_id": model_id,
             "offset": offset,
             "partition": partition,
-            "recorded_at": utc_iso(recorded_at),
+            "recorded_at": recorded_at if isinstance(recorded_at, str) else utc_iso(recorded_at),
             "topic": topic,
         },
         option=orjson.OPT_SORT_KEYS,
@@ -151,12 +154,6 @@ def entry_hash(prev_hash: str, seq: int, record: bytes, payload: bytes) -> str:
 
 def row_hash(prev_hash: str, row: Any) -> str:
     """The hash a stored row must carry, given the hash its predecessor carries."""
-    try:
-        prev = bytes.fromhex(prev_hash)
-    except ValueError:
-        prev = b""
-    if len(prev) != 32:
-        return ""  # a prev_hash that is not 64 hex digits matches no hash
     record = record_bytes(
         topic=row.topic,
         partition=row.partition,
@@ -166,7 +163,19 @@ def row_hash(prev_hash: str, row: Any) -> str:
         model_id=row.model_id,
         recorded_at=row.recorded_at,
     )
-    return entry_hash(prev_hash, row.seq, record, bytes(row.payload))
+    return _link_hash(prev_hash, row.seq, record, row.payload)
+
+
+def _link_hash(prev_hash: str, seq: int, record: bytes, payload: Any) -> str:
+    """entry_hash of a stored row's columns, "" when its prev_hash is no 64 hex digits (then it
+    matches no hash)."""
+    try:
+        prev = bytes.fromhex(prev_hash)
+    except ValueError:
+        return ""
+    if len(prev) != 32:
+        return ""
+    return entry_hash(prev_hash, seq, record, bytes(payload))
 
 
 @dataclass(frozen=True)
@@ -175,6 +184,41 @@ class Incoming:
     partition: int
     offset: int
     value: bytes | None
+
+
+#: Rows verify reads per fetch.
+_VERIFY_BATCH = 5_000
+
+#: The columns verify reads, in this order.
+_CHAIN_COLUMNS = (
+    "seq",
+    "topic",
+    "partition",
+    "offset",
+    "event_type",
+    "event_id",
+    "model_id",
+    "recorded_at",
+    "payload",
+    "prev_hash",
+    "hash",
+)
+
+#: How SQLAlchemy writes a DateTime into SQLite (its default storage format).
+_SQLITE_STORED = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}")
+
+#: Event ids per de-duplication query (SQLite takes at most 32,766 bound parameters).
+_ID_CHUNK = 500
+
+
+def _prepared(rec: Incoming) -> tuple[bytes, str, str, str | None]:
+    """(canonical payload, event type, identity's event id, model id) of an arriving record."""
+    payload, event_type, event_id, model_id = canonical_payload(rec.value)
+    # A value without an event id is the same fact only at the same place.
+    event_id = event_id or (
+        f"sha256:{hashlib.sha256(payload).hexdigest()}@{rec.partition}:{rec.offset}"
+    )
+    return payload, event_type, event_id, model_id
 
 
 @dataclass(frozen=True)
@@ -304,15 +348,13 @@ class LedgerStore:
                 ).first()
                 seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
                 rows = []
-                seen: set[tuple[str, str]] = set()
-                for rec in records:
-                    payload, event_type, event_id, model_id = canonical_payload(rec.value)
-                    # A value without an event id is the same fact only at the same place.
-                    event_id = event_id or (
-                        f"sha256:{hashlib.sha256(payload).hexdigest()}@{rec.partition}:{rec.offset}"
-                    )
+                prepared = [_prepared(rec) for rec in records]
+                seen = self._stored(conn, prepared)
+                for rec, (payload, event_type, event_id, model_id) in zip(
+                    records, prepared, strict=True
+                ):
                     identity = (rec.topic, event_id)
-                    if identity in seen or self._stored(conn, *identity):
+                    if identity in seen:
                         continue
                     seen.add(identity)
                     seq += 1
@@ -352,14 +394,29 @@ class LedgerStore:
             self.engine.dispose()
             raise LedgerError(f"ledger append failed: {_first_line(exc)}") from exc
 
-    @staticmethod
-    def _stored(conn: sa.Connection, topic: str, event_id: str) -> bool:
-        found = conn.execute(
-            sa.select(entries.c.seq)
-            .where(entries.c.topic == topic, entries.c.event_id == event_id)
-            .limit(1)
-        ).first()
-        return found is not None
+    def _stored(
+        self, conn: sa.Connection, prepared: list[tuple[bytes, str, str, str | None]]
+    ) -> set[tuple[str, str]]:
+        """The (topic, event id) identities of a batch already in the ledger: one query per
+        batch (PostgreSQL) or per chunk of ids (SQLite) on the event id index, never one per
+        record."""
+        ids = sorted({event_id for _, _, event_id, _ in prepared})
+        if self.dialect == "postgresql":
+            # A join with the ids as one array: a plan of index lookups whatever the batch
+            # size (an IN list of bound parameters gets a generic plan that scans the table).
+            joined = sa.text(
+                "SELECT e.topic, e.event_id FROM unnest(:ids) AS wanted(id) "
+                "JOIN ledger_entries e ON e.event_id = wanted.id"
+            ).bindparams(sa.bindparam("ids", type_=postgresql.ARRAY(sa.Text)))
+            return {(str(r.topic), str(r.event_id)) for r in conn.execute(joined, {"ids": ids})}
+        found: set[tuple[str, str]] = set()
+        for start in range(0, len(ids), _ID_CHUNK):
+            chunk = ids[start : start + _ID_CHUNK]
+            query = sa.select(entries.c.topic, entries.c.event_id).where(
+                entries.c.event_id.in_(chunk)
+            )
+            found.update((str(r.topic), str(r.event_id)) for r in conn.execute(query))
+        return found
 
     def count(self) -> int:
         try:
@@ -477,48 +534,89 @@ class LedgerStore:
 
         ``at_sizes``: also report the hash the chain had after that many entries (what a
         checkpoint of that size signed), for every such size the chain reaches intact.
+        Streams the rows in batches and reads them as plain tuples; on SQLite a recorded_at in
+        the spelling SQLAlchemy writes is turned into the hashed spelling as text, and any other
+        spelling goes through SQLAlchemy's own conversion (so every row hashes as
+        ``row_hash`` would hash it).
         """
         wanted = set(at_sizes)
         hashes_at: dict[int, str] = {0: GENESIS} if 0 in wanted else {}
         prev, expected_seq, n = GENESIS, 1, 0
-        query = sa.select(entries).order_by(entries.c.seq)
+        query, recorded_iso = self._chain_query()
 
         def broken(seq: int, reason: str) -> ChainReport:
             return ChainReport(False, n, prev, seq, reason, hashes_at)
 
         try:
             with self.engine.connect() as conn:
-                rows = iter(conn.execution_options(yield_per=1000).execute(query))
+                result = conn.execution_options(yield_per=_VERIFY_BATCH).execute(query)
                 while True:
                     try:
-                        row = next(rows)
-                    except StopIteration:
-                        break
+                        rows = result.fetchmany(_VERIFY_BATCH)
                     except (TypeError, ValueError, OverflowError) as exc:
                         # A column whose stored value the driver cannot even read back.
                         return broken(expected_seq, f"an entry's column is not of its type: {exc}")
-                    n += 1
-                    try:
-                        if row.seq != expected_seq:
-                            return broken(expected_seq, f"seq {expected_seq} is missing")
-                        if row_hash(row.prev_hash, row) != row.hash:
-                            return broken(row.seq, "hash does not match the entry's content")
-                    except (TypeError, ValueError, AttributeError, OverflowError) as exc:
-                        # Any bytes in any column (a payload stored as TEXT, a number where a
-                        # string belongs) name the seq, never crash the verification.
-                        return broken(
-                            expected_seq,
-                            f"an entry's columns are not of their types "
-                            f"({type(exc).__name__}: {exc})",
-                        )
-                    if row.prev_hash != prev:
-                        return broken(row.seq, "prev_hash does not match the entry before")
-                    prev, expected_seq = row.hash, expected_seq + 1
-                    if row.seq in wanted:
-                        hashes_at[row.seq] = row.hash
+                    if not rows:
+                        break
+                    for row in rows:
+                        seq, topic, partition, offset, event_type, event_id = row[:6]
+                        model_id, recorded_at, payload, prev_hash, digest = row[6:]
+                        n += 1
+                        try:
+                            if seq != expected_seq:
+                                return broken(expected_seq, f"seq {expected_seq} is missing")
+                            record = record_bytes(
+                                topic=topic,
+                                partition=partition,
+                                offset=offset,
+                                event_type=event_type,
+                                event_id=event_id,
+                                model_id=model_id,
+                                recorded_at=recorded_iso(recorded_at),
+                            )
+                            if _link_hash(prev_hash, seq, record, payload) != digest:
+                                return broken(seq, "hash does not match the entry's content")
+                        except (TypeError, ValueError, AttributeError, OverflowError) as exc:
+                            # Any bytes in any column (a payload stored as TEXT, a number where
+                            # a string belongs) name the seq, never crash the verification.
+                            return broken(
+                                expected_seq,
+                                f"an entry's columns are not of their types "
+                                f"({type(exc).__name__}: {exc})",
+                            )
+                        if prev_hash != prev:
+                            return broken(seq, "prev_hash does not match the entry before")
+                        prev, expected_seq = digest, expected_seq + 1
+                        if seq in wanted:
+                            hashes_at[seq] = digest
         except sa.exc.SQLAlchemyError as exc:
             raise LedgerError(f"cannot read the ledger: {_first_line(exc)}") from exc
         return ChainReport(True, n, prev, hashes_at=hashes_at)
+
+    def _chain_query(self) -> tuple[sa.Select[Any], Callable[[Any], str]]:
+        """The rows verify reads, and how a row's recorded_at becomes its hashed spelling."""
+        columns: list[sa.ColumnElement[Any]] = [entries.c[name] for name in _CHAIN_COLUMNS]
+        at = _CHAIN_COLUMNS.index("recorded_at")
+        if self.dialect == "postgresql":
+            # The server spells the time as utc_iso would (microseconds, UTC, "+00:00").
+            columns[at] = sa.func.to_char(
+                sa.func.timezone("UTC", entries.c.recorded_at),
+                'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"',
+            ).label("recorded_at")
+            return sa.select(*columns).order_by(entries.c.seq), str
+        if self.dialect != "sqlite":
+            return sa.select(*columns).order_by(entries.c.seq), utc_iso
+        convert = entries.c.recorded_at.type.dialect_impl(self.engine.dialect).result_processor(
+            self.engine.dialect, None
+        )
+        columns[at] = sa.type_coerce(entries.c.recorded_at, sa.Text).label("recorded_at")
+
+        def recorded_iso(value: Any) -> str:
+            if isinstance(value, str) and _SQLITE_STORED.fullmatch(value):
+                return f"{value[:10]}T{value[11:]}+00:00"
+            return utc_iso(convert(value) if convert is not None else value)  # type: ignore[arg-type]
+
+        return sa.select(*columns).order_by(entries.c.seq), recorded_iso
 
     #: The chain alone; ``services.ledger.audit.verify_ledger`` adds the checkpoints.
     verify = verify_chain

@@ -73,6 +73,21 @@ def test_redelivered_messages_are_stored_once(store: LedgerStore) -> None:
     assert store.count() == 5 and store.verify().ok
 
 
+def test_a_batch_larger_than_one_lookup_is_deduplicated_as_a_set(store: LedgerStore) -> None:
+    """Issue 15: identities are looked up once per batch (or per chunk of ids on SQLite), not
+    once per record; a batch of a fleet's size, part stored, part repeated within itself, part
+    the same ids on another topic, stores each (topic, event id) once."""
+    first = records(700)
+    assert store.append(first[:300]) == 300
+    again = first + first[650:]  # 300 stored, 400 new, 50 twice within the batch
+    assert store.append(again) == 400
+    same_ids = [Incoming("rollguard.decisions", 1, r.offset, r.value) for r in first[:5]]
+    assert store.append(same_ids) == 5  # another topic: other facts
+    assert store.count() == 705
+    report = store.verify()
+    assert report.ok and report.entries == 705
+
+
 def test_a_broker_whose_offsets_start_again_loses_nothing(store: LedgerStore) -> None:
     """Issue 11: after `rollguard up` restarted, the in-memory broker's offsets began at 0 again
     and the ledger, de-duplicating on (topic, partition, offset), dropped every new event as

@@ -1,7 +1,8 @@
 """Throughput: the detector's hot path vs a bare aiokafka getmany loop, same topic, same run.
 
-Both read the same 200k prediction events (10 versions, 5 numeric features) from the embedded
-broker with the same consumer settings (assigned partitions, from the beginning, 5,000
+For 1, 100 and 1,000 models (2 versions each, 5 numeric features; issue 15), both read the
+same 200k prediction events (10k events/s of event time, so 20 one-second windows per
+version) from the embedded broker with the same consumer settings (assigned partitions, from the beginning, 5,000
 records per getmany); the bare loop only counts, the detector runs its own consume loop
 (Detector.consume: fetch, decode on the worker thread, validate, fold windows, evaluate
 closed windows, remember predictions for the ground-truth join). Best of three rounds each,
@@ -33,13 +34,14 @@ from rollguard_services.detector.app import Detector
 from rollguard_services.detector.settings import DetectorSettings
 
 EVENTS = 200_000
-VERSIONS = 10
+VERSIONS = 2
 FEATURES = 5
+FLEETS = (1, 100, 1_000)
 BATCH = 5_000
-ROUNDS = 3
+ROUNDS = int(__import__("os").environ.get("BENCH_ROUNDS", "3"))
 
 
-def events(n: int) -> list[bytes]:
+def events(n: int, models: int) -> list[bytes]:
     rng = np.random.default_rng(1)
     start = utcnow() - timedelta(seconds=n / 10_000)
     values = rng.normal(0, 1, (n, FEATURES + 1))
@@ -48,8 +50,8 @@ def events(n: int) -> list[bytes]:
         out.append(
             PredictionEvent(
                 ts=start + timedelta(microseconds=100 * i),
-                model_id=f"m{i % 2}",
-                model_version=f"v{i % VERSIONS}",
+                model_id=f"m{i % models}",
+                model_version=f"v{(i // models) % VERSIONS}",
                 request_id=f"r{i}",
                 prediction=float(values[i, 0]),
                 features={f"f{j}": float(values[i, j + 1]) for j in range(FEATURES)},
@@ -98,7 +100,7 @@ async def bare(consumer: Any) -> None:
         seen += sum(len(r) for r in batches.values())
 
 
-async def run() -> dict[str, Any]:
+async def run(models: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "tansu.log") as broker:
         settings = RollguardSettings(
             kafka_bootstrap=broker.bootstrap, topic_prefix="bench.", enable_idempotence=False
@@ -109,9 +111,10 @@ async def run() -> dict[str, Any]:
         )
         await producer.start()
         topic = settings.topic(topics.PREDICTIONS.name)
-        payloads = events(EVENTS)
+        payloads = events(EVENTS, models)
         futures = [
-            await producer.send(topic, v, key=f"m{i % 2}".encode()) for i, v in enumerate(payloads)
+            await producer.send(topic, v, key=f"m{i % models}".encode())
+            for i, v in enumerate(payloads)
         ]
         await asyncio.gather(*futures)
         await producer.stop()
@@ -131,10 +134,12 @@ async def run() -> dict[str, Any]:
             rates["detector"].append(await _timed(settings, drive))
             assert detector.counts["prediction_events"] == EVENTS, detector.counts
             paths = {k: v for k, v in detector.counts.items() if k.startswith("prediction_batches")}
+            evaluated = detector.counts["evaluations"]
             del detector, drive
     best_bare, best_detector = max(rates["bare"]), max(rates["detector"])
     return {
         "events": EVENTS,
+        "models": models,
         "versions": VERSIONS,
         "features": FEATURES,
         "bare_events_per_s": round(best_bare),
@@ -143,14 +148,28 @@ async def run() -> dict[str, Any]:
         "target_ratio": 0.5,
         "rounds": {k: [round(v) for v in vs] for k, vs in rates.items()},
         "decoded_batches": paths,
+        "windows_evaluated": evaluated,
     }
 
 
-def main() -> dict[str, Any]:
-    result = asyncio.run(run())
+def main(fleets: tuple[int, ...] = FLEETS) -> dict[str, Any]:
+    result = {"fleets": {str(models): asyncio.run(run(models)) for models in fleets}}
     write("throughput", result)
     return result
 
 
+def report(result: dict[str, Any]) -> str:
+    lines = ["throughput (detector against a bare aiokafka getmany loop, same run; target >= 0.5):"]
+    for models, r in result["fleets"].items():
+        lines.append(
+            f"  {int(models):>5,} models: detector {r['detector_events_per_s']:,} ev/s, bare "
+            f"{r['bare_events_per_s']:,} ev/s, ratio {r['ratio']} "
+            f"({r['windows_evaluated']:,} version-windows evaluated)"
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(main())
+    import sys
+
+    print(report(main(tuple(int(a) for a in sys.argv[1:]) or FLEETS)))

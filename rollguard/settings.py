@@ -56,7 +56,17 @@ class RollguardSettings(BaseSettings):
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
     heartbeat_interval_ms: int = Field(default=1_000, ge=100)
     rebalance_timeout_ms: int = Field(default=5_000, ge=500)
-    control_fetch_max_wait_ms: int = Field(default=10, ge=0, le=1_000)
+    control_fetch_max_wait_ms: int = Field(
+        default=100,
+        ge=0,
+        le=1_000,
+        description="How long a control consumer's fetch waits at the broker for data. Apache "
+        "Kafka answers as soon as data arrives, so a long wait costs nothing there (500 is "
+        "fine); the embedded broker looks again only every so often within the wait "
+        "(measured: 100 ms → 14 ms median, 50 ms worst extra latency per hop; 500 ms → "
+        "95/233 ms), and each fetch costs it CPU: 10 ms kept an idle `rollguard up` at ~70 % "
+        "of a core, 100 ms at ~23 %.",
+    )
 
     state_dir: Path = Path(".rollguard")
     embedded_storage: Literal["disk", "memory"] = Field(

@@ -70,7 +70,14 @@ from rollguard_services.decider.state import (
     taken_person,
 )
 from rollguard_services.decider.status import status_change
-from rollguard_services.decider.timers import TICK_STEPS, due, expire_in_flight, expiring
+from rollguard_services.decider.timers import (
+    TICK_STEPS,
+    Deadlines,
+    due,
+    expire_in_flight,
+    expiring,
+    next_due,
+)
 
 log = get_logger("rollguard.decider")
 E = TypeVar("E", bound=Event)
@@ -170,6 +177,8 @@ class Decider:
         self.admission = Admission(trust or TrustSource(settings), self.name)
         self.admission.expect("deployer", "detector", "executor")
         self.svc = decider_settings
+        self._tick = timedelta(seconds=decider_settings.tick_s)
+        self.deadlines = Deadlines()
         #: Followed as the file changes, unless fixed tokens are given (tests).
         self._token_source: TokenSource | None = None
         if tokens is None:
@@ -283,6 +292,16 @@ class Decider:
         # agents (a breach and a tick, say) never write over each other's state.
         locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
+        # When each model next has something due: the timer looks at those models only. Every
+        # state stored here reschedules its model; the whole table is read once after a
+        # rebalance (the partitions we hold changed) and after a policy reload (bake_s, ...).
+        deadlines = self.deadlines = Deadlines()
+        rescan = [True]
+
+        def keep(state: ModelState, encoded: str) -> None:
+            states[state.model_id] = encoded
+            deadlines.schedule(state.model_id, next_due(state, self.context(state.model_id)))
+
         def load(model_id: str) -> ModelState:
             stored = states.get(model_id)
             if stored is None:
@@ -317,7 +336,7 @@ class Decider:
                 )
             await send_owed(state.model_id, owed)
             settled = state.model_copy(update={"owed": ()})
-            states[state.model_id] = settled.model_dump_json()
+            keep(settled, settled.model_dump_json())
             await delivery.confirm(states)
             self.counts["owed_resent"] += len(owed)
             log.warning(
@@ -343,7 +362,7 @@ class Decider:
                 await delivery.send(status_out, status.key, self.signer.sign(status).encode())
                 self.counts["status_published"] += 1
             if encoded != states.get(after.model_id):
-                states[after.model_id] = encoded
+                keep(after, encoded)
                 await delivery.confirm(states)
 
         async def publish(before: ModelState, outcome: Outcome, now: datetime) -> None:
@@ -352,7 +371,7 @@ class Decider:
             owed = owed_by(outcome, self.signer)
             if owed:
                 owing = outcome.state.model_copy(update={"owed": owed})
-                states[model_id] = owing.model_dump_json()
+                keep(owing, owing.model_dump_json())
                 await delivery.confirm(states)
                 await send_owed(model_id, owed)
             for decision in outcome.decisions:
@@ -554,18 +573,40 @@ class Decider:
 
         @app.timer(self.svc.tick_s)  # type: ignore[untyped-decorator]  # faust's timer is untyped
         async def tick() -> None:
-            self.policy.refresh()
+            reloaded = self.policy.refresh()
             self._refresh_tokens()
             now = utcnow()
-            due_now = []
-            for model_id, stored in list(states.items()):
+            if rescan[0] or reloaded:
+                rescan[0] = False
+                for model_id, stored in list(states.items()):
+                    state = ModelState.model_validate_json(stored)
+                    deadlines.schedule(model_id, next_due(state, self.context(model_id, now)))
+                self.counts["timer_rescans"] += 1
+            due_now: list[tuple[Any, bytes | None, bytes]] = []
+            for model_id in deadlines.pop_due(now):
+                stored = states.get(model_id)
+                if stored is None:  # a partition another worker holds now
+                    continue
                 state = ModelState.model_validate_json(stored)
-                if state.owed or due(state, self.context(model_id, now)):
+                ctx = self.context(model_id, now)
+                if state.owed or due(state, ctx):
                     due_now.append((ticks, model_id.encode(), b""))
+                    # The tick's handler stores the new state and reschedules; should it find
+                    # nothing to do after all, look again a few ticks on.
+                    deadlines.schedule(model_id, now + 4 * self._tick)
+                    continue
+                later = next_due(state, ctx)
+                # Due soon but not yet (a verification waiting out its traffic grace, say):
+                # look again next tick.
+                deadlines.schedule(
+                    model_id, later if later is None or later > now else now + self._tick
+                )
+            self.counts["timer_ticks_sent"] += len(due_now)
             await delivery.send_all(due_now)
 
         @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust's stub wants a keyword-only signal arg
         async def _ready(sender: Any, *args: Any, **kwargs: Any) -> None:
+            rescan[0] = True  # the partitions, and so the states, we hold changed
             self.ready.set()
 
         return app

@@ -3,8 +3,9 @@ that passed, a command nobody acknowledged, approvals that ran out (see approval
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from rollguard.events import CommandAck, Reason
 from rollguard_services.decider.approvals import expire_pending
@@ -144,3 +145,62 @@ TICK_STEPS: tuple[TimerStep, ...] = (check_verification, expire_pending, expire_
 def due(state: ModelState, ctx: DecisionContext) -> bool:
     """Whether a tick would change anything for this model now."""
     return any(step(state, ctx) is not None for step in TICK_STEPS)
+
+
+def next_due(state: ModelState, ctx: DecisionContext) -> datetime | None:
+    """The earliest time a tick step could change this model (None: only an event can), never
+    later than the step would act: a tick at that time runs ``due``, which has the last word."""
+    if state.owed:
+        return ctx.now
+    times: list[datetime] = [p.expires_at for p in state.pending]
+    if state.in_flight is not None:
+        times.append(state.in_flight.expires_at)
+    verifying = state.verifying
+    if verifying is not None:
+        # Short of requests, it waits the grace for the last reports (a report that makes up
+        # the number stores the state again, which reschedules it at the deadline).
+        short = verifying.served < ctx.policy.rollback.verification_min_requests
+        times.append(verifying.deadline + ctx.traffic_grace if short else verifying.deadline)
+    live = state.live
+    if live is not None and not state.locked and not is_known_good(state, live.system_version):
+        last = state.last_breach.get(live.model_version)
+        if last is None or last < live.ts:
+            times.append(live.ts + timedelta(seconds=ctx.policy.rollback.bake_s))
+    return min(times, default=None)
+
+
+class Deadlines:
+    """When each model next has something due: what the decider's timer looks at, instead of
+    every stored state on every tick. A heap of (time, model); a model's entry is replaced
+    whenever its state is stored, stale heap entries are skipped when they come up."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, str]] = []
+        self._at: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._at)
+
+    def schedule(self, model_id: str, when: datetime | None) -> None:
+        if when is None:
+            self._at.pop(model_id, None)
+            return
+        at = when.timestamp()
+        if self._at.get(model_id) == at:
+            return
+        self._at[model_id] = at
+        heapq.heappush(self._heap, (at, model_id))
+
+    def pop_due(self, now: datetime) -> list[str]:
+        """The models due at ``now``, each once; their entries are gone until scheduled again."""
+        bound = now.timestamp()
+        out: list[str] = []
+        while self._heap and self._heap[0][0] <= bound:
+            at, model_id = heapq.heappop(self._heap)
+            if self._at.get(model_id) == at:
+                del self._at[model_id]
+                out.append(model_id)
+        if len(self._heap) > 4 * len(self._at) + 64:  # stale entries: rebuild, never grow
+            self._heap = [(at, m) for m, at in self._at.items()]
+            heapq.heapify(self._heap)
+        return out

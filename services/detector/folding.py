@@ -39,8 +39,8 @@ from rollguard_services.detector.decoding import (
     select,
     take,
 )
-from rollguard_services.detector.kinds import Resolved
-from rollguard_services.detector.kinds.base import JoinedOutcomes, JoinNeed, Selection
+from rollguard_services.detector.kinds import Plan, Resolved
+from rollguard_services.detector.kinds.base import JoinedOutcomes, Selection
 from rollguard_services.detector.kinds.health import trailing_failures
 from rollguard_services.detector.reference import grid_of
 from rollguard_services.detector.settings import DetectorSettings
@@ -142,7 +142,7 @@ class Folder:
             self.shadows.pop(key, None)
             self.shadow_windows.drop(key)
         for model_id, model in self.models.items():
-            ttl = self._join(model_id).ttl_s
+            ttl = self.plan(model_id).join.ttl_s
             if ttl is not None:
                 self.counts["join_expired"] += model.pending.expire(now, ttl)
 
@@ -351,7 +351,7 @@ class Folder:
         self, window: VersionWindow, columns: dict[str, Column], sel: Selection
     ) -> None:
         model = self.models[window.model_id]
-        configs = self.configs(window.model_id)
+        plan = self.plan(window.model_id)
         n = 0
         for signal, column in columns.items():
             if isinstance(column, np.ndarray):
@@ -360,7 +360,7 @@ class Folder:
                 if acc is None:
                     acc = window.numeric[signal] = NumericAccumulator(
                         model.grids.get(signal),
-                        Reservoir(self._reservoir_cap(window.model_id), self.rng),
+                        Reservoir(plan.reservoir_cap, self.rng),
                     )
                 acc.add(values)
                 n = len(values)
@@ -372,44 +372,11 @@ class Folder:
                 cat.add(labels)
                 n = len(labels)
         window.n += n
-        for name, config in configs.items():
-            fold = self.kinds.kind(config).fold_predictions
-            if fold is not None:
-                fold(name, config, window, columns, sel)
+        for name, config, fold in plan.prediction_folds:
+            fold(name, config, window, columns, sel)
 
-    def _reservoir_cap(self, model_id: str) -> int:
-        """The largest sample any detector instance asks for; disabled ones count too (as
-        they always have: the cap also sizes captured baselines, which outlive a toggle)."""
-        caps = [
-            reservoir(config)
-            for config in self.kinds.typed(self._policy(model_id)).values()
-            if (reservoir := self.kinds.kind(config).reservoir) is not None
-        ]
-        return max(caps) if caps else bl.REFERENCE_CAP
-
-    # --- the prediction ↔ outcome join -------------------------------------------------------
-
-    def _join(self, model_id: str) -> JoinNeed:
-        """What this model's detectors need of the join, taken together (the tightest bounds)."""
-        pending: list[int] = []
-        ttls: list[float] = []
-        for config in self.configs(model_id).values():
-            join = self.kinds.kind(config).join
-            if join is None:
-                continue
-            need = join(config)
-            pending += [need.max_pending] if need.max_pending is not None else []
-            ttls += [need.ttl_s] if need.ttl_s is not None else []
-        return JoinNeed(min(pending, default=None), min(ttls, default=None))
-
-    def _segments(self, model_id: str) -> set[str]:
-        segments: set[str] = set()
-        for config in self.configs(model_id).values():
-            join = self.kinds.kind(config).join
-            segment = join(config).segment if join is not None else None
-            if segment is not None:
-                segments.add(segment)
-        return segments
+    def plan(self, model_id: str) -> Plan:
+        return self.kinds.plan(self._policy(model_id))
 
     def _remember_for_join(
         self,
@@ -419,12 +386,13 @@ class Folder:
         columns: dict[str, Column],
         now: float,
     ) -> None:
-        limit = self._join(key[0]).max_pending
+        plan = self.plan(key[0])
+        limit = plan.join.max_pending
         if limit is None:
             return
         segments = {
             s: segment_labels(columns[f"feature:{s}"])
-            for s in self._segments(key[0])
+            for s in plan.segments
             if f"feature:{s}" in columns
         }
         # Bounded join state: the oldest predictions give up waiting first.
@@ -462,10 +430,8 @@ class Folder:
                 self.version(key),
                 self.versions.get((key[0], reference)) if reference else None,
             )
-            for name, config in self.configs(key[0]).items():
-                fold = self.kinds.kind(config).fold_outcomes
-                if fold is not None:
-                    fold(name, config, batch)
+            for name, config, fold in self.plan(key[0]).outcome_folds:
+                fold(name, config, batch)
             self.counts["outcomes_joined"] += len(preds)
 
     # --- business, health ---------------------------------------------------------------------

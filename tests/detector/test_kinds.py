@@ -116,4 +116,4 @@ def test_a_disabled_ks_entry_still_sizes_the_reservoir() -> None:
     )
     settings = RollguardSettings(kafka_bootstrap="127.0.0.1:1", topic_prefix="t.")
     detector = Detector(settings, policy, DetectorSettings(seed=1))
-    assert detector.folder._reservoir_cap("m") == 5000
+    assert detector.folder.plan("m").reservoir_cap == 5000

@@ -49,9 +49,9 @@ async def test_bad_deployment_is_rolled_back_and_the_ledger_links_every_step(
         ]
 
     (decision,) = of("Decision", action="rollback")
-    # One of v2's breaches. Not always the first: the decider's deployments and breaches
-    # agents read their topics independently, and a breach read before v2's live manifest
-    # is held (not_live_version) until the next one (noted for the decider, issue 14's note).
+    # One of v2's breaches: the decider's deployments and breaches agents read their topics
+    # independently; a breach read before v2's live manifest waits for it (manifest_wait_s),
+    # and is held (not_live_version) only when the manifest is later still.
     v2_breaches = {b["event_id"] for b in of("Breach", model_version="v2")}
     assert set(decision["breach_ids"]) <= v2_breaches  # type: ignore[arg-type]
     assert decision["breach_ids"]

@@ -432,6 +432,7 @@ class Decider:
                 if fresh is None:
                     return replayed(manifest, manifest.model_id)
                 await store(before, apply_manifest(fresh, manifest), utcnow())
+            arrived.pop(manifest.model_id, asyncio.Event()).set()  # wakes a waiting breach
             log.info(
                 "manifest",
                 model_id=manifest.model_id,
@@ -471,7 +472,43 @@ class Decider:
                     await store(before, after, utcnow())
                     self.counts["traffic_counted"] += 1
 
+        # A new version's first breach can be read before its deployment (another topic,
+        # another agent): held as not_live_version it would cost the incident its rollback.
+        arrived: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+        waited: set[tuple[str, str]] = set()
+
+        def unseen(state: ModelState, version: str) -> bool:
+            known = [state.live, *state.known_good]
+            return all(m is None or m.model_version != version for m in known) and (
+                version not in state.quiet
+            )
+
+        async def manifest_of(breach: Breach) -> None:
+            """Wait (once per version, only for a breach made just now) until a manifest of
+            the breach's version is stored, or ``manifest_wait_s`` passed."""
+            key = (breach.model_id, breach.model_version)
+            limit = self.svc.manifest_wait_s
+            fresh = utcnow() - breach.ts < timedelta(seconds=max(limit, 1.0) * 4)
+            if key in waited or not fresh or not unseen(load(breach.model_id), key[1]):
+                return
+            if len(waited) >= 10_000:
+                waited.clear()
+            waited.add(key)
+            loop = asyncio.get_running_loop()
+            until = loop.time() + limit
+            while unseen(load(breach.model_id), key[1]) and (left := until - loop.time()) > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived[breach.model_id].wait(), left)
+            self.counts["breaches_waited_for_manifest"] += 1
+            log.info(
+                "breach_waited_for_manifest",
+                model_id=key[0],
+                model_version=key[1],
+                seen=not unseen(load(breach.model_id), key[1]),
+            )
+
         async def on_breach(breach: Breach) -> None:
+            await manifest_of(breach)
             async with model(breach.model_id) as before:
                 ctx = self.context(breach.model_id)
                 outcome = decide(before, breach, ctx)

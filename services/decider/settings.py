@@ -28,6 +28,13 @@ class DeciderSettings(BaseSettings):
         description="A verification short of traffic waits this long past its window for the "
         "detector's last traffic reports before it is called unverifiable.",
     )
+    manifest_wait_s: float = Field(
+        default=1.5,
+        ge=0,
+        description="A fresh breach of a version the decider has no manifest of waits this "
+        "long for its deployment to arrive (the two come on different topics, in either "
+        "order) before it is decided; once per version.",
+    )
     store: str = Field(
         default="memory://",
         description="faust table store; tables are rebuilt from their changelog topics.",

@@ -513,3 +513,49 @@ async def test_in_warn_mode_an_unsigned_request_naming_a_person_s_key_is_nobody_
     (held,) = [d for d in decisions if d.model_id == "m"]
     assert held.action == "hold" and held.command_id is None
     assert [r.code for r in held.reasons] == ["unknown_token"] and held.requested_by is None
+
+
+async def test_a_breach_read_before_its_deployment_waits_for_it_and_rolls_back(
+    topics_ready: RollguardSettings,
+    keys: str,
+    publish_signed: Callable[..., Awaitable[None]],
+    reader: TopicReader,
+) -> None:
+    """Deployments and breaches are two topics read by two agents: a new version's first
+    breach could be read before its live manifest and was held `not_live_version` (1 demo run
+    in 5), so the incident waited for the next breach. A fresh breach of a version the
+    decider has no manifest of now waits (once, up to manifest_wait_s) for it."""
+    await publish_signed(
+        topics.DEPLOYMENTS.name, manifest("v1", status="known_good", model_id="race")
+    )
+    decider = Decider(
+        topics_ready,
+        PolicySource(None),
+        load_signer(topics_ready.resolved_signing_key_file),
+        DeciderSettings(tick_s=0.2, manifest_wait_s=5.0),
+        tokens=TOKENS,
+    )
+    task = asyncio.create_task(decider.run())
+    try:
+        await until(lambda: decider.counts["SystemManifest"] == 1, 60)
+        first = breach("v2", model_id="race")
+        await publish_signed(topics.BREACHES.name, first)
+        await asyncio.sleep(0.8)  # the breach is read, its version's deployment is not out
+        assert decider.counts["decision_hold"] == 0
+        await publish_signed(
+            topics.DEPLOYMENTS.name, manifest("v2", status="live", model_id="race")
+        )
+        (record,) = await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 1)
+        decision = Decision.model_validate_json(record.value)
+        assert (decision.action, decision.breach_ids) == ("rollback", [first.event_id])
+        assert decider.counts["breaches_waited_for_manifest"] == 1
+        # A version nobody deploys waits once, then is decided as it always was.
+        await publish_signed(topics.BREACHES.name, breach("v9", model_id="race"))
+        await publish_signed(topics.BREACHES.name, breach("v9", model_id="race"))
+        records = await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 2)
+        held = Decision.model_validate_json(records[1].value)
+        assert held.action == "hold" and [r.code for r in held.reasons][-1] == "not_live_version"
+        assert decider.counts["breaches_waited_for_manifest"] == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

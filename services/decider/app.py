@@ -297,6 +297,7 @@ class Decider:
         # rebalance (the partitions we hold changed) and after a policy reload (bake_s, ...).
         deadlines = self.deadlines = Deadlines()
         rescan = [True]
+        scanned: list[Any] = [-1, utcnow()]  # (table size, next safety rescan) at the last scan
 
         def keep(state: ModelState, encoded: str) -> None:
             states[state.model_id] = encoded
@@ -475,36 +476,41 @@ class Decider:
         # A new version's first breach can be read before its deployment (another topic,
         # another agent): held as not_live_version it would cost the incident its rollback.
         arrived: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
-        waited: set[tuple[str, str]] = set()
+        #: (model, version) → until when (loop time) its breaches wait for its manifest.
+        waiting: dict[tuple[str, str], float] = {}
 
-        def unseen(state: ModelState, version: str) -> bool:
-            known = [state.live, *state.known_good]
-            return all(m is None or m.model_version != version for m in known) and (
-                version not in state.quiet
+        def deployed(state: ModelState, version: str) -> bool:
+            return any(
+                m is not None and m.model_version == version
+                for m in [state.live, *state.known_good]
             )
 
         async def manifest_of(breach: Breach) -> None:
-            """Wait (once per version, only for a breach made just now) until a manifest of
-            the breach's version is stored, or ``manifest_wait_s`` passed."""
+            """Wait, up to ``manifest_wait_s`` from the version's first such breach, until a
+            manifest of the breach's version is stored: only for a breach made just now of a
+            version the decider has never seen; breaches of it read meanwhile (side by side)
+            wait for the same time, later ones not at all."""
             key = (breach.model_id, breach.model_version)
             limit = self.svc.manifest_wait_s
             fresh = utcnow() - breach.ts < timedelta(seconds=max(limit, 1.0) * 4)
-            if key in waited or not fresh or not unseen(load(breach.model_id), key[1]):
+            state = load(breach.model_id)
+            if not fresh or deployed(state, key[1]) or key[1] in state.quiet:
                 return
-            if len(waited) >= 10_000:
-                waited.clear()
-            waited.add(key)
             loop = asyncio.get_running_loop()
-            until = loop.time() + limit
-            while unseen(load(breach.model_id), key[1]) and (left := until - loop.time()) > 0:
+            if key not in waiting:
+                if len(waiting) >= 10_000:
+                    waiting.clear()
+                waiting[key] = loop.time() + limit
+                self.counts["breaches_waited_for_manifest"] += 1
+            until = waiting[key]
+            while not deployed(load(breach.model_id), key[1]) and (left := until - loop.time()) > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(arrived[breach.model_id].wait(), left)
-            self.counts["breaches_waited_for_manifest"] += 1
             log.info(
                 "breach_waited_for_manifest",
                 model_id=key[0],
                 model_version=key[1],
-                seen=not unseen(load(breach.model_id), key[1]),
+                deployed=deployed(load(breach.model_id), key[1]),
             )
 
         async def on_breach(breach: Breach) -> None:
@@ -579,7 +585,10 @@ class Decider:
         async def deployment_agent(stream: faust.StreamT[Any]) -> None:
             await each(stream, SystemManifest, on_manifest)
 
-        @app.agent(breaches)
+        # Breaches of different models are decided side by side (a storm of a fleet's breaches
+        # waits on the broker's acks, not on a core); those of one model still one at a time
+        # (its lock), in whatever order they are read.
+        @app.agent(breaches, concurrency=self.svc.breach_concurrency)
         async def breach_agent(stream: faust.StreamT[Any]) -> None:
             await each(stream, Breach, on_breach)
 
@@ -613,15 +622,26 @@ class Decider:
             reloaded = self.policy.refresh()
             self._refresh_tokens()
             now = utcnow()
-            if rescan[0] or reloaded:
+            # Read the whole table again when what it holds may have changed without a
+            # store of ours (a rebalance, the changelog still being recovered: its size
+            # moved), after a policy reload, and every rescan_s as a safety net.
+            if rescan[0] or reloaded or len(states) != scanned[0] or now >= scanned[1]:
                 rescan[0] = False
                 for model_id, stored in list(states.items()):
                     state = ModelState.model_validate_json(stored)
                     deadlines.schedule(model_id, next_due(state, self.context(model_id, now)))
+                scanned[:] = [len(states), now + timedelta(seconds=self.svc.rescan_s)]
                 self.counts["timer_rescans"] += 1
             due_now: list[tuple[Any, bytes | None, bytes]] = []
-            for model_id in deadlines.pop_due(now):
-                stored = states.get(model_id)
+            due_ids = deadlines.pop_due(now)
+            for i, model_id in enumerate(due_ids):
+                try:
+                    stored = states.get(model_id)
+                except Exception:
+                    # Never lose a deadline to a failed look: the rest are looked at next tick.
+                    for rest in due_ids[i:]:
+                        deadlines.schedule(rest, now + self._tick)
+                    raise
                 if stored is None:  # a partition another worker holds now
                     continue
                 state = ModelState.model_validate_json(stored)

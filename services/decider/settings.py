@@ -28,6 +28,18 @@ class DeciderSettings(BaseSettings):
         description="A verification short of traffic waits this long past its window for the "
         "detector's last traffic reports before it is called unverifiable.",
     )
+    rescan_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="The timer reads every stored state this often anyway (a safety net: "
+        "between rescans it looks only at the models whose deadline came).",
+    )
+    breach_concurrency: int = Field(
+        default=32,
+        ge=1,
+        description="Breaches decided at once (of different models; a model's own are taken "
+        "one at a time). 1: strictly in the order read.",
+    )
     manifest_wait_s: float = Field(
         default=1.5,
         ge=0,

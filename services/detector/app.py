@@ -587,11 +587,6 @@ class Detector:
         across windows (ground truth), run on every window all the same."""
         state = self.folder.version(window.key)
         model = self.folder.model(window.model_id)
-        for signal, acc in window.numeric.items():
-            sample = acc.reservoir.values()
-            # No baseline for this signal yet: fix the model's grid from the first sample.
-            if signal not in model.grids and len(sample) >= 50:
-                model.grids[signal] = bl.grid_from_sample(sample)
         policy = self.policy.for_model(window.model_id)
         configs = self.folder.configs(window.model_id)
         every, pooled_kinds = pooling.split(configs, self.kinds)
@@ -612,6 +607,8 @@ class Detector:
                 continue
             span = self._span(state, ready) if judged_window is ready else [judged_window]
             breaches += self._evaluate(judged_window, span, kinds, state, model, policy)
+            if not judged_window.pending:  # folded: its kinds read it
+                fix_grids(model, judged_window)
         return breaches
 
     def _span(self, state: VersionState, window: VersionWindow) -> list[VersionWindow]:
@@ -753,3 +750,11 @@ def input_drift(judged: list[Judged], limit: int = 64) -> list[DriftedInput]:
 def _log_failure(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("baseline_publish_failed", error=str(task.exception()))
+
+
+def fix_grids(model: ModelState, window: VersionWindow) -> None:
+    """A signal with no baseline yet gets the model's grid from its first sample of 50."""
+    for signal, acc in window.numeric.items():
+        sample = acc.reservoir.values()
+        if signal not in model.grids and len(sample) >= 50:
+            model.grids[signal] = bl.grid_from_sample(sample)

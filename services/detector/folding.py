@@ -52,6 +52,7 @@ from rollguard_services.detector.windows import (
     LatencyWindows,
     MetricSums,
     NumericAccumulator,
+    Piece,
     Reservoir,
     VersionKey,
     VersionWindow,
@@ -350,28 +351,53 @@ class Folder:
     def fold_columns(
         self, window: VersionWindow, columns: dict[str, Column], sel: Selection
     ) -> None:
+        """Give ``window`` the rows ``sel`` of ``columns``: kept as a piece, folded when the
+        window is first read (``VersionWindow.settle`` calls ``fold_now``)."""
+        first = next(iter(columns.values()))
+        if isinstance(sel, slice):
+            n = len(range(*sel.indices(len(first))))
+        else:
+            n = int(np.count_nonzero(sel))
+        window.add_piece((columns, sel), n, self.fold_now)
+
+    def fold_now(self, window: VersionWindow, pieces: list[Piece]) -> None:
+        """Fold pieces into the window's accumulators: one pass over all of them when they
+        carry the same signals (a model's do), else piece by piece."""
+        shapes = {
+            tuple((s, isinstance(c, np.ndarray)) for s, c in cols.items()) for cols, _ in pieces
+        }
+        if len(pieces) > 1 and len(shapes) == 1:
+            merged: dict[str, Column] = {}
+            for signal, column in pieces[0][0].items():
+                parts = [select(cols[signal], sel) for cols, sel in pieces]
+                if isinstance(column, np.ndarray):
+                    merged[signal] = np.concatenate(cast("list[npt.NDArray[np.float64]]", parts))
+                else:
+                    merged[signal] = [v for part in parts for v in part]
+            pieces = [(merged, slice(None))]
+        for columns, sel in pieces:
+            self._fold_piece(window, columns, sel)
+
+    def _fold_piece(
+        self, window: VersionWindow, columns: dict[str, Column], sel: Selection
+    ) -> None:
         model = self.models[window.model_id]
         plan = self.plan(window.model_id)
-        n = 0
+        numeric, categorical = window.numeric, window.categorical
         for signal, column in columns.items():
             if isinstance(column, np.ndarray):
-                values = column[sel]
-                acc = window.numeric.get(signal)
+                acc = numeric.get(signal)
                 if acc is None:
-                    acc = window.numeric[signal] = NumericAccumulator(
+                    acc = numeric[signal] = NumericAccumulator(
                         model.grids.get(signal),
                         Reservoir(plan.reservoir_cap, self.rng),
                     )
-                acc.add(values)
-                n = len(values)
+                acc.add(column[sel])
             else:
-                labels = cast("list[str | None]", select(column, sel))
-                cat = window.categorical.get(signal)
+                cat = categorical.get(signal)
                 if cat is None:
-                    cat = window.categorical[signal] = CategoricalAccumulator()
-                cat.add(labels)
-                n = len(labels)
-        window.n += n
+                    cat = categorical[signal] = CategoricalAccumulator()
+                cat.add(cast("list[str | None]", select(column, sel)))
         for name, config, fold in plan.prediction_folds:
             fold(name, config, window, columns, sel)
 

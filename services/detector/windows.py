@@ -252,9 +252,27 @@ class MetricSums:
         return self.total / self.n if self.n else 0.0
 
 
+#: A window's prediction columns and the rows of them that are its own, folded when read.
+Piece = tuple[
+    dict[str, "npt.NDArray[np.float64] | list[str | None]"], "slice | npt.NDArray[np.bool_]"
+]
+#: Folds pieces into a window's accumulators (the detector's ``Folder.fold_now``).
+FoldPieces = Callable[["VersionWindow", list[Piece]], None]
+
+#: Pieces a window keeps unfolded at most; one more folds them all in one go.
+MAX_PIECES = 64
+
+
 @dataclass
 class VersionWindow:
-    """Everything one model version sent in one tumbling window, apart from latency."""
+    """Everything one model version sent in one tumbling window, apart from latency.
+
+    Prediction columns are kept as pieces (references to a batch's columns and the rows of
+    them that are this window's) and folded into the accumulators the first time anything
+    reads them: a window too short to test is pooled with the next ones without being folded,
+    and a window that gets its events from many batches folds them in one pass (issue 15).
+    ``n`` counts every prediction, folded or not.
+    """
 
     model_id: str
     model_version: str
@@ -262,12 +280,44 @@ class VersionWindow:
     start: float
     seconds: float
     n: int = 0
-    numeric: dict[str, NumericAccumulator] = field(default_factory=dict)
-    categorical: dict[str, CategoricalAccumulator] = field(default_factory=dict)
+    _numeric: dict[str, NumericAccumulator] = field(default_factory=dict)
+    _categorical: dict[str, CategoricalAccumulator] = field(default_factory=dict)
     metrics: dict[str, MetricSums] = field(default_factory=dict)
     health_checks: int = 0
     #: What a detector kind folds for itself (segment tallies), by detector instance name.
-    kind_sums: dict[str, object] = field(default_factory=dict)
+    _kind_sums: dict[str, object] = field(default_factory=dict)
+    pending: list[Piece] = field(default_factory=list)
+    fold: FoldPieces | None = None
+
+    @property
+    def numeric(self) -> dict[str, NumericAccumulator]:
+        self.settle()
+        return self._numeric
+
+    @property
+    def categorical(self) -> dict[str, CategoricalAccumulator]:
+        self.settle()
+        return self._categorical
+
+    @property
+    def kind_sums(self) -> dict[str, object]:
+        self.settle()
+        return self._kind_sums
+
+    def add_piece(self, piece: Piece, n: int, fold: FoldPieces) -> None:
+        self.n += n
+        self.fold = fold
+        self.pending.append(piece)
+        if len(self.pending) >= MAX_PIECES:
+            self.settle()
+
+    def settle(self) -> None:
+        """Fold the pieces still pending (nothing to do when there are none)."""
+        if not self.pending:
+            return
+        pieces, self.pending = self.pending, []
+        assert self.fold is not None, "pieces come with their fold"
+        self.fold(self, pieces)
 
     @property
     def end(self) -> float:
@@ -281,16 +331,21 @@ class VersionWindow:
         """Pool the version's next window in (a quiet model's windows, short of the events a
         test needs, judged as one): one window from this start to ``other``'s end. A kind's
         own sums pool when they know how (an ``absorb`` method), else the later ones stand.
-        Windows may close out of order (count-based ones, idle ones): the pool spans both."""
+        Windows may close out of order (count-based ones, idle ones): the pool spans both.
+        ``other``'s unfolded pieces become this window's, still unfolded."""
         self.start, self.seconds = _span(self, other)
         self.system_version = other.system_version or self.system_version
         self.n += other.n
         self.health_checks += other.health_checks
+        if other.pending:
+            self.fold = self.fold or other.fold
+            self.pending += other.pending
+            other.pending = []
         for parts, theirs in (
-            (self.numeric, other.numeric),
-            (self.categorical, other.categorical),
+            (self._numeric, other._numeric),
+            (self._categorical, other._categorical),
             (self.metrics, other.metrics),
-            (self.kind_sums, other.kind_sums),
+            (self._kind_sums, other._kind_sums),
         ):
             for name, part in theirs.items():
                 mine = parts.get(name)
@@ -298,6 +353,8 @@ class VersionWindow:
                     mine.absorb(part)
                 else:
                     parts[name] = part  # type: ignore[assignment]
+        if len(self.pending) >= MAX_PIECES:
+            self.settle()
 
 
 class VersionWindows:
@@ -358,7 +415,9 @@ class VersionWindows:
         closed_until = self._closed_until.get(key, -np.inf)
         out: list[tuple[VersionWindow, slice | npt.NDArray[np.bool_]]] = []
         dealt: dict[int, int] = {}  # count-based: events given to a window in this call
-        starts = np.unique(buckets)
+        lo, hi = float(buckets.min()), float(buckets.max())
+        # A version's rows of one batch mostly fall in one window: no sort for them.
+        starts = [lo] if lo == hi else np.unique(buckets).tolist()
         for start in starts:
             sel: slice | npt.NDArray[np.bool_] = (
                 slice(None) if len(starts) == 1 else buckets == start

@@ -184,3 +184,63 @@ def test_pooled_latency_windows_add_up() -> None:
         2,
         3,
     )
+
+
+def test_a_window_folds_its_pieces_when_read_as_if_it_had_them_at_once() -> None:
+    """Issue 15: a window keeps each batch's rows as a piece and folds them when first read;
+    the accumulators come out as one fold of all the rows would make them, a window short of
+    events is pooled with its pieces still unfolded, and pieces never pile up unbounded."""
+    from benchmarks.common import offline_detector
+    from rollguard_services.detector.windows import MAX_PIECES
+
+    folder = offline_detector().folder
+    rng = np.random.default_rng(3)
+    model = folder.model("m")
+    model.grids["prediction"] = bl.grid_from_sample(rng.normal(0, 1, 2000))
+    n = 300
+    feature = rng.normal(0, 1, n)
+    feature[::7] = np.nan
+    columns = {
+        "prediction": rng.normal(0, 1, n),
+        "feature:a": feature,
+        "feature:c": [None if i % 11 == 0 else f"c{i % 3}" for i in range(n)],
+    }
+
+    def part(lo: int, hi: int) -> dict[str, Any]:
+        return {s: c[lo:hi] for s, c in columns.items()}
+
+    whole = VersionWindow("m", "v1", None, 0.0, 1.0)
+    folder.fold_columns(whole, columns, slice(None))
+    pieces = VersionWindow("m", "v1", None, 0.0, 1.0)
+    for lo in range(0, 200, 20):
+        folder.fold_columns(pieces, part(lo, lo + 20), slice(None))
+    mask = np.zeros(100, dtype=np.bool_)
+    mask[::2] = True  # a batch spanning two windows hands each a mask
+    folder.fold_columns(pieces, part(200, 300), mask)
+    folder.fold_columns(pieces, part(200, 300), ~mask)
+    assert len(pieces.pending) == 12 and pieces.n == n  # counted, not folded yet
+
+    num, ref = pieces.numeric, whole.numeric  # reading folds
+    assert pieces.pending == []
+    for signal in ("prediction", "feature:a"):
+        assert (num[signal].n, num[signal].nulls) == (ref[signal].n, ref[signal].nulls)
+        assert sorted(num[signal].reservoir.values()) == sorted(ref[signal].reservoir.values())
+    assert num["prediction"].counts.tolist() == ref["prediction"].counts.tolist()
+    assert pieces.categorical["feature:c"].counts == whole.categorical["feature:c"].counts
+    assert pieces.categorical["feature:c"].nulls == whole.categorical["feature:c"].nulls
+
+    # Pooling two short windows moves the pieces over, still unfolded.
+    a, b = (VersionWindow("m", "v1", None, float(i), 1.0) for i in range(2))
+    folder.fold_columns(a, part(0, 5), slice(None))
+    folder.fold_columns(b, part(5, 9), slice(None))
+    held, _ = pooled(None, a, need=200, max_seconds=60)
+    assert held is None
+    _, kept = pooled(a, b, need=200, max_seconds=60)
+    assert kept is a and len(a.pending) == 2 and b.pending == [] and a.n == 9
+    assert a.numeric["prediction"].n == 9 and (a.start, a.end) == (0.0, 2.0)
+
+    # A window that gets its rows from many batches folds every MAX_PIECES of them.
+    busy = VersionWindow("m", "v1", None, 0.0, 1.0)
+    for i in range(MAX_PIECES + 3):
+        folder.fold_columns(busy, part(i % 290, i % 290 + 2), slice(None))
+    assert len(busy.pending) == 3 and busy._numeric["prediction"].n == 2 * MAX_PIECES

@@ -1,5 +1,7 @@
 """`make bench`: every benchmark, figures printed and written to benchmarks/results/*.json.
 
+About 35 minutes on 2 cores.
+
 ROLLGUARD_BENCH_FREEZE=1 adds the broker freezes of benchmarks/freeze.py (about 25 minutes).
 """
 
@@ -11,17 +13,23 @@ import time
 
 import structlog
 
-from benchmarks import demo_signing, freeze, fuzz, ledger, signing, statistics, throughput
+from benchmarks import (
+    demo_signing,
+    freeze,
+    fuzz,
+    idle,
+    ledger,
+    signing,
+    statistics,
+    storm,
+    throughput,
+)
 
 
 def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     started = time.perf_counter()
-    t = throughput.main()
-    print(
-        f"throughput: detector {t['detector_events_per_s']:,} ev/s, bare getmany "
-        f"{t['bare_events_per_s']:,} ev/s, ratio {t['ratio']} (target >= 0.5)"
-    )
+    print(throughput.report(throughput.main()))  # 1, 100 and 1,000 models: about 6 minutes
     s = statistics.main()
     for stream, r in s["false_breaches"].items():
         print(
@@ -48,6 +56,8 @@ def main() -> None:
     print(f"correctness: {s['correctness']}")
     print(signing.report(signing.main()))
     print(ledger.report(ledger.main()))  # about 1 minute
+    print(storm.report(storm.main()))  # about 2 minutes
+    print(idle.report(idle.main()))  # about 3 minutes
     print(demo_signing.report(demo_signing.main()))  # about 6 minutes: 10 whole demos
     print(fuzz.report(fuzz.main()))  # about 6 minutes: 5 x 100,000 malformed records
     if os.environ.get("ROLLGUARD_BENCH_FREEZE") == "1":  # about 25 minutes: asked for only

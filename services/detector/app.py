@@ -392,16 +392,26 @@ class Detector:
 
         ``parsed``: its predictions already parsed (``_parse``), else they are parsed here.
         """
+        # The immediate tier first (issue 15): latency windows are folded, closed and judged,
+        # and their breaches published, before any prediction of the batch is folded.
         closed: list[LatencyWindow] = []
-        # Predictions before outcomes, so an outcome fetched with its prediction joins it.
-        for tp, records in sorted(batches.items(), key=lambda kv: self._topic_order(kv[0].topic)):
-            ready = parsed.get(tp) if parsed is not None else None
+        for tp, records in batches.items():
             if tp.topic == self._latency_topic:
+                ready = parsed.get(tp) if parsed is not None else None
                 batch, rejected = decode_latency(records, ready)
                 self.counts["latency_events"] += len(batch)
                 self.counts[f"latency_batches_{batch.path}"] += 1
                 closed += self.folder.fold_latency(batch, time.time(), rejected)
                 self._reject(rejected)
+        closed += self.folder.latency_windows.close_idle(time.time())
+        for window in closed:
+            self.traffic.add_latency(window)
+            await self.publish(self.judge(window))
+        # Predictions before outcomes, so an outcome fetched with its prediction joins it.
+        for tp, records in sorted(batches.items(), key=lambda kv: self._topic_order(kv[0].topic)):
+            ready = parsed.get(tp) if parsed is not None else None
+            if tp.topic == self._latency_topic:
+                continue  # folded above
             elif tp.topic == self._predictions_topic:
                 await self.fold_predictions(*decode_predictions(records, ready))
             elif tp.topic == self._business_topic:
@@ -422,13 +432,9 @@ class Detector:
                 self.counts["outcome_events"] += len(good_o)
                 self.folder.fold_outcomes([e for _, e in good_o])
         now = time.time()
-        closed += self.folder.latency_windows.close_idle(now)
         closed_versions = self.folder.version_windows.close_ready(now)
         closed_shadows = self.folder.shadow_windows.close_ready(now)
         self.folder.forget_quiet(now)
-        for window in closed:
-            self.traffic.add_latency(window)
-            await self.publish(self.judge(window))
         for sw in closed_shadows:  # before the live windows their breaches compare with
             self.measure_shadow(sw)
         for vw in closed_versions:

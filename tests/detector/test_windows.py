@@ -244,3 +244,59 @@ def test_a_window_folds_its_pieces_when_read_as_if_it_had_them_at_once() -> None
     for i in range(MAX_PIECES + 3):
         folder.fold_columns(busy, part(i % 290, i % 290 + 2), slice(None))
     assert len(busy.pending) == 3 and busy._numeric["prediction"].n == 2 * MAX_PIECES
+
+
+async def test_the_immediate_tier_is_judged_before_the_batch_s_predictions_are_folded() -> None:
+    """Issue 15: a batch with a latency window that breaches and a fleet's predictions
+    publishes the error-rate breach first, before any prediction of that batch is folded."""
+    from benchmarks.common import offline_detector
+    from rollguard.events import LatencyEvent
+    from tests.factories import manifest
+
+    detector = offline_detector()
+    detector.on_manifest(manifest("v1", status="known_good"))
+    detector.on_manifest(manifest("v2", status="live"))
+    seen_at: list[tuple[str, int]] = []
+
+    async def capture(breaches: Any) -> None:
+        seen_at.extend((b.detector, detector.counts["prediction_events"]) for b in breaches)
+
+    detector.publish = capture  # type: ignore[method-assign]
+    start = float(int(time.time()) - 30)
+
+    def record(topic: str, i: int, value: bytes) -> ConsumerRecord[bytes, bytes]:
+        return ConsumerRecord(topic, 0, i, 0, 0, b"m", value, None, 1, len(value), ())
+
+    latency = [
+        LatencyEvent(
+            ts=datetime.fromtimestamp(start + (i % 400) / 400 + (1 if i >= 400 else 0), UTC),
+            model_id="m",
+            model_version="v2",
+            request_id=f"l{i}",
+            latency_ms=10.0,
+            status="error" if i < 400 and i % 2 else "ok",  # half of window 1 fails
+        ).encode()
+        for i in range(401)
+    ]
+    predictions = [
+        PredictionEvent(
+            ts=datetime.fromtimestamp(start + i / 1000, UTC),
+            model_id=f"fleet{i % 50}",
+            model_version="v1",
+            request_id=f"p{i}",
+            prediction=0.5,
+        ).encode()
+        for i in range(2000)
+    ]
+    batches = {
+        TopicPartition(detector._predictions_topic, 0): [
+            record(detector._predictions_topic, i, v) for i, v in enumerate(predictions)
+        ],
+        TopicPartition(detector._latency_topic, 0): [
+            record(detector._latency_topic, i, v) for i, v in enumerate(latency)
+        ],
+    }
+    await detector.process(batches)
+    assert detector.counts["prediction_events"] == 2000
+    errors = [at for name, at in seen_at if name == "error_rate"]
+    assert errors == [0], seen_at  # published with no prediction of the batch folded yet

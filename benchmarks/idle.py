@@ -26,7 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from benchmarks.common import write
-from benchmarks.storm import _manifest
+from benchmarks.signing import _manifest
 from rollguard import topics
 from rollguard.bus import client_options
 from rollguard.settings import RollguardSettings
@@ -86,7 +86,7 @@ async def _deploy(bootstrap: str, state: Path, models: int) -> None:
         for i in range(models):
             model_id = f"idle-{i:03d}"
             for version, status in (("v1", "known_good"), ("v2", "live")):
-                value = deployer.sign(_manifest(model_id, version, status)).encode()
+                value = deployer.sign(_manifest(version, status, model_id)).encode()
                 await producer.send(
                     settings.topic(topics.DEPLOYMENTS.name), value, key=model_id.encode()
                 )

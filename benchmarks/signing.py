@@ -25,9 +25,9 @@ from rollguard.signing import ROLES, generate_keypair, load_signer, load_trust
 TRIALS = 3000
 
 
-def _manifest(version: str, status: str) -> ev.SystemManifest:
+def _manifest(version: str, status: str, model_id: str = "m") -> ev.SystemManifest:
     return ev.SystemManifest(
-        model_id="m",
+        model_id=model_id,
         model_version=version,
         system_version=f"sys-{version}",
         components=ev.Components(model=version, feature_pipeline="fp", config="c", infra="i"),

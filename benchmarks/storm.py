@@ -25,6 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from benchmarks.common import write
+from benchmarks.signing import _manifest, samples
 from rollguard import events as ev
 from rollguard import topics
 from rollguard.broker import EmbeddedBroker
@@ -37,35 +38,6 @@ from rollguard_services.decider.settings import DeciderSettings
 
 MODELS = 1_000
 ROUNDS = int(__import__("os").environ.get("BENCH_ROUNDS", "3"))
-
-
-def _manifest(model_id: str, version: str, status: str) -> ev.SystemManifest:
-    return ev.SystemManifest(
-        model_id=model_id,
-        model_version=version,
-        system_version=f"sys-{version}",
-        components=ev.Components(model=version, feature_pipeline="fp", config="c", infra="i"),
-        status=status,  # type: ignore[arg-type]
-    )
-
-
-def _breach(model_id: str) -> ev.Breach:
-    now = ev.utcnow()
-    return ev.Breach(
-        model_id=model_id,
-        model_version="v2",
-        system_version="sys-v2",
-        detector="error_rate",
-        kind="error_rate",
-        signal="error_rate",
-        statistic="wilson_lower",
-        value=0.2,
-        threshold=0.05,
-        window_start=now,
-        window_end=now,
-        n=200,
-        tier="immediate",
-    )
 
 
 async def _read_until(
@@ -103,7 +75,7 @@ async def one_round(models: int) -> dict[str, float]:
         ids = [f"m{i:04d}" for i in range(models)]
         for model_id in ids:
             for version, status in (("v1", "known_good"), ("v2", "live")):
-                value = deployer.sign(_manifest(model_id, version, status)).encode()
+                value = deployer.sign(_manifest(version, status, model_id)).encode()
                 await producer.send(
                     settings.topic(topics.DEPLOYMENTS.name), value, key=model_id.encode()
                 )
@@ -126,8 +98,10 @@ async def one_round(models: int) -> dict[str, float]:
             await asyncio.sleep(1.0)  # both readers are at the topics' ends
             started, cpu_at = time.perf_counter(), time.process_time()
             sent: dict[str, float] = {}
+            template = samples()["Breach"]
             for model_id in ids:
-                breach = detector.sign(_breach(model_id))
+                update = {"model_id": model_id, "event_id": ev.new_id(), "ts": ev.utcnow()}
+                breach = detector.sign(template.model_copy(update=update))
                 sent[breach.event_id] = time.perf_counter()
                 await producer.send(
                     settings.topic(topics.BREACHES.name), breach.encode(), key=model_id.encode()

@@ -189,20 +189,8 @@ class Incoming:
 #: Rows verify reads per fetch.
 _VERIFY_BATCH = 5_000
 
-#: The columns verify reads, in this order.
-_CHAIN_COLUMNS = (
-    "seq",
-    "topic",
-    "partition",
-    "offset",
-    "event_type",
-    "event_id",
-    "model_id",
-    "recorded_at",
-    "payload",
-    "prev_hash",
-    "hash",
-)
+#: The columns verify reads, in this order (the table's own).
+_CHAIN_COLUMNS = tuple(c.name for c in entries.columns)
 
 #: How SQLAlchemy writes a DateTime into SQLite (its default storage format).
 _SQLITE_STORED = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{6}")

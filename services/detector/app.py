@@ -118,6 +118,10 @@ class Detector:
         #: Breaches, baselines and dead letters wait out a broker outage (None: not running).
         self._producer: Sender | None = None
         self._limit = OutageLimit(settings.broker_outage_limit_s)
+        #: Records still to read behind the last folded batch, and how old its newest one is.
+        self.lag_records = 0
+        self.behind_s = 0.0
+        self._lag_said = 0.0
         self._control: AIOKafkaConsumer | None = None
         self._latency_topic = settings.topic(topics.LATENCY.name)
         self._predictions_topic = settings.topic(topics.PREDICTIONS.name)
@@ -354,8 +358,34 @@ class Detector:
                 self.counts["batches_refetched"] += 1
                 return
             await self.process(batches, parsed)
+            self._note_lag(consumer, batches)
             if commit:
                 await self._commit(consumer, batches)
+
+    def _note_lag(self, consumer: Any, folded: Batches) -> None:
+        """Back-pressure is said, never silent (issue 15): the records still to read behind
+        what was just folded (the broker's high watermark), how far behind the newest record
+        is, kept for the service's counters and said in a log line at most every 10 s while
+        ``lag_warn_records`` or more wait."""
+        lag, newest = 0, 0
+        for tp, records in folded.items():
+            high = consumer.highwater(tp)
+            if high is not None:
+                lag += max(0, high - (records[-1].offset + 1))
+            newest = max(newest, records[-1].timestamp)
+        now = time.time()
+        self.lag_records = lag
+        self.behind_s = max(0.0, now - newest / 1000) if newest > 0 else 0.0
+        if lag >= self.svc.lag_warn_records and now >= self._lag_said + 10:
+            self._lag_said = now
+            self.counts["lag_warnings"] += 1
+            log.warning(
+                "falling_behind",
+                lag_records=lag,
+                behind_s=round(self.behind_s, 1),
+                hint="breaches wait behind this backlog; add partitions and detector "
+                "processes, or see docs/detectors.md for what one process takes",
+            )
 
     async def _commit(self, consumer: Any, folded: Batches) -> None:
         """Commit what was folded. A partition taken away by a rebalance meanwhile is not

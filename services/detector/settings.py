@@ -13,6 +13,12 @@ class DetectorSettings(BaseSettings):
     max_batch: int = Field(default=5_000, ge=1, description="Records per getmany call.")
     poll_timeout_ms: int = Field(default=100, ge=1)
     fetch_max_wait_ms: int = Field(default=50, ge=0)
+    lag_warn_records: int = Field(
+        default=50_000,
+        ge=1,
+        description="Say `falling_behind` (at most every 10 s) while this many records or more "
+        "wait behind the batch just folded.",
+    )
     version_ttl_s: float = Field(
         default=3600.0, gt=0, description="Forget a version that sent nothing for this long."
     )

@@ -189,3 +189,31 @@ async def test_events_from_the_future_or_far_past_are_refused_and_do_not_blind_t
         for r in await reader.read(topics.BREACHES.name, until=lambda r: len(r) >= 1)
     ]
     assert first.version_first_event_ts == bad[0].ts
+
+
+async def test_a_backlog_is_said_not_silent(
+    topics_ready: RollguardSettings,
+    publish: Callable[..., Awaitable[None]],
+    keys: str,
+) -> None:
+    """Issue 15: a detector behind its topics says so (`falling_behind`, the records waiting
+    behind the batch it just folded) instead of delaying breaches silently; once it has
+    caught up the backlog it reports is zero."""
+    for event in traffic("v1", 3000, 0.01, seed=3):
+        await publish(topics.LATENCY.name, event)
+    detector = Detector(
+        topics_ready,
+        PolicySet(),
+        DetectorSettings(group_id="det-lag", max_batch=250, lag_warn_records=1000),
+    )
+    seen: list[int] = []
+
+    def caught_up() -> bool:
+        seen.append(detector.lag_records)
+        return detector.counts["latency_events"] == 3000
+
+    await run_until(detector, caught_up)
+    assert detector.counts["lag_warnings"] >= 1
+    assert max(seen) >= 1000  # it was behind by at least the warning's bound...
+    assert detector.lag_records == 0  # ...and says nothing is waiting once it caught up
+    assert 0 <= detector.behind_s < 60

@@ -549,6 +549,7 @@ class Detector:
         """Fold a decoded batch (``decode_predictions``, which may run on another thread)."""
         now = time.time()
         unknown = await self._unknown_versions(list(batch.groups))
+        fine = self.folder.none_skewed(batch, {key[0] for key in batch.groups}, now)
         for key, rows in batch.groups.items():
             if key in unknown:
                 rejected += [
@@ -562,9 +563,11 @@ class Detector:
                 continue
             served, shadow = batch.split_shadow(rows)
             if len(served):
-                self.folder.fold_version(key, batch, served, rejected, now)
+                self.folder.fold_version(key, batch, served, rejected, now, clocks_fine=fine)
             if len(shadow):
-                self.folder.fold_version(key, batch, shadow, rejected, now, shadow=True)
+                self.folder.fold_version(
+                    key, batch, shadow, rejected, now, shadow=True, clocks_fine=fine
+                )
                 self.counts["shadow_predictions"] += len(shadow)
         self.counts["prediction_events"] += len(batch)
         self.counts[f"prediction_batches_{batch.path}"] += 1

@@ -9,7 +9,7 @@ their own hook (``DetectorKind.fold_predictions`` / ``fold_outcomes``).
 from __future__ import annotations
 
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar, cast
 
 import numpy as np
@@ -214,6 +214,17 @@ class Folder:
         ]
         return rows[~skewed]
 
+    def none_skewed(self, batch: PredictionBatch, model_ids: Iterable[str], now: float) -> bool:
+        """Whether no row of the batch can be skewed for any of its models: every row within
+        the tightest ``max_future_s``/``max_past_s`` of them (one check for the whole batch,
+        instead of one per version, when the clocks are fine)."""
+        windows = [self._policy(m).window for m in model_ids]
+        if not windows or len(batch.ts) == 0:
+            return True
+        future = min(w.max_future_s for w in windows)
+        past = min(w.max_past_s for w in windows)
+        return bool(batch.ts.max() <= now + future and batch.ts.min() >= now - past)
+
     def refuse_skewed_events(
         self, good: list[tuple[Record, E]], now: float, rejected: list[Rejected]
     ) -> list[E]:
@@ -281,15 +292,18 @@ class Folder:
         now: float,
         *,
         shadow: bool = False,
+        clocks_fine: bool = False,
     ) -> None:
         """Fold one version's rows of a prediction batch; bad rows go to ``rejected``.
+        ``clocks_fine``: ``none_skewed`` said so for the whole batch already.
 
         ``shadow``: the rows are that version's shadow scoring of another version's requests:
         windowed apart, and no part of its own traffic (first event, joins, baseline capture).
         """
-        rows = self.refuse_skewed(key[0], batch, rows, now, rejected)
-        if len(rows) == 0:
-            return
+        if not clocks_fine:
+            rows = self.refuse_skewed(key[0], batch, rows, now, rejected)
+            if len(rows) == 0:
+                return
         model = self.model(key[0])
         columns, bad = self._columns(model, batch, rows)
         if bad:

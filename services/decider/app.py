@@ -179,6 +179,7 @@ class Decider:
         self.svc = decider_settings
         self._tick = timedelta(seconds=decider_settings.tick_s)
         self.deadlines = Deadlines()
+        self._rescan_asked = False
         #: Followed as the file changes, unless fixed tokens are given (tests).
         self._token_source: TokenSource | None = None
         if tokens is None:
@@ -216,6 +217,7 @@ class Decider:
         """SIGHUP: reload policy and tokens; a bad policy keeps the last good one."""
         self.policy.refresh(force=True)
         self._refresh_tokens(force=True)
+        self._rescan_asked = True  # deadlines follow the policy (bake_s, ...)
 
     def _refresh_tokens(self, *, force: bool = False) -> None:
         source = self._token_source
@@ -478,11 +480,19 @@ class Decider:
         arrived: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         #: (model, version) → until when (loop time) its breaches wait for its manifest.
         waiting: dict[tuple[str, str], float] = {}
+        parked = [0]  # breaches waiting right now
 
         def deployed(state: ModelState, version: str) -> bool:
             return any(
                 m is not None and m.model_version == version
                 for m in [state.live, *state.known_good]
+            )
+
+        def known(state: ModelState, version: str) -> bool:
+            """Seen before: deployed, or breached already (a version rolled back away from
+            has no manifest left in the state, and none is coming)."""
+            return (
+                deployed(state, version) or version in state.last_breach or (version in state.quiet)
             )
 
         async def manifest_of(breach: Breach) -> None:
@@ -494,7 +504,11 @@ class Decider:
             limit = self.svc.manifest_wait_s
             fresh = utcnow() - breach.ts < timedelta(seconds=max(limit, 1.0) * 4)
             state = load(breach.model_id)
-            if not fresh or deployed(state, key[1]) or key[1] in state.quiet:
+            if not fresh or known(state, key[1]):
+                return
+            # Never more than half the breach actors parked here: the rest keep the stream
+            # (and the deployments it waits for) moving.
+            if key not in waiting and parked[0] >= max(1, self.svc.breach_concurrency // 2):
                 return
             loop = asyncio.get_running_loop()
             if key not in waiting:
@@ -503,9 +517,16 @@ class Decider:
                 waiting[key] = loop.time() + limit
                 self.counts["breaches_waited_for_manifest"] += 1
             until = waiting[key]
-            while not deployed(load(breach.model_id), key[1]) and (left := until - loop.time()) > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived[breach.model_id].wait(), left)
+            parked[0] += 1
+            try:
+                while (
+                    not deployed(load(breach.model_id), key[1])
+                    and (left := until - loop.time()) > 0
+                ):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(arrived[breach.model_id].wait(), left)
+            finally:
+                parked[0] -= 1
             log.info(
                 "breach_waited_for_manifest",
                 model_id=key[0],
@@ -625,7 +646,8 @@ class Decider:
             # Read the whole table again when what it holds may have changed without a
             # store of ours (a rebalance, the changelog still being recovered: its size
             # moved), after a policy reload, and every rescan_s as a safety net.
-            if rescan[0] or reloaded or len(states) != scanned[0] or now >= scanned[1]:
+            asked, self._rescan_asked = self._rescan_asked, False
+            if rescan[0] or reloaded or asked or len(states) != scanned[0] or now >= scanned[1]:
                 rescan[0] = False
                 for model_id, stored in list(states.items()):
                     state = ModelState.model_validate_json(stored)

@@ -122,6 +122,7 @@ class Detector:
         self.lag_records = 0
         self.behind_s = 0.0
         self._lag_said = 0.0
+        self._lag: dict[TopicPartition, int] = {}
         self._control: AIOKafkaConsumer | None = None
         self._latency_topic = settings.topic(topics.LATENCY.name)
         self._predictions_topic = settings.topic(topics.PREDICTIONS.name)
@@ -367,12 +368,17 @@ class Detector:
         what was just folded (the broker's high watermark), how far behind the newest record
         is, kept for the service's counters and said in a log line at most every 10 s while
         ``lag_warn_records`` or more wait."""
-        lag, newest = 0, 0
+        newest = 0
         for tp, records in folded.items():
             high = consumer.highwater(tp)
             if high is not None:
-                lag += max(0, high - (records[-1].offset + 1))
+                self._lag[tp] = max(0, high - (records[-1].offset + 1))
             newest = max(newest, records[-1].timestamp)
+        # Every partition we hold, as last seen (a batch may come from only some of them).
+        owned = consumer.assignment()
+        for tp in [tp for tp in self._lag if tp not in owned]:
+            del self._lag[tp]
+        lag = sum(self._lag.values())
         now = time.time()
         self.lag_records = lag
         self.behind_s = max(0.0, now - newest / 1000) if newest > 0 else 0.0
@@ -630,24 +636,25 @@ class Detector:
         configs = self.folder.configs(window.model_id)
         every, pooled_kinds = pooling.split(configs, self.kinds)
         need = pooling.needed(pooled_kinds, self.kinds, latency=False)
-        ready, state.held = pooling.pooled(state.held, window, need, policy.window.max_seconds)
-        runs: list[tuple[VersionWindow, dict[str, DetectorBase]]] = []
-        if ready is window:
-            runs.append((window, configs))  # enough on its own: one evaluation, as ever
-        else:
-            runs.append((window, every))
-            if ready is None:
-                self.counts["windows_pooled"] += 1
-            else:
-                runs.append((ready, pooled_kinds))
+        max_s = policy.window.max_seconds
         breaches: list[Breach] = []
-        for judged_window, kinds in runs:
-            if not kinds:
-                continue
-            span = self._span(state, ready) if judged_window is ready else [judged_window]
-            breaches += self._evaluate(judged_window, span, kinds, state, model, policy)
-            if not judged_window.pending:  # folded: its kinds read it
-                fix_grids(model, judged_window)
+        if state.held is None and (pooling.events(window) >= need or window.seconds >= max_s):
+            # Enough on its own: one evaluation of every kind (rapid ones on the span), as ever.
+            span = self._span(state, window)
+            breaches += self._evaluate(window, span, configs, state, model, policy)
+            fix_grids(model, window)
+            return breaches
+        if every:
+            # The kinds run on every window are judged before the window joins the pool
+            # (which takes its unfolded rows along).
+            breaches += self._evaluate(window, [window], every, state, model, policy)
+        ready, state.held = pooling.pooled(state.held, window, need, max_s)
+        if ready is None:
+            self.counts["windows_pooled"] += 1
+        elif pooled_kinds:
+            span = self._span(state, ready)
+            breaches += self._evaluate(ready, span, pooled_kinds, state, model, policy)
+            fix_grids(model, ready)
         return breaches
 
     def _span(self, state: VersionState, window: VersionWindow) -> list[VersionWindow]:

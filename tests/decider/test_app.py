@@ -549,11 +549,29 @@ async def test_a_breach_read_before_its_deployment_waits_for_it_and_rolls_back(
         decision = Decision.model_validate_json(record.value)
         assert (decision.action, decision.breach_ids) == ("rollback", [first.event_id])
         assert decider.counts["breaches_waited_for_manifest"] == 1
+        # Rolled back: v2 is neither live nor known good any more, but it is known (it
+        # breached): its next breach is decided at once, no manifest is awaited for it.
+        (record,) = await reader.read(topics.COMMANDS.name, until=lambda r: len(r) >= 1)
+        command = RollbackCommand.model_validate_json(record.value)
+        applied = CommandAck(
+            model_id="race",
+            model_version="v2",
+            command_id=command.command_id,
+            status="applied",
+            executor_id="x",
+        )
+        await publish_signed(topics.ACKS.name, applied)
+        await until(lambda: decider.counts["CommandAck"] >= 1, 30)
+        await publish_signed(topics.BREACHES.name, breach("v2", model_id="race"))
+        records = await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 2)
+        after = Decision.model_validate_json(records[1].value)
+        assert after.action == "hold" and [r.code for r in after.reasons][-1] == "not_live_version"
+        assert decider.counts["breaches_waited_for_manifest"] == 1
         # A version nobody deploys waits once, then is decided as it always was.
         await publish_signed(topics.BREACHES.name, breach("v9", model_id="race"))
         await publish_signed(topics.BREACHES.name, breach("v9", model_id="race"))
-        records = await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 2)
-        held = Decision.model_validate_json(records[1].value)
+        records = await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 3)
+        held = Decision.model_validate_json(records[2].value)
         assert held.action == "hold" and [r.code for r in held.reasons][-1] == "not_live_version"
         assert decider.counts["breaches_waited_for_manifest"] == 2  # v9 once, for both
     finally:

@@ -300,3 +300,33 @@ async def test_the_immediate_tier_is_judged_before_the_batch_s_predictions_are_f
     assert detector.counts["prediction_events"] == 2000
     errors = [at for name, at in seen_at if name == "error_rate"]
     assert errors == [0], seen_at  # published with no prediction of the batch folded yet
+
+
+def test_kinds_judged_on_every_window_see_its_rows_before_it_joins_the_pool() -> None:
+    """Review of issue 15's pieces: a short window joining a held pool hands its unfolded rows
+    to the pool; the kinds judged on every window (the immediate tier's, ground truth) must
+    be judged on it first, with its rows in it."""
+    from benchmarks.common import offline_detector
+    from rollguard_services.detector import pooling
+
+    detector = offline_detector()
+    folder = detector.folder
+    folder.model("m")
+    every, _ = pooling.split(folder.configs("m"), detector.kinds)
+    assert every, "the shipped defaults judge some kinds on every window"
+    seen: list[int] = []
+    evaluate = detector._evaluate
+
+    def spy(window: VersionWindow, *args: Any) -> list[Breach]:
+        acc = window.numeric.get("prediction")
+        seen.append(acc.n if acc is not None else 0)
+        return evaluate(window, *args)
+
+    detector._evaluate = spy  # type: ignore[method-assign]
+    for i in range(3):
+        w = VersionWindow("m", "v1", None, 100.0 + i, 1.0)
+        folder.fold_columns(w, {"prediction": np.full(5, 0.5)}, slice(None))
+        detector.close_version_window(w)
+    assert seen == [5, 5, 5]  # each short window judged with its own 5 rows
+    held = folder.version(("m", "v1")).held
+    assert held is not None and held.n == 15 and held.numeric["prediction"].n == 15

@@ -69,9 +69,26 @@ def model_status(state: ModelState, now: datetime) -> ModelStatus:
     return status.model_copy(update={"event_id": derived_id("status", state.model_id, digest)})
 
 
+def _shown(state: ModelState) -> tuple[object, ...]:
+    """Every field of the state ``model_status`` reads (the rollback target and its health
+    come from these too)."""
+    return (
+        state.live,
+        state.known_good,
+        state.health,
+        state.locked,
+        state.cooldown_until,
+        state.in_flight,
+        state.verifying,
+        state.pending,
+    )
+
+
 def status_change(before: ModelState, after: ModelState, now: datetime) -> ModelStatus | None:
     """The status to publish when ``after`` differs from ``before`` in what the status shows
     (None: nothing visible changed, e.g. a breach id remembered, a tick with nothing due)."""
+    if _shown(before) == _shown(after):
+        return None  # the status is made of these alone: no need to build it twice
     status = model_status(after, now)
     if _visible(status) == _visible(model_status(before, now)):
         return None

@@ -15,6 +15,7 @@ import numpy.typing as npt
 
 from rollguard.baselines import Grid
 from rollguard.policy import WindowPolicy
+from rollguard_services.detector.decoding import Column
 from rollguard_services.detector.histograms import LATENCY_EDGES, latency_histogram
 
 VersionKey = tuple[str, str]
@@ -253,9 +254,7 @@ class MetricSums:
 
 
 #: A window's prediction columns and the rows of them that are its own, folded when read.
-Piece = tuple[
-    dict[str, "npt.NDArray[np.float64] | list[str | None]"], "slice | npt.NDArray[np.bool_]"
-]
+Piece = tuple[dict[str, Column], slice | npt.NDArray[np.bool_]]
 #: Folds pieces into a window's accumulators (the detector's ``Folder.fold_now``).
 FoldPieces = Callable[["VersionWindow", list[Piece]], None]
 

@@ -54,7 +54,7 @@ from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer, Trust, TrustSource
 from rollguard_services.decider.approvals import FUTURE_SKEW, approve, out_of_time, request
 from rollguard_services.decider.breaches import decide
-from rollguard_services.decider.context import DecisionContext
+from rollguard_services.decider.context import NEVER, DecisionContext
 from rollguard_services.decider.delivery import ConfirmedTable, Delivery
 from rollguard_services.decider.outcome import DECIDER_ID, Outcome
 from rollguard_services.decider.settings import STATE_TABLE, DeciderSettings
@@ -180,6 +180,8 @@ class Decider:
         self._tick = timedelta(seconds=decider_settings.tick_s)
         self.deadlines = Deadlines()
         self._rescan_asked = False
+        #: When the partitions we hold last changed (DecisionContext.resumed_at).
+        self.resumed_at = NEVER
         #: Followed as the file changes, unless fixed tokens are given (tests).
         self._token_source: TokenSource | None = None
         if tokens is None:
@@ -198,6 +200,7 @@ class Decider:
             now=now if now is not None else utcnow(),
             signer=self.signer,
             traffic_grace=timedelta(seconds=self.svc.traffic_grace_s),
+            resumed_at=self.resumed_at,
         )
 
     def _use_tokens(self, tokens: TokenRegistry) -> None:
@@ -686,6 +689,7 @@ class Decider:
         @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust's stub wants a keyword-only signal arg
         async def _ready(sender: Any, *args: Any, **kwargs: Any) -> None:
             rescan[0] = True  # the partitions, and so the states, we hold changed
+            self.resumed_at = utcnow()
             self.ready.set()
 
         return app

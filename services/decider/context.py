@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from rollguard.policy import ModelPolicy
 from rollguard.signing import Signer
+
+#: A time before any other: a decider that has not resumed yet, a context made for a test.
+NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,3 +26,14 @@ class DecisionContext:
     #: How long past a verification window's end its last traffic reports may still arrive
     #: (the detector reports every few seconds, once the window's windows have closed).
     traffic_grace: timedelta = timedelta(seconds=10)
+    #: When this decider last took its partitions (a start, a restart, a hand-over): the
+    #: detector's reports of what happened while nobody decided arrive only after that.
+    resumed_at: datetime = NEVER
+
+    def traffic_due(self, deadline: datetime) -> datetime:
+        """When a verification window that ended at ``deadline`` short of traffic is called
+        unverifiable: the grace past its end, or past a fresh window from when this decider
+        resumed if it was away then (its reports, and the restored version's traffic once
+        rollguard is back, had no time to arrive)."""
+        window = timedelta(seconds=self.policy.rollback.verification_s)
+        return max(deadline, self.resumed_at + window) + self.traffic_grace

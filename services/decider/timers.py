@@ -46,7 +46,7 @@ def check_verification(state: ModelState, ctx: DecisionContext) -> Outcome | Non
         return None
     needed = ctx.policy.rollback.verification_min_requests
     if verifying.served < needed:
-        if now < verifying.deadline + ctx.traffic_grace:
+        if now < ctx.traffic_due(verifying.deadline):
             return None
         return unverifiable(state, ctx, needed)
     live = state.live
@@ -160,7 +160,7 @@ def next_due(state: ModelState, ctx: DecisionContext) -> datetime | None:
         # Short of requests, it waits the grace for the last reports (a report that makes up
         # the number stores the state again, which reschedules it at the deadline).
         short = verifying.served < ctx.policy.rollback.verification_min_requests
-        times.append(verifying.deadline + ctx.traffic_grace if short else verifying.deadline)
+        times.append(ctx.traffic_due(verifying.deadline) if short else verifying.deadline)
     live = state.live
     if live is not None and not state.locked and not is_known_good(state, live.system_version):
         last = state.last_breach.get(live.model_version)

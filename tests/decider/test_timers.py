@@ -8,12 +8,14 @@ soon after. ``Deadlines`` hands each due model out once and forgets superseded t
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 
 import pytest
 
 from rollguard.signing import Signer
 from rollguard_services.decider import approvals, timers
+from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.state import ModelState, apply_ack, apply_traffic
 from tests.decider.test_decisions import (
     DORA,
@@ -84,6 +86,39 @@ def test_a_verification_short_of_traffic_is_looked_at_again_after_the_grace(
     # ...and a report that makes up the number brings it back to the deadline.
     served = apply_traffic(state, traffic("v1", 500, T0 + timedelta(seconds=30)))
     assert timers.next_due(served, ctx(signer)) == deadline
+
+
+def test_a_verification_the_decider_was_away_for_waits_a_fresh_window_before_unverifiable(
+    signer: Signer,
+) -> None:
+    """CI, issue 11's kill drill: `up` killed inside a verification window came back after
+    the window and its grace had passed, and the restored version was called unverifiable
+    before the detector (or the router) was back to report its traffic."""
+    state = states(signer)["verifying_unserved"]
+    assert state.verifying is not None
+    deadline = state.verifying.deadline
+    back = deadline + timedelta(seconds=30)  # restarted long after the window closed
+    window = timedelta(seconds=POLICY.rollback.verification_s)
+
+    def resumed(now: datetime) -> DecisionContext:
+        return dataclasses.replace(ctx(signer, now=now), resumed_at=back)
+
+    grace = ctx(signer).traffic_grace
+    assert timers.next_due(state, resumed(back)) == back + window + grace
+    assert timers.check_verification(state, resumed(back + window)) is None
+    assert (
+        timers.check_verification(state, resumed(back + window + grace - timedelta(seconds=1)))
+        is None
+    )
+    told = timers.check_verification(state, resumed(back + window + grace))
+    assert told is not None and told.decisions[0].reasons[0].code == "unverifiable"
+    # The restored version's traffic once rollguard is back counts (its windows end after
+    # the rollback applied): the verification passes instead.
+    served = apply_traffic(state, traffic("v1", 500, back + timedelta(seconds=2)))
+    passed = timers.check_verification(served, resumed(back + window))
+    assert passed is not None and [a.status for a in passed.acks] == ["verified"]
+    # A decider that was there all along calls it at the grace past the window, as before.
+    assert timers.due(state, ctx(signer, now=deadline + grace))
 
 
 def test_nothing_due_for_a_known_good_model_or_a_locked_one(signer: Signer) -> None:

@@ -54,3 +54,20 @@ def private_sqlite(path: Path) -> None:
         was = ensure_private_file(file)
         if was is not None:
             log.warning("database_tightened", path=str(file), mode=f"{was:04o}", now="0600")
+
+
+def create_tables(engine: sa.Engine, metadata: sa.MetaData, *more_ddl: str) -> None:
+    """Create what of ``metadata`` is missing (and run ``more_ddl``, idempotent statements
+    such as triggers), in one transaction.
+
+    On PostgreSQL the transaction first takes an advisory lock named after the tables, so
+    services starting at once against one database (two executors sharing an inbox, say)
+    take turns: without it both see no table, both create it, and one dies of a duplicate
+    type. The lock goes with the transaction."""
+    names = ",".join(sorted(metadata.tables))
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": names})
+        metadata.create_all(conn)
+        for ddl in more_ddl:
+            conn.exec_driver_sql(ddl)

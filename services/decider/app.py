@@ -686,10 +686,14 @@ class Decider:
             self.counts["timer_ticks_sent"] += len(due_now)
             await delivery.send_all(due_now)
 
+        mine = s.topic(topics.BREACHES.name)
+
         @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust's stub wants a keyword-only signal arg
         async def _ready(sender: Any, *args: Any, **kwargs: Any) -> None:
             rescan[0] = True  # the partitions, and so the states, we hold changed
             self.resumed_at = utcnow()
+            held = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == mine)
+            log.info("partitions_assigned", topic=mine, partitions=held)
             self.ready.set()
 
         return app

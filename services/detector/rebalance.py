@@ -35,4 +35,7 @@ class Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
         self._folding.release()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        return None
+        held: dict[str, list[int]] = {}
+        for tp in assigned:
+            held.setdefault(tp.topic, []).append(tp.partition)
+        log.info("partitions_assigned", **{t: sorted(p) for t, p in sorted(held.items())})

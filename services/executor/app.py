@@ -69,6 +69,7 @@ class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self.owned |= set(assigned)
+        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in self.owned))
 
 
 class Executor:

@@ -15,7 +15,7 @@ from typing import Generic, Literal, TypeVar, get_args
 
 import sqlalchemy as sa
 
-from rollguard.database import engine_for
+from rollguard.database import create_tables, engine_for
 from rollguard.events import CommandAck, OutputInvalidation, utcnow
 from rollguard_services.executor.appliers.base import Effect, EffectStatus
 
@@ -150,7 +150,7 @@ _EFFECT_STATUSES: tuple[EffectStatus, ...] = get_args(EffectStatus)
 class Inbox:
     def __init__(self, url: str) -> None:
         self.engine = engine_for(url)
-        metadata.create_all(self.engine)
+        create_tables(self.engine, metadata)
 
     def get(self, command_id: str) -> InboxRow | None:
         with self.engine.connect() as conn:

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import make_url
 
-from rollguard.database import engine_for, sqlite_file
+from rollguard.database import create_tables, engine_for, sqlite_file
 from rollguard.errors import LedgerCorrupt, LedgerError, LedgerMissing
 from rollguard.events import utcnow
 
@@ -274,10 +274,8 @@ class LedgerStore:
                     raise LedgerMissing(f"no ledger table {entries.name!r} at {self.url}")
                 return
             self._migrate()
-            metadata.create_all(self.engine)
-            with self.engine.begin() as conn:
-                for ddl in _SQLITE_TRIGGERS if self.dialect == "sqlite" else _PG_TRIGGERS:
-                    conn.exec_driver_sql(ddl)
+            triggers = _SQLITE_TRIGGERS if self.dialect == "sqlite" else _PG_TRIGGERS
+            create_tables(self.engine, metadata, *triggers)
         except OSError as exc:
             raise LedgerError(f"cannot create the ledger: {exc}") from exc
         except sa.exc.SQLAlchemyError as exc:

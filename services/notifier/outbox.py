@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from rollguard.database import engine_for
+from rollguard.database import create_tables, engine_for
 from rollguard.errors import RollguardError
 from rollguard.events import Tier, utcnow
 from rollguard_services.notifier.notifications import Notification
@@ -68,7 +68,7 @@ class Outbox:
     def __init__(self, url: str) -> None:
         try:
             self.engine = engine_for(url)
-            metadata.create_all(self.engine)
+            create_tables(self.engine, metadata)
         except sa.exc.SQLAlchemyError as exc:
             raise OutboxError(f"cannot open the notifier outbox: {exc}") from exc
 

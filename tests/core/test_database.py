@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from rollguard.database import engine_for, sqlite_file
+from rollguard.database import create_tables, engine_for, sqlite_file
 
 
 def roundtrip(engine: sa.Engine) -> list[tuple[int, str]]:
@@ -67,3 +68,33 @@ def test_a_fresh_database_on_either_backend_takes_tables(database_url: str) -> N
         assert roundtrip(engine) == [(1, "kept")]
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_services_creating_their_tables_at_once_take_turns(database_url: str) -> None:
+    """Issue 15: two executors started together against one inbox database both saw no
+    table, both created it, and one died of PostgreSQL's duplicate type."""
+    from rollguard_services.executor.inbox import metadata
+
+    engines = [engine_for(database_url) for _ in range(6)]
+    start = threading.Barrier(len(engines))
+    failed: list[BaseException] = []
+
+    def create(engine: sa.Engine) -> None:
+        start.wait()
+        try:
+            create_tables(engine, metadata)
+        except BaseException as exc:  # what the racing service would die of
+            failed.append(exc)
+
+    threads = [threading.Thread(target=create, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert failed == []
+        assert set(metadata.tables) <= set(sa.inspect(engines[0]).get_table_names())
+    finally:
+        for e in engines:
+            e.dispose()

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from rollguard import topics
 from rollguard.events import Breach, DeadLetter, LatencyEvent, utcnow
@@ -206,14 +207,12 @@ async def test_a_backlog_is_said_not_silent(
         PolicySet(),
         DetectorSettings(group_id="det-lag", max_batch=250, lag_warn_records=1000),
     )
-    seen: list[int] = []
-
-    def caught_up() -> bool:
-        seen.append(detector.lag_records)
-        return detector.counts["latency_events"] == 3000
-
-    await run_until(detector, caught_up)
-    assert detector.counts["lag_warnings"] >= 1
-    assert max(seen) >= 1000  # it was behind by at least the warning's bound...
+    with capture_logs() as said:
+        await run_until(detector, lambda: detector.counts["latency_events"] == 3000)
+    # (what the log says, not samples of the counter: a loaded CI machine's samples all
+    # missed the moments it was behind)
+    warned = [line for line in said if line["event"] == "falling_behind"]
+    assert len(warned) == detector.counts["lag_warnings"] >= 1
+    assert warned[0]["lag_records"] >= 1000  # it was behind by at least the warning's bound...
     assert detector.lag_records == 0  # ...and says nothing is waiting once it caught up
     assert 0 <= detector.behind_s < 60

@@ -241,8 +241,9 @@ def _spawn(
 class LiveUp:
     """`rollguard up --with-router` on ``base/state``; ``factor`` scales every wait."""
 
-    def __init__(self, base: Path, *, factor: float = 1.0) -> None:
+    def __init__(self, base: Path, *, factor: float = 1.0, policy: str = POLICY_OVERRIDE) -> None:
         self.base = base
+        self.policy = policy
         self.state = base / "state"
         self.factor = factor
         self.webhook = Webhook()
@@ -280,7 +281,7 @@ class LiveUp:
         policies = self.base / "policies"
         policies.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / "policies" / "default.yaml", policies / "default.yaml")
-        (policies / "zz-quick-incidents.yaml").write_text(POLICY_OVERRIDE)
+        (policies / "zz-quick-incidents.yaml").write_text(self.policy)
         self.state.mkdir(parents=True, exist_ok=True)
         await self.webhook.start()
         with self.log.path.open("wb") as err:

@@ -1,0 +1,180 @@
+"""Time to rollback under load (issue 15): bad deploy → `applied`, idle and with background
+traffic from 100 healthy models sent by a load generator process of its own.
+
+`rollguard up --with-router` as a user runs it (benchmarks/live_up.py: the router serves
+demo-model at 200 requests/s). ``TRIALS`` incidents idle, then the load generator
+(benchmarks/loadgen.py, confluent-kafka, another process) offers ``RATE`` events/s from 100
+other models and ``TRIALS`` more incidents follow. Each incident is timed from the
+manifest's own time to the first breach of the bad system version, its rollback decision,
+the command and the executor's `applied` ack (every time an event's own ``ts``, all from one
+machine clock); p50/p99 over the trials. The offered rate is what the generator says it
+sent, second by second, and the detector's `falling_behind` warnings are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import write
+from benchmarks.live_up import POLICY_OVERRIDE, LiveUp, until, wall
+
+TRIALS = int(os.environ.get("BENCH_UNDER_LOAD_TRIALS", "10"))
+RATE = 20_000
+MODELS = 100
+STEPS = ("breach", "decision", "command", "applied")
+#: What is timed ends at `applied`; the verification after it only has to end before the
+#: next trial. Under load the restored version's traffic reports come late, and a verification
+#: short of counted requests would lock the model (unverifiable) and end the run: any traffic
+#: verifies here.
+POLICY = POLICY_OVERRIDE.replace(
+    "      verification_s: 5\n", "      verification_s: 5\n      verification_min_requests: 0\n"
+)
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 3)
+
+
+def _timeline(up: LiveUp, system_version: str, deployed: float) -> dict[str, float] | None:
+    """Seconds from the deploy to each step of the incident of ``system_version``: its
+    (first) command, the decision that made it, the first breach that decision names (else
+    the first breach of the bad version since the deploy), the `applied` ack."""
+    commands = up.topics.commands_for(system_version)
+    if not commands:
+        return None
+    command = commands[0]
+    decision = next(
+        (d for d in up.topics.on("decisions") if d["event_id"] == command["decision_id"]), None
+    )
+    applied = up.topics.acks(command["command_id"], "applied")
+    if decision is None or not applied:
+        return None
+    named = set(decision.get("breach_ids") or ())
+    breaches = [b for b in up.topics.on("breaches") if b["event_id"] in named] or [
+        b
+        for b in up.topics.on("breaches")
+        if b["model_version"] == command["model_version"] and wall(b["ts"]) >= deployed
+    ]
+    if not breaches:
+        return None
+    at = {
+        "breach": min(wall(b["ts"]) for b in breaches),
+        "decision": wall(decision["ts"]),
+        "command": wall(command["issued_at"]),
+        "applied": wall(applied[0]["ts"]),
+    }
+    return {step: round(at[step] - deployed, 3) for step in STEPS}
+
+
+async def _trials(up: LiveUp, label: str) -> list[dict[str, float]]:
+    out = []
+    for i in range(TRIALS):
+        incident = await up.start_incident(f"{label}{i}")
+        await up.finish(incident, up.scaled(120))
+        steps = _timeline(up, incident.system_version, incident.deployed_ts)
+        assert steps is not None, f"{incident.system_version}: an incident step is missing"
+        out.append(steps)
+        shown = ", ".join(f"{k} {v:.2f}" for k, v in steps.items())
+        print(f"  {label} {i + 1}/{TRIALS}: {shown} s", file=sys.stderr)
+    return out
+
+
+def _summary(trials: list[dict[str, float]]) -> dict[str, Any]:
+    return {
+        step: {
+            "p50_s": _p([t[step] for t in trials], 0.5),
+            "p99_s": _p([t[step] for t in trials], 0.99),
+            "max_s": max(t[step] for t in trials),
+        }
+        for step in STEPS
+    } | {
+        "trials": len(trials),
+        "applied_under_2s": sum(t["applied"] < 2 for t in trials),
+        "applied_s": [t["applied"] for t in trials],
+    }
+
+
+async def run() -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        up = LiveUp(Path(tmp), policy=POLICY)
+        async with up.running():
+            await up.known_good()
+            idle = await _trials(up, "idle")
+            offered: list[int] = []
+            load = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "benchmarks.loadgen", up.bootstrap(), "rollguard."),
+                *(str(RATE), str(MODELS)),
+                stdout=asyncio.subprocess.PIPE,
+            )
+
+            async def listen() -> None:
+                assert load.stdout is not None
+                async for line in load.stdout:
+                    with contextlib.suppress(ValueError):
+                        offered.append(int(json.loads(line)["rate"]))
+
+            listening = asyncio.create_task(listen())
+            try:
+                print(f"  load: {RATE:,} events/s offered", file=sys.stderr)
+                # Five seconds of load first: the detector meets it before the first deploy.
+                await until(lambda: len(offered) >= 5, 60, "the load generator said nothing")
+                warned_before = len(up.log.named("falling_behind"))
+                loaded = await _trials(up, "load")
+                warnings = len(up.log.named("falling_behind")) - warned_before
+            finally:
+                load.terminate()
+                await load.wait()
+                listening.cancel()
+                await asyncio.gather(listening, return_exceptions=True)
+    steady = offered[5:] or offered
+    return {
+        "rate_offered_events_per_s": {
+            "target": RATE,
+            "median": round(statistics.median(steady)),
+            "min": min(steady),
+        },
+        "background_models": MODELS,
+        "idle": _summary(idle),
+        "loaded": _summary(loaded),
+        "falling_behind_warnings_under_load": warnings,
+        "target_p99_applied_s": 2.0,
+    }
+
+
+def main() -> dict[str, Any]:
+    result = asyncio.run(run())
+    write("under_load", result)
+    return result
+
+
+def report(result: dict[str, Any]) -> str:
+    offered = result["rate_offered_events_per_s"]
+    lines = [
+        "bad deploy → applied (p50 / p99 / max over trials; target p99 < 2 s idle and under "
+        f"load); load: {offered['median']:,} events/s offered (min {offered['min']:,}) from "
+        f"{result['background_models']} healthy models by a separate process"
+    ]
+    for name in ("idle", "loaded"):
+        r = result[name]
+        steps = ", ".join(
+            f"{step} {r[step]['p50_s']:.2f}/{r[step]['p99_s']:.2f}/{r[step]['max_s']:.2f}"
+            for step in STEPS
+        )
+        lines.append(f"  {name}: {steps} s; {r['applied_under_2s']}/{r['trials']} under 2 s")
+    lines.append(
+        f"  falling_behind warnings under load: {result['falling_behind_warnings_under_load']}"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report(main()))

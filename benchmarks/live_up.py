@@ -241,9 +241,17 @@ def _spawn(
 class LiveUp:
     """`rollguard up --with-router` on ``base/state``; ``factor`` scales every wait."""
 
-    def __init__(self, base: Path, *, factor: float = 1.0, policy: str = POLICY_OVERRIDE) -> None:
+    def __init__(
+        self,
+        base: Path,
+        *,
+        factor: float = 1.0,
+        policy: str = POLICY_OVERRIDE,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.base = base
         self.policy = policy
+        self.extra_env = env or {}
         self.state = base / "state"
         self.factor = factor
         self.webhook = Webhook()
@@ -273,6 +281,7 @@ class LiveUp:
             ROLLGUARD_POLICY_PATH=str(self.base / "policies"),
             ROLLGUARD_NOTIFIER_WEBHOOK_URL=self.webhook.url,
         )
+        env.update(self.extra_env)
         return env
 
     @contextlib.asynccontextmanager

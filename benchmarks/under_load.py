@@ -20,6 +20,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ TRIALS = int(os.environ.get("BENCH_UNDER_LOAD_TRIALS", "10"))
 RATE = 20_000
 MODELS = 100
 STEPS = ("breach", "decision", "command", "applied")
+#: The embedded broker's storage: on disk (the default: tansu and an object store process of
+#: ours), and in memory (ROLLGUARD_EMBEDDED_STORAGE=memory: tansu alone).
+STORAGES = ("disk", "memory")
 #: What is timed ends at `applied`; the verification after it only has to end before the
 #: next trial. Under load the restored version's traffic reports come late, and a verification
 #: short of counted requests would lock the model (unverifiable) and end the run: any traffic
@@ -103,11 +107,30 @@ def _summary(trials: list[dict[str, float]]) -> dict[str, Any]:
     }
 
 
-async def run() -> dict[str, Any]:
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _storage_pid(state: Path) -> int | None:
+    """The embedded broker's object store process (disk storage), if there is one."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                argv = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                if "rollguard.objectstore" in argv and str(state) in argv:
+                    return int(entry.name)
+    return None
+
+
+async def run(storage: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        up = LiveUp(Path(tmp), policy=POLICY)
+        env = {"ROLLGUARD_EMBEDDED_STORAGE": "memory"} if storage == "memory" else {}
+        up = LiveUp(Path(tmp), policy=POLICY, env=env)
         async with up.running():
             await up.known_good()
+            print(f"  broker storage: {storage}", file=sys.stderr)
             idle = await _trials(up, "idle")
             offered: list[int] = []
             load = await asyncio.create_subprocess_exec(
@@ -123,13 +146,21 @@ async def run() -> dict[str, Any]:
                         offered.append(int(json.loads(line)["rate"]))
 
             listening = asyncio.create_task(listen())
+            pids = {"rollguard up": up.proc.pid, "broker": up.broker_pid(), "load": load.pid}
+            storage_pid = _storage_pid(up.state)
+            if storage_pid is not None:
+                pids["broker storage"] = storage_pid
             try:
                 print(f"  load: {RATE:,} events/s offered", file=sys.stderr)
                 # Five seconds of load first: the detector meets it before the first deploy.
                 await until(lambda: len(offered) >= 5, 60, "the load generator said nothing")
                 warned_before = len(up.log.named("falling_behind"))
+                cpu_before = {k: _cpu_s(p) for k, p in pids.items()}
+                began = time.monotonic()
                 loaded = await _trials(up, "load")
-                warnings = len(up.log.named("falling_behind")) - warned_before
+                took = time.monotonic() - began
+                cpu = {k: round((_cpu_s(p) - cpu_before[k]) / took, 2) for k, p in pids.items()}
+                behind = [e for e in up.log.named("falling_behind")[warned_before:]]
             finally:
                 load.terminate()
                 await load.wait()
@@ -145,34 +176,43 @@ async def run() -> dict[str, Any]:
         "background_models": MODELS,
         "idle": _summary(idle),
         "loaded": _summary(loaded),
-        "falling_behind_warnings_under_load": warnings,
+        "falling_behind_warnings_under_load": len(behind),
+        "worst_behind_s_under_load": max((e["behind_s"] for e in behind), default=0.0),
+        "cores_used_under_load": cpu,
         "target_p99_applied_s": 2.0,
     }
 
 
 def main() -> dict[str, Any]:
-    result = asyncio.run(run())
+    result = {"storage": {storage: asyncio.run(run(storage)) for storage in STORAGES}}
     write("under_load", result)
     return result
 
 
 def report(result: dict[str, Any]) -> str:
-    offered = result["rate_offered_events_per_s"]
     lines = [
-        "bad deploy → applied (p50 / p99 / max over trials; target p99 < 2 s idle and under "
-        f"load); load: {offered['median']:,} events/s offered (min {offered['min']:,}) from "
-        f"{result['background_models']} healthy models by a separate process"
+        "bad deploy → applied under load (p50 / p99 / max over trials, seconds; target p99 "
+        "< 2 s idle and under load), embedded broker with each storage:"
     ]
-    for name in ("idle", "loaded"):
-        r = result[name]
-        steps = ", ".join(
-            f"{step} {r[step]['p50_s']:.2f}/{r[step]['p99_s']:.2f}/{r[step]['max_s']:.2f}"
-            for step in STEPS
+    for storage, r in result["storage"].items():
+        offered = r["rate_offered_events_per_s"]
+        lines.append(
+            f"  {storage} storage, load {offered['median']:,} events/s offered (min "
+            f"{offered['min']:,}) from {r['background_models']} healthy models by a separate "
+            "process:"
         )
-        lines.append(f"  {name}: {steps} s; {r['applied_under_2s']}/{r['trials']} under 2 s")
-    lines.append(
-        f"  falling_behind warnings under load: {result['falling_behind_warnings_under_load']}"
-    )
+        for name in ("idle", "loaded"):
+            t = r[name]
+            steps = ", ".join(
+                f"{step} {t[step]['p50_s']:.2f}/{t[step]['p99_s']:.2f}/{t[step]['max_s']:.2f}"
+                for step in STEPS
+            )
+            lines.append(f"    {name}: {steps}; {t['applied_under_2s']}/{t['trials']} under 2 s")
+        cores = ", ".join(f"{k} {v:.2f}" for k, v in r["cores_used_under_load"].items())
+        lines.append(
+            f"    under load: falling_behind {r['falling_behind_warnings_under_load']} times "
+            f"(worst {r['worst_behind_s_under_load']} s behind); cores used: {cores}"
+        )
     return "\n".join(lines)
 
 

@@ -51,7 +51,8 @@ schemas: $(VENV)/.demo-installed
 	$(BIN)/rollguard schemas export
 
 # Throughput, false breaches, detection delay, memory, exact-path checks, signing cost and
-# the demo signed against unsigned, the ledger, a breach storm and an idle `up` (about 35 min).
+# the demo signed against unsigned, the ledger, a breach storm, an idle `up`, 1-4 detector
+# processes in one group and time to rollback under load (about 50 min).
 # ROLLGUARD_BENCH_FREEZE=1 make bench adds broker freezes under traffic (about 25 min more).
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m benchmarks.run

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, figures printed and written to benchmarks/results/*.json.
 
-About 35 minutes on 2 cores.
+About 50 minutes on 2 cores.
 
 ROLLGUARD_BENCH_FREEZE=1 adds the broker freezes of benchmarks/freeze.py (about 25 minutes).
 """
@@ -19,10 +19,12 @@ from benchmarks import (
     fuzz,
     idle,
     ledger,
+    scaleout,
     signing,
     statistics,
     storm,
     throughput,
+    under_load,
 )
 
 
@@ -58,6 +60,8 @@ def main() -> None:
     print(ledger.report(ledger.main()))  # about 1 minute
     print(storm.report(storm.main()))  # about 2 minutes
     print(idle.report(idle.main()))  # about 3 minutes
+    print(scaleout.report(scaleout.main()))  # about 2 minutes
+    print(under_load.report(under_load.main()))  # about 10 minutes: 40 incidents
     print(demo_signing.report(demo_signing.main()))  # about 6 minutes: 10 whole demos
     print(fuzz.report(fuzz.main()))  # about 6 minutes: 5 x 100,000 malformed records
     if os.environ.get("ROLLGUARD_BENCH_FREEZE") == "1":  # about 25 minutes: asked for only

@@ -98,9 +98,12 @@ class Delivery:
         return await (await topic.send(key=key, value=value))
 
     async def confirm(self, table: ConfirmedTable) -> None:
-        """Flush the table's changelog writes and wait for each; a failed one is written again
-        with the key's value as it is now."""
-        await self.app.producer.flush()
+        """Wait for each of the table's changelog writes; a failed one is written again with
+        the key's value as it is now.
+
+        Each write's own future is waited for, and faust's producer sends what it buffers on
+        its own: no ``producer.flush()``, whose loop wakes every waiting flusher on every
+        message sent (with 32 breaches decided at once, a fifth of a storm's CPU went there)."""
         while table.unconfirmed:
             partition, key, first = table.unconfirmed.pop(0)
             rewrite = functools.partial(self._rewrite, table, partition, key)
@@ -110,5 +113,4 @@ class Delivery:
         again = table.write_again(partition, key)
         if again is None:
             return None
-        await self.app.producer.flush()
         return await again

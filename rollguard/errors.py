@@ -22,6 +22,11 @@ class ExitCode(IntEnum):
     NOT_READY = 4
     #: `ledger verify`: the chain or a checkpoint does not hold.
     NOT_VERIFIED = 5
+    #: `rollback`, `unlock`, `approve`: the decider answered no (the reasons are printed).
+    REFUSED = 6
+    #: `rollback`, `unlock`, `approve`: no answer, or not the one waited for (``--wait``),
+    #: within ``--timeout``.
+    TIMED_OUT = 7
     INTERRUPTED = 130  # SIGINT, Ctrl-C
     BROKEN_PIPE = 141  # the reader of stdout went away
     TERMINATED = 143  # SIGTERM

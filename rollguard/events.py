@@ -60,6 +60,30 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def derived_id(*parts: object) -> str:
+    """A deterministic id (32 hex digits) from the inputs it stands for: replaying the same
+    input stream produces the same decisions and commands, byte for byte."""
+    return uuid.uuid5(uuid.NAMESPACE_OID, ":".join(str(p) for p in parts)).hex
+
+
+# The ids of the decider's answers to a person's input: a contract, so the CLI (or any
+# client) knows which decision to wait for before it sends the request or the approval.
+def request_decision_id(request_event_id: str) -> str:
+    """The decision answering a RollbackRequest (a rollback, a hold, a refusal, an unlock)."""
+    return derived_id("request", request_event_id)
+
+
+def approval_decision_id(approval_event_id: str) -> str:
+    """The decision answering an Approval that did not complete its decision (a refusal, or
+    "still needs ...")."""
+    return derived_id("approval", approval_event_id)
+
+
+def approved_decision_id(pending_decision_id: str) -> str:
+    """The rollback decision once the approvals a pending decision needs are all in."""
+    return derived_id("approved", pending_decision_id)
+
+
 class Event(BaseModel):
     """Fields every event has. Subclasses set ``SCHEMA`` and a matching ``schema`` literal."""
 

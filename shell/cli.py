@@ -25,8 +25,18 @@ from rollguard_shell.stopping import Stopped, ignore_further_signals
 GROUPS = (running, operations, admin, ledger, incident, baseline, invalidations_cmd)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rollguard")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="rollguard", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"rollguard {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in GROUPS:
         module.register(sub)

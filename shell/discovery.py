@@ -71,4 +71,8 @@ def with_running_broker(settings: RollguardSettings) -> RollguardSettings:
     record = BrokerRecord.read(settings.state_dir)
     if record is None:
         return settings
-    return settings.model_copy(update={"kafka_bootstrap": record.bootstrap})
+    # The embedded broker cannot do idempotent producers: asking first cost every command a
+    # refused attempt and a JSON warning on stderr.
+    return settings.model_copy(
+        update={"kafka_bootstrap": record.bootstrap, "enable_idempotence": False}
+    )

@@ -10,9 +10,18 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from rollguard.authority import Identity
-from rollguard.events import Approval, Reason, ReasonCode, RollbackRequest
+from rollguard.events import (
+    Approval,
+    Reason,
+    ReasonCode,
+    RollbackRequest,
+    approval_decision_id,
+    approved_decision_id,
+    derived_id,
+    request_decision_id,
+)
 from rollguard_services.decider.context import DecisionContext
-from rollguard_services.decider.outcome import Outcome, decision, derived_id, launch
+from rollguard_services.decider.outcome import Outcome, decision, launch
 from rollguard_services.decider.state import ModelState, Pending
 from rollguard_services.decider.targets import choose_level, rollback_target
 
@@ -37,7 +46,7 @@ def request(
 ) -> Outcome:
     """A person asks for a rollback (any level) or to lift a lock, under the same rules."""
     policy = ctx.policy
-    decision_id = derived_id("request", req.event_id)
+    decision_id = request_decision_id(req.event_id)
 
     def refuse(code: ReasonCode, detail: str) -> Outcome:
         return Outcome(
@@ -150,7 +159,7 @@ def approve(
         refused = decision(
             state,
             ctx,
-            event_id=derived_id("approval", approval.event_id),
+            event_id=approval_decision_id(approval.event_id),
             action="hold",
             parent_decision_id=approval.decision_id,
             reasons=[Reason(code=code, detail=detail)],
@@ -202,7 +211,7 @@ def approve(
         held = decision(
             state,
             ctx,
-            event_id=derived_id("approval", approval.event_id),
+            event_id=approval_decision_id(approval.event_id),
             action="hold",
             level=pending.level,
             parent_decision_id=pending.decision_id,
@@ -223,7 +232,7 @@ def approve(
     rollback = decision(
         state,
         ctx,
-        event_id=derived_id("approved", pending.decision_id),
+        event_id=approved_decision_id(pending.decision_id),
         action="rollback",
         level=pending.level,
         parent_decision_id=pending.decision_id,

@@ -19,9 +19,10 @@ from rollguard.events import (
     Reason,
     ReasonCode,
     SystemManifest,
+    derived_id,
 )
 from rollguard_services.decider.context import DecisionContext
-from rollguard_services.decider.outcome import Outcome, decision, derived_id, launch
+from rollguard_services.decider.outcome import Outcome, decision, launch
 from rollguard_services.decider.state import ModelState
 from rollguard_services.decider.targets import choose_level, rollback_target, target_ready
 

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from rollguard.events import CommandAck, Decision, RollbackCommand, SystemManifest
+from rollguard.events import CommandAck, Decision, RollbackCommand, SystemManifest, derived_id
 from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.state import InFlight, ModelState
 
 #: ``executor_id`` of the acks the decider itself publishes (``verified``).
 DECIDER_ID = "rollguard-decider"
-
-
-def derived_id(*parts: object) -> str:
-    """A deterministic id (32 hex digits) from the inputs it stands for: replaying the same
-    input stream produces the same decisions and commands, byte for byte."""
-    return uuid.uuid5(uuid.NAMESPACE_OID, ":".join(str(p) for p in parts)).hex
 
 
 @dataclass(frozen=True)

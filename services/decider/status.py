@@ -15,8 +15,8 @@ from rollguard.events import (
     ModelStatus,
     PendingApproval,
     RollbackVerifying,
+    derived_id,
 )
-from rollguard_services.decider.outcome import derived_id
 from rollguard_services.decider.state import ModelState
 from rollguard_services.decider.targets import rollback_target
 

@@ -7,10 +7,10 @@ import heapq
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from rollguard.events import CommandAck, Reason
+from rollguard.events import CommandAck, Reason, derived_id
 from rollguard_services.decider.approvals import expire_pending
 from rollguard_services.decider.context import DecisionContext
-from rollguard_services.decider.outcome import DECIDER_ID, Outcome, decision, derived_id
+from rollguard_services.decider.outcome import DECIDER_ID, Outcome, decision
 from rollguard_services.decider.state import ModelState, apply_manifest, is_known_good
 
 

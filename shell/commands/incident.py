@@ -49,9 +49,11 @@ def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:
         print(json.dumps(incident.as_json()))
         return 0
     d = incident.decision.payload
+    # A manual rollback has no tier: who asked is said instead.
+    why = f"[{d['tier']}]" if d.get("tier") else f"asked by {d.get('requested_by') or '?'}"
     print(
         f"incident {incident.id}  model {incident.model_id} {d.get('model_version')}  "
-        f"{d.get('action')} [{d.get('tier')}]"
+        f"{d.get('action')} {why}"
     )
     if incident.command_ids:
         print(f"command(s): {', '.join(incident.command_ids)}")

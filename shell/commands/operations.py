@@ -1,4 +1,4 @@
-"""policy, deploy, rollback, approve, unlock, tokens: what people do around a rollback.
+"""policy, deploy, rollback, approve, unlock, status, tokens: what people do around a rollback.
 
 Requests and approvals are events on Kafka, decided by the decider under the same rules as
 automatic rollbacks. Each is signed with the key the caller's role token (ROLLGUARD_TOKEN)
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,16 @@ from rollguard.events import (
     ModelStatus,
     RollbackRequest,
     SystemManifest,
+    approval_decision_id,
+    approved_decision_id,
     decode,
+    request_decision_id,
     utcnow,
 )
 from rollguard.policy import load_policy, resolve_policy
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer, signer_of, trust_of
+from rollguard_shell.answers import WAITS, Wait, ask
 from rollguard_shell.commands import Subparsers, group, require_broker, writing
 
 
@@ -79,12 +85,14 @@ def register(sub: Subparsers) -> None:
     rollback.add_argument("--level", type=int, choices=(1, 2, 3, 4))
     rollback.add_argument("--as", dest="role", required=True, choices=ROLES)
     rollback.add_argument("--reason", default="")
+    _answer_options(rollback)
     rollback.set_defaults(handler=_rollback)
 
     unlock = sub.add_parser("unlock", help="lift a verification-failure lock on MODEL")
     unlock.add_argument("model_id", metavar="MODEL")
     unlock.add_argument("--as", dest="role", required=True, choices=ROLES)
     unlock.add_argument("--reason", required=True)
+    _answer_options(unlock, waits=False)
     unlock.set_defaults(handler=_unlock)
 
     approve = sub.add_parser("approve", help="approve a decision awaiting approval")
@@ -92,7 +100,15 @@ def register(sub: Subparsers) -> None:
     approve.add_argument("--as", dest="role", required=True, choices=ROLES)
     approve.add_argument("--model-id", help="skip looking the decision up")
     approve.add_argument("--comment", default="")
+    _answer_options(approve)
     approve.set_defaults(handler=_approve)
+
+    status = sub.add_parser(
+        "status", help="what the decider knows of each model (or of MODEL): live, target, locks"
+    )
+    status.add_argument("model_id", nargs="?", metavar="MODEL")
+    status.add_argument("--json", action="store_true", help="the decider's ModelStatus events")
+    status.set_defaults(handler=_status)
 
     tokens = group(sub, "tokens", "role tokens for approvals and manual rollbacks")
     create = tokens.add_parser("create", help="add a person with a new token (printed once)")
@@ -105,6 +121,35 @@ def register(sub: Subparsers) -> None:
     )
     revoke.add_argument("--name", required=True)
     revoke.set_defaults(handler=_tokens_revoke)
+
+
+def _answer_options(parser: argparse.ArgumentParser, *, waits: bool = True) -> None:
+    if waits:
+        parser.add_argument(
+            "--wait",
+            choices=WAITS,
+            default="decided",
+            help="return once decided (default), or once the rollback it launches is applied "
+            "or verified (through the approvals it needs)",
+        )
+    parser.add_argument(
+        "--timeout",
+        type=_positive,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up waiting after this long (exit 7; default 30)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the answer as one JSON object")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
 
 
 def _policy_explain(args: argparse.Namespace, settings: RollguardSettings) -> int:
@@ -201,15 +246,47 @@ def _send(
     key: bytes,
     signer: Signer | None = None,
 ) -> None:
+    asyncio.run(_publish(settings, topic, event, key, signer))
+
+
+async def _publish(
+    settings: RollguardSettings,
+    topic: str,
+    event: SystemManifest | RollbackRequest | Approval,
+    key: bytes,
+    signer: Signer | None = None,
+) -> None:
     """Publish ``event`` signed by ``signer`` (the token holder's key, for a request or an
     approval), else by this installation's deployer key: consumers refuse it otherwise."""
+    await wait_for_broker(settings)  # no broker is said first: exit 3, then the key
+    signing = signer or signer_of(settings, "deployer")
+    await publish_one(settings, topic, signing.sign(event), key)
 
-    async def go() -> None:
-        await wait_for_broker(settings)  # no broker is said first: exit 3, then the key
-        signing = signer or signer_of(settings, "deployer")
-        await publish_one(settings, topic, signing.sign(event), key)
 
-    asyncio.run(go())
+def _answered(
+    args: argparse.Namespace,
+    settings: RollguardSettings,
+    topic: str,
+    event: RollbackRequest | Approval,
+    person: Signer,
+    answers: set[str],
+) -> int:
+    """Send a person's input and print the decider's answer; its exit code (README)."""
+
+    async def send() -> None:
+        await _publish(settings, topic, event, event.key, person)
+
+    wait: Wait = getattr(args, "wait", "decided")
+    answer = asyncio.run(ask(settings, send, answers, wait, args.timeout))
+    if args.json:
+        print(json.dumps({"sent": event.event_id, **answer.as_dict()}))
+    else:
+        for line in answer.lines():
+            print(line)
+    code = answer.exit_code()
+    if code:
+        print(f"rollguard: {answer.outcome().replace('_', ' ')}", file=sys.stderr)
+    return code
 
 
 def _read(settings: RollguardSettings, topic: str) -> list[Any]:
@@ -242,27 +319,37 @@ def _deploy_record(args: argparse.Namespace, settings: RollguardSettings) -> int
     return 0
 
 
+def latest_statuses(settings: RollguardSettings) -> dict[str, ModelStatus]:
+    """The latest ModelStatus the decider published of each model it knows, by model id."""
+    topic = settings.topic(topics.MODEL_STATUS.name)
+    latest: dict[str, bytes | None] = {}
+    for record in _read(settings, topics.MODEL_STATUS.name):
+        if record.key is not None:
+            latest[record.key.decode(errors="replace")] = record.value  # None: a tombstone
+    trust = trust_of(settings)
+    out: dict[str, ModelStatus] = {}
+    for model_id, value in sorted(latest.items()):
+        if value is None:
+            continue  # the model was forgotten
+        try:
+            status = decode(ModelStatus, value)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise UsageError(
+                f"the latest status of {model_id} on {topic} is not readable: {exc}"
+            ) from exc
+        verdict = trust.check(status)
+        if not verdict.ok:
+            raise UsageError(
+                f"the latest status of {model_id} on {topic} is not the decider's: "
+                f"{verdict.refusal}"
+            )
+        out[model_id] = status
+    return out
+
+
 def model_status(settings: RollguardSettings, model_id: str) -> ModelStatus | None:
     """The latest ModelStatus the decider published for one model; None when there is none."""
-    topic = settings.topic(topics.MODEL_STATUS.name)
-    latest: bytes | None = None
-    for record in _read(settings, topics.MODEL_STATUS.name):
-        if record.key == model_id.encode():
-            latest = record.value  # None: a tombstone, the model was forgotten
-    if latest is None:
-        return None
-    try:
-        status = decode(ModelStatus, latest)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise UsageError(
-            f"the latest status of {model_id} on {topic} is not readable: {exc}"
-        ) from exc
-    verdict = trust_of(settings).check(status)
-    if not verdict.ok:
-        raise UsageError(
-            f"the latest status of {model_id} on {topic} is not the decider's: {verdict.refusal}"
-        )
-    return status
+    return latest_statuses(settings).get(model_id)
 
 
 def _not_ready(why: str) -> int:
@@ -300,11 +387,8 @@ def _rollback(args: argparse.Namespace, settings: RollguardSettings) -> int:
         role=args.role,
         reason=args.reason,
     )
-    _send(settings, topics.REQUESTS.name, req, req.key, person)
-    print(
-        f"requested rollback of {args.model_id} (request {req.event_id}); see rollguard.decisions"
-    )
-    return 0
+    answers = {request_decision_id(req.event_id)}
+    return _answered(args, settings, topics.REQUESTS.name, req, person, answers)
 
 
 def _unlock(args: argparse.Namespace, settings: RollguardSettings) -> int:
@@ -313,9 +397,8 @@ def _unlock(args: argparse.Namespace, settings: RollguardSettings) -> int:
     req = RollbackRequest(
         model_id=args.model_id, action="unlock", role=args.role, reason=args.reason
     )
-    _send(settings, topics.REQUESTS.name, req, req.key, person)
-    print(f"requested unlock of {args.model_id} (request {req.event_id})")
-    return 0
+    answers = {request_decision_id(req.event_id)}
+    return _answered(args, settings, topics.REQUESTS.name, req, person, answers)
 
 
 def _approve(args: argparse.Namespace, settings: RollguardSettings) -> int:
@@ -340,11 +423,44 @@ def _approve(args: argparse.Namespace, settings: RollguardSettings) -> int:
         role=args.role,
         comment=args.comment,
     )
-    _send(settings, topics.APPROVALS.name, approval, approval.key, person)
-    print(
-        f"approval of {args.decision_id} ({model_id}) as {args.role} sent; see rollguard.decisions"
-    )
+    answers = {approval_decision_id(approval.event_id), approved_decision_id(args.decision_id)}
+    return _answered(args, settings, topics.APPROVALS.name, approval, person, answers)
+
+
+def _status(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    require_broker(settings)
+    statuses = latest_statuses(settings)
+    if args.model_id is not None:
+        if args.model_id not in statuses:
+            raise UsageError(f"the decider knows no deployment of {args.model_id}")
+        statuses = {args.model_id: statuses[args.model_id]}
+    if args.json:
+        print(json.dumps([st.model_dump(mode="json") for st in statuses.values()]))
+        return 0
+    if not statuses:
+        print("no model known to the decider yet (rollguard deploy record ...)")
+        return 0
+    now = utcnow()
+    for st in statuses.values():
+        print(_status_line(st, now))
     return 0
+
+
+def _status_line(st: ModelStatus, now: datetime) -> str:
+    live = f"{st.live.system_version} ({st.live.model_version})" if st.live else "-"
+    target = st.rollback_target.system_version if st.rollback_target else "none"
+    parts = [f"{st.model_id}: live {live}, rollback target {target}"]
+    if st.locked:
+        parts.append(f"LOCKED ({st.locked}: rollguard unlock {st.model_id} ...)")
+    if st.in_flight is not None:
+        parts.append(f"rollback in flight (command {st.in_flight.command_id})")
+    if st.verifying is not None:
+        parts.append(f"verifying {st.verifying.restored_version}")
+    if st.cooldown_until is not None and st.cooldown_until > now:
+        parts.append(f"cooldown until {st.cooldown_until.isoformat()}")
+    for p in st.pending:
+        parts.append(f"awaiting approval: rollguard approve {p.decision_id} --as ROLE")
+    return "; ".join(parts)
 
 
 def _tokens_revoke(args: argparse.Namespace, settings: RollguardSettings) -> int:

@@ -23,13 +23,13 @@ from rollguard.events import (
     RollbackRequest,
     Sustain,
     SystemManifest,
+    derived_id,
     utcnow,
 )
 from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer, signer_of, trust_of, verify_command
 from rollguard_services.decider.app import Decider, final_ack_on_topic
-from rollguard_services.decider.outcome import derived_id
 from rollguard_services.decider.settings import DeciderSettings
 from rollguard_services.decider.state import InFlight, ModelState
 from tests.conftest import TopicReader, until

@@ -19,12 +19,12 @@ from rollguard.events import (
     HealthCheckEvent,
     RollbackCommand,
     RollbackRequest,
+    derived_id,
 )
 from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer
 from rollguard_services.decider.app import Decider
-from rollguard_services.decider.outcome import derived_id
 from rollguard_services.decider.settings import DeciderSettings
 from tests.conftest import TopicReader, until
 from tests.decider.test_app import TOKENS, good_and_bad

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -163,3 +164,9 @@ def test_every_variable_the_docs_name_is_a_setting() -> None:
         )
     }
     assert unknown == set()
+
+
+def test_version_is_one_line_and_exits_0() -> None:
+    result = rollguard("--version")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"rollguard \d+\.\d+\.\d+\S*\n", result.stdout), result.stdout

@@ -4,6 +4,7 @@ check readiness, ask for rollbacks, approve them."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -188,6 +189,7 @@ async def test_record_check_rollback_and_approve_through_the_decider(
             "bad features",
             token=tokens["dora"],
         )
+        # The command waits for the decider's answer and prints it, with the id to approve.
         assert asked.returncode == 0, asked.stderr  # type: ignore[attr-defined]
         await until(lambda: decider.counts["decision_hold"] == 1, 30)
         (pending,) = [
@@ -195,15 +197,25 @@ async def test_record_check_rollback_and_approve_through_the_decider(
             for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 1)
         ]
         assert pending.reasons[-1].code == "awaiting_approval" and pending.requested_by == "dora"
+        said = asked.stdout  # type: ignore[attr-defined]
+        assert f"decision {pending.event_id}: hold level 3 to s1 (m)" in said
+        assert "manual_request: dora (data_engineering_lead): bad features" in said
+        assert f"rollguard approve {pending.event_id} --as ROLE" in said
 
         own = await run(
             "approve", pending.event_id, "--as", "data_engineering_lead", token=tokens["dora"]
         )
-        assert own.returncode == 0  # type: ignore[attr-defined]
+        # Refused, in words, with its own exit code (it exited 0 before).
+        assert own.returncode == 6, own.stdout  # type: ignore[attr-defined]
+        assert "approval_rejected: dora requested this rollback and cannot approve it" in (
+            own.stdout  # type: ignore[attr-defined]
+        )
         ok = await run(
             "approve", pending.event_id, "--as", "data_engineering_lead", token=tokens["dan"]
         )
         assert ok.returncode == 0, ok.stderr  # type: ignore[attr-defined]
+        assert "rollback level 3 to s1 (m)" in ok.stdout  # type: ignore[attr-defined]
+        assert "approved: approved by dan" in ok.stdout  # type: ignore[attr-defined]
         await until(lambda: decider.counts["decision_rollback"] == 1, 30)
     finally:
         task.cancel()
@@ -227,6 +239,27 @@ async def test_record_check_rollback_and_approve_through_the_decider(
         "s1",
         decisions[-1].event_id,
     )
+
+
+@pytest.mark.broker
+async def test_a_request_nobody_answers_times_out_with_its_own_exit_code(
+    topics_ready: RollguardSettings, keys: str
+) -> None:
+    """No decider runs: `rollback` waits --timeout for an answer, says so, exits 7."""
+    env = env_of(topics_ready)
+    made = await asyncio.to_thread(
+        rollguard, "tokens", "create", "--name", "ann", "--role", "ml_engineer", env=env
+    )
+    token = made.stdout.strip().splitlines()[-1]
+    result = await asyncio.to_thread(
+        rollguard,
+        *("rollback", "m", "--as", "ml_engineer", "--timeout", "2", "--json"),
+        env=env_of(topics_ready, token),
+    )
+    assert result.returncode == 7, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["outcome"] == "timed_out" and answer["decision"] is None
+    assert one_line_error(result) == "rollguard: timed out"
 
 
 @pytest.mark.broker

@@ -136,6 +136,37 @@ class TokenRegistry:
         return cls(identities, keys, legacy, revoked)
 
 
+@dataclass(frozen=True)
+class TokenHolder:
+    """One entry of the tokens file as `rollguard tokens list` shows it (no secret in it:
+    the file holds public keys only)."""
+
+    name: str
+    role: str
+    key_id: str
+    revoked_at: str | None = None
+    #: An older rollguard's entry (a token's SHA-256): ignored, its holder needs a new token.
+    legacy: bool = False
+
+
+def token_holders(path: Path) -> list[TokenHolder]:
+    """Who the tokens file names, in its order; ConfigError for a file the decider refuses."""
+    TokenRegistry.load(path)  # the same checks the decider makes
+    out = []
+    for entry in _token_entries(path):
+        legacy = "sha256" in entry and "public_key" not in entry
+        out.append(
+            TokenHolder(
+                name=str(entry.get("name", "?")),
+                role=str(entry.get("role", "?")),
+                key_id=str(entry.get("key_id", "")) if not legacy else "",
+                revoked_at=str(entry["revoked_at"]) if entry.get("revoked_at") else None,
+                legacy=legacy,
+            )
+        )
+    return out
+
+
 def _public_of(text: Any) -> Ed25519PublicKey | None:
     if not isinstance(text, str):
         return None

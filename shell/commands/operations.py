@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from datetime import datetime
@@ -18,7 +19,14 @@ from typing import Any
 import yaml
 
 from rollguard import topics
-from rollguard.authority import ROLES, TokenRegistry, create_token, person_signer, revoke_token
+from rollguard.authority import (
+    ROLES,
+    TokenRegistry,
+    create_token,
+    person_signer,
+    revoke_token,
+    token_holders,
+)
 from rollguard.bus import publish_one, read_topic, wait_for_broker
 from rollguard.errors import ConfigError, ExitCode, UsageError
 from rollguard.events import (
@@ -121,6 +129,9 @@ def register(sub: Subparsers) -> None:
     )
     revoke.add_argument("--name", required=True)
     revoke.set_defaults(handler=_tokens_revoke)
+    listing = tokens.add_parser("list", help="who holds a token: name, role, key id, revoked")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_tokens_list)
 
 
 def _answer_options(parser: argparse.ArgumentParser, *, waits: bool = True) -> None:
@@ -475,6 +486,27 @@ def _tokens_revoke(args: argparse.Namespace, settings: RollguardSettings) -> int
         f"revoked {n} token(s) of {args.name} at {at.isoformat()}: the decider takes nothing "
         "they sign from now on (it follows the file); the ledger keeps their earlier word"
     )
+    return 0
+
+
+def _tokens_list(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    path = settings.resolved_tokens_file
+    holders = token_holders(path)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(h) for h in holders]))
+        return 0
+    if not holders:
+        print(f"no tokens in {path} (rollguard tokens create --name NAME --role ROLE)")
+        return 0
+    for h in holders:
+        if h.legacy:
+            state = "ignored: made by an older rollguard, needs a new token"
+        elif h.revoked_at:
+            state = f"revoked at {h.revoked_at}"
+        else:
+            state = "active"
+        key = f" key {h.key_id}" if h.key_id else ""
+        print(f"{h.name} ({h.role}){key}: {state}")
     return 0
 
 

@@ -101,6 +101,27 @@ def test_tokens_create_prints_once_and_stores_only_the_hash(tmp_path: Path) -> N
     assert bad.returncode == 2 and "invalid choice: 'king'" in one_line_error(bad)
 
 
+def test_tokens_list_shows_who_holds_one_and_who_was_revoked(tmp_path: Path) -> None:
+    env = {"ROLLGUARD_STATE_DIR": str(tmp_path)}
+    empty = rollguard("tokens", "list", env=env)
+    assert empty.returncode == 0 and "no tokens in" in empty.stdout
+    for name, role in (("dora", "data_engineering_lead"), ("mike", "ml_lead")):
+        assert (
+            rollguard("tokens", "create", "--name", name, "--role", role, env=env).returncode == 0
+        )
+    assert rollguard("tokens", "revoke", "--name", "mike", env=env).returncode == 0
+    shown = rollguard("tokens", "list", env=env)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.strip().splitlines()
+    assert lines[0].startswith("dora (data_engineering_lead) key ") and lines[0].endswith("active")
+    assert lines[1].startswith("mike (ml_lead) key ") and ": revoked at " in lines[1]
+    listed = json.loads(rollguard("tokens", "list", "--json", env=env).stdout)
+    assert [(h["name"], h["revoked_at"] is None) for h in listed] == [
+        ("dora", True),
+        ("mike", False),
+    ]
+
+
 def test_commands_that_need_a_token_say_so() -> None:
     result = rollguard(
         "rollback", "m", "--as", "ml_lead", env={"ROLLGUARD_KAFKA_BOOTSTRAP": "127.0.0.1:1"}

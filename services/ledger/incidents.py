@@ -190,6 +190,17 @@ def _figures(root: Entry, members: list[Entry]) -> dict[str, float]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def details(entry: Entry) -> list[str]:
+    """What a person needs beyond ``describe``'s line: every reason of a decision with its
+    detail (the words the decider gave), an approval's comment."""
+    p = entry.payload
+    if entry.event_type == "Decision":
+        return [f"{r.get('code')}: {r.get('detail')}" for r in p.get("reasons") or []]
+    if entry.event_type == "Approval" and p.get("comment"):
+        return [f"comment: {p['comment']}"]
+    return []
+
+
 def describe(entry: Entry) -> str:
     """One line a person can read for an entry."""
     p = entry.payload

@@ -7,7 +7,7 @@ import json
 
 from rollguard.errors import UsageError
 from rollguard.settings import RollguardSettings
-from rollguard_services.ledger.incidents import INCIDENT_TYPES, describe, find_incident
+from rollguard_services.ledger.incidents import INCIDENT_TYPES, describe, details, find_incident
 from rollguard_services.ledger.provenance import trusted_only
 from rollguard_shell.commands import Subparsers, group
 from rollguard_shell.commands.ledger import open_ledger, recorded_trust
@@ -59,6 +59,8 @@ def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:
         print(f"command(s): {', '.join(incident.command_ids)}")
     for e in incident.entries:
         print(f"  seq {e.seq:>6}  {e.payload.get('ts', '?')}  {describe(e)}")
+        for line in details(e):
+            print(f"{'':>14}{line}")
     print("figures:")
     for key, label in _FIGURES:
         value = incident.figures.get(key)

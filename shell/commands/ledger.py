@@ -20,7 +20,7 @@ from rollguard.settings import RollguardSettings
 from rollguard.signing import Trust, load_trusted_keys, trust_of
 from rollguard_services.ledger.audit import verify_configured
 from rollguard_services.ledger.checkpoints import WitnessRead, witnessed
-from rollguard_services.ledger.incidents import INCIDENT_TYPES, describe, find_incident
+from rollguard_services.ledger.incidents import INCIDENT_TYPES, describe, details, find_incident
 from rollguard_services.ledger.provenance import provenance, trusted_only, untrusted_counts
 from rollguard_services.ledger.settings import LedgerSettings
 from rollguard_services.ledger.store import LedgerStore
@@ -255,6 +255,8 @@ def _show(args: argparse.Namespace, settings: RollguardSettings) -> int:
                 f"{e.seq:>6}  {e.as_json()['recorded_at']}  {e.model_id or '-'} {version}  "
                 f"{describe(e)}{mark}"
             )
+            for line in details(e):
+                print(f"{'':>8}{line}")
     if not entries and not args.json:
         print("no entries match", file=sys.stderr)
     return 0

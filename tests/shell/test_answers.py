@@ -93,6 +93,10 @@ def test_requests_answer_in_words_and_exit_codes_against_a_running_up(tmp_path: 
         shown = cli(state, "incident", "show", found.group(1))
         assert shown.returncode == 0, shown.stderr
         assert "rollback asked by ann" in shown.stdout.splitlines()[0]
+        # ...and every reason is there in words, not only its code (incident and ledger).
+        assert "manual_request: ann (ml_engineer): bad v2" in shown.stdout
+        ledger = cli(state, "ledger", "show")
+        assert "unknown_model: no live manifest is known for this model" in ledger.stdout
 
         again = cli(state, "rollback", "m", "--as", "ml_engineer", "--json", token=token)
         assert again.returncode == 6, again.stdout + again.stderr

@@ -375,6 +375,8 @@ ReasonCode = Literal[
     "verification_failed",
     "unverifiable",
     "data_shift",
+    # the policy's rollback.mode is observe: what enforce would have done, not done
+    "observe_mode",
     # people: requests and approvals
     "unknown_token",
     "wrong_role",

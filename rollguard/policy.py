@@ -74,6 +74,13 @@ class WindowPolicy(_Frozen):
 
 
 class RollbackPolicy(_Frozen):
+    mode: Literal["enforce", "observe"] = Field(
+        default="enforce",
+        description="enforce: roll back as decided. observe: decide as enforce would and "
+        "record (ledger, notification) that it would have rolled back, when and to what, but "
+        "send nothing to executors — to run rollguard beside a team's current process before "
+        "trusting it. A person's own `rollguard rollback` still acts.",
+    )
     cooldown_s: float = Field(default=300.0, ge=0, description="No second rollback within this.")
     command_ttl_s: float = Field(default=60.0, gt=0, description="A command expires after this.")
     automatic_tiers: tuple[Tier, ...] = ("immediate", "rapid")

@@ -144,6 +144,8 @@ def decide(state: ModelState, breach: Breach, ctx: DecisionContext) -> Outcome |
         reasons.append(
             Reason(code="notify_lead", detail=f"level 2 runs automatically; notify {roles}")
         )
+    if policy.rollback.mode == "observe":
+        return observe(state, ctx, base, breach.model_version, level, reasons, target)
     rollback = decision(
         state,
         ctx,
@@ -154,6 +156,39 @@ def decide(state: ModelState, breach: Breach, ctx: DecisionContext) -> Outcome |
         target_system_version=target.system_version,
     )
     return launch(state, rollback, target, level, ctx)
+
+
+def observe(
+    state: ModelState,
+    ctx: DecisionContext,
+    base: dict[str, Any],
+    version: str,
+    level: int,
+    reasons: list[Reason],
+    target: SystemManifest,
+) -> Outcome:
+    """rollback.mode observe: the rollback enforce would launch now, said and not done (a
+    hold naming its level and target, with the incident's timings), once per version."""
+    if version in state.observed:
+        return Outcome(state)  # said already: the breach is ledgered and counted
+    said = decision(
+        state,
+        ctx,
+        **base,
+        action="hold",
+        level=level,
+        target_system_version=target.system_version,
+        reasons=[
+            *reasons,
+            Reason(
+                code="observe_mode",
+                detail=f"would have rolled back to {target.system_version} (level {level}) "
+                "now; the policy's rollback.mode is observe, so nothing is sent to executors",
+            ),
+        ],
+    )
+    observed = {**state.observed, version: said.event_id}
+    return Outcome(state.model_copy(update={"observed": observed}), [said])
 
 
 def data_shift(breach: Breach, live: SystemManifest, target: SystemManifest) -> str | None:

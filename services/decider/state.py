@@ -112,6 +112,10 @@ class ModelState(BaseModel):
     #: model_version → the one ``not_live_version`` hold said about it since it stopped being
     #: live: later breaches of it are measured (ledgered, counted) but decide nothing more.
     quiet: dict[str, str] = {}
+    #: model_version → the ``observe_mode`` decision that said what enforce would have done
+    #: (rollback.mode observe): later breaches of it decide nothing more until it goes live
+    #: again (a new deployment of it is a new incident).
+    observed: dict[str, str] = {}
     health: dict[str, tuple[datetime, bool]] = {}  # model_version → last check
     #: What an outcome still owes the topics; only non-empty while it is being sent, or
     #: after a kill in the middle, when the next event of the model sends it again.
@@ -160,10 +164,13 @@ def apply_manifest(state: ModelState, manifest: SystemManifest) -> ModelState:
         known = others
     else:  # live or candidate again: its known-good standing, if any, is unchanged
         known = state.known_good
-    quiet = state.quiet
-    if manifest.serving and manifest.model_version in quiet:  # live again: it speaks again
+    quiet, observed = state.quiet, state.observed
+    if manifest.serving:  # live again: it speaks again
         quiet = {v: d for v, d in quiet.items() if v != manifest.model_version}
-    return state.model_copy(update={"live": live, "known_good": known, "quiet": quiet})
+        observed = {v: d for v, d in observed.items() if v != manifest.model_version}
+    return state.model_copy(
+        update={"live": live, "known_good": known, "quiet": quiet, "observed": observed}
+    )
 
 
 def apply_health(state: ModelState, check: HealthCheckEvent) -> ModelState:

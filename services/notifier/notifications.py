@@ -27,6 +27,7 @@ Kind = Literal[
     "rollback_failed",
     "verification_failed",
     "unverifiable",
+    "would_roll_back",
 ]
 
 #: Kinds PagerDuty gets whatever the tier: a human must act.
@@ -114,7 +115,8 @@ def _reason_lines(decision: Decision) -> list[str]:
 def from_decision(
     decision: Decision, breaches: Iterable[Breach], *, notify_holds: bool
 ) -> Notification | None:
-    if decision.action == "hold" and not notify_holds:
+    observed = decision.reasons[-1].code == "observe_mode"
+    if decision.action == "hold" and not notify_holds and not observed:
         return None
     ref = decision.command_id or decision.event_id
     kind: Kind = {"rollback": "rollback_decided", "investigate": "investigate", "hold": "hold"}[
@@ -126,6 +128,12 @@ def from_decision(
         kind = last  # type: ignore[assignment]  # both are kinds
         verb = "did NOT verify" if last == "verification_failed" else "could not be verified"
         summary = f"Rollback of {decision.model_id} to {decision.model_version} {verb}"
+    elif observed:
+        kind = "would_roll_back"
+        summary = (
+            f"Would roll back {what} to {decision.target_system_version} (level "
+            f"{decision.level}, {decision.tier} tier); observe mode: nothing was done"
+        )
     elif decision.action == "rollback":
         summary = (
             f"Rolling back {what} to {decision.target_system_version} (level {decision.level}, "

@@ -63,6 +63,7 @@ def policy_file(tmp_path: Path) -> Path:
             "verify-fail": {"rollback": {"verification_s": 60}},
             "notready": {"rollback": {"target_ready_within_s": 5}},
             "bake": {"rollback": {"bake_s": 1}},
+            "observe": {"rollback": {"mode": "observe"}},
         }
     }
     path = tmp_path / "policy.yaml"
@@ -106,6 +107,7 @@ async def test_every_outcome_through_the_broker(
         *good_and_bad("notready"),
         *good_and_bad("l3"),
         *good_and_bad("l4"),
+        *good_and_bad("observe"),
         manifest("v1", status="live", model_id="bake"),
     ]
     for m in manifests:
@@ -142,6 +144,10 @@ async def test_every_outcome_through_the_broker(
             breach("v2", model_id="verify-fail"),
             breach("v2", model_id="cool"),
             breach("v2", model_id="notready"),
+            # observe mode: said once, what enforce would do; the next window's breach is
+            # ledgered and decides nothing more
+            breach("v2", model_id="observe"),
+            breach("v2", model_id="observe"),
         ]:
             await publish_signed(topics.BREACHES.name, b)
         # Each person signs with the key their token derives.
@@ -151,7 +157,7 @@ async def test_every_outcome_through_the_broker(
         await publish_signed(topics.REQUESTS.name, l3)
         await publish_signed(topics.REQUESTS.name, l4)
         await until(
-            lambda: decider.counts["RollbackRequest"] == 2 and decider.counts["Breach"] >= 13, 30
+            lambda: decider.counts["RollbackRequest"] == 2 and decider.counts["Breach"] >= 15, 30
         )
 
         def approve(model: str, req: RollbackRequest, who: str, role: str) -> Approval:
@@ -211,13 +217,13 @@ async def test_every_outcome_through_the_broker(
             ),
             30,
         )
-        await until(lambda: decider.counts["Breach"] >= 17, 30)
+        await until(lambda: decider.counts["Breach"] >= 19, 30)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
     decisions: dict[str, list[Decision]] = {}
-    for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 25):
+    for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 26):
         dec = Decision.model_validate_json(r.value)
         decisions.setdefault(dec.model_id, []).append(dec)
 
@@ -240,6 +246,14 @@ async def test_every_outcome_through_the_broker(
     assert decider.counts["duplicate_breaches"] == 1
     assert last_codes("notready") == [("investigate", "target_not_ready")]
     assert last_codes("cool") == [("rollback", "model_only"), ("hold", "cooldown")]
+    assert last_codes("observe") == [("hold", "observe_mode")]
+    (observed,) = decisions["observe"]
+    assert (observed.level, observed.target_system_version) == (1, "sys-v1")
+    assert "would have rolled back to sys-v1 (level 1)" in observed.reasons[-1].detail
+    everything = await reader.read(topics.COMMANDS.name, until=lambda r: False, timeout_s=0.5)
+    assert all(
+        RollbackCommand.model_validate_json(r.value).model_id != "observe" for r in everything
+    )
 
     assert [c for _, c in last_codes("l3")] == [
         "awaiting_approval",

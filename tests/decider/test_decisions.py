@@ -681,3 +681,33 @@ def test_a_person_s_input_is_remembered_for_its_whole_time_however_many_facts_co
     # Once its time is up the id is forgotten: the input is refused as expired by then.
     later = taken_person(state, "other", T0 + timedelta(hours=1), until + timedelta(seconds=1))
     assert later is not None and [e for e, _ in later.taken_people] == ["other"]
+
+
+OBSERVE = ModelPolicy(rollback=RollbackPolicy(mode="observe"))
+
+
+def test_observe_mode_says_what_enforce_would_do_once_and_sends_nothing(signer: Signer) -> None:
+    first = breach("v2")
+    enforced = decide(live_v2(), first, signer)
+    out = decide(live_v2(), first, signer, OBSERVE)
+    assert out.command is None and out.state.in_flight is None
+    said = out.decision
+    assert said.action == "hold" and codes(said)[-1] == "observe_mode"
+    # the same level, target, reasons and timings enforce decided, said and not done
+    assert (said.level, said.target_system_version) == (
+        enforced.decision.level,
+        enforced.decision.target_system_version,
+    )
+    assert codes(said)[:-1] == codes(enforced.decision)
+    assert said.metrics == enforced.decision.metrics
+    # The next window's breach of the version decides nothing more...
+    again = decide(out.state, breach("v2"), signer, OBSERVE)
+    assert again.decisions == [] and again.command is None
+    # ...until it is deployed live again: a new incident, said again.
+    other = apply_manifest(out.state, manifest("v3", status="live", ts=T0))
+    back = apply_manifest(other, manifest("v2", status="live", ts=T0 + timedelta(minutes=1)))
+    anew = decide(back, breach("v2"), signer, OBSERVE, now=T0 + timedelta(minutes=2))
+    assert codes(anew.decision)[-1] == "observe_mode"
+    # A person's own request still acts in observe mode.
+    asked = approvals.request(live_v2(), req(), ALICE, ctx(signer, OBSERVE))
+    assert asked.command is not None and asked.decision.action == "rollback"

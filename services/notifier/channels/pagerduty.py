@@ -29,7 +29,7 @@ class PagerDutyChannel:
             return self._follow_up("acknowledge", n)
         if n.kind == "rollback_verified":
             return self._follow_up("resolve", n)
-        if n.kind == "hold":
+        if n.kind in ("hold", "would_roll_back"):  # nothing for a person to act on
             return None
         failed = n.kind in PAGE_ALWAYS
         link = incident_url(self.incident_base_url, n.incident_ref)

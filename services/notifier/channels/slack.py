@@ -17,6 +17,7 @@ _TITLE = {
     "rollback_failed": ":x: Rollback failed",
     "verification_failed": ":warning: Rollback did not verify",
     "unverifiable": ":warning: Rollback could not be verified",
+    "would_roll_back": ":eyes: Would roll back (observe mode)",
 }
 
 

@@ -452,8 +452,10 @@ def _status(args: argparse.Namespace, settings: RollguardSettings) -> int:
         print("no model known to the decider yet (rollguard deploy record ...)")
         return 0
     now = utcnow()
+    policy = resolve_policy(settings.policy_path)  # the mode is the policy's, as read here
     for st in statuses.values():
-        print(_status_line(st, now))
+        mode = policy.for_model(st.model_id).rollback.mode
+        print(_status_line(st, now) + ("" if mode == "enforce" else f"; mode {mode}"))
     return 0
 
 

@@ -26,9 +26,12 @@ pytestmark = [
 ]
 
 
-def cli(state: Path, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    state: Path, *args: str, token: str | None = None, **extra: str
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLGUARD_")}
     env["ROLLGUARD_STATE_DIR"] = str(state)
+    env.update(extra)
     if token:
         env["ROLLGUARD_TOKEN"] = token
     return subprocess.run(
@@ -69,6 +72,10 @@ def test_requests_answer_in_words_and_exit_codes_against_a_running_up(tmp_path: 
         as_json = json.loads(cli(state, "status", "m", "--json").stdout)
         assert [s["model_id"] for s in as_json] == ["m"]
         assert as_json[0]["rollback_target"]["system_version"] == "s1"
+        observing = tmp_path / "observe.yaml"
+        observing.write_text("models:\n  m:\n    rollback:\n      mode: observe\n")
+        seen = cli(state, "status", "m", ROLLGUARD_POLICY_PATH=str(observing))
+        assert seen.stdout.strip().endswith("; mode observe"), seen.stdout + seen.stderr
         unknown = cli(state, "status", "ghost")
         assert unknown.returncode == 2 and "knows no deployment of ghost" in unknown.stderr
 

@@ -7,7 +7,8 @@ offsets. The rate counts only what is committed after the group settled (every p
 holding partitions, together all of them), so start-up and the joining rebalances are left
 out; it ends when everything is committed. Throughput is reported as the group's events/s
 and as a ratio to one process measured in the same run, best of ``BENCH_ROUNDS`` rounds;
-each process's RSS at the end, per model it held.
+each process's RSS at the end, per model it held. Then one process on 1, 1,000 and 10,000
+models (the same number of events): RSS and rate by fleet size.
 
 On this 2-core machine N processes share two cores with the broker and the benchmark
 itself: the ratio shows what another process buys while cores are free, and where the
@@ -39,6 +40,8 @@ EVENTS = 300_000
 MODELS = 100
 PARTITIONS = 8
 PROCESSES = (1, 2, 4)
+#: Fleet sizes whose memory one process is measured at (the first is the baseline).
+FLEET_MEMORY = (1, 1_000, 10_000)
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
 ROLLGUARD = Path(sys.executable).with_name("rollguard")
 GROUP = "rollguard-detector"  # DetectorSettings.group_id
@@ -61,7 +64,7 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
-async def _fill(settings: RollguardSettings, payloads: list[bytes]) -> None:
+async def _fill(settings: RollguardSettings, payloads: list[bytes], models: int) -> None:
     producer = AIOKafkaProducer(
         **client_options(settings), acks=1, linger_ms=20, max_batch_size=1 << 20
     )
@@ -69,7 +72,7 @@ async def _fill(settings: RollguardSettings, payloads: list[bytes]) -> None:
     try:
         topic = settings.topic(topics.PREDICTIONS.name)
         futures = [
-            await producer.send(topic, v, key=f"m{i % MODELS}".encode())
+            await producer.send(topic, v, key=f"m{i % models}".encode())
             for i, v in enumerate(payloads)
         ]
         await asyncio.gather(*futures)
@@ -77,16 +80,18 @@ async def _fill(settings: RollguardSettings, payloads: list[bytes]) -> None:
         await producer.stop()
 
 
-async def _round(broker: str, state: Path, n: int, payloads: list[bytes], r: int) -> dict[str, Any]:
+async def _round(
+    broker: str, state: Path, n: int, payloads: list[bytes], r: int, models: int = MODELS
+) -> dict[str, Any]:
     settings = RollguardSettings(
         kafka_bootstrap=broker,
-        topic_prefix=f"scale{n}r{r}.",
+        topic_prefix=f"scale{n}m{models}r{r}.",
         enable_idempotence=False,
         partitions=PARTITIONS,
         state_dir=state,
     )
     await provision_topics(settings)
-    await _fill(settings, payloads)
+    await _fill(settings, payloads, models)
     topic = settings.topic(topics.PREDICTIONS.name)
     env = {
         **os.environ,
@@ -146,7 +151,8 @@ async def _round(broker: str, state: Path, n: int, payloads: list[bytes], r: int
         "events_per_s": round(counted / max(finished_at - settled_at, 1e-9)),
         "counted_events": counted,
         "rss_mib": [round(b / (1 << 20), 1) for b in rss],
-        "rss_kib_per_model": round(sum(rss) / MODELS / 1024, 1),
+        "rss_bytes": sum(rss),
+        "rss_kib_per_model": round(sum(rss) / models / 1024, 1),
     }
 
 
@@ -160,7 +166,14 @@ async def run() -> dict[str, Any]:
         for r in range(ROUNDS):  # interleaved, so every size sees the same machine
             for n in PROCESSES:
                 rounds[n].append(await _round(broker.bootstrap, state, n, payloads, r))
+        # Memory by fleet size: one process, the same number of events over more models.
+        fleet: dict[int, dict[str, Any]] = {}
+        for models in FLEET_MEMORY:
+            fleet[models] = await _round(
+                broker.bootstrap, state, 1, events(EVENTS, models), 0, models
+            )
     best = {n: max(rs, key=lambda x: x["events_per_s"]) for n, rs in rounds.items()}
+    few = fleet[FLEET_MEMORY[0]]["rss_bytes"]
     one = best[1]["events_per_s"]
     return {
         "events": EVENTS,
@@ -175,6 +188,16 @@ async def run() -> dict[str, Any]:
                 "rounds_events_per_s": [x["events_per_s"] for x in rounds[n]],
             }
             for n in PROCESSES
+        },
+        "memory_by_fleet": {
+            str(m): {
+                "rss_mib": round(f["rss_bytes"] / (1 << 20), 1),
+                "events_per_s": f["events_per_s"],
+                "kib_per_model_over_one": round(
+                    (f["rss_bytes"] - few) / max(m - FLEET_MEMORY[0], 1) / 1024, 1
+                ),
+            }
+            for m, f in fleet.items()
         },
     }
 
@@ -197,6 +220,12 @@ def report(result: dict[str, Any]) -> str:
             f"({r['per_process_events_per_s']:,} per process; rounds "
             f"{r['rounds_events_per_s']}); RSS {r['rss_mib']} MiB, "
             f"{r['rss_kib_per_model']} KiB per model"
+        )
+    for m, f in result["memory_by_fleet"].items():
+        lines.append(
+            f"  one process, {int(m):,} models: RSS {f['rss_mib']} MiB, "
+            f"{f['kib_per_model_over_one']} KiB per model over 1 model, "
+            f"{f['events_per_s']:,} events/s"
         )
     return "\n".join(lines)
 

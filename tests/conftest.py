@@ -121,6 +121,24 @@ def publish_signed(
     return send
 
 
+def service_env(settings: RollguardSettings, **extra: str) -> dict[str, str]:
+    """The environment of a `rollguard run SERVICE` process on ``settings``' broker, topics
+    and state directory, in a consumer group that notices a killed member within 3 s."""
+    return {
+        **os.environ,
+        "ROLLGUARD_KAFKA_BOOTSTRAP": str(settings.kafka_bootstrap),
+        "ROLLGUARD_TOPIC_PREFIX": settings.topic_prefix,
+        "ROLLGUARD_STATE_DIR": str(settings.state_dir),
+        "ROLLGUARD_PARTITIONS": str(settings.partitions),
+        "ROLLGUARD_ENABLE_IDEMPOTENCE": str(settings.enable_idempotence).lower(),
+        "ROLLGUARD_SESSION_TIMEOUT_MS": "3000",
+        "ROLLGUARD_HEARTBEAT_INTERVAL_MS": "300",
+        "ROLLGUARD_REBALANCE_TIMEOUT_MS": "2000",
+        "ROLLGUARD_LOG_FORMAT": "json",
+        **extra,
+    }
+
+
 #: The tests that run a whole `rollguard up` or kill processes over and over: under
 #: pytest-xdist (make test) they share one worker, one at a time, so two of them never compete
 #: for the machine's two cores while the other worker runs everything else.

@@ -26,7 +26,7 @@ from rollguard.bus import make_producer, provision_topics
 from rollguard.events import Event, RollbackCommand, Signed
 from rollguard.settings import RollguardSettings
 from rollguard.signing import ensure_keys, signer_of, trust_of, verify_command
-from tests.conftest import HEAVY, TopicReader, scaled
+from tests.conftest import HEAVY, TopicReader, scaled, service_env
 from tests.decider.test_app import good_and_bad
 from tests.factories import breach
 
@@ -35,21 +35,6 @@ pytestmark = [pytest.mark.broker, HEAVY, pytest.mark.timeout(scaled(300))]
 ROLLGUARD = Path(sys.executable).with_name("rollguard")
 MODELS = 40
 PARTITIONS = 4
-
-
-def worker_env(settings: RollguardSettings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "ROLLGUARD_KAFKA_BOOTSTRAP": str(settings.kafka_bootstrap),
-        "ROLLGUARD_TOPIC_PREFIX": settings.topic_prefix,
-        "ROLLGUARD_STATE_DIR": str(settings.state_dir),
-        "ROLLGUARD_PARTITIONS": str(PARTITIONS),
-        "ROLLGUARD_ENABLE_IDEMPOTENCE": str(settings.enable_idempotence).lower(),
-        "ROLLGUARD_SESSION_TIMEOUT_MS": "3000",
-        "ROLLGUARD_HEARTBEAT_INTERVAL_MS": "300",
-        "ROLLGUARD_REBALANCE_TIMEOUT_MS": "2000",
-        "ROLLGUARD_LOG_FORMAT": "json",
-    }
 
 
 def assigned(said: str) -> list[int]:
@@ -110,7 +95,7 @@ async def test_two_deciders_one_killed_in_a_storm_roll_each_model_back_once(
                         str(ROLLGUARD),
                         "run",
                         "decider",
-                        env=worker_env(s),
+                        env=service_env(s),
                         stdout=out,
                         stderr=out,
                         start_new_session=True,

@@ -25,7 +25,7 @@ from rollguard.bus import make_producer, provision_topics
 from rollguard.events import Breach, LatencyEvent, utcnow
 from rollguard.settings import RollguardSettings
 from rollguard.signing import ensure_keys, trust_of
-from tests.conftest import HEAVY, TopicReader, scaled
+from tests.conftest import HEAVY, TopicReader, scaled, service_env
 from tests.executor.test_crash import ROLLGUARD
 
 pytestmark = [pytest.mark.broker, HEAVY, pytest.mark.timeout(scaled(300))]
@@ -34,21 +34,6 @@ PARTITIONS = 4
 MODELS = [f"m{i}" for i in range(8)]
 BAD = set(MODELS[:4])  # 30 % errors against the default policy's 5 %
 RATE = 600  # events/s over all models: 75 a model, over the error-rate window's minimum 50
-
-
-def env(settings: RollguardSettings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "ROLLGUARD_KAFKA_BOOTSTRAP": str(settings.kafka_bootstrap),
-        "ROLLGUARD_TOPIC_PREFIX": settings.topic_prefix,
-        "ROLLGUARD_STATE_DIR": str(settings.state_dir),
-        "ROLLGUARD_PARTITIONS": str(PARTITIONS),
-        "ROLLGUARD_ENABLE_IDEMPOTENCE": str(settings.enable_idempotence).lower(),
-        "ROLLGUARD_SESSION_TIMEOUT_MS": "3000",
-        "ROLLGUARD_HEARTBEAT_INTERVAL_MS": "300",
-        "ROLLGUARD_REBALANCE_TIMEOUT_MS": "2000",
-        "ROLLGUARD_LOG_FORMAT": "json",
-    }
 
 
 def said(log: Path) -> list[dict[str, Any]]:
@@ -138,7 +123,7 @@ async def test_two_detectors_share_the_models_and_the_survivor_takes_a_killed_on
                 procs.append(
                     await asyncio.create_subprocess_exec(
                         *(str(ROLLGUARD), "run", "detector"),
-                        env=env(s),
+                        env=service_env(s),
                         stdout=out,
                         stderr=out,
                         start_new_session=True,

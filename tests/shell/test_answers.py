@@ -8,7 +8,6 @@ rollguard.decisions" and exited 0, refused or not."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import HEAVY, scaled
-from tests.shell.test_lifecycle import ROOT, _launch, _read, _until
+from tests.shell.test_lifecycle import _cli, _launch, _read, _until
 
 pytestmark = [
     HEAVY,
@@ -29,20 +28,7 @@ pytestmark = [
 def cli(
     state: Path, *args: str, token: str | None = None, **extra: str
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLGUARD_")}
-    env["ROLLGUARD_STATE_DIR"] = str(state)
-    env.update(extra)
-    if token:
-        env["ROLLGUARD_TOKEN"] = token
-    return subprocess.run(
-        [sys.executable, "-m", "rollguard_shell", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=scaled(120),
-        check=False,
-    )
+    return _cli(state, *args, **extra, **({"ROLLGUARD_TOKEN": token} if token else {}))
 
 
 def deploy(state: Path, system: str, model: str, status: str) -> None:

@@ -246,9 +246,12 @@ def test_a_stop_while_the_broker_is_unreachable_is_clean(tmp_path: Path, fault: 
     assert not (tmp_path / "broker.json").exists()
 
 
-def _cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(state: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    """A `rollguard` command on ``state`` (and ``extra`` ROLLGUARD_* variables), as from
+    another shell."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROLLGUARD_")}
     env["ROLLGUARD_STATE_DIR"] = str(state)
+    env.update(extra)
     return subprocess.run(
         [sys.executable, "-m", "rollguard_shell.cli", *args],
         cwd=ROOT,

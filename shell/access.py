@@ -103,9 +103,10 @@ def grants() -> tuple[Grant, ...]:
         ),
         Grant(
             "operator",
-            reads=("decisions",),
+            reads=("decisions", "acks", "model-status"),
             writes=("requests", "approvals"),
-            note="people: rollguard rollback, approve, unlock, incident show",
+            note="people: rollguard rollback, approve, unlock (they wait for the answer on "
+            "decisions and acks), status, incident show",
         ),
         Grant(
             "auditor",

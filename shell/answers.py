@@ -21,7 +21,7 @@ from aiokafka import TopicPartition
 
 from rollguard import topics
 from rollguard.bus import make_consumer, wait_for_broker
-from rollguard.errors import ExitCode
+from rollguard.errors import ExitCode, UsageError
 from rollguard.events import CommandAck, Decision, decode
 from rollguard.settings import RollguardSettings
 from rollguard.signing import trust_of
@@ -31,8 +31,14 @@ WAITS: tuple[Wait, ...] = ("decided", "applied", "verified")
 
 #: Hold reasons that are an answer of yes: the request is taken, not refused.
 TAKEN = frozenset({"awaiting_approval", "unlocked"})
-#: A decision on a launched rollback that ends it badly.
-NOT_VERIFIED = frozenset({"verification_failed", "unverifiable"})
+#: A later decision that ends the request badly: the rollback did not verify, nobody
+#: acknowledged its command, or the approvals it waited for never came.
+ENDED_BADLY = frozenset(
+    {"verification_failed", "unverifiable", "command_unacknowledged", "approval_expired"}
+)
+#: The executor's final word on a command; the first one counts (a ``rejected`` replay of a
+#: command sent twice comes after the ``applied`` of the first copy).
+FINAL = frozenset({"applied", "failed", "rejected"})
 
 
 @dataclass
@@ -40,6 +46,9 @@ class Answer:
     """What came back, in the order it came."""
 
     decision: Decision | None = None
+    #: Holds the answer went through before the rollback that settled it (an approver's
+    #: "still needs", a request awaiting approval).
+    earlier: list[Decision] = field(default_factory=list)
     acks: list[CommandAck] = field(default_factory=list)
     after: list[Decision] = field(default_factory=list)  # verification outcomes
     waited_for: Wait = "decided"
@@ -56,10 +65,20 @@ class Answer:
         return d is not None and any(r.code == "awaiting_approval" for r in d.reasons)
 
     @property
+    def final(self) -> str | None:
+        """The executor's first final ack status (applied, failed, rejected)."""
+        return next(
+            (a.status for a in self.acks if a.component is None and a.status in FINAL), None
+        )
+
+    @property
+    def verified(self) -> bool:
+        return any(a.status == "verified" and a.component is None for a in self.acks)
+
+    @property
     def failed(self) -> bool:
-        final = {a.status for a in self.acks if a.component is None}
-        return bool(final & {"failed", "rejected"}) or any(
-            {r.code for r in d.reasons} & NOT_VERIFIED for d in self.after
+        return self.final in ("failed", "rejected") or any(
+            {r.code for r in d.reasons} & ENDED_BADLY for d in self.after
         )
 
     def exit_code(self) -> int:
@@ -75,6 +94,7 @@ class Answer:
         return {
             "outcome": self.outcome(),
             "decision": self.decision.model_dump(mode="json") if self.decision else None,
+            "earlier": [d.model_dump(mode="json") for d in self.earlier],
             "acks": [a.model_dump(mode="json") for a in self.acks],
             "after": [d.model_dump(mode="json") for d in self.after],
         }
@@ -88,10 +108,10 @@ class Answer:
             return "failed"
         if self.timed_out:
             return "timed_out"
-        statuses = {a.status for a in self.acks if a.component is None}
-        for status in ("verified", "applied"):
-            if status in statuses:
-                return status
+        if self.verified:
+            return "verified"
+        if self.final == "applied":
+            return "applied"
         if self.pending:
             return "awaiting_approval"
         return self.decision.action if self.decision.action != "hold" else "taken"
@@ -101,14 +121,19 @@ class Answer:
         d = self.decision
         if d is None:
             return ["no answer from the decider in time (is it running? rollguard status)"]
-        level = f" level {d.level}" if d.level else ""
-        target = f" to {d.target_system_version}" if d.target_system_version else ""
-        out = [f"decision {d.event_id}: {d.action}{level}{target} ({d.model_id})"]
-        out += [f"  {r.code}: {r.detail}" for r in d.reasons]
+        out = []
+        for shown in (*self.earlier, d):
+            level = f" level {shown.level}" if shown.level else ""
+            target = f" to {shown.target_system_version}" if shown.target_system_version else ""
+            out.append(
+                f"decision {shown.event_id}: {shown.action}{level}{target} ({shown.model_id})"
+            )
+            out += [f"  {r.code}: {r.detail}" for r in shown.reasons]
         if d.command_id and d.action == "rollback":
             out.append(f"  command {d.command_id}")
-        if self.pending:
-            out.append(f"  approve with: rollguard approve {d.event_id} --as ROLE")
+        if self.pending:  # an approver's "still needs" names the decision it continues
+            pending = d.parent_decision_id or d.event_id
+            out.append(f"  approve with: rollguard approve {pending} --as ROLE")
         for a in self.acks:
             part = f" {a.component}" if a.component else ""
             detail = f": {a.detail}" if a.detail else ""
@@ -137,6 +162,12 @@ class Follower:
             for name in (topics.DECISIONS.name, topics.ACKS.name)
             for p in self.consumer.partitions_for_topic(self.settings.topic(name)) or ()
         ]
+        if not parts:
+            raise UsageError(
+                f"no topic {self.settings.topic(topics.DECISIONS.name)} or "
+                f"{self.settings.topic(topics.ACKS.name)} on the broker (or not readable "
+                "here): run rollguard topics create, or check the topic prefix and ACLs"
+            )
         self.consumer.assign(parts)
         await self.consumer.seek_to_end(*parts)
         for tp in parts:  # the positions are taken now, before anything is sent
@@ -146,7 +177,8 @@ class Follower:
         await self.consumer.stop()
 
     async def events(self, timeout_s: float) -> list[Decision | CommandAck]:
-        """Trusted decisions and acks that came within ``timeout_s``."""
+        """Trusted decisions and acks that came within ``timeout_s``, decisions first (an ack
+        fetched in the same batch as the decision it follows is then not read before it)."""
         batches = await self.consumer.getmany(timeout_ms=int(timeout_s * 1000))
         out: list[Decision | CommandAck] = []
         decisions, acks = (self.settings.topic(t.name) for t in (topics.DECISIONS, topics.ACKS))
@@ -163,7 +195,7 @@ class Follower:
                     continue  # not ours to judge here: the ledger dead-letters it
                 if self.trust.check(event).ok:
                     out.append(event)
-        return out
+        return sorted(out, key=lambda e: isinstance(e, CommandAck))  # stable: order kept
 
 
 async def ask(
@@ -185,28 +217,39 @@ async def ask(
         await send()
         command: str | None = None
         ids = set(answers)
+        early: list[CommandAck] = []  # acks read before the decision that names their command
         while True:
             left = deadline - loop.time()
             if left <= 0:
                 answer.timed_out = True
                 return answer
             for event in await follower.events(min(left, 0.5)):
-                if isinstance(event, Decision):
-                    if event.event_id in ids and answer.decision is None:
-                        answer.decision = event
-                    elif event.parent_decision_id in ids or (
-                        command is not None and event.command_id == command
-                    ):
-                        if event.action == "rollback" and event.command_id:
-                            answer.decision = event  # approved: the rollback itself
-                        else:
-                            answer.after.append(event)
+                if isinstance(event, CommandAck):
+                    if command is not None and event.command_id == command:
+                        answer.acks.append(event)
+                    elif command is None:
+                        early.append(event)
+                    continue
+                launched = event.action == "rollback" and event.command_id is not None
+                related = event.parent_decision_id in ids or (
+                    command is not None and event.command_id == command
+                )
+                if answer.decision is None and event.event_id in ids:
+                    answer.decision = event
+                elif launched and command is None and (event.event_id in ids or related):
+                    # after a hold awaiting approval: the rollback the last approval launched
                     if answer.decision is not None:
-                        ids.add(answer.decision.event_id)
-                        if answer.decision.action == "rollback":
-                            command = answer.decision.command_id
-                elif command is not None and event.command_id == command:
-                    answer.acks.append(event)
+                        answer.earlier.append(answer.decision)
+                    answer.decision = event
+                elif related:
+                    answer.after.append(event)
+                if answer.decision is not None:
+                    ids.add(answer.decision.event_id)
+                    if answer.decision.parent_decision_id:
+                        ids.add(answer.decision.parent_decision_id)
+                    if answer.decision.action == "rollback" and command is None:
+                        command = answer.decision.command_id
+                        answer.acks += [a for a in early if a.command_id == command]
             if _done(answer, wait):
                 return answer
     finally:
@@ -220,7 +263,6 @@ def _done(answer: Answer, wait: Wait) -> bool:
         return True
     if wait == "decided":
         return True
-    final = {a.status for a in answer.acks if a.component is None}
     if wait == "applied":
-        return "applied" in final or "verified" in final
-    return "verified" in final
+        return answer.final == "applied" or answer.verified
+    return answer.verified

@@ -22,7 +22,7 @@ KAFKA_ACLS_OPTS="${KAFKA_ACLS_OPTS:-}"
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:notifier --operation Write --topic rollguard.deadletter
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:deployer --operation Read --topic rollguard.model-status
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:deployer --operation Write --topic rollguard.baselines --topic rollguard.deployments
-"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:operator --operation Read --topic rollguard.decisions
+"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:operator --operation Read --topic rollguard.acks --topic rollguard.decisions --topic rollguard.model-status
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:operator --operation Write --topic rollguard.approvals --topic rollguard.requests
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:auditor --operation Read --topic rollguard.ledger-checkpoints
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:admin --operation Create --operation Describe --resource-pattern-type prefixed --topic rollguard.

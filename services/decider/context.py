@@ -8,6 +8,9 @@ from datetime import UTC, datetime, timedelta
 from rollguard.policy import ModelPolicy
 from rollguard.signing import Signer
 
+#: How many fresh windows (and graces) resumes may add to a verification short of traffic.
+RESUMES_AT_MOST = 3
+
 #: A time before any other: a decider that has not resumed yet, a context made for a test.
 NEVER = datetime.min.replace(tzinfo=UTC)
 
@@ -34,6 +37,9 @@ class DecisionContext:
         """When a verification window that ended at ``deadline`` short of traffic is called
         unverifiable: the grace past its end, or past a fresh window from when this decider
         resumed if it was away then (its reports, and the restored version's traffic once
-        rollguard is back, had no time to arrive)."""
+        rollguard is back, had no time to arrive) — but never more than
+        ``RESUMES_AT_MOST`` windows and graces late, so rebalances that keep coming (a member
+        crash-looping) cannot put the verdict off for ever."""
         window = timedelta(seconds=self.policy.rollback.verification_s)
-        return max(deadline, self.resumed_at + window) + self.traffic_grace
+        latest = deadline + RESUMES_AT_MOST * (window + self.traffic_grace)
+        return min(max(deadline, self.resumed_at + window), latest) + self.traffic_grace

@@ -167,6 +167,9 @@ def apply_manifest(state: ModelState, manifest: SystemManifest) -> ModelState:
     quiet, observed = state.quiet, state.observed
     if manifest.serving:  # live again: it speaks again
         quiet = {v: d for v, d in quiet.items() if v != manifest.model_version}
+    was = state.live.system_version if state.live is not None else None
+    if manifest.serving and manifest.system_version != was:
+        # deployed again (not the same live deployment recorded once more): a new incident
         observed = {v: d for v, d in observed.items() if v != manifest.model_version}
     return state.model_copy(
         update={"live": live, "known_good": known, "quiet": quiet, "observed": observed}

@@ -337,8 +337,10 @@ def latest_statuses(settings: RollguardSettings) -> dict[str, ModelStatus]:
     for record in _read(settings, topics.MODEL_STATUS.name):
         if record.key is not None:
             latest[record.key.decode(errors="replace")] = record.value  # None: a tombstone
-    trust = trust_of(settings)
     out: dict[str, ModelStatus] = {}
+    if not any(v is not None for v in latest.values()):
+        return out  # nothing to check: no trusted keys needed to say so
+    trust = trust_of(settings)
     for model_id, value in sorted(latest.items()):
         if value is None:
             continue  # the model was forgotten

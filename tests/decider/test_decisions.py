@@ -703,7 +703,10 @@ def test_observe_mode_says_what_enforce_would_do_once_and_sends_nothing(signer: 
     # The next window's breach of the version decides nothing more...
     again = decide(out.state, breach("v2"), signer, OBSERVE)
     assert again.decisions == [] and again.command is None
-    # ...until it is deployed live again: a new incident, said again.
+    # The same live deployment recorded once more (a deployer key rotated) is no new one...
+    again_recorded = apply_manifest(out.state, manifest("v2", status="live", ts=T0))
+    assert decide(again_recorded, breach("v2"), signer, OBSERVE).decisions == []
+    # ...but deployed live again after another version: a new incident, said again.
     other = apply_manifest(out.state, manifest("v3", status="live", ts=T0))
     back = apply_manifest(other, manifest("v2", status="live", ts=T0 + timedelta(minutes=1)))
     anew = decide(back, breach("v2"), signer, OBSERVE, now=T0 + timedelta(minutes=2))

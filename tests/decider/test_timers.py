@@ -159,3 +159,21 @@ def test_two_models_due_at_the_same_instant_are_both_handed_out() -> None:
     d.schedule("x", same)
     d.schedule("y", same)
     assert sorted(d.pop_due(same)) == ["x", "y"]
+
+
+def test_rebalances_that_keep_coming_cannot_put_the_unverifiable_verdict_off_for_ever(
+    signer: Signer,
+) -> None:
+    """Review: resumed_at moves on every rebalance; a crash-looping group member would
+    otherwise keep a restored version with no traffic 'verifying' for ever."""
+    state = states(signer)["verifying_unserved"]
+    assert state.verifying is not None
+    deadline = state.verifying.deadline
+    window = timedelta(seconds=POLICY.rollback.verification_s)
+    grace = ctx(signer).traffic_grace
+    latest = deadline + 3 * (window + grace) + grace
+    later = deadline + timedelta(hours=1)
+    looping = dataclasses.replace(ctx(signer, now=later), resumed_at=later - timedelta(seconds=1))
+    assert timers.next_due(state, looping) == latest
+    told = timers.check_verification(state, looping)
+    assert told is not None and told.decisions[0].reasons[0].code == "unverifiable"

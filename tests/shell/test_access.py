@@ -39,6 +39,7 @@ COMMAND_PRINCIPALS = {
     "rollback": "operator",
     "approve": "operator",
     "unlock": "operator",
+    "status": "operator",
     "ledger": "auditor",
 }
 
@@ -151,7 +152,11 @@ def wire(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wire]:
                 "topics create": _rollguard(["topics", "create"], env, 60),
                 "deploy record": _rollguard([*deploy, "--system-version", "s1"], env, 60),
                 "deploy check": _rollguard(["deploy", "check", "m"], env, 60),
-                "rollback": _rollguard(["rollback", "m", "--as", "sre"], person, 60),
+                # no decider runs here: the request is sent, its answer waited for in vain
+                "rollback": _rollguard(
+                    ["rollback", "m", "--as", "sre", "--timeout", "3"], person, 60
+                ),
+                "status": _rollguard(["status"], env, 60),
                 "approve": _rollguard(["approve", "no-such-decision", "--as", "sre"], person, 60),
             }
         finally:
@@ -183,8 +188,9 @@ def test_each_client_reads_and_writes_only_what_its_principal_is_granted(
     assert wire.demo.returncode == 0, wire.demo.stderr.decode(errors="replace")[-3000:]
     assert json.loads(wire.demo.stdout)["rollback_applied"] is True
     for what, result in wire.cli.items():
-        # no such decision (exit 2), no known-good target (exit 4): read all the same
-        expected = {"approve": 2, "deploy check": 4}.get(what, 0)
+        # no such decision (exit 2), no known-good target (exit 4), no decider to answer the
+        # request (exit 7): read and written all the same
+        expected = {"approve": 2, "deploy check": 4, "rollback": 7}.get(what, 0)
         assert result.returncode == expected, (what, result.stderr.decode(errors="replace"))
     log = wire.access
     assert not log.undecoded, log.undecoded

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -152,12 +153,16 @@ async def test_record_check_rollback_and_approve_through_the_decider(
         return await asyncio.to_thread(cli, *args, token=token)
 
     common = ["--feature-pipeline", "fp-1", "--config", "c-1", "--infra", "k-1"]
-    for sv, model, status in [("s1", "v1", "known_good"), ("s2", "v2", "live")]:
+    for model_id, sv, model, status in [
+        (m, sv, v, st)
+        for m in ("m", "m4")
+        for sv, v, st in [("s1", "v1", "known_good"), ("s2", "v2", "live")]
+    ]:
         done = await run(
             "deploy",
             "record",
             "--model-id",
-            "m",
+            model_id,
             "--system-version",
             sv,
             "--model",
@@ -187,9 +192,9 @@ async def test_record_check_rollback_and_approve_through_the_decider(
     )
     task = asyncio.create_task(decider.run())
     try:
-        await until(lambda: decider.counts["SystemManifest"] == 3, 60)
-        # m: two manifests, two statuses; lonely: one
-        await until(lambda: decider.counts["status_published"] == 3, 30)
+        await until(lambda: decider.counts["SystemManifest"] == 5, 60)
+        # m and m4: two manifests, two statuses each; lonely: one
+        await until(lambda: decider.counts["status_published"] == 5, 30)
         ready = await run("deploy", "check", "m")
         assert ready.returncode == 0, ready.stderr  # type: ignore[attr-defined]
         assert "ready: m can roll back from s2 to s1" in ready.stdout  # type: ignore[attr-defined]
@@ -238,13 +243,44 @@ async def test_record_check_rollback_and_approve_through_the_decider(
         assert "rollback level 3 to s1 (m)" in ok.stdout  # type: ignore[attr-defined]
         assert "approved: approved by dan" in ok.stdout  # type: ignore[attr-defined]
         await until(lambda: decider.counts["decision_rollback"] == 1, 30)
+
+        # Level 4 needs two approvers. The first waits for the rollback to be applied: it
+        # sees its own "still needs", then the rollback the second one's approval launches
+        # (no executor runs here: it times out waiting for applied, exit 7).
+        four = await run(
+            *("rollback", "m4", "--level", "4", "--as", "data_engineering_lead"),
+            token=tokens["dora"],
+        )
+        assert four.returncode == 0, four.stderr  # type: ignore[attr-defined]
+        p4 = re.search(r"^decision ([0-9a-f]{32}): hold", four.stdout, re.M).group(1)  # type: ignore[attr-defined, union-attr]
+        holds = decider.counts["decision_hold"]
+        first = asyncio.create_task(
+            run(
+                *("approve", p4, "--as", "data_engineering_lead"),
+                *("--wait", "applied", "--timeout", "20"),
+                token=tokens["dan"],
+            )
+        )
+        await until(lambda: decider.counts["decision_hold"] == holds + 1, 30)
+        second = await run("approve", p4, "--as", "ml_lead", token=tokens["mike"])
+        assert second.returncode == 0, second.stdout  # type: ignore[attr-defined]
+        waited = await first
+        said = waited.stdout  # type: ignore[attr-defined]
+        assert waited.returncode == 7, said  # type: ignore[attr-defined]
+        assert "awaiting_approval: approved by dan; still needs ml_lead" in said
+        assert "rollback level 4 to s1 (m4)" in said and "approved: approved by dan, mike" in said
+        assert "timed out waiting for applied" in said
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
     decisions = [
-        Decision.model_validate_json(r.value)
-        for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 3)
+        d
+        for d in (
+            Decision.model_validate_json(r.value)
+            for r in await reader.read(topics.DECISIONS.name, until=lambda r: len(r) >= 6)
+        )
+        if d.model_id == "m"
     ]
     assert [(x.action, x.reasons[-1].code) for x in decisions] == [
         ("hold", "awaiting_approval"),
@@ -252,8 +288,12 @@ async def test_record_check_rollback_and_approve_through_the_decider(
         ("rollback", "approved"),
     ]
     (command,) = [
-        RollbackCommand.model_validate_json(r.value)
-        for r in await reader.read(topics.COMMANDS.name, until=lambda r: len(r) >= 1)
+        c
+        for c in (
+            RollbackCommand.model_validate_json(r.value)
+            for r in await reader.read(topics.COMMANDS.name, until=lambda r: len(r) >= 2)
+        )
+        if c.model_id == "m"
     ]
     assert (command.level, command.to_manifest.system_version, command.decision_id) == (
         3,

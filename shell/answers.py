@@ -39,6 +39,8 @@ ENDED_BADLY = frozenset(
 #: The executor's final word on a command; the first one counts (a ``rejected`` replay of a
 #: command sent twice comes after the ``applied`` of the first copy).
 FINAL = frozenset({"applied", "failed", "rejected"})
+#: Acks kept while the decision naming their command has not been read yet.
+EARLY_ACKS = 10_000
 
 
 @dataclass
@@ -228,7 +230,7 @@ async def ask(
                     if command is not None and event.command_id == command:
                         answer.acks.append(event)
                     elif command is None:
-                        early.append(event)
+                        early = [*early[-EARLY_ACKS:], event]  # bounded: others' acks too
                     continue
                 launched = event.action == "rollback" and event.command_id is not None
                 related = event.parent_decision_id in ids or (

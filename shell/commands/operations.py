@@ -85,6 +85,9 @@ def register(sub: Subparsers) -> None:
         "check", help="fail unless MODEL has a ready known-good rollback target (for CI)"
     )
     check.add_argument("model_id", metavar="MODEL")
+    check.add_argument(
+        "--json", action="store_true", help='one JSON object: {"ready": ..., "reason": ...}'
+    )
     check.set_defaults(handler=_deploy_check)
 
     rollback = sub.add_parser("rollback", help="ask the decider for a rollback")
@@ -377,10 +380,27 @@ def _deploy_check(args: argparse.Namespace, settings: RollguardSettings) -> int:
     policy = resolve_policy(settings.policy_path).for_model(args.model_id)
     status = model_status(settings, args.model_id)
     if status is None:
-        return _not_ready(f"the decider knows no deployment of {args.model_id}")
-    not_ready = status.not_ready(policy.rollback.target_ready_within_s, utcnow())
-    if not_ready is not None:
-        return _not_ready(not_ready)
+        why: str | None = f"the decider knows no deployment of {args.model_id}"
+    else:
+        why = status.not_ready(policy.rollback.target_ready_within_s, utcnow())
+    if args.json:
+        live = status.live if status is not None else None
+        target = status.rollback_target if status is not None else None
+        print(
+            json.dumps(
+                {
+                    "model_id": args.model_id,
+                    "ready": why is None,
+                    "reason": why,
+                    "live": live.system_version if live else None,
+                    "target": target.system_version if target else None,
+                }
+            )
+        )
+        return 0 if why is None else ExitCode.NOT_READY
+    if why is not None:
+        return _not_ready(why)
+    assert status is not None
     live, target = status.live, status.rollback_target
     assert live is not None and target is not None  # not_ready() said so
     print(

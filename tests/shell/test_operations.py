@@ -198,6 +198,18 @@ async def test_record_check_rollback_and_approve_through_the_decider(
         ready = await run("deploy", "check", "m")
         assert ready.returncode == 0, ready.stderr  # type: ignore[attr-defined]
         assert "ready: m can roll back from s2 to s1" in ready.stdout  # type: ignore[attr-defined]
+        checked = await run("deploy", "check", "m", "--json")
+        assert checked.returncode == 0, checked.stderr  # type: ignore[attr-defined]
+        assert json.loads(checked.stdout) == {  # type: ignore[attr-defined]
+            "model_id": "m",
+            "ready": True,
+            "reason": None,
+            "live": "s2",
+            "target": "s1",
+        }
+        alone = await run("deploy", "check", "lonely", "--json")
+        assert alone.returncode == 4  # type: ignore[attr-defined]
+        assert json.loads(alone.stdout)["ready"] is False  # type: ignore[attr-defined]
         lonely = await run("deploy", "check", "lonely")
         assert lonely.returncode == 4  # type: ignore[attr-defined]
         assert "no known-good target other than the live s9" in one_line_error(lonely)  # type: ignore[arg-type]

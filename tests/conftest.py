@@ -139,6 +139,24 @@ def service_env(settings: RollguardSettings, **extra: str) -> dict[str, str]:
     }
 
 
+def held_partitions(said: str, key: str = "partitions") -> list[int]:
+    """The partitions a service's JSON log says it holds after its last rebalance (its
+    ``partitions_assigned`` lines; the detector names each topic: pass the topic as ``key``)."""
+    held: list[int] = []
+    for line in said.splitlines():
+        if "partitions_assigned" in line and line.startswith("{"):
+            doc = json.loads(line)
+            if key in doc:
+                held = doc[key]
+    return held
+
+
+def group_split(logs: list[Path], partitions: int, key: str = "partitions") -> bool:
+    """Whether every process of ``logs`` holds partitions and together they hold all of them."""
+    held = [held_partitions(log.read_text(errors="replace"), key) for log in logs]
+    return all(held) and sorted(p for h in held for p in h) == list(range(partitions))
+
+
 #: The tests that run a whole `rollguard up` or kill processes over and over: under
 #: pytest-xdist (make test) they share one worker, one at a time, so two of them never compete
 #: for the machine's two cores while the other worker runs everything else.

@@ -11,7 +11,6 @@ second command, on the worker that decided it first or on the one that took its 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import sys
@@ -26,7 +25,7 @@ from rollguard.bus import make_producer, provision_topics
 from rollguard.events import Event, RollbackCommand, Signed
 from rollguard.settings import RollguardSettings
 from rollguard.signing import ensure_keys, signer_of, trust_of, verify_command
-from tests.conftest import HEAVY, TopicReader, scaled, service_env
+from tests.conftest import HEAVY, TopicReader, group_split, scaled, service_env
 from tests.decider.test_app import good_and_bad
 from tests.factories import breach
 
@@ -35,12 +34,6 @@ pytestmark = [pytest.mark.broker, HEAVY, pytest.mark.timeout(scaled(300))]
 ROLLGUARD = Path(sys.executable).with_name("rollguard")
 MODELS = 40
 PARTITIONS = 4
-
-
-def assigned(said: str) -> list[int]:
-    """The partitions a decider says it holds after its last rebalance."""
-    lines = [json.loads(line) for line in said.splitlines() if "partitions_assigned" in line]
-    return lines[-1]["partitions"] if lines else []
 
 
 async def commands_by_model(reader: TopicReader) -> dict[str, set[str]]:
@@ -106,8 +99,7 @@ async def test_two_deciders_one_killed_in_a_storm_roll_each_model_back_once(
         # Both workers in the group, the partitions split between them (what each logs
         # once a rebalance completes).
         async def both_hold() -> bool:
-            held = [assigned(log.read_text(errors="replace")) for log in logs]
-            return all(held) and sorted(p for h in held for p in h) == list(range(PARTITIONS))
+            return group_split(logs, PARTITIONS)
 
         await wait_for(both_hold, "both deciders ready", 120, logs)
         storm = [breach("v2", model_id=m) for m in models]

@@ -25,7 +25,14 @@ from rollguard.bus import make_producer, provision_topics
 from rollguard.events import Breach, LatencyEvent, utcnow
 from rollguard.settings import RollguardSettings
 from rollguard.signing import ensure_keys, trust_of
-from tests.conftest import HEAVY, TopicReader, scaled, service_env
+from tests.conftest import (
+    HEAVY,
+    TopicReader,
+    group_split,
+    held_partitions,
+    scaled,
+    service_env,
+)
 from tests.executor.test_crash import ROLLGUARD
 
 pytestmark = [pytest.mark.broker, HEAVY, pytest.mark.timeout(scaled(300))]
@@ -45,12 +52,6 @@ def said(log: Path) -> list[dict[str, Any]]:
             except ValueError:
                 continue
     return out
-
-
-def latency_partitions(log: Path, topic: str) -> list[int]:
-    """The latency topic's partitions a detector says it holds after its last rebalance."""
-    held = [d[topic] for d in said(log) if d.get("event") == "partitions_assigned" and topic in d]
-    return held[-1] if held else []
 
 
 def breached(log: Path, since: str = "") -> dict[str, list[str]]:
@@ -131,11 +132,9 @@ async def test_two_detectors_share_the_models_and_the_survivor_takes_a_killed_on
                     )
                 )
 
-        def split() -> bool:
-            held = [latency_partitions(log, latency) for log in logs]
-            return all(held) and sorted(p for h in held for p in h) == list(range(PARTITIONS))
-
-        await wait(split, "both detectors holding partitions", 120)
+        await wait(
+            lambda: group_split(logs, PARTITIONS, latency), "both detectors holding partitions", 120
+        )
         # Every bad model breached, by one detector each, once the group settled (one that
         # started first judged every model until the other joined); no good model by either.
         settled = max(assigned_at(log) for log in logs)
@@ -155,7 +154,10 @@ async def test_two_detectors_share_the_models_and_the_survivor_takes_a_killed_on
         await procs[victim].wait()
         killed_at = utcnow().isoformat().replace("+00:00", "Z")
         await wait(
-            lambda: latency_partitions(survivor, latency) == list(range(PARTITIONS)),
+            lambda: (
+                held_partitions(survivor.read_text(errors="replace"), latency)
+                == list(range(PARTITIONS))
+            ),
             "the survivor holding every partition",
             60,
         )

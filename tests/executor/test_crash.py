@@ -134,6 +134,19 @@ def lane_commands(signer_path: Path, n: int) -> list[RollbackCommand]:
     return out
 
 
+async def publish_commands(settings: RollguardSettings, commands: list[RollbackCommand]) -> None:
+    """Put ``commands`` on the commands topic, as the decider does (keyed by model)."""
+    producer = make_producer(settings, control=True)
+    await producer.start()
+    try:
+        for cmd in commands:
+            await producer.send_and_wait(
+                settings.topic(topics.COMMANDS.name), cmd.encode(), key=cmd.key
+            )
+    finally:
+        await producer.stop()
+
+
 def changes(cmd: RollbackCommand) -> set[str]:
     """The idempotency keys of the component changes ``cmd`` asks of the target."""
     if cmd.level == 1:
@@ -308,15 +321,7 @@ async def test_sigkill_at_every_step_still_applies_each_command_once(
         (effects / "keys").mkdir(parents=True)
         lane = Lane(point, s, effects)
         lane.commands = lane_commands(s.resolved_signing_key_file, COMMANDS_PER_LANE)
-        producer = make_producer(s, control=True)
-        await producer.start()
-        try:
-            for cmd in lane.commands:
-                await producer.send_and_wait(
-                    s.topic(topics.COMMANDS.name), cmd.encode(), key=cmd.key
-                )
-        finally:
-            await producer.stop()
+        await publish_commands(s, lane.commands)
         lanes.append(lane)
 
     await asyncio.gather(*(run_lane(lane, random.Random(rng.random())) for lane in lanes))

@@ -7,29 +7,28 @@ once, with one final ack (the checks of test_crash.py, over two processes instea
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 from pathlib import Path
 
 import pytest
 
-from rollguard import topics
-from rollguard.bus import make_producer, provision_topics
+from rollguard.bus import provision_topics
 from rollguard.settings import RollguardSettings
 from rollguard.signing import ensure_keys
-from tests.conftest import HEAVY, TopicReader, scaled
-from tests.executor.test_crash import ROLLGUARD, Lane, check_lane, final_acks_seen, lane_commands
+from tests.conftest import HEAVY, TopicReader, group_split, held_partitions, scaled
+from tests.executor.test_crash import (
+    ROLLGUARD,
+    Lane,
+    check_lane,
+    final_acks_seen,
+    lane_commands,
+    publish_commands,
+)
 
 pytestmark = [pytest.mark.broker, HEAVY, pytest.mark.timeout(scaled(300))]
 
 PARTITIONS = 4
-
-
-def assigned(said: str) -> list[int]:
-    """The partitions an executor says it holds after its last rebalance."""
-    lines = [json.loads(line) for line in said.splitlines() if "partitions_assigned" in line]
-    return lines[-1]["partitions"] if lines else []
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -71,23 +70,12 @@ async def test_two_executors_one_killed_mid_command_apply_each_command_once(
                 )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + scaled(90)
-        while True:
-            held = [assigned(log.read_text(errors="replace")) for log in logs]
-            if all(held) and sorted(p for h in held for p in h) == list(range(PARTITIONS)):
-                break
+        while not group_split(logs, PARTITIONS):
             assert loop.time() < deadline, "both executors never held partitions:\n" + "\n".join(
                 log.read_text(errors="replace")[-2000:] for log in logs
             )
             await asyncio.sleep(0.3)
-        producer = make_producer(s, control=True)
-        await producer.start()
-        try:
-            for cmd in lane.commands:
-                await producer.send_and_wait(
-                    s.topic(topics.COMMANDS.name), cmd.encode(), key=cmd.key
-                )
-        finally:
-            await producer.stop()
+        await publish_commands(s, lane.commands)
         code = await asyncio.wait_for(procs[0].wait(), scaled(90))
         assert code == -signal.SIGKILL, f"a exited {code}, see {logs[0]}"
         lane.kills = 1
@@ -100,7 +88,7 @@ async def test_two_executors_one_killed_mid_command_apply_each_command_once(
                 "b never finished a's commands:\n" + logs[1].read_text()[-3000:]
             )
             await asyncio.sleep(0.5)
-        took_over = assigned(logs[1].read_text(errors="replace"))
+        took_over = held_partitions(logs[1].read_text(errors="replace"))
     finally:
         for p in procs:
             if p.returncode is None:

@@ -19,33 +19,23 @@ from typing import Any
 import yaml
 
 from rollguard import topics
-from rollguard.authority import (
-    ROLES,
-    TokenRegistry,
-    create_token,
-    person_signer,
-    revoke_token,
-    token_holders,
-)
+from rollguard.answers import WAITS, Answer, Wait
+from rollguard.authority import ROLES, TokenRegistry, create_token, revoke_token, token_holders
 from rollguard.bus import publish_one, read_topic, wait_for_broker
-from rollguard.errors import ConfigError, ExitCode, UsageError
+from rollguard.errors import ExitCode, UsageError
 from rollguard.events import (
     Approval,
     Components,
-    Decision,
     ModelStatus,
     RollbackRequest,
     SystemManifest,
-    approval_decision_id,
-    approved_decision_id,
     decode,
-    request_decision_id,
     utcnow,
 )
-from rollguard.policy import load_policy, resolve_policy
+from rollguard.operator import decision_model, person, submit
+from rollguard.policy import Role, load_policy, resolve_policy
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer, signer_of, trust_of
-from rollguard_shell.answers import WAITS, Wait, ask
 from rollguard_shell.commands import Subparsers, group, require_broker, writing
 
 
@@ -219,79 +209,38 @@ def _policy_lint(args: argparse.Namespace, settings: RollguardSettings) -> int:
     return 0
 
 
-def _person(settings: RollguardSettings, role: str) -> Signer:
-    """The key the token holder signs with, derived from ROLLGUARD_TOKEN.
-
-    Where the tokens file the decider reads is readable here too (`rollguard up`, the
-    decider's host), a token it would refuse (revoked, unknown, another role's) is one line
-    and exit 2 now, not a request that exits 0 and is refused out of sight."""
-    if settings.token is None or not settings.token.get_secret_value().strip():
-        raise UsageError("set ROLLGUARD_TOKEN to your role token (rollguard tokens create)")
-    person = person_signer(settings.token.get_secret_value())
-    path = settings.resolved_tokens_file
-    try:
-        registry = TokenRegistry.load(path) if path.exists() else None
-    except PermissionError:  # not ours to read here: the decider decides
-        registry = None
-    except (OSError, ConfigError) as exc:  # the decider's file, broken: say so, send nothing
-        raise UsageError(f"ROLLGUARD_TOKENS_FILE: {exc}") from exc
-    if registry is None:
-        return person
-    revoked = registry.revoked.get(person.key_id)
-    if revoked is not None:
-        raise UsageError(
-            f"ROLLGUARD_TOKEN was revoked at {revoked.at.isoformat()} ({path}); "
-            "ask for a new one (rollguard tokens create)"
-        )
-    who = registry.lookup(person.key_id)
-    if who is None:
-        raise UsageError(
-            f"ROLLGUARD_TOKEN is not a token of {path}: the decider would refuse what it signs"
-        )
-    if who.role != role:
-        raise UsageError(f"ROLLGUARD_TOKEN is {who.name}'s, whose role is {who.role}, not {role}")
-    return person
+def _person(settings: RollguardSettings, role: Role) -> Signer:
+    """The key the token holder signs with, derived from ROLLGUARD_TOKEN; a token the decider
+    would refuse is one line and exit 2 now (rollguard.operator.person)."""
+    token = settings.token.get_secret_value() if settings.token is not None else None
+    return person(token, role, settings.resolved_tokens_file, "ROLLGUARD_TOKEN")
 
 
-def _send(
-    settings: RollguardSettings,
-    topic: str,
-    event: SystemManifest | RollbackRequest | Approval,
-    key: bytes,
-    signer: Signer | None = None,
-) -> None:
-    asyncio.run(_publish(settings, topic, event, key, signer))
+def _send(settings: RollguardSettings, topic: str, event: SystemManifest, key: bytes) -> None:
+    """Publish ``event`` signed by this installation's deployer key: consumers refuse it
+    otherwise."""
 
+    async def go() -> None:
+        await wait_for_broker(settings)  # no broker is said first: exit 3, then the key
+        await publish_one(settings, topic, signer_of(settings, "deployer").sign(event), key)
 
-async def _publish(
-    settings: RollguardSettings,
-    topic: str,
-    event: SystemManifest | RollbackRequest | Approval,
-    key: bytes,
-    signer: Signer | None = None,
-) -> None:
-    """Publish ``event`` signed by ``signer`` (the token holder's key, for a request or an
-    approval), else by this installation's deployer key: consumers refuse it otherwise."""
-    await wait_for_broker(settings)  # no broker is said first: exit 3, then the key
-    signing = signer or signer_of(settings, "deployer")
-    await publish_one(settings, topic, signing.sign(event), key)
+    asyncio.run(go())
 
 
 def _answered(
     args: argparse.Namespace,
     settings: RollguardSettings,
-    topic: str,
     event: RollbackRequest | Approval,
-    person: Signer,
-    answers: set[str],
+    signer: Signer,
 ) -> int:
     """Send a person's input and print the decider's answer; its exit code (README)."""
-
-    async def send() -> None:
-        await _publish(settings, topic, event, event.key, person)
-
     wait: Wait = getattr(args, "wait", "decided")
-    answer = asyncio.run(ask(settings, send, answers, wait, args.timeout))
+
+    async def go() -> Answer:
+        await wait_for_broker(settings)  # no broker is said first: exit 3
+        return await submit(settings, event, signer, wait, args.timeout)
+
+    answer = asyncio.run(go())
     if args.json:
         print(json.dumps({"sent": event.event_id, **answer.as_dict()}))
     else:
@@ -412,7 +361,7 @@ def _deploy_check(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 def _rollback(args: argparse.Namespace, settings: RollguardSettings) -> int:
     require_broker(settings)
-    person = _person(settings, args.role)
+    signer = _person(settings, args.role)
     req = RollbackRequest(
         model_id=args.model_id,
         to_system_version=args.to_system_version,
@@ -420,34 +369,24 @@ def _rollback(args: argparse.Namespace, settings: RollguardSettings) -> int:
         role=args.role,
         reason=args.reason,
     )
-    answers = {request_decision_id(req.event_id)}
-    return _answered(args, settings, topics.REQUESTS.name, req, person, answers)
+    return _answered(args, settings, req, signer)
 
 
 def _unlock(args: argparse.Namespace, settings: RollguardSettings) -> int:
     require_broker(settings)
-    person = _person(settings, args.role)
+    signer = _person(settings, args.role)
     req = RollbackRequest(
         model_id=args.model_id, action="unlock", role=args.role, reason=args.reason
     )
-    answers = {request_decision_id(req.event_id)}
-    return _answered(args, settings, topics.REQUESTS.name, req, person, answers)
+    return _answered(args, settings, req, signer)
 
 
 def _approve(args: argparse.Namespace, settings: RollguardSettings) -> int:
     require_broker(settings)
-    person = _person(settings, args.role)
+    signer = _person(settings, args.role)
     model_id = args.model_id
-    if model_id is None:
-        records = _read(settings, topics.DECISIONS.name)  # no broker is said first: exit 3
-        trust = trust_of(settings)
-        for record in records:
-            try:
-                decision = Decision.model_validate_json(record.value)
-            except ValueError:
-                continue
-            if decision.event_id == args.decision_id and trust.check(decision).ok:
-                model_id = decision.model_id
+    if model_id is None:  # no broker is said first: exit 3
+        model_id = asyncio.run(decision_model(settings, args.decision_id))
         if model_id is None:
             raise UsageError(f"no decision {args.decision_id} on {settings.topic('decisions')}")
     approval = Approval(
@@ -456,8 +395,7 @@ def _approve(args: argparse.Namespace, settings: RollguardSettings) -> int:
         role=args.role,
         comment=args.comment,
     )
-    answers = {approval_decision_id(approval.event_id), approved_decision_id(args.decision_id)}
-    return _answered(args, settings, topics.APPROVALS.name, approval, person, answers)
+    return _answered(args, settings, approval, signer)
 
 
 def _status(args: argparse.Namespace, settings: RollguardSettings) -> int:

@@ -119,6 +119,20 @@ class RollguardSettings(BaseSettings):
         description="Policy file or directory; default ./policies/ when present, else built-in.",
     )
 
+    probe_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="`rollguard run SERVICE` serves /healthz, /readyz and /metrics here; "
+        "unset: not served (the API serves them for `rollguard up`).",
+    )
+    probe_host: str = Field(default="0.0.0.0", description="Where the probes listen.")
+    api_public_url: str = Field(
+        default="http://localhost:8080",
+        description="Where people reach the API and dashboard: notification links point at "
+        "<api_public_url>/incidents/<id>.",
+    )
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 

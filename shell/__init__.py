@@ -8,4 +8,4 @@ imports it.
 #: Every service `rollguard run` knows, by the name docker-compose uses. Here rather than in
 #: the runner so that `rollguard --help` does not import the services (scipy, pyarrow, faust:
 #: about a second); the runner's SERVICES has exactly these keys (tests/test_deploy.py).
-SERVICE_NAMES = ("router", "detector", "decider", "executor", "ledger", "notifier")
+SERVICE_NAMES = ("router", "detector", "decider", "executor", "ledger", "notifier", "api")

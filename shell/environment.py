@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings
 
 from rollguard.errors import UsageError
 from rollguard.settings import RollguardSettings
+from rollguard_services.api.settings import ApiSettings
 from rollguard_services.decider.settings import DeciderSettings
 from rollguard_services.detector.settings import DetectorSettings
 from rollguard_services.executor.appliers.command import STEP_VARIABLES
@@ -27,6 +28,7 @@ SETTINGS: tuple[type[BaseSettings], ...] = (
     LedgerSettings,
     NotifierSettings,
     RouterSettings,
+    ApiSettings,
 )
 #: Not settings, yet rollguard's: the test suite's own (tests/conftest.py), and what the
 #: command applier hands the scripts it runs (a script may call rollguard itself).

@@ -24,6 +24,8 @@ from rollguard.secrets import check_private
 from rollguard.service import Service
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer
+from rollguard_services.api.app import Api
+from rollguard_services.api.settings import ApiSettings
 from rollguard_services.decider.app import Decider
 from rollguard_services.decider.settings import DeciderSettings
 from rollguard_services.detector.app import Detector
@@ -33,6 +35,7 @@ from rollguard_services.executor.app import Executor
 from rollguard_services.executor.settings import ExecutorSettings
 from rollguard_services.ledger.app import Ledger
 from rollguard_services.ledger.settings import LedgerSettings
+from rollguard_services.ledger.view import LedgerView
 from rollguard_services.notifier.app import Notifier
 from rollguard_services.notifier.settings import NotifierSettings
 from rollguard_services.router.app import RouterService
@@ -79,6 +82,13 @@ def _notifier(settings: RollguardSettings) -> Service:
     return Notifier(settings, NotifierSettings(), policy=policy(settings))
 
 
+def _api(settings: RollguardSettings) -> Service:
+    from rollguard_shell.commands.ledger import recorded_trust
+
+    records = LedgerView.of(settings, lambda: recorded_trust(settings))
+    return Api(settings, ApiSettings(), records, policy(settings))
+
+
 #: Every service `rollguard run` knows, by the name docker-compose uses.
 SERVICES: dict[str, Callable[[RollguardSettings], Service]] = {
     "router": _router,
@@ -87,10 +97,11 @@ SERVICES: dict[str, Callable[[RollguardSettings], Service]] = {
     "executor": _executor,
     "ledger": _ledger,
     "notifier": _notifier,
+    "api": _api,
 }
 
 #: What `rollguard up` runs; the router is the reference integration, opt-in outside the demo.
-CORE_SERVICES = ("ledger", "executor", "decider", "detector", "notifier")
+CORE_SERVICES = ("ledger", "executor", "decider", "detector", "notifier", "api")
 
 
 def build_service(name: str, settings: RollguardSettings) -> Service:
@@ -214,7 +225,11 @@ async def kafka(
 
 
 async def run_services(services: Sequence[Service]) -> None:
-    """Run services until one fails or the caller cancels; a failure stops them all."""
+    """Run services until one fails or the caller cancels; a failure stops them all. An API
+    among them reports every one's readiness (/readyz)."""
+    for service in services:
+        if isinstance(service, Api):
+            service.peers = lambda: services
     async with asyncio.TaskGroup() as tasks:
         for service in services:
             tasks.create_task(service.run(), name=service.name)

@@ -71,6 +71,17 @@ def ignore_further_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def dump_tasks() -> None:
+    """Print where every task of the event loop waits, to stderr (kill -USR1 PID): what a
+    service that stopped making progress is stuck on (docs/runbook.md)."""
+    tasks = asyncio.all_tasks()
+    print(f"rollguard: {len(tasks)} tasks (SIGUSR1)", file=sys.stderr, flush=True)
+    for task in tasks:
+        print(f"--- {task.get_name()}", file=sys.stderr)
+        task.print_stack(limit=12, file=sys.stderr)
+    sys.stderr.flush()
+
+
 def run_stoppable(main: Coroutine[Any, Any, T], *, grace_s: float = 7.0) -> T:
     """``asyncio.run(main)``, stopped cleanly by SIGINT or SIGTERM (see the module doc):
     raises Stopped once everything is released, whether ``main`` returned or was cancelled."""
@@ -101,6 +112,8 @@ def run_stoppable(main: Coroutine[Any, Any, T], *, grace_s: float = 7.0) -> T:
             loop.call_soon_threadsafe(task.cancel)
 
         previous = {signum: signal.signal(signum, first) for signum in EXIT_CODES}
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         try:
             return await main
         finally:

@@ -24,6 +24,10 @@ from rollguard.events import Event, Signed
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Role, ensure_keys, signer_of, signers
 
+# Every `rollguard up` a test starts serves its API on a port of its own (the default, 8080,
+# is one per machine); a test that needs the address reads it from the API's log line.
+os.environ.setdefault("ROLLGUARD_API_PORT", "0")
+
 
 def _docker_answers() -> bool:
     try:

@@ -79,6 +79,9 @@ class Notifier:
         """``trust``: the keys whose events it acts on (default: ``trust_of(settings)``, loaded
         when it starts)."""
         self.settings = settings
+        if notifier_settings.incident_base_url is None:  # the dashboard's incident pages
+            base = f"{settings.api_public_url.rstrip('/')}/incidents/"
+            notifier_settings = notifier_settings.model_copy(update={"incident_base_url": base})
         self.svc = notifier_settings
         self._trust = trust
         #: Breaches, decisions and acks are taken only when signed by a key trusted for them.

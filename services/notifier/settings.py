@@ -27,9 +27,10 @@ class NotifierSettings(BaseSettings):
     webhook_url: str | None = Field(
         default=None, description="Receiver of Alertmanager-style JSON; unset: no webhook."
     )
-    incident_base_url: str = Field(
-        default="http://localhost:8080/incidents/",
-        description="Links point at <incident_base_url><incident id>.",
+    incident_base_url: str | None = Field(
+        default=None,
+        description="Links point at <incident_base_url><incident id>; default: the "
+        "dashboard's incident page, <ROLLGUARD_API_PUBLIC_URL>/incidents/.",
     )
     unknown_tier_channels: list[str] = Field(
         default_factory=lambda: ["slack", "webhook"],

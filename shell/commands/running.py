@@ -129,6 +129,7 @@ def _ready_to_serve(settings: RollguardSettings, names: list[str], *, up: bool =
 
 async def _serve(settings: RollguardSettings, names: list[str], *, record: bool = False) -> int:
     from rollguard import signing
+    from rollguard_shell.probes import serving
     from rollguard_shell.runner import (
         SIGNING_ROLES,
         build_service,
@@ -149,5 +150,8 @@ async def _serve(settings: RollguardSettings, names: list[str], *, record: bool 
         ensure_keys(live_settings, roles)
         services = [build_service(n, live_settings) for n in names]
         log.info("running", services=names, bootstrap=live_settings.kafka_bootstrap)
-        await run_services(services)  # until a signal cancels it (rollguard_shell.stopping)
+        # The API serves the probes of its process itself; any other process on request.
+        port = None if "api" in names else settings.probe_port
+        async with serving(services, settings.probe_host, port):
+            await run_services(services)  # until a signal cancels it (rollguard_shell.stopping)
     return 0

@@ -11,26 +11,27 @@ from rollguard_services.notifier.channels.webhook import WebhookChannel
 from rollguard_services.notifier.settings import NotifierSettings
 
 
+def _links(s: NotifierSettings) -> str:
+    assert s.incident_base_url is not None, "the Notifier resolves it from ROLLGUARD_API_PUBLIC_URL"
+    return s.incident_base_url
+
+
 def _pagerduty(s: NotifierSettings) -> Channel | None:
     if s.pagerduty_routing_key is None:
         return None
-    return PagerDutyChannel(
-        s.pagerduty_routing_key.get_secret_value(), s.pagerduty_url, s.incident_base_url
-    )
+    return PagerDutyChannel(s.pagerduty_routing_key.get_secret_value(), s.pagerduty_url, _links(s))
 
 
 def _slack(s: NotifierSettings) -> Channel | None:
     if s.slack_webhook_url is None:
         return None
-    return SlackChannel(
-        s.slack_webhook_url.get_secret_value(), s.incident_base_url, s.slack_min_interval_s
-    )
+    return SlackChannel(s.slack_webhook_url.get_secret_value(), _links(s), s.slack_min_interval_s)
 
 
 def _webhook(s: NotifierSettings) -> Channel | None:
     if s.webhook_url is None:
         return None
-    return WebhookChannel(s.webhook_url, s.incident_base_url)
+    return WebhookChannel(s.webhook_url, _links(s))
 
 
 #: Every channel by the name routes use; a factory returns None when it is not configured.

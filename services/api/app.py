@@ -1,0 +1,111 @@
+"""API service (FastAPI on uvicorn): the control API, the dashboard, the probes and /metrics.
+
+It follows model-status for the board, reads the ledger for incidents (a ``Records`` the shell
+hands over) and acts only by publishing the same signed requests and approvals as the CLI.
+uvicorn runs inside the service's event loop, its signal handling left to the shell (Ctrl-C
+stops `rollguard up` as a whole, rollguard_shell.stopping).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable, Iterator, Sequence
+
+import uvicorn
+
+from rollguard.logs import get_logger
+from rollguard.metrics import exposition
+from rollguard.policy import PolicySource
+from rollguard.service import Service
+from rollguard.settings import RollguardSettings
+from rollguard.signing import Trust, TrustSource
+from rollguard_services.api.board import Board
+from rollguard_services.api.routes import Records, build
+from rollguard_services.api.settings import ApiSettings
+
+log = get_logger("rollguard.api")
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # the shell owns SIGINT and SIGTERM
+        yield
+
+
+class Api:
+    name = "api"
+
+    def __init__(
+        self,
+        settings: RollguardSettings,
+        svc: ApiSettings,
+        records: Records,
+        policy: PolicySource,
+        trust: Trust | None = None,
+        peers: Callable[[], Sequence[Service]] = tuple,
+    ) -> None:
+        self.settings = settings
+        self.svc = svc
+        self.board = Board(settings, trust or TrustSource(settings))
+        self.records = records
+        self.policy = policy
+        #: The other services of this process, whose readiness /readyz reports too.
+        self.peers = peers
+        self.ready = asyncio.Event()
+        #: Where it listens, once it does (the port is chosen by the system for port 0).
+        self.url: str | None = None
+
+    def readiness(self) -> dict[str, bool]:
+        parts = {p.name: p.ready.is_set() for p in self.peers() if p is not self}
+        parts["api"] = self.board.caught_up.is_set()
+        return parts
+
+    async def run(self) -> None:
+        app = build(
+            self.settings,
+            self.svc,
+            self.board,
+            self.records,
+            self.policy,
+            self.readiness,
+            exposition,
+        )
+        sock = socket.socket(socket.AF_INET6 if ":" in self.svc.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.svc.host, self.svc.port))
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{port}"
+        config = uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=2
+        )
+        server = _Server(config)
+        following = asyncio.create_task(self.board.follow(), name="api-board")
+        serving = asyncio.create_task(server.serve(sockets=[sock]), name="api-http")
+        try:
+            caught_up = asyncio.create_task(self.board.caught_up.wait())
+            await asyncio.wait({caught_up, following}, return_when=asyncio.FIRST_COMPLETED)
+            caught_up.cancel()
+            if following.done():
+                following.result()  # the board could not read model-status: say why
+            while not server.started:
+                if serving.done():
+                    serving.result()  # the server failed to start: say why
+                await asyncio.sleep(0.02)
+            log.info("listening", url=self.url, models=len(self.board.statuses))
+            self.ready.set()
+            done, _ = await asyncio.wait({following, serving}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a failure of either stops the service
+        finally:
+            server.should_exit = True
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(serving), timeout=3)
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+            sock.close()
+            log.info("stopped", url=self.url)

@@ -1,0 +1,402 @@
+"""The control API (FastAPI): what the dashboard and other tools read and do.
+
+Reads come from the status board (model-status), the ledger (incidents, integrity) and the
+policy. Actions are a person's: the bearer token is their role token, from which their key is
+derived to sign the request or approval (rollguard.operator), exactly as the CLI does; the
+API keeps neither the token nor the key. The answer is the decider's, waited for: 200 taken
+(a rollback applied or verified when asked to wait for it), 202 awaiting approval, 409 refused
+(with the decider's reasons), 502 the rollback it launched failed, 504 no answer in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+
+from fastapi import FastAPI, Header, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field, ValidationError
+
+from rollguard.answers import Answer, Wait
+from rollguard.errors import RollguardError
+from rollguard.events import Approval, ModelStatus, PendingApproval, RollbackRequest, utcnow
+from rollguard.operator import NotAllowed, decision_model, person, submit
+from rollguard.policy import PolicySource, Role
+from rollguard.settings import RollguardSettings
+from rollguard_services.api.board import Board
+from rollguard_services.api.settings import ApiSettings
+
+DASHBOARD = Path(__file__).with_name("dashboard")
+#: How long a ledger verification result is served before the chain is read again.
+VERIFY_EVERY_S = 15.0
+
+
+class Records(Protocol):
+    """The ledger's read side (services/ledger/view.py, handed over by the shell)."""
+
+    def incidents(self, model_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
+    def incident(self, ident: str) -> dict[str, Any] | None: ...
+    def verify(self) -> dict[str, Any]: ...
+
+
+Token = Annotated[str | None, Header(alias="Authorization", description="Bearer <role token>")]
+ModelId = Annotated[str, PathParam(min_length=1, max_length=256)]
+EventId = Annotated[str, PathParam(min_length=1, max_length=128)]
+
+Health = Literal["ok", "no_target", "rolling_back", "verifying", "awaiting_approval", "locked"]
+
+
+class ModelView(BaseModel):
+    model_id: str
+    mode: Literal["enforce", "observe"]
+    health: Health = Field(description="What colours the model on the dashboard.")
+    status: ModelStatus
+
+
+class IncidentSummary(BaseModel):
+    id: str
+    model_id: str | None
+    ts: str | None
+    action: str
+    tier: str | None
+    level: int | None
+    reasons: list[str]
+    target_system_version: str | None
+    command_id: str | None
+    state: str
+
+
+class TimelineEntry(BaseModel):
+    seq: int
+    ts: str | None
+    event_type: str
+    event_id: str
+    summary: str
+    details: list[str]
+
+
+class IncidentDetail(BaseModel):
+    id: str
+    model_id: str | None
+    command_ids: list[str]
+    figures: dict[str, float]
+    decision: dict[str, Any]
+    timeline: list[TimelineEntry]
+
+
+class PendingView(PendingApproval):
+    model_id: str
+
+
+class Integrity(BaseModel):
+    ok: bool
+    entries: int
+    head_hash: str
+    first_bad_seq: int | None = None
+    reason: str | None = None
+    checkpoints_checked: int = 0
+    checkpoint_problems: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    checked_at: float = Field(description="Unix time of the check.")
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class Waiting(BaseModel):
+    wait: Wait = Field(default="decided", description="Answer once decided, applied or verified.")
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+
+
+class RollbackBody(Waiting):
+    role: Role
+    reason: str = Field(default="", max_length=4096)
+    to_system_version: str | None = Field(default=None, min_length=1, max_length=256)
+    level: Literal[1, 2, 3, 4] | None = None
+
+
+class UnlockBody(BaseModel):
+    role: Role
+    reason: str = Field(min_length=1, max_length=4096)
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+
+
+class ApproveBody(Waiting):
+    role: Role
+    comment: str = Field(default="", max_length=4096)
+    model_id: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+class AnswerView(BaseModel):
+    sent: str = Field(description="The event id of the request or approval sent.")
+    outcome: str
+    lines: list[str] = Field(description="The answer in words, every reason with its detail.")
+    decision: dict[str, Any] | None
+    earlier: list[dict[str, Any]]
+    acks: list[dict[str, Any]]
+    after: list[dict[str, Any]]
+
+
+_ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No role token, or one the decider does not know."},
+    403: {"model": Problem, "description": "The token is another role's."},
+    409: {"model": AnswerView, "description": "Refused by the decider (see its reasons)."},
+    502: {"model": AnswerView, "description": "The rollback it launched failed."},
+    504: {"model": AnswerView, "description": "No answer in time."},
+}
+_STATUS_OF = {"refused": 409, "failed": 502, "timed_out": 504, "awaiting_approval": 202}
+
+
+def health(status: ModelStatus) -> Health:
+    if status.locked:
+        return "locked"
+    if status.in_flight is not None:
+        return "rolling_back"
+    if status.verifying is not None:
+        return "verifying"
+    if status.pending:
+        return "awaiting_approval"
+    if status.rollback_target is None:
+        return "no_target"
+    return "ok"
+
+
+def build(
+    settings: RollguardSettings,
+    svc: ApiSettings,
+    board: Board,
+    records: Records,
+    policy: PolicySource,
+    ready: Callable[[], dict[str, bool]],
+    metrics: Callable[[], tuple[bytes, str]],
+    send: Callable[..., Awaitable[Answer]] = submit,
+) -> FastAPI:
+    """The API over the given parts; ``ready`` names each part and whether it is ready."""
+    app = FastAPI(
+        title="rollguard",
+        version=_version(),
+        description=__doc__,
+        responses={422: {"description": "The request is not valid (every field named)."}},
+    )
+    verified: list[Any] = [None, 0.0]  # (last Integrity, monotonic time of the check)
+    verifying = asyncio.Lock()
+
+    @app.exception_handler(RollguardError)
+    async def _rollguard_error(request: Request, exc: RollguardError) -> JSONResponse:
+        status = exc.status if isinstance(exc, NotAllowed) else 400
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(ValidationError)
+    async def _invalid_event(request: Request, exc: ValidationError) -> JSONResponse:
+        # An event the request would make that its schema refuses (an id too long...).
+        return JSONResponse({"detail": str(exc).splitlines()[0:3]}, status_code=422)
+
+    def view(status: ModelStatus) -> ModelView:
+        mode = policy.for_model(status.model_id).rollback.mode
+        return ModelView(model_id=status.model_id, mode=mode, health=health(status), status=status)
+
+    @app.get("/api/models", response_model=list[ModelView], tags=["read"])
+    async def models() -> list[ModelView]:
+        """Every model the decider knows, with its live and known-good versions, lock,
+        cooldown, command in flight, verification and pending approvals."""
+        return [view(s) for _, s in sorted(board.statuses.items())]
+
+    @app.get(
+        "/api/models/{model_id}",
+        response_model=ModelView,
+        responses={404: {"model": Problem}},
+        tags=["read"],
+    )
+    async def model(model_id: ModelId) -> ModelView:
+        status = board.statuses.get(model_id)
+        if status is None:
+            raise HTTPException(404, f"the decider knows no deployment of {model_id}")
+        return view(status)
+
+    @app.get("/api/models/{model_id}/policy", tags=["read"])
+    async def model_policy(model_id: ModelId) -> dict[str, Any]:
+        """The effective policy of the model: the defaults with its own entries applied."""
+        return policy.for_model(model_id).model_dump(mode="json")
+
+    @app.get("/api/approvals", response_model=list[PendingView], tags=["read"])
+    async def approvals() -> list[PendingView]:
+        """Decisions awaiting approval, oldest deadline first."""
+        out = [
+            PendingView(model_id=s.model_id, **p.model_dump())
+            for s in board.statuses.values()
+            for p in s.pending
+        ]
+        return sorted(out, key=lambda p: p.expires_at)
+
+    @app.get("/api/incidents", response_model=list[IncidentSummary], tags=["read"])
+    async def incidents(
+        model_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+        state: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[dict[str, Any]]:
+        """The newest incidents, newest first; ``state`` keeps those that got that far
+        (applied, verified, awaiting_approval, verification_failed...)."""
+        found = await asyncio.to_thread(records.incidents, model_id, 10_000 if state else limit)
+        if state is not None:
+            found = [i for i in found if i["state"] == state]
+        return found[:limit]
+
+    @app.get(
+        "/api/incidents/{ident}",
+        response_model=IncidentDetail,
+        responses={404: {"model": Problem}},
+        tags=["read"],
+    )
+    async def incident(ident: EventId) -> dict[str, Any]:
+        """One incident, by decision, command or breach id: breach → decision → approvals →
+        command → acks → verification, with its figures (MTTD, MTTR...)."""
+        found = await asyncio.to_thread(records.incident, ident)
+        if found is None:
+            raise HTTPException(404, f"no incident {ident!r} in the ledger")
+        return found
+
+    @app.get("/api/ledger/integrity", response_model=Integrity, tags=["read"])
+    async def integrity() -> Integrity:
+        """The ledger's chain and checkpoints, verified at most VERIFY_EVERY_S ago."""
+        async with verifying:
+            if verified[0] is None or time.monotonic() - verified[1] > VERIFY_EVERY_S:
+                report = await asyncio.to_thread(records.verify)
+                verified[:] = [Integrity(**report, checked_at=time.time()), time.monotonic()]
+        result: Integrity = verified[0]
+        return result
+
+    async def act(
+        event: RollbackRequest | Approval, token: str | None, body: Any, wait: Wait
+    ) -> JSONResponse:
+        signer = person(_bearer(token), body.role, settings.resolved_tokens_file, "the token")
+        timeout = min(body.timeout_s, svc.wait_max_s)
+        answer = await send(settings, event, signer, wait, timeout)
+        doc = AnswerView(sent=event.event_id, lines=answer.lines(), **answer.as_dict())
+        return JSONResponse(
+            doc.model_dump(mode="json"), status_code=_STATUS_OF.get(answer.outcome(), 200)
+        )
+
+    Token = Annotated[str | None, Header(alias="Authorization", description="Bearer <role token>")]
+
+    @app.post(
+        "/api/models/{model_id}/rollback",
+        response_model=AnswerView,
+        responses={202: {"model": AnswerView}, **_ACTION_ERRORS},
+        tags=["act"],
+    )
+    async def rollback(
+        model_id: ModelId, body: RollbackBody, authorization: Token = None
+    ) -> JSONResponse:
+        """Ask the decider for a rollback, under the same rules as an automatic one."""
+        req = RollbackRequest(
+            model_id=model_id,
+            to_system_version=body.to_system_version,
+            level=body.level,
+            role=body.role,
+            reason=body.reason,
+        )
+        return await act(req, authorization, body, body.wait)
+
+    @app.post(
+        "/api/models/{model_id}/unlock",
+        response_model=AnswerView,
+        responses=_ACTION_ERRORS,
+        tags=["act"],
+    )
+    async def unlock(
+        model_id: ModelId, body: UnlockBody, authorization: Token = None
+    ) -> JSONResponse:
+        """Lift a verification-failure lock (who and why go to the ledger)."""
+        req = RollbackRequest(
+            model_id=model_id, action="unlock", role=body.role, reason=body.reason
+        )
+        return await act(req, authorization, body, "decided")
+
+    @app.post(
+        "/api/approvals/{decision_id}",
+        response_model=AnswerView,
+        responses={202: {"model": AnswerView}, 404: {"model": Problem}, **_ACTION_ERRORS},
+        tags=["act"],
+    )
+    async def approve(
+        decision_id: EventId, body: ApproveBody, authorization: Token = None
+    ) -> JSONResponse:
+        """Approve a decision awaiting approval; the decider checks the role and the count."""
+        person(_bearer(authorization), body.role, settings.resolved_tokens_file, "the token")
+        model_id = body.model_id or _pending_model(board, decision_id)
+        if model_id is None:
+            model_id = await decision_model(settings, decision_id)
+        if model_id is None:
+            raise HTTPException(404, f"no decision {decision_id} awaiting approval")
+        approval = Approval(
+            model_id=model_id, decision_id=decision_id, role=body.role, comment=body.comment
+        )
+        return await act(approval, authorization, body, body.wait)
+
+    @app.get("/healthz", tags=["probes"], responses={200: {"model": Problem}})
+    async def healthz() -> dict[str, str]:
+        """Alive: the process answers (a liveness probe)."""
+        return {"detail": "alive"}
+
+    @app.get("/readyz", tags=["probes"], responses={503: {"model": Problem}})
+    async def readyz() -> JSONResponse:
+        """Ready: every service of this process is connected and caught up."""
+        parts = ready()
+        waiting = sorted(name for name, ok in parts.items() if not ok)
+        if waiting:
+            return JSONResponse({"detail": f"not ready: {', '.join(waiting)}"}, status_code=503)
+        return JSONResponse({"detail": "ready", "services": sorted(parts)})
+
+    @app.get("/metrics", tags=["probes"], response_class=Response)
+    async def prometheus() -> Response:
+        """Prometheus metrics of this process (docs/metrics.md)."""
+        body, content_type = metrics()
+        return Response(body, media_type=content_type)
+
+    @app.get("/api/dashboard", tags=["read"])
+    async def dashboard_settings() -> dict[str, Any]:
+        """What the dashboard needs to know of this API."""
+        return {"refresh_s": svc.refresh_s, "now": utcnow().isoformat()}
+
+    app.mount("/static", StaticFiles(directory=DASHBOARD), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(DASHBOARD / "index.html")
+
+    @app.get("/incidents/{ident}", include_in_schema=False)
+    async def incident_page(ident: str) -> FileResponse:  # the notifier's links land here
+        return FileResponse(DASHBOARD / "index.html")
+
+    return app
+
+
+def _bearer(header: str | None) -> str | None:
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise NotAllowed("Authorization must be 'Bearer <role token>'", 401)
+    return token.strip()
+
+
+def _pending_model(board: Board, decision_id: str) -> str | None:
+    for status in board.statuses.values():
+        if any(p.decision_id == decision_id for p in status.pending):
+            return status.model_id
+    return None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rollguard")
+    except PackageNotFoundError:
+        return "0"

@@ -1,0 +1,19 @@
+"""API settings (ROLLGUARD_API_*): where it listens and how long an action waits."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ApiSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ROLLGUARD_API_", frozen=True, extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="Address to listen on (0.0.0.0 in a pod).")
+    port: int = Field(default=8080, ge=0, le=65535, description="0: any free port (tests).")
+    wait_max_s: float = Field(
+        default=120.0, gt=0, description="Longest an action may wait for its answer."
+    )
+    refresh_s: float = Field(
+        default=2.0, gt=0, description="How often the dashboard asks for what changed."
+    )

@@ -39,7 +39,7 @@ MODEL = "demo-model"
 #: The router's default versions: v1 good, v2 bad (services/router/settings.py).
 GOOD, BAD = "v1", "v2"
 #: Every service `up --with-router` runs.
-SERVICES = 6
+SERVICES = 7
 
 POLICY_OVERRIDE = f"""\
 version: 1

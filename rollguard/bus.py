@@ -27,7 +27,7 @@ from aiokafka.partitioner import DefaultPartitioner, murmur2
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
-from rollguard import topics
+from rollguard import metrics, topics
 from rollguard.errors import BrokerUnavailable, ConfigError
 from rollguard.events import DeadLetter, DeadLetterReason, Event, Signed, utcnow
 from rollguard.logs import get_logger
@@ -394,6 +394,7 @@ class DeadLetterSink:
         sha256 = hashlib.sha256(raw).hexdigest()
         where = f"{self._consumer}:{record.topic}:{record.partition}:{record.offset}:{sha256}"
         self.counts[reason] += 1
+        metrics.DEAD_LETTERS.labels(self._consumer, reason).inc()
         value = orjson.dumps(
             {
                 "event_id": hashlib.blake2b(where.encode(), digest_size=16).hexdigest(),

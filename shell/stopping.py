@@ -72,14 +72,30 @@ def ignore_further_signals() -> None:
 
 
 def dump_tasks() -> None:
-    """Print where every task of the event loop waits, to stderr (kill -USR1 PID): what a
-    service that stopped making progress is stuck on (docs/runbook.md)."""
+    """Print where every task of the event loop waits, each await down to the innermost, to
+    stderr (kill -USR1 PID): what a service that stopped making progress is stuck on
+    (docs/runbook.md)."""
     tasks = asyncio.all_tasks()
-    print(f"rollguard: {len(tasks)} tasks (SIGUSR1)", file=sys.stderr, flush=True)
+    print(f"rollguard: {len(tasks)} tasks (SIGUSR1)", file=sys.stderr)
     for task in tasks:
         print(f"--- {task.get_name()}", file=sys.stderr)
-        task.print_stack(limit=12, file=sys.stderr)
+        for where in _awaits(task.get_coro()):
+            print(f"    {where}", file=sys.stderr)
     sys.stderr.flush()
+
+
+def _awaits(coro: Any) -> list[str]:
+    """``file:line in function`` of each coroutine or async generator ``coro`` awaits in."""
+    out = []
+    for _ in range(64):
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is None:
+            break
+        out.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+        if coro is None:
+            break
+    return out
 
 
 def run_stoppable(main: Coroutine[Any, Any, T], *, grace_s: float = 7.0) -> T:

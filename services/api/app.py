@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import uvicorn
 
@@ -62,6 +63,16 @@ class Api:
         parts["api"] = self.board.caught_up.is_set()
         return parts
 
+    async def _audit(self, app: Any) -> None:
+        """Verify the ledger every ``verify_every_s`` (rollguard_ledger_verify_ok); a ledger
+        not there yet, or not readable, is said and tried again."""
+        while True:
+            try:
+                await app.state.check_integrity(within_s=0)
+            except Exception as exc:  # said; the next round tries again
+                log.warning("ledger_verify_failed", reason=str(exc).splitlines()[0][:300])
+            await asyncio.sleep(self.svc.verify_every_s)
+
     async def run(self) -> None:
         app = build(
             self.settings,
@@ -72,6 +83,7 @@ class Api:
             self.readiness,
             exposition,
         )
+        log.info("started", bootstrap=self.settings.kafka_bootstrap)
         sock = socket.socket(socket.AF_INET6 if ":" in self.svc.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.svc.host, self.svc.port))
@@ -83,6 +95,7 @@ class Api:
         )
         server = _Server(config)
         following = asyncio.create_task(self.board.follow(), name="api-board")
+        auditing = asyncio.create_task(self._audit(app), name="api-ledger-verify")
         serving = asyncio.create_task(server.serve(sockets=[sock]), name="api-http")
         try:
             caught_up = asyncio.create_task(self.board.caught_up.wait())
@@ -102,7 +115,8 @@ class Api:
         finally:
             server.should_exit = True
             following.cancel()
-            await asyncio.gather(following, return_exceptions=True)
+            auditing.cancel()
+            await asyncio.gather(following, auditing, return_exceptions=True)
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(serving), timeout=3)
             serving.cancel()

@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, ValidationError
 
+from rollguard import metrics as metrics_of
 from rollguard.answers import Answer, Wait
 from rollguard.errors import RollguardError
 from rollguard.events import Approval, ModelStatus, PendingApproval, RollbackRequest, utcnow
@@ -32,8 +33,10 @@ from rollguard_services.api.board import Board
 from rollguard_services.api.settings import ApiSettings
 
 DASHBOARD = Path(__file__).with_name("dashboard")
-#: How long a ledger verification result is served before the chain is read again.
+#: How long a ledger verification result is served before the chain is read again, and how
+#: soon it is read again when the ledger has grown since.
 VERIFY_EVERY_S = 15.0
+REVERIFY_GROWN_S = 2.0
 
 
 class Records(Protocol):
@@ -42,6 +45,7 @@ class Records(Protocol):
     def incidents(self, model_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]: ...
     def incident(self, ident: str) -> dict[str, Any] | None: ...
     def verify(self) -> dict[str, Any]: ...
+    def head(self) -> int: ...
 
 
 Token = Annotated[str | None, Header(alias="Authorization", description="Bearer <role token>")]
@@ -261,15 +265,30 @@ def build(
             raise HTTPException(404, f"no incident {ident!r} in the ledger")
         return found
 
+    async def check(*, within_s: float = VERIFY_EVERY_S) -> Integrity:
+        """The ledger verified at most ``within_s`` ago, or REVERIFY_GROWN_S when it has grown
+        since (the API checks it in the background too: the metric and the dashboard's badge
+        stay current without a reader)."""
+        async with verifying:
+            age = time.monotonic() - verified[1]
+            stale = verified[0] is None or age > within_s
+            if not stale and age > REVERIFY_GROWN_S:
+                stale = await asyncio.to_thread(records.head) != verified[0].entries
+            if stale:
+                report = await asyncio.to_thread(records.verify)
+                checked = Integrity(**report, checked_at=time.time())
+                verified[:] = [checked, time.monotonic()]
+                metrics_of.LEDGER_VERIFIED.set(1 if checked.ok else 0)
+                metrics_of.LEDGER_VERIFIED_AT.set(checked.checked_at)
+        result: Integrity = verified[0]
+        return result
+
+    app.state.check_integrity = check
+
     @app.get("/api/ledger/integrity", response_model=Integrity, tags=["read"])
     async def integrity() -> Integrity:
         """The ledger's chain and checkpoints, verified at most VERIFY_EVERY_S ago."""
-        async with verifying:
-            if verified[0] is None or time.monotonic() - verified[1] > VERIFY_EVERY_S:
-                report = await asyncio.to_thread(records.verify)
-                verified[:] = [Integrity(**report, checked_at=time.time()), time.monotonic()]
-        result: Integrity = verified[0]
-        return result
+        return await check()
 
     async def act(
         event: RollbackRequest | Approval, token: str | None, body: Any, wait: Wait
@@ -281,8 +300,6 @@ def build(
         return JSONResponse(
             doc.model_dump(mode="json"), status_code=_STATUS_OF.get(answer.outcome(), 200)
         )
-
-    Token = Annotated[str | None, Header(alias="Authorization", description="Bearer <role token>")]
 
     @app.post(
         "/api/models/{model_id}/rollback",

@@ -14,6 +14,9 @@ class ApiSettings(BaseSettings):
     wait_max_s: float = Field(
         default=120.0, gt=0, description="Longest an action may wait for its answer."
     )
+    verify_every_s: float = Field(
+        default=60.0, gt=0, description="How often the ledger is verified in the background."
+    )
     refresh_s: float = Field(
         default=2.0, gt=0, description="How often the dashboard asks for what changed."
     )

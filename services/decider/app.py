@@ -30,7 +30,7 @@ import orjson
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
-from rollguard import topics
+from rollguard import metrics, topics
 from rollguard.authority import Identity, TokenRegistry, TokenSource
 from rollguard.bus import Admission, DeadLetterSink, client_options, read_topic, refusal
 from rollguard.errors import BrokerUnavailable
@@ -56,7 +56,7 @@ from rollguard_services.decider.approvals import FUTURE_SKEW, approve, out_of_ti
 from rollguard_services.decider.breaches import decide
 from rollguard_services.decider.context import NEVER, DecisionContext
 from rollguard_services.decider.delivery import ConfirmedTable, Delivery
-from rollguard_services.decider.outcome import DECIDER_ID, Outcome
+from rollguard_services.decider.outcome import DECIDER_ID, Outcome, observe
 from rollguard_services.decider.settings import STATE_TABLE, DeciderSettings
 from rollguard_services.decider.state import (
     FINAL_ACKS,
@@ -380,6 +380,7 @@ class Decider:
                 keep(owing, owing.model_dump_json())
                 await delivery.confirm(states)
                 await send_owed(model_id, owed)
+            observe(outcome)
             for decision in outcome.decisions:
                 self.counts[f"decision_{decision.action}"] += 1
                 log.warning(
@@ -454,6 +455,10 @@ class Decider:
                 ctx = self.context(ack.model_id)
                 after = apply_ack(before, ack, ctx)
                 await store(before, after, ctx.now)
+            if after.verifying is not None and after.verifying != before.verifying:
+                applied = after.verifying.metrics.get("time_to_applied_s")
+                if applied is not None:  # bad version live → the rollback applied
+                    metrics.TIME_TO_ROLLBACK.observe(applied)
             log.info(
                 "ack",
                 model_id=ack.model_id,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from rollguard import metrics
 from rollguard.events import CommandAck, Decision, RollbackCommand, SystemManifest, derived_id
 from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.state import InFlight, ModelState
@@ -82,3 +83,32 @@ def launch(
         metrics=dict(rollback.metrics),
     )
     return Outcome(state.model_copy(update={"in_flight": flight}), [rollback], command)
+
+
+#: Decision reasons that end a verification, and the result they count as.
+_JUDGED = {"verification_failed": "failed", "unverifiable": "unverifiable"}
+
+
+def observe(outcome: Outcome) -> None:
+    """Count a published outcome in the process's metrics (rollguard.metrics): decisions by
+    action and reason, commands by level, the incident figures the decider knows."""
+    for d in outcome.decisions:
+        for r in d.reasons:
+            metrics.DECISIONS.labels(d.action, r.code).inc()
+            if r.code in _JUDGED:
+                metrics.VERIFICATIONS.labels(_JUDGED[r.code]).inc()
+        if d.action == "rollback" and d.command_id is not None:
+            mttd = d.metrics.get("mttd_s")
+            if mttd is not None:
+                metrics.MTTD.observe(mttd)
+                live_to_decision = d.metrics.get("time_to_decision_s")
+                if live_to_decision is not None:
+                    metrics.TIME_TO_DECISION.observe(max(0.0, live_to_decision - mttd))
+    if outcome.command is not None:
+        metrics.COMMANDS.labels(str(outcome.command.level)).inc()
+    for ack in outcome.acks:
+        if ack.status == "verified" and ack.component is None:
+            metrics.VERIFICATIONS.labels("verified").inc()
+            verified = ack.timings.get("time_to_verified_s")
+            if verified is not None:
+                metrics.TIME_TO_VERIFIED.observe(verified)

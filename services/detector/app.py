@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
 from rollguard import baselines as bl
-from rollguard import topics
+from rollguard import metrics, topics
 from rollguard.bus import (
     Admission,
     DeadLetterSink,
@@ -496,6 +496,7 @@ class Detector:
                 )
             self.counts["breaches"] += 1
             self.counts[f"breaches_{breach.tier}"] += 1
+            metrics.BREACHES.labels(breach.detector, breach.tier).inc()
             log.warning(
                 "breach",
                 model_id=breach.model_id,
@@ -685,6 +686,8 @@ class Detector:
     ) -> list[Breach]:
         judged = self._judged(window, span, configs, state, self.reference(window), policy)
         self.counts["evaluations"] += 1
+        for j in judged:
+            metrics.EVALUATIONS.labels(j.instance, j.tier).inc()
         drifted = input_drift(judged)
         return [
             self._breach(

@@ -29,7 +29,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 
-from rollguard import topics
+from rollguard import metrics, topics
 from rollguard.bus import DeadLetterSink, make_consumer, make_producer, refusal
 from rollguard.errors import BrokerUnavailable
 from rollguard.events import (
@@ -222,6 +222,8 @@ class Executor:
         for owed_ack in self.inbox.owed():
             ack = owed_ack.event
             await sender.send_and_wait(self._acks_topic, owed_ack.payload, key=ack.key)
+            if ack.component is None:
+                metrics.ACKS.labels(ack.status).inc()
             if ack.component is None and ack.status in ("applied", "failed", "rejected"):
                 self._crash_point("after_ack")
             self.inbox.mark_sent(ack.event_id)

@@ -21,7 +21,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from rollguard import topics
+from rollguard import metrics, topics
 from rollguard.bus import (
     DeadLetterSink,
     Rejected,
@@ -176,6 +176,7 @@ class Ledger:
                     self.status, self.stall_reason = "stalled", str(exc)
                     continue
                 self.counts["appended"] += added
+                metrics.LEDGER_ENTRIES.inc(added)
                 self.counts["redelivered"] += len(incoming) - added
                 await dead.reject_all(refused)
                 self.counts["dead_letters"] += len(refused)  # once on the topic, not before
@@ -228,6 +229,7 @@ class Ledger:
         retried at the next interval."""
         try:
             size, head = store.head()
+            metrics.LEDGER_HEAD.set(size)  # seq runs 1, 2, ...: the newest entry's is the size
             if size in (0, self._checkpointed_size):  # nothing (new) to vouch for
                 self._uncovered_since = None
                 return None

@@ -97,6 +97,14 @@ class LedgerView:
         """The newest ``limit`` incidents (of ``model_id``), newest first."""
         return [dataclasses.asdict(s) for s in summaries(self._entries(model_id))[:limit]]
 
+    def head(self) -> int:
+        """The newest entry's seq (0: empty): cheap, to tell whether a verification is stale."""
+        store = LedgerStore(self.url, create=False)
+        try:
+            return store.head()[0]
+        finally:
+            store.close()
+
     def verify(self) -> dict[str, Any]:
         """The chain and its checkpoints checked now (services/ledger/audit.py)."""
         return dict(self._verify().__dict__)

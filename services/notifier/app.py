@@ -23,7 +23,7 @@ from aiokafka import ConsumerRecord
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 
-from rollguard import topics
+from rollguard import metrics, topics
 from rollguard.bus import Admission, DeadLetterSink, make_consumer, make_producer, refusal
 from rollguard.events import Breach, CommandAck, Decision, decode
 from rollguard.logs import get_logger
@@ -270,6 +270,7 @@ class Notifier:
             result.error,
         )
         self.counts[f"{result.status}.{channel.name}"] += 1
+        metrics.NOTIFICATIONS.labels(channel.name, result.status).inc()
         self.counts[f"attempts.{channel.name}"] += result.attempts
         if result.status == "sent":
             log.info("sent", channel=channel.name, kind=n.kind, incident=n.incident_ref)

@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol, cast
 
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
@@ -29,6 +29,7 @@ from rollguard.events import Approval, ModelStatus, PendingApproval, RollbackReq
 from rollguard.operator import NotAllowed, decision_model, person, submit
 from rollguard.policy import PolicySource, Role
 from rollguard.settings import RollguardSettings
+from rollguard.signing import Trust
 from rollguard_services.api.board import Board
 from rollguard_services.api.settings import ApiSettings
 
@@ -186,7 +187,10 @@ def build(
         title="rollguard",
         version=_version(),
         description=__doc__,
-        responses={422: {"description": "The request is not valid (every field named)."}},
+        responses={
+            400: {"model": Problem, "description": "The body is not JSON, or not usable."},
+            422: {"description": "The request is not valid (every field named)."},
+        },
     )
     verified: list[Any] = [None, 0.0]  # (last Integrity, monotonic time of the check)
     verifying = asyncio.Lock()
@@ -417,3 +421,23 @@ def _version() -> str:
         return version("rollguard")
     except PackageNotFoundError:
         return "0"
+
+
+def openapi_spec() -> bytes:
+    """The API's OpenAPI document as checked in (schemas/openapi/rollguard-api.json): what
+    `rollguard schemas export` writes and schemathesis fuzzes the running API from."""
+    import orjson
+
+    settings = RollguardSettings()
+    app = build(
+        settings,
+        ApiSettings(),
+        Board(settings, Trust({})),
+        cast(Records, None),
+        cast(PolicySource, None),
+        dict,
+        lambda: (b"", ""),
+    )
+    spec = app.openapi()
+    spec["info"]["version"] = "1"  # the contract's version, not the package's
+    return orjson.dumps(spec, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"

@@ -116,9 +116,13 @@ def _topics_acls(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
 def _schemas_export(args: argparse.Namespace, settings: RollguardSettings) -> int:
     from rollguard import schemas
+    from rollguard_services.api.routes import openapi_spec
 
+    spec_path = args.dir / "openapi" / "rollguard-api.json"
     if args.check:
         stale = schemas.stale(args.dir)
+        if not spec_path.is_file() or spec_path.read_bytes() != openapi_spec():
+            stale.append(str(spec_path.relative_to(args.dir)))
         if stale:
             print(
                 f"rollguard: stale schemas in {args.dir}: {', '.join(stale)} "
@@ -130,7 +134,9 @@ def _schemas_export(args: argparse.Namespace, settings: RollguardSettings) -> in
         return 0
     with writing("--dir"):
         written = schemas.export(args.dir)
-    print(f"wrote {len(written)} schema(s) to {args.dir}")
+        spec_path.parent.mkdir(exist_ok=True)
+        spec_path.write_bytes(openapi_spec())
+    print(f"wrote {len(written)} schema(s) and the API's OpenAPI spec to {args.dir}")
     return 0
 
 

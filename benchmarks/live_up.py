@@ -280,6 +280,7 @@ class LiveUp:
             ROLLGUARD_LOG_FORMAT="json",
             ROLLGUARD_POLICY_PATH=str(self.base / "policies"),
             ROLLGUARD_NOTIFIER_WEBHOOK_URL=self.webhook.url,
+            ROLLGUARD_API_PORT="0",  # any free port: the API says which (api_url)
         )
         env.update(self.extra_env)
         return env
@@ -318,6 +319,10 @@ class LiveUp:
                     os.killpg(self.proc.pid, signal.SIGKILL)
                     await asyncio.to_thread(self.proc.wait)
             await self.webhook.stop()
+
+    def api_url(self) -> str:
+        """Where its API and dashboard listen (its "listening" log line)."""
+        return str(self.log.named("listening")[0]["url"])
 
     def bootstrap(self) -> str:
         return str(orjson.loads((self.state / "broker.json").read_bytes())["bootstrap"])

@@ -25,11 +25,10 @@ async function getJson(path) {
 
 function ago(iso) {
   if (!iso) return "-";
-  const s = (Date.now() - Date.parse(iso)) / 1000;
-  if (s < 0) return `in ${Math.round(-s)} s`;
-  if (s < 90) return `${Math.round(s)} s ago`;
-  if (s < 5400) return `${Math.round(s / 60)} min ago`;
-  return new Date(iso).toLocaleString();
+  const s = (Date.now() - Date.parse(iso)) / 1000, a = Math.abs(s);
+  if (a >= 5400) return new Date(iso).toLocaleString();
+  const said = a < 90 ? `${Math.round(a)} s` : `${Math.round(a / 60)} min`;
+  return s < 0 ? `in ${said}` : `${said} ago`;
 }
 
 function version(m) { return m ? `${m.system_version} (${m.model_version})` : "-"; }
@@ -140,30 +139,38 @@ const FIGURES = [
   ["time_to_verify_s", "live → verified"]];
 
 function drawTimeline(entries) {
+  // One row per entry, at its time on a shared axis: the gaps read as the incident's delays.
   const svg = $("#timeline");
   const ns = "http://www.w3.org/2000/svg";
+  const put = (tag, attrs, text) => {
+    const node = document.createElementNS(ns, tag);
+    Object.entries(attrs).forEach(([k, v]) => node.setAttribute(k, v));
+    if (text !== undefined) node.textContent = text;
+    svg.append(node);
+    return node;
+  };
   svg.replaceChildren();
-  const times = entries.map((e) => Date.parse(e.ts)).filter((t) => !Number.isNaN(t));
-  if (!times.length) return;
-  const width = svg.clientWidth || 900, pad = 40;
-  const t0 = Math.min(...times), t1 = Math.max(...times);
-  const span = Math.max(t1 - t0, 1);
-  const x = (t) => pad + ((t - t0) / span) * (width - 2 * pad);
-  const line = document.createElementNS(ns, "line");
-  Object.entries({ x1: pad, x2: width - pad, y1: 75, y2: 75, stroke: "#8c959f" }).forEach(([k, v]) => line.setAttribute(k, v));
-  svg.append(line);
-  entries.forEach((e, n) => {
-    const t = Date.parse(e.ts);
-    if (Number.isNaN(t)) return;
-    const dot = document.createElementNS(ns, "circle");
-    Object.entries({ cx: x(t), cy: 75, r: 7, class: `kind-${e.event_type}` }).forEach(([k, v]) => dot.setAttribute(k, v));
+  const timed = entries.filter((e) => !Number.isNaN(Date.parse(e.ts)));
+  const rowH = 22, top = 24;
+  svg.setAttribute("height", top + rowH * timed.length + 10);
+  if (!timed.length) return;
+  const width = svg.clientWidth || 900, left = 20, right = 360;
+  const times = timed.map((e) => Date.parse(e.ts));
+  const t0 = Math.min(...times), span = Math.max(Math.max(...times) - t0, 1);
+  const x = (t) => left + ((t - t0) / span) * (width - left - right);
+  for (let i = 0; i <= 4; i++) {  // the axis: five ticks in seconds from the first entry
+    const t = t0 + (span * i) / 4;
+    put("line", { x1: x(t), x2: x(t), y1: 14, y2: top + rowH * timed.length, stroke: "#d0d7de" });
+    put("text", { x: x(t), y: 11, "text-anchor": "middle", class: "muted" }, `+${((t - t0) / 1000).toFixed(2)} s`);
+  }
+  timed.forEach((e, n) => {
+    const t = Date.parse(e.ts), y = top + rowH * n + rowH / 2;
+    const dot = put("circle", { cx: x(t), cy: y, r: 6, class: `kind-${e.event_type}` });
     const tip = document.createElementNS(ns, "title");
     tip.textContent = `${e.ts}\n${e.summary}`;
     dot.append(tip);
-    const label = document.createElementNS(ns, "text");
-    Object.entries({ x: x(t), y: n % 2 ? 110 : 50, "text-anchor": "middle" }).forEach(([k, v]) => label.setAttribute(k, v));
-    label.textContent = `${e.event_type.replace("RollbackCommand", "command").replace("CommandAck", "ack")} +${((t - t0) / 1000).toFixed(2)}s`;
-    svg.append(dot, label);
+    const label = e.summary.length > 52 ? `${e.summary.slice(0, 50)}…` : e.summary;
+    put("text", { x: x(t) + 10, y: y + 4 }, `+${((t - t0) / 1000).toFixed(2)} s  ${label}`);
   });
 }
 

@@ -53,7 +53,7 @@ from rollguard.policy import PolicySource
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Signer, Trust, TrustSource
 from rollguard_services.decider.approvals import FUTURE_SKEW, approve, out_of_time, request
-from rollguard_services.decider.breaches import decide
+from rollguard_services.decider.breaches import decide, deployed_late
 from rollguard_services.decider.context import NEVER, DecisionContext
 from rollguard_services.decider.delivery import ConfirmedTable, Delivery
 from rollguard_services.decider.outcome import DECIDER_ID, Outcome, observe
@@ -438,7 +438,16 @@ class Decider:
                 fresh = taken(before, manifest.event_id)
                 if fresh is None:
                     return replayed(manifest, manifest.model_id)
-                await store(before, apply_manifest(fresh, manifest), utcnow())
+                after, late = deployed_late(apply_manifest(fresh, manifest))
+                outcome = None
+                if late is not None:  # its breach came first: decided now
+                    ctx = self.context(manifest.model_id)
+                    outcome = decide(after, late, ctx, late=True)
+                    self.counts["breaches_decided_late"] += 1
+                if outcome is not None and outcome.decisions:
+                    await publish(before, outcome, ctx.now)
+                else:
+                    await store(before, outcome.state if outcome else after, utcnow())
             arrived.pop(manifest.model_id, asyncio.Event()).set()  # wakes a waiting breach
             log.info(
                 "manifest",

@@ -28,23 +28,33 @@ from rollguard_services.decider.targets import choose_level, rollback_target, ta
 
 #: How many handled breach ids a model remembers to drop redelivered duplicates.
 BREACH_MEMORY = 256
+#: How many versions' early breaches a model keeps (``ModelState.early``).
+EARLY_VERSIONS = 4
 
 
-def decide(state: ModelState, breach: Breach, ctx: DecisionContext) -> Outcome | None:
+def decide(
+    state: ModelState, breach: Breach, ctx: DecisionContext, *, late: bool = False
+) -> Outcome | None:
     """Turn one breach into decisions (and a signed command when it is a rollback).
 
-    Returns None only for a breach id already decided (a redelivery).
+    Returns None only for a breach id already decided (a redelivery). ``late``: the breach
+    was held for want of its manifest, which has come (``deployed_late``): decided again,
+    under a decision id of its own.
     """
-    if breach.event_id in state.handled_breaches:
+    if breach.event_id in state.handled_breaches and not late:
         return None
     state = state.model_copy(
         update={
-            "handled_breaches": (*state.handled_breaches, breach.event_id)[-BREACH_MEMORY:],
+            "handled_breaches": (
+                state.handled_breaches
+                if late
+                else (*state.handled_breaches, breach.event_id)[-BREACH_MEMORY:]
+            ),
             "last_breach": {**state.last_breach, breach.model_version: breach.ts},
         }
     )
     policy, now = ctx.policy, ctx.now
-    decision_id = derived_id("breach", breach.event_id)
+    decision_id = derived_id("breach", breach.event_id, *(["deployed"] if late else []))
     what = f"{breach.detector} {breach.statistic}={breach.value:.4g} > {breach.threshold:.4g}"
     base: dict[str, Any] = {
         "event_id": decision_id,
@@ -88,6 +98,11 @@ def decide(state: ModelState, breach: Breach, ctx: DecisionContext) -> Outcome |
         return Outcome(locked, [failed])
 
     live = state.live
+    if live is None or live.model_version != breach.model_version:
+        # Kept, to be decided again should its live manifest still come (deployed_late).
+        early = {v: b for v, b in state.early.items() if v != breach.model_version}
+        early = dict(list(early.items())[-(EARLY_VERSIONS - 1) :])
+        state = state.model_copy(update={"early": {**early, breach.model_version: breach}})
     if live is None:
         return outcome("hold", "unknown_model", "no live manifest is known for this model")
     if live.model_version != breach.model_version:
@@ -268,3 +283,23 @@ def incident_metrics(
     if breach.version_events is not None:
         metrics["blast_radius_events"] = float(breach.version_events)
     return metrics
+
+
+def deployed_late(state: ModelState) -> tuple[ModelState, Breach | None]:
+    """The breach held for want of the live manifest ``state`` now has, if one was made while
+    that version was live (its time at or after the manifest's), and the state without it:
+    decide it again (``decide(..., late=True)``) on that state.
+
+    A worker that takes over a dead one's models reads their breaches and deployments
+    backlogs at once, each topic by its own agent: a bad version's breach decided before its
+    live manifest was held as ``unknown_model`` and the incident lost its rollback. An older
+    breach of the version (a canary's, before it went live) is dropped, not decided."""
+    live = state.live
+    if live is None or live.model_version not in state.early:
+        return state, None
+    early = state.early[live.model_version]
+    rest = state.model_copy(
+        update={"early": {v: b for v, b in state.early.items() if v != live.model_version}}
+    )
+    same_system = early.system_version in (None, live.system_version)
+    return rest, early if early.ts >= live.ts and same_system else None

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from pydantic import BaseModel, ConfigDict
 
 from rollguard.events import (
+    Breach,
     CommandAck,
     HealthCheckEvent,
     ReasonCode,
@@ -116,6 +117,11 @@ class ModelState(BaseModel):
     #: (rollback.mode observe): later breaches of it decide nothing more until it goes live
     #: again (a new deployment of it is a new incident).
     observed: dict[str, str] = {}
+    #: model_version → the latest breach of it held for want of its live manifest
+    #: (``unknown_model``, ``not_live_version``): decided again when that manifest is read
+    #: (breaches.deployed_late). The breaches and deployments topics are read apart: a
+    #: worker taking a dead one's models over reads both backlogs at once.
+    early: dict[str, Breach] = {}
     health: dict[str, tuple[datetime, bool]] = {}  # model_version → last check
     #: What an outcome still owes the topics; only non-empty while it is being sent, or
     #: after a kill in the middle, when the next event of the model sends it again.

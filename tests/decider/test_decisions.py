@@ -714,3 +714,43 @@ def test_observe_mode_says_what_enforce_would_do_once_and_sends_nothing(signer: 
     # A person's own request still acts in observe mode.
     asked = approvals.request(live_v2(), req(), ALICE, ctx(signer, OBSERVE))
     assert asked.command is not None and asked.decision.action == "rollback"
+
+
+def test_a_breach_read_before_its_live_manifest_is_decided_when_the_manifest_comes(
+    signer: Signer,
+) -> None:
+    """A worker taking a dead one's models over reads their breaches and deployments backlogs
+    at once (two agents): the bad version's breach came first and was held as unknown_model,
+    and the incident lost its rollback (tests/decider/test_scale_out.py, 2 runs in 7)."""
+    c = ctx(signer)
+    early = breach("v2", ts=T0 - timedelta(minutes=1))
+    held = breaches.decide(ModelState(model_id="m"), early, c)
+    assert held is not None and codes(held.decisions[0])[-1] == "unknown_model"
+    assert held.state.early == {"v2": early}
+    # The deployments come: v1 known good, v2 live since before the breach.
+    state = held.state
+    for m in (
+        manifest("v1", status="known_good", ts=T0 - timedelta(hours=2)),
+        manifest("v2", status="live", ts=T0 - timedelta(minutes=5)),
+    ):
+        state = apply_manifest(state, m)
+    rest, late = breaches.deployed_late(state)
+    assert late == early and rest.early == {}
+    again = breaches.decide(rest, late, c, late=True)
+    assert again is not None
+    (decision,) = again.decisions
+    assert decision.action == "rollback" and again.command is not None
+    assert decision.event_id != held.decisions[0].event_id  # a decision of its own
+    assert breaches.decide(again.state, early, c) is None  # a redelivery still decides nothing
+
+
+def test_a_breach_older_than_the_version_going_live_is_not_decided_again(
+    signer: Signer,
+) -> None:
+    """A canary's breach of v2 before v2 went live was about the canary: it is dropped."""
+    canary = breach("v2", ts=T0 - timedelta(minutes=10))
+    held = breaches.decide(ModelState(model_id="m"), canary, ctx(signer))
+    assert held is not None
+    state = apply_manifest(held.state, manifest("v2", status="live", ts=T0 - timedelta(minutes=5)))
+    rest, late = breaches.deployed_late(state)
+    assert late is None and rest.early == {}

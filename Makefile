@@ -19,7 +19,7 @@ $(VENV)/.dev-installed: pyproject.toml setup.py | $(BIN)/python
 	touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed
-	$(BIN)/rollguard demo
+	$(BIN)/rollguard demo $(if $(KEEP),--keep) $(DEMO_ARGS)
 
 # mypy finds modules by folder name: services/ and shell/ are seen under their import names
 # through links in .typecheck/ (setup.py maps the folders the same way for the installs).

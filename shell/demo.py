@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -37,14 +39,23 @@ from rollguard.events import (
 )
 from rollguard.policy import resolve_policy
 from rollguard.secrets import private_dir
+from rollguard.service import Service
 from rollguard.settings import RollguardSettings
 from rollguard.signing import signer_of
+from rollguard_services.api.settings import ApiSettings
 from rollguard_services.ledger.audit import verify_configured
 from rollguard_services.ledger.settings import LedgerSettings
 from rollguard_services.ledger.store import LedgerStore
 from rollguard_services.router.app import RouterService
 from rollguard_services.router.settings import RouterSettings
-from rollguard_shell.runner import as_client, build_service, ensure_keys, kafka, run_services
+from rollguard_shell.runner import (
+    api_service,
+    as_client,
+    build_service,
+    ensure_keys,
+    kafka,
+    run_services,
+)
 
 MODEL_ID = "demo-model"
 GOOD, BAD = "v1", "v2"
@@ -70,6 +81,8 @@ class DemoReport:
     served_by_restored_after_rollback: int = 0
     dead_letters: int = 0
     reason: str = ""
+    #: Where the dashboard was served (gone once the demo ends, unless run with --keep).
+    dashboard_url: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,7 +220,11 @@ async def run_demo(
     rate_rps: float = 200.0,
     warmup_s: float = 3.0,
     timeout_s: float = 30.0,
+    keep: Callable[[DemoReport], None] | None = None,
 ) -> DemoReport:
+    """Run the demo and report it. With ``keep``, once the report is made it is handed to
+    ``keep`` and everything stays up (the dashboard with the incident on it) until the
+    caller is cancelled (Ctrl-C)."""
     demo_dir = base.state_dir / "demo"
     shutil.rmtree(demo_dir, ignore_errors=True)
     private_dir(demo_dir)  # its databases and broker log: every event of the run
@@ -226,9 +243,14 @@ async def run_demo(
         router_service = RouterService(
             as_client("router", settings), RouterSettings(model_id=MODEL_ID, rate_rps=rate_rps)
         )
-        services = [router_service] + [
-            build_service(n, settings)
-            for n in ("detector", "decider", "executor", "ledger", "notifier")
+        api = api_service(as_client("api", settings), _dashboard_settings())
+        services: list[Service] = [
+            router_service,
+            api,
+            *(
+                build_service(n, settings)
+                for n in ("detector", "decider", "executor", "ledger", "notifier")
+            ),
         ]
         observer = Observer(as_client("demo", settings))
         router = router_service.router
@@ -279,79 +301,88 @@ async def run_demo(
             return ack
 
         try:
-            await producer.start()
-            await until(lambda: all(s.ready.is_set() for s in services), 60, "services not ready")
-            observer.note(
-                "services ready: router, detector, decider (faust), executor, ledger, notifier"
-            )
-
-            phase = f"serving {GOOD} (known good)"
-            deployer = signer_of(settings, "deployer")  # what CI signs its deploys with
-            good = deployer.sign(manifest(GOOD, "sys-1", "known_good"))
-            await producer.send_and_wait(deploy_topic, good.encode(), key=good.key)
-            await until(lambda: router.live == GOOD, 15, "router never served v1")
-            await asyncio.sleep(warmup_s)
-
-            phase = f"deploying {BAD}"
-            bad = deployer.sign(manifest(BAD, "sys-2", "live"))
-            await producer.send_and_wait(deploy_topic, bad.encode(), key=bad.key)
-            deployed = bad.ts
-            phase = f"{BAD} live: waiting for detection and rollback"
-            await until(lambda: applied() is not None, timeout_s, "no rollback was applied")
-            await until(
-                lambda: router.live == GOOD and router.switches[-1].first_served_at is not None,
-                10,
-                "router did not switch back",
-            )
-            served_before = router.served[GOOD]
-            phase = f"rolled back to {GOOD}: confirming"
-            await asyncio.sleep(1.0)
-            report.served_by_restored_after_rollback = router.served[GOOD] - served_before
-
-            breach = observer.first(Breach, model_version=BAD)
-            decision = observer.first(Decision, action="rollback")
-            ack = applied()
-            assert ack is not None
-            report.rollback_applied = True
-            report.restored_version = router.live
-            report.command_id = ack.command_id
-            report.rollback_level = decision.level if decision else None
-            report.mttd_s = _secs(breach.ts, deployed) if breach else None
-            report.time_to_decision_s = _secs(decision.ts, deployed) if decision else None
-            report.time_to_rollback_s = _secs(ack.ts, deployed)
-            report.blast_radius_requests = router.served[BAD]
-            report.router_switch_ms = router.switches[-1].switch_ms
-
-            phase = f"{GOOD} restored: verifying it stays within thresholds"
-            await until(
-                lambda: observer.first(CommandAck, status="verified") is not None,
-                DEMO_VERIFICATION_S + 10,
-                "the rollback was not verified",
-            )
-            verified: CommandAck = observer.first(CommandAck, status="verified")
-            report.rollback_verified = True
-            report.time_to_verified_s = _secs(verified.ts, deployed)
-            # Traffic flowed through the whole verification window: the restored version was
-            # verified on what it served, not on silence. Now the demo winds down.
-            router_service.rate_rps = 0
-
-            phase = "waiting for the ledger to catch up"
-
-            # One connection for the whole wait: opening a store creates its schema and triggers.
-            store = LedgerStore(settings.resolved_ledger_url)
             try:
+                await producer.start()
+                await until(
+                    lambda: all(s.ready.is_set() for s in services), 60, "services not ready"
+                )
+                observer.note(
+                    "services ready: router, detector, decider (faust), executor, ledger, notifier;"
+                    f" dashboard at {api.url}"
+                )
+                report.dashboard_url = api.url or ""
 
-                def recorded() -> bool:
-                    if store.count() < len(observer.events):
-                        return False
-                    acks = store.iter_entries(MODEL_ID, event_types=("CommandAck",))
-                    return any(e.event_id == verified.event_id for e in acks)
+                phase = f"serving {GOOD} (known good)"
+                deployer = signer_of(settings, "deployer")  # what CI signs its deploys with
+                good = deployer.sign(manifest(GOOD, "sys-1", "known_good"))
+                await producer.send_and_wait(deploy_topic, good.encode(), key=good.key)
+                await until(lambda: router.live == GOOD, 15, "router never served v1")
+                await asyncio.sleep(warmup_s)
 
-                await until(recorded, 15, "ledger did not record every control event")
-            finally:
-                store.close()
-        except DemoFailed as exc:
-            report.reason = str(exc)
+                phase = f"deploying {BAD}"
+                bad = deployer.sign(manifest(BAD, "sys-2", "live"))
+                await producer.send_and_wait(deploy_topic, bad.encode(), key=bad.key)
+                deployed = bad.ts
+                phase = f"{BAD} live: waiting for detection and rollback"
+                await until(lambda: applied() is not None, timeout_s, "no rollback was applied")
+                await until(
+                    lambda: router.live == GOOD and router.switches[-1].first_served_at is not None,
+                    10,
+                    "router did not switch back",
+                )
+                served_before = router.served[GOOD]
+                phase = f"rolled back to {GOOD}: confirming"
+                await asyncio.sleep(1.0)
+                report.served_by_restored_after_rollback = router.served[GOOD] - served_before
+
+                breach = observer.first(Breach, model_version=BAD)
+                decision = observer.first(Decision, action="rollback")
+                ack = applied()
+                assert ack is not None
+                report.rollback_applied = True
+                report.restored_version = router.live
+                report.command_id = ack.command_id
+                report.rollback_level = decision.level if decision else None
+                report.mttd_s = _secs(breach.ts, deployed) if breach else None
+                report.time_to_decision_s = _secs(decision.ts, deployed) if decision else None
+                report.time_to_rollback_s = _secs(ack.ts, deployed)
+                report.blast_radius_requests = router.served[BAD]
+                report.router_switch_ms = router.switches[-1].switch_ms
+
+                phase = f"{GOOD} restored: verifying it stays within thresholds"
+                await until(
+                    lambda: observer.first(CommandAck, status="verified") is not None,
+                    DEMO_VERIFICATION_S + 10,
+                    "the rollback was not verified",
+                )
+                verified: CommandAck = observer.first(CommandAck, status="verified")
+                report.rollback_verified = True
+                report.time_to_verified_s = _secs(verified.ts, deployed)
+                # Traffic flowed through the whole verification window: the restored version was
+                # verified on what it served, not on silence. Now the demo winds down.
+                router_service.rate_rps = 0
+
+                phase = "waiting for the ledger to catch up"
+
+                # One connection for the whole wait: opening a store creates its schema and triggers.
+                store = LedgerStore(settings.resolved_ledger_url)
+                try:
+
+                    def recorded() -> bool:
+                        if store.count() < len(observer.events):
+                            return False
+                        acks = store.iter_entries(MODEL_ID, event_types=("CommandAck",))
+                        return any(e.event_id == verified.event_id for e in acks)
+
+                    await until(recorded, 15, "ledger did not record every control event")
+                finally:
+                    store.close()
+            except DemoFailed as exc:
+                report.reason = str(exc)
+            if keep is not None:
+                _verify(settings, report)
+                keep(report)
+                await asyncio.Event().wait()  # until Ctrl-C cancels the demo
         finally:
             report.requests_served = dict(router.served)
             report.dead_letters = sum(
@@ -362,13 +393,30 @@ async def run_demo(
             await asyncio.gather(*background, return_exceptions=True)
             await producer.stop()
 
-    # The chain and every signed checkpoint (the ledger writes one as it stops).
+    _verify(settings, report)  # the chain and every signed checkpoint (one written as it stopped)
+    return report
+
+
+def _verify(settings: RollguardSettings, report: DemoReport) -> None:
     verdict, _ = verify_configured(settings, LedgerSettings())
     report.ledger_entries = verdict.entries
     report.ledger_verified = verdict.ok
     if not verdict.ok and not report.reason:
         report.reason = f"ledger does not verify at seq {verdict.first_bad_seq}: {verdict.reason}"
-    return report
+
+
+def _dashboard_settings() -> ApiSettings:
+    """The API's settings, on any free port when its own (8080 by default) is taken: the
+    demo runs beside whatever a machine already serves."""
+    svc = ApiSettings()
+    probe = socket.socket(socket.AF_INET6 if ":" in svc.host else socket.AF_INET)
+    try:
+        probe.bind((svc.host, svc.port))
+    except OSError:
+        return svc.model_copy(update={"port": 0})
+    finally:
+        probe.close()
+    return svc
 
 
 #: The demo waits this long after the rollback for the decider's verification.

@@ -83,10 +83,15 @@ def _notifier(settings: RollguardSettings) -> Service:
 
 
 def _api(settings: RollguardSettings) -> Service:
+    return api_service(settings, ApiSettings())
+
+
+def api_service(settings: RollguardSettings, svc: ApiSettings) -> Api:
+    """The API over the ledger the settings point at (read as `incident show` reads it)."""
     from rollguard_shell.commands.ledger import recorded_trust
 
     records = LedgerView.of(settings, lambda: recorded_trust(settings))
-    return Api(settings, ApiSettings(), records, policy(settings))
+    return Api(settings, svc, records, policy(settings))
 
 
 #: Every service `rollguard run` knows, by the name docker-compose uses.

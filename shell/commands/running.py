@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from rollguard.authority import TokenRegistry
 from rollguard.logs import configure_logging, get_logger
@@ -30,6 +31,12 @@ def register(sub: Subparsers) -> None:
     demo.add_argument("--rate", type=float, default=200.0, help="requests per second")
     demo.add_argument("--warmup", type=float, default=3.0, help="seconds of good traffic first")
     demo.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for rollback")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep everything up after the report, the dashboard showing the incident, "
+        "until Ctrl-C",
+    )
     demo.set_defaults(handler=_demo, logs=False)
 
     up = sub.add_parser("up", help="run every service in one process until interrupted")
@@ -45,10 +52,17 @@ def _demo(args: argparse.Namespace, settings: RollguardSettings) -> int:
     writable_state_dir(settings)  # before the demo's imports: every service, seconds
 
     from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
 
-    from rollguard_shell.demo import run_demo
+    from rollguard_shell.demo import DemoReport, run_demo
+
+    def shown(report: DemoReport) -> None:
+        _show_report(args, settings, report)
+        url = report.dashboard_url
+        print(
+            f"dashboard: {url} (and its API: {url}/docs); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
 
     with open(settings.state_dir / "demo.log", "w") as logf:
         configure_logging(settings.log_level, "json", stream=logf)
@@ -61,11 +75,21 @@ def _demo(args: argparse.Namespace, settings: RollguardSettings) -> int:
                 rate_rps=args.rate,
                 warmup_s=args.warmup,
                 timeout_s=args.timeout,
+                keep=shown if args.keep else None,
             )
         )
+    return _show_report(args, settings, report)
+
+
+def _show_report(args: argparse.Namespace, settings: RollguardSettings, report: Any) -> int:
+    """Print the demo's report (a table, or one JSON object); its exit code."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     ok = report.rollback_applied and report.ledger_verified
     if args.json:
-        print(json.dumps(report.as_dict()))
+        print(json.dumps(report.as_dict()), flush=True)
     else:
         table = Table(title="rollguard demo", show_header=False)
         for key, value in report.as_dict().items():

@@ -83,11 +83,17 @@ CONSUMER_LAG = Gauge(
 )
 LEDGER_HEAD = Gauge("rollguard_ledger_head_seq", "Sequence number of the ledger's newest entry.")
 LEDGER_ENTRIES = Counter("rollguard_ledger_entries_total", "Entries appended to the ledger.")
+#: Labelled by who verified (the API), so that no sample exists before a first verification:
+#: an unlabelled gauge says 0 ("broken") from every process until then.
 LEDGER_VERIFIED = Gauge(
-    "rollguard_ledger_verify_ok", "1 when the ledger's last verification passed, 0 when it failed."
+    "rollguard_ledger_verify_ok",
+    "1 when the ledger's last verification passed, 0 when it failed.",
+    ["verifier"],
 )
 LEDGER_VERIFIED_AT = Gauge(
-    "rollguard_ledger_verify_timestamp_seconds", "Unix time of the ledger's last verification."
+    "rollguard_ledger_verify_timestamp_seconds",
+    "Unix time of the ledger's last verification.",
+    ["verifier"],
 )
 NOTIFICATIONS = Counter(
     "rollguard_notifications_total",

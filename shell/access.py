@@ -96,6 +96,13 @@ def grants() -> tuple[Grant, ...]:
             groups=(NotifierSettings().group_id,),
         ),
         Grant(
+            "api",
+            reads=("model-status", "decisions", "acks"),
+            writes=("requests", "approvals"),
+            note="publishes what people ask through it, signed with their token's key (as the "
+            "CLI does); reads the ledger's database, never writes it",
+        ),
+        Grant(
             "deployer",
             reads=("model-status",),
             writes=("deployments", "baselines"),

@@ -20,6 +20,8 @@ KAFKA_ACLS_OPTS="${KAFKA_ACLS_OPTS:-}"
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:ledger --operation Write --topic rollguard.deadletter --topic rollguard.ledger-checkpoints
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:notifier --operation Read --topic rollguard.acks --topic rollguard.breaches --topic rollguard.decisions --group rollguard.rollguard-notifier
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:notifier --operation Write --topic rollguard.deadletter
+"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:api --operation Read --topic rollguard.acks --topic rollguard.decisions --topic rollguard.model-status
+"$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:api --operation Write --topic rollguard.approvals --topic rollguard.requests
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:deployer --operation Read --topic rollguard.model-status
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:deployer --operation Write --topic rollguard.baselines --topic rollguard.deployments
 "$KAFKA_ACLS" --bootstrap-server "$KAFKA_BOOTSTRAP" $KAFKA_ACLS_OPTS --add --allow-principal User:operator --operation Read --topic rollguard.acks --topic rollguard.decisions --topic rollguard.model-status

@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 
 from rollguard.logs import get_logger
-from rollguard.metrics import exposition
+from rollguard.metrics import READY, exposition
 from rollguard.policy import PolicySource
 from rollguard.service import Service
 from rollguard.settings import RollguardSettings
@@ -61,7 +61,13 @@ class Api:
     def readiness(self) -> dict[str, bool]:
         parts = {p.name: p.ready.is_set() for p in self.peers() if p is not self}
         parts["api"] = self.board.caught_up.is_set()
+        for name, ok in parts.items():
+            READY.labels(name).set(1 if ok else 0)
         return parts
+
+    def _exposition(self) -> tuple[bytes, str]:
+        self.readiness()  # rollguard_service_ready as of this scrape
+        return exposition()
 
     async def _audit(self, app: Any) -> None:
         """Verify the ledger every ``verify_every_s`` (rollguard_ledger_verify_ok); a ledger
@@ -81,7 +87,7 @@ class Api:
             self.records,
             self.policy,
             self.readiness,
-            exposition,
+            self._exposition,
         )
         log.info("started", bootstrap=self.settings.kafka_bootstrap)
         sock = socket.socket(socket.AF_INET6 if ":" in self.svc.host else socket.AF_INET)

@@ -282,8 +282,8 @@ def build(
                 report = await asyncio.to_thread(records.verify)
                 checked = Integrity(**report, checked_at=time.time())
                 verified[:] = [checked, time.monotonic()]
-                metrics_of.LEDGER_VERIFIED.set(1 if checked.ok else 0)
-                metrics_of.LEDGER_VERIFIED_AT.set(checked.checked_at)
+                metrics_of.LEDGER_VERIFIED.labels("api").set(1 if checked.ok else 0)
+                metrics_of.LEDGER_VERIFIED_AT.labels("api").set(checked.checked_at)
         result: Integrity = verified[0]
         return result
 

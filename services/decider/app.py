@@ -58,6 +58,7 @@ from rollguard_services.decider.context import NEVER, DecisionContext
 from rollguard_services.decider.delivery import ConfirmedTable, Delivery
 from rollguard_services.decider.outcome import DECIDER_ID, Outcome, observe
 from rollguard_services.decider.settings import STATE_TABLE, DeciderSettings
+from rollguard_services.decider.stall import StallWatch
 from rollguard_services.decider.state import (
     FINAL_ACKS,
     ModelState,
@@ -699,8 +700,15 @@ class Decider:
                 )
             self.counts["timer_ticks_sent"] += len(due_now)
             await delivery.send_all(due_now)
+            if not app.in_recovery:
+                self.counts["partitions_unstuck"] += len(await stall.check(app, inputs))
 
         mine = s.topic(topics.BREACHES.name)
+        stall = StallWatch()
+        inputs = {
+            t.get_topic_name()
+            for t in (deployments, breaches, acks, approvals, requests, health, traffic)
+        }
 
         @app.on_rebalance_complete.connect  # type: ignore[arg-type]  # faust's stub wants a keyword-only signal arg
         async def _ready(sender: Any, *args: Any, **kwargs: Any) -> None:

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck schemas bench clean
+.PHONY: demo test lint typecheck schemas bench clean debian-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,24 @@ MYPY := MYPYPATH=.typecheck $(BIN)/mypy -p rollguard -p rollguard_services -p ro
 # one worker while the other takes the rest. PYTEST_WORKERS=0 runs everything in one process.
 PYTEST_WORKERS ?= 2
 
-test: $(VENV)/.dev-installed | .typecheck
+# Debian packages the suite drives for real: Chromium (the dashboard, through Playwright),
+# Prometheus (scrapes a running up) and Alertmanager. Installed when missing and apt-get can;
+# a test that needs one that could not be installed skips, saying so.
+DEBIAN_PACKAGES := chromium prometheus prometheus-alertmanager
+
+debian-packages:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing$$missing"; \
+	    (apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q $$missing >/dev/null 2>&1)) || \
+	    echo "could not install$$missing: their tests skip"; \
+	  else echo "not installed:$$missing (needs root and apt-get): their tests skip"; fi; \
+	fi
+
+test: $(VENV)/.dev-installed debian-packages | .typecheck
 	$(BIN)/ruff check rollguard services shell tests benchmarks
 	$(MYPY)
 	$(BIN)/python -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)

@@ -97,7 +97,7 @@ LEDGER_VERIFIED_AT = Gauge(
 )
 NOTIFICATIONS = Counter(
     "rollguard_notifications_total",
-    "Notification deliveries, by channel and result (delivered, failed).",
+    "Notification deliveries, by channel and result (sent, failed).",
     ["channel", "result"],
 )
 READY = Gauge("rollguard_service_ready", "1 once the service consumes and produces.", ["service"])

@@ -30,7 +30,7 @@ Wait = Literal["decided", "applied", "verified"]
 WAITS: tuple[Wait, ...] = ("decided", "applied", "verified")
 
 #: Hold reasons that are an answer of yes: the request is taken, not refused.
-TAKEN = frozenset({"awaiting_approval", "unlocked"})
+TAKEN = frozenset({"awaiting_approval", "unlocked", "paused", "resumed", "mode_set"})
 #: A later decision that ends the request badly: the rollback did not verify, nobody
 #: acknowledged its command, or the approvals it waited for never came.
 ENDED_BADLY = frozenset(

@@ -377,6 +377,13 @@ ReasonCode = Literal[
     "data_shift",
     # the policy's rollback.mode is observe: what enforce would have done, not done
     "observe_mode",
+    # rollback.mode recommend: the rollback decided, waiting for a person to confirm it
+    "recommend_mode",
+    # people operating a model: automation paused / resumed, its mode switched
+    "paused",
+    "resumed",
+    "mode_set",
+    "not_permitted",
     # people: requests and approvals
     "unknown_token",
     "wrong_role",
@@ -444,7 +451,14 @@ class RollbackRequest(Event, Signed):
     SCHEMA: ClassVar[str] = "RollbackRequest/v2"
     schema_tag: Literal["RollbackRequest/v2"] = _tag("RollbackRequest", 2)
     model_id: str = Field(min_length=1, max_length=256)
-    action: Literal["rollback", "unlock"] = "rollback"
+    action: Literal["rollback", "unlock", "pause", "resume", "set_mode"] = Field(
+        default="rollback",
+        description="pause / resume: stop / restart automatic action on the model (breaches "
+        "are still recorded); set_mode: switch its mode (``mode``) at run time.",
+    )
+    mode: Literal["enforce", "recommend", "observe"] | None = Field(
+        default=None, description="For set_mode: the model's mode from now on."
+    )
     to_system_version: str | None = Field(default=None, description="Default: the rollback target.")
     level: RollbackLevel | None = Field(default=None, description="Default: chosen by the policy.")
     role: str = Field(min_length=1, max_length=64)
@@ -608,6 +622,22 @@ class PendingApproval(BaseModel):
     required_roles: list[str] = Field(min_length=1)
     approvers: list[Approver] = Field(default_factory=list, description="Approvals so far.")
     expires_at: AwareDatetime
+    any_of: bool = Field(
+        default=False,
+        description="One approval by any of required_roles is enough (a recommended "
+        "rollback's confirmation); else one per role.",
+    )
+
+
+class Paused(BaseModel):
+    """Automatic action on a model stopped by a person (rollguard pause), until resumed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    by: str
+    role: str
+    reason: str
+    at: AwareDatetime
 
 
 def target_health_problem(
@@ -655,6 +685,10 @@ class ModelStatus(Event, Signed):
     in_flight: CommandInFlight | None = None
     verifying: RollbackVerifying | None = None
     pending: list[PendingApproval] = Field(default_factory=list)
+    paused: Paused | None = Field(default=None, description="Automation paused, by whom, why.")
+    mode: Literal["enforce", "recommend", "observe"] | None = Field(
+        default=None, description="The mode switched at run time (None: the policy's)."
+    )
 
     @property
     def key(self) -> bytes:

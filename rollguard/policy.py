@@ -73,13 +73,20 @@ class WindowPolicy(_Frozen):
     )
 
 
+#: How far automation goes for a model (RollbackPolicy.mode; switchable at run time).
+Mode = Literal["enforce", "recommend", "observe"]
+
+
 class RollbackPolicy(_Frozen):
-    mode: Literal["enforce", "observe"] = Field(
+    mode: Mode = Field(
         default="enforce",
-        description="enforce: roll back as decided. observe: decide as enforce would and "
+        description="enforce: roll back as decided. recommend: decide, say so and wait for a "
+        "person to confirm it (`rollguard approve`, or a click on the dashboard), under the "
+        "same authority rules as a manual rollback. observe: decide as enforce would and "
         "record (ledger, notification) that it would have rolled back, when and to what, but "
         "send nothing to executors — to run rollguard beside a team's current process before "
-        "trusting it. A person's own `rollguard rollback` still acts.",
+        "trusting it. A person's own `rollguard rollback` still acts. Switched at run time "
+        "per model with `rollguard mode` (or the API), who and why in the ledger.",
     )
     cooldown_s: float = Field(default=300.0, ge=0, description="No second rollback within this.")
     command_ttl_s: float = Field(default=60.0, gt=0, description="A command expires after this.")
@@ -130,6 +137,11 @@ class AuthorityPolicy(_Frozen):
         default=3600.0, gt=0, description="An approval expires after this."
     )
     notify_on_level2: tuple[Role, ...] = ("ml_lead",)
+    operate_roles: tuple[Role, ...] = Field(
+        default=("ml_engineer", "ml_lead", "data_engineering_lead", "sre"),
+        description="Who may pause or resume a model's automation, switch its mode, and "
+        "confirm a recommended rollback (levels 1 and 2; levels 3 and 4 need their roles).",
+    )
 
 
 class ExpectedChange(_Frozen):

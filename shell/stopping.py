@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -88,13 +89,24 @@ def _awaits(coro: Any) -> list[str]:
     """``file:line in function`` of each coroutine or async generator ``coro`` awaits in."""
     out = []
     for _ in range(64):
-        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+        frame = next(
+            (f for a in ("cr_frame", "ag_frame", "gi_frame") if (f := getattr(coro, a, None))),
+            None,
+        )
+        if frame is None and type(coro).__name__ == "coroutine_wrapper":  # coro.__await__()
+            inner = [c for c in gc.get_referents(coro) if hasattr(c, "cr_frame")]
+            if inner:
+                coro = inner[0]
+                continue
         if frame is None:
+            if coro is not None:  # a future, or an object awaited through its __await__
+                out.append(f"awaiting {type(coro).__name__}: {str(coro)[:160]}")
             break
         out.append(f"{frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
-        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
-        if coro is None:
-            break
+        coro = next(
+            (w for a in ("cr_await", "ag_await", "gi_yieldfrom") if (w := getattr(coro, a, None))),
+            None,
+        )
     return out
 
 

@@ -27,7 +27,7 @@ from rollguard.answers import Answer, Wait
 from rollguard.errors import RollguardError
 from rollguard.events import Approval, ModelStatus, PendingApproval, RollbackRequest, utcnow
 from rollguard.operator import NotAllowed, decision_model, person, submit
-from rollguard.policy import PolicySource, Role
+from rollguard.policy import Mode, PolicySource, Role
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Trust
 from rollguard_services.api.board import Board
@@ -53,12 +53,14 @@ Token = Annotated[str | None, Header(alias="Authorization", description="Bearer 
 ModelId = Annotated[str, PathParam(min_length=1, max_length=256)]
 EventId = Annotated[str, PathParam(min_length=1, max_length=128)]
 
-Health = Literal["ok", "no_target", "rolling_back", "verifying", "awaiting_approval", "locked"]
+Health = Literal[
+    "ok", "no_target", "rolling_back", "verifying", "awaiting_approval", "paused", "locked"
+]
 
 
 class ModelView(BaseModel):
     model_id: str
-    mode: Literal["enforce", "observe"]
+    mode: Mode = Field(description="In force: switched at run time, else the policy's.")
     health: Health = Field(description="What colours the model on the dashboard.")
     status: ModelStatus
 
@@ -132,6 +134,16 @@ class UnlockBody(BaseModel):
     timeout_s: float = Field(default=30.0, gt=0, le=600)
 
 
+class OperateBody(BaseModel):
+    role: Role
+    reason: str = Field(min_length=1, max_length=4096, description="Why: the ledger keeps it.")
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+
+
+class ModeBody(OperateBody):
+    mode: Mode
+
+
 class ApproveBody(Waiting):
     role: Role
     comment: str = Field(default="", max_length=4096)
@@ -161,6 +173,8 @@ _STATUS_OF = {"refused": 409, "failed": 502, "timed_out": 504, "awaiting_approva
 def health(status: ModelStatus) -> Health:
     if status.locked:
         return "locked"
+    if status.paused is not None:
+        return "paused"
     if status.in_flight is not None:
         return "rolling_back"
     if status.verifying is not None:
@@ -206,7 +220,7 @@ def build(
         return JSONResponse({"detail": str(exc).splitlines()[0:3]}, status_code=422)
 
     def view(status: ModelStatus) -> ModelView:
-        mode = policy.for_model(status.model_id).rollback.mode
+        mode = status.mode or policy.for_model(status.model_id).rollback.mode
         return ModelView(model_id=status.model_id, mode=mode, health=health(status), status=status)
 
     @app.get("/api/models", response_model=list[ModelView], tags=["read"])
@@ -336,6 +350,49 @@ def build(
         """Lift a verification-failure lock (who and why go to the ledger)."""
         req = RollbackRequest(
             model_id=model_id, action="unlock", role=body.role, reason=body.reason
+        )
+        return await act(req, authorization, body, "decided")
+
+    @app.post(
+        "/api/models/{model_id}/pause",
+        response_model=AnswerView,
+        responses=_ACTION_ERRORS,
+        tags=["act"],
+    )
+    async def pause(
+        model_id: ModelId, body: OperateBody, authorization: Token = None
+    ) -> JSONResponse:
+        """Stop automatic action on the model until resumed (breaches are still recorded)."""
+        req = RollbackRequest(model_id=model_id, action="pause", role=body.role, reason=body.reason)
+        return await act(req, authorization, body, "decided")
+
+    @app.post(
+        "/api/models/{model_id}/resume",
+        response_model=AnswerView,
+        responses=_ACTION_ERRORS,
+        tags=["act"],
+    )
+    async def resume(
+        model_id: ModelId, body: OperateBody, authorization: Token = None
+    ) -> JSONResponse:
+        """Restart automatic action on a paused model."""
+        req = RollbackRequest(
+            model_id=model_id, action="resume", role=body.role, reason=body.reason
+        )
+        return await act(req, authorization, body, "decided")
+
+    @app.post(
+        "/api/models/{model_id}/mode",
+        response_model=AnswerView,
+        responses=_ACTION_ERRORS,
+        tags=["act"],
+    )
+    async def set_mode(
+        model_id: ModelId, body: ModeBody, authorization: Token = None
+    ) -> JSONResponse:
+        """Switch the model's mode (enforce, recommend, observe) from now on."""
+        req = RollbackRequest(
+            model_id=model_id, action="set_mode", mode=body.mode, role=body.role, reason=body.reason
         )
         return await act(req, authorization, body, "decided")
 

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from rollguard.authority import Identity
 from rollguard.events import (
     Approval,
+    Paused,
     Reason,
     ReasonCode,
     RollbackRequest,
@@ -67,6 +68,8 @@ def request(
         return refuse("unknown_token", "no person in the tokens file signed the request")
     if who.role != req.role:
         return refuse("wrong_role", f"token belongs to role {who.role}, request claims {req.role}")
+    if req.action in ("pause", "resume", "set_mode"):
+        return operate(state, req, who, ctx, decision_id)
     if req.action == "unlock":
         unlocked = state.model_copy(update={"locked": None})
         lifted = decision(
@@ -148,6 +151,50 @@ def request(
     return Outcome(state.model_copy(update={"pending": (*state.pending, pending)}), [held])
 
 
+def operate(
+    state: ModelState, req: RollbackRequest, who: Identity, ctx: DecisionContext, decision_id: str
+) -> Outcome:
+    """Pause or resume a model's automation, or switch its mode: one hold saying who and why
+    (the ledger keeps it), by a person of ``authority.operate_roles``."""
+    roles = ctx.policy.authority.operate_roles
+    said: tuple[ReasonCode, str]
+    if who.role not in roles:
+        said = ("not_permitted", f"role {who.role} may not {req.action}; {', '.join(roles)} may")
+        after = state
+    elif req.action == "pause":
+        paused = Paused(by=who.name, role=who.role, reason=req.reason, at=ctx.now)
+        after = state.model_copy(update={"paused": paused, "paused_said": ()})
+        said = (
+            "paused",
+            f"{who.name} ({who.role}) paused automatic action: {req.reason or 'no reason given'}"
+            "; breaches are recorded, nothing is decided for them until resumed",
+        )
+    elif req.action == "resume":
+        was = state.paused
+        after = state.model_copy(update={"paused": None, "paused_said": ()})
+        since = f" (paused by {was.by} at {was.at.isoformat()})" if was else " (was not paused)"
+        said = ("resumed", f"{who.name} ({who.role}) resumed automatic action{since}: {req.reason}")
+    elif req.mode is None:
+        said = ("not_permitted", "set_mode needs a mode: enforce, recommend or observe")
+        after = state
+    else:
+        before = state.mode or ctx.policy.rollback.mode
+        after = state.model_copy(update={"mode": req.mode})
+        said = (
+            "mode_set",
+            f"{who.name} ({who.role}) switched the mode {before} → {req.mode}: {req.reason}",
+        )
+    held = decision(
+        after,
+        ctx,
+        event_id=decision_id,
+        action="hold",
+        requested_by=who.name,
+        reasons=[Reason(code=said[0], detail=said[1])],
+    )
+    return Outcome(after, [held])
+
+
 def approve(
     state: ModelState, approval: Approval, who: Identity | None, ctx: DecisionContext
 ) -> Outcome:
@@ -204,7 +251,7 @@ def approve(
     covered = {role for _, role in approvals}
     others = tuple(p for p in state.pending if p.decision_id != pending.decision_id)
     names = [name for name, _ in approvals]
-    if not set(pending.required_roles) <= covered:
+    if not pending.any_of and not set(pending.required_roles) <= covered:
         still = [r for r in pending.required_roles if r not in covered]
         updated = pending.model_copy(update={"approvals": approvals})
         state = state.model_copy(update={"pending": (*others, updated)})

@@ -8,7 +8,7 @@ version until it is live again).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from rollguard.events import (
@@ -23,7 +23,7 @@ from rollguard.events import (
 )
 from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.outcome import Outcome, decision, launch
-from rollguard_services.decider.state import ModelState
+from rollguard_services.decider.state import ModelState, Pending
 from rollguard_services.decider.targets import choose_level, rollback_target, target_ready
 
 #: How many handled breach ids a model remembers to drop redelivered duplicates.
@@ -127,6 +127,18 @@ def decide(
             "expected_change",
             f"declared change until {change.end.isoformat()}: {change.reason}",
         )
+    if state.paused is not None:
+        if breach.model_version in state.paused_said:
+            return Outcome(state)  # said once for this version while paused: ledgered only
+        p = state.paused
+        state = state.model_copy(update={"paused_said": (*state.paused_said, breach.model_version)})
+        return outcome(
+            "hold",
+            "paused",
+            f"automatic action paused by {p.by} ({p.role}) at {p.at.isoformat()}: {p.reason}; "
+            "later breaches of this version are recorded without another decision until "
+            f"resumed (rollguard resume {state.model_id} ...)",
+        )
     if breach.tier not in policy.rollback.automatic_tiers:
         return outcome("investigate", "tier_not_automatic", f"{breach.tier} tier alerts humans")
     if state.locked:
@@ -159,8 +171,11 @@ def decide(
         reasons.append(
             Reason(code="notify_lead", detail=f"level 2 runs automatically; notify {roles}")
         )
-    if policy.rollback.mode == "observe":
+    mode = state.mode or policy.rollback.mode
+    if mode == "observe":
         return observe(state, ctx, base, breach.model_version, level, reasons, target)
+    if mode == "recommend":
+        return recommend(state, ctx, base, level, reasons, target)
     rollback = decision(
         state,
         ctx,
@@ -171,6 +186,62 @@ def decide(
         target_system_version=target.system_version,
     )
     return launch(state, rollback, target, level, ctx)
+
+
+#: Who a recommendation is from (``Pending.requested_by``): nobody may not confirm it.
+RECOMMENDER = "rollguard"
+
+
+def recommend(
+    state: ModelState,
+    ctx: DecisionContext,
+    base: dict[str, Any],
+    level: int,
+    reasons: list[Reason],
+    target: SystemManifest,
+) -> Outcome:
+    """rollback.mode recommend: the rollback decided and held for a person to confirm, as an
+    approval (``rollguard approve``, the dashboard's button): one person of
+    ``authority.operate_roles`` for levels 1 and 2, the level's roles for 3 and 4. One
+    recommendation at a time per model; later breaches are ledgered only."""
+    if any(p.requested_by == RECOMMENDER for p in state.pending):
+        return Outcome(state)
+    authority = ctx.policy.authority
+    by_level = {3: authority.level3_roles, 4: authority.level4_roles}.get(level, ())
+    roles = tuple(by_level or authority.operate_roles)
+    pending = Pending(
+        decision_id=base["event_id"],
+        level=level,
+        target=target,
+        requested_by=RECOMMENDER,
+        required_roles=roles,
+        any_of=not by_level,
+        expires_at=ctx.now + timedelta(seconds=authority.approval_ttl_s),
+    )
+    who = f"one of {', '.join(roles)}" if not by_level else ", ".join(roles)
+    held = decision(
+        state,
+        ctx,
+        **base,
+        action="hold",
+        level=level,
+        target_system_version=target.system_version,
+        approvals_needed=1 if not by_level else len(roles),
+        reasons=[
+            *reasons,
+            Reason(
+                code="recommend_mode",
+                detail=f"recommends rolling back to {target.system_version} (level {level}); "
+                "the mode is recommend, so a person confirms it",
+            ),
+            Reason(
+                code="awaiting_approval",
+                detail=f"confirm with: rollguard approve {base['event_id']} --as ROLE ({who}) "
+                f"until {pending.expires_at.isoformat()}",
+            ),
+        ],
+    )
+    return Outcome(state.model_copy(update={"pending": (*state.pending, pending)}), [held])
 
 
 def observe(

@@ -11,10 +11,12 @@ from rollguard.events import (
     Breach,
     CommandAck,
     HealthCheckEvent,
+    Paused,
     ReasonCode,
     SystemManifest,
     TrafficReport,
 )
+from rollguard.policy import Mode
 from rollguard_services.decider.context import DecisionContext
 
 #: The acks that end a command in flight ("received" and "verified" do not).
@@ -69,6 +71,8 @@ class Pending(BaseModel):
     required_roles: tuple[str, ...]
     approvals: tuple[tuple[str, str], ...] = ()  # (name, role)
     expires_at: datetime
+    #: One approval by any of ``required_roles`` launches it (a recommendation's confirmation).
+    any_of: bool = False
 
 
 class Owed(BaseModel):
@@ -117,6 +121,12 @@ class ModelState(BaseModel):
     #: (rollback.mode observe): later breaches of it decide nothing more until it goes live
     #: again (a new deployment of it is a new incident).
     observed: dict[str, str] = {}
+    #: Automatic action stopped by a person until resumed (``rollguard pause``).
+    paused: Paused | None = None
+    #: Versions whose breach was said ``paused`` while paused (one hold each).
+    paused_said: tuple[str, ...] = ()
+    #: The mode a person switched the model to at run time; None: the policy's.
+    mode: Mode | None = None
     #: model_version → the latest breach of it held for want of its live manifest
     #: (``unknown_model``, ``not_live_version``): decided again when that manifest is read
     #: (breaches.deployed_late). The breaches and deployments topics are read apart: a

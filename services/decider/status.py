@@ -61,9 +61,12 @@ def model_status(state: ModelState, now: datetime) -> ModelStatus:
                 required_roles=list(p.required_roles),
                 approvers=[Approver(name=name, role=role) for name, role in p.approvals],
                 expires_at=p.expires_at,
+                any_of=p.any_of,
             )
             for p in state.pending
         ],
+        paused=state.paused,
+        mode=state.mode,
     )
     digest = hashlib.sha256(_visible(status)).hexdigest()
     return status.model_copy(update={"event_id": derived_id("status", state.model_id, digest)})
@@ -81,6 +84,8 @@ def _shown(state: ModelState) -> tuple[object, ...]:
         state.in_flight,
         state.verifying,
         state.pending,
+        state.paused,
+        state.mode,
     )
 
 

@@ -28,6 +28,7 @@ Kind = Literal[
     "verification_failed",
     "unverifiable",
     "would_roll_back",
+    "recommended",
 ]
 
 #: Kinds PagerDuty gets whatever the tier: a human must act.
@@ -36,7 +37,7 @@ PAGE_ALWAYS: frozenset[str] = frozenset({"rollback_failed", "verification_failed
 NOT_VERIFIED: frozenset[str] = frozenset({"verification_failed", "unverifiable"})
 #: Kinds that open a PagerDuty incident where the tier's route includes PagerDuty (a rollback,
 #: or an escalation because no rollback is possible).
-PAGE_OPENERS: frozenset[str] = frozenset({"rollback_decided", "investigate"})
+PAGE_OPENERS: frozenset[str] = frozenset({"rollback_decided", "investigate", "recommended"})
 #: Kinds that move a PagerDuty incident along; sent only where the incident was paged.
 PAGE_FOLLOW_UPS: frozenset[str] = frozenset({"rollback_applied", "rollback_verified"})
 
@@ -116,7 +117,8 @@ def from_decision(
     decision: Decision, breaches: Iterable[Breach], *, notify_holds: bool
 ) -> Notification | None:
     observed = decision.reasons[-1].code == "observe_mode"
-    if decision.action == "hold" and not notify_holds and not observed:
+    recommended = any(r.code == "recommend_mode" for r in decision.reasons)
+    if decision.action == "hold" and not notify_holds and not observed and not recommended:
         return None
     ref = decision.command_id or decision.event_id
     kind: Kind = {"rollback": "rollback_decided", "investigate": "investigate", "hold": "hold"}[
@@ -133,6 +135,13 @@ def from_decision(
         summary = (
             f"Would roll back {what} to {decision.target_system_version} (level "
             f"{decision.level}, {decision.tier} tier); observe mode: nothing was done"
+        )
+    elif recommended:
+        kind = "recommended"
+        summary = (
+            f"Recommends rolling back {what} to {decision.target_system_version} (level "
+            f"{decision.level}, {decision.tier} tier): confirm with rollguard approve "
+            f"{decision.event_id} --as ROLE, or on the dashboard"
         )
     elif decision.action == "rollback":
         summary = (

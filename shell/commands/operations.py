@@ -96,6 +96,26 @@ def register(sub: Subparsers) -> None:
     _answer_options(unlock, waits=False)
     unlock.set_defaults(handler=_unlock)
 
+    for action, text in (
+        ("pause", "stop automatic action on MODEL until resumed (breaches still recorded)"),
+        ("resume", "restart automatic action on a paused MODEL"),
+    ):
+        operating = sub.add_parser(action, help=text)
+        operating.add_argument("model_id", metavar="MODEL")
+        operating.add_argument("--as", dest="role", required=True, choices=ROLES)
+        operating.add_argument("--reason", required=True, help="why (the ledger keeps it)")
+        _answer_options(operating, waits=False)
+        operating.set_defaults(handler=_operate, action=action)
+    mode = sub.add_parser(
+        "mode", help="switch MODEL's mode at run time: enforce, recommend or observe"
+    )
+    mode.add_argument("model_id", metavar="MODEL")
+    mode.add_argument("mode", choices=("enforce", "recommend", "observe"))
+    mode.add_argument("--as", dest="role", required=True, choices=ROLES)
+    mode.add_argument("--reason", required=True, help="why (the ledger keeps it)")
+    _answer_options(mode, waits=False)
+    mode.set_defaults(handler=_operate, action="set_mode")
+
     approve = sub.add_parser("approve", help="approve a decision awaiting approval")
     approve.add_argument("decision_id", metavar="DECISION_ID")
     approve.add_argument("--as", dest="role", required=True, choices=ROLES)
@@ -381,6 +401,19 @@ def _unlock(args: argparse.Namespace, settings: RollguardSettings) -> int:
     return _answered(args, settings, req, signer)
 
 
+def _operate(args: argparse.Namespace, settings: RollguardSettings) -> int:
+    require_broker(settings)
+    signer = _person(settings, args.role)
+    req = RollbackRequest(
+        model_id=args.model_id,
+        action=args.action,
+        mode=getattr(args, "mode", None),
+        role=args.role,
+        reason=args.reason,
+    )
+    return _answered(args, settings, req, signer)
+
+
 def _approve(args: argparse.Namespace, settings: RollguardSettings) -> int:
     require_broker(settings)
     signer = _person(settings, args.role)
@@ -414,7 +447,7 @@ def _status(args: argparse.Namespace, settings: RollguardSettings) -> int:
     now = utcnow()
     policy = resolve_policy(settings.policy_path)  # the mode is the policy's, as read here
     for st in statuses.values():
-        mode = policy.for_model(st.model_id).rollback.mode
+        mode = st.mode or policy.for_model(st.model_id).rollback.mode
         print(_status_line(st, now) + ("" if mode == "enforce" else f"; mode {mode}"))
     return 0
 
@@ -425,6 +458,10 @@ def _status_line(st: ModelStatus, now: datetime) -> str:
     parts = [f"{st.model_id}: live {live}, rollback target {target}"]
     if st.locked:
         parts.append(f"LOCKED ({st.locked}: rollguard unlock {st.model_id} ...)")
+    if st.paused is not None:
+        parts.append(
+            f"PAUSED by {st.paused.by}: {st.paused.reason} (rollguard resume {st.model_id} ...)"
+        )
     if st.in_flight is not None:
         parts.append(f"rollback in flight (command {st.in_flight.command_id})")
     if st.verifying is not None:

@@ -176,3 +176,55 @@ def test_an_approval_through_the_api_launches_the_rollback_it_waited_for(up: Up)
     assert doc["outcome"] in ("applied", "verified")
     assert doc["decision"]["action"] == "rollback" and doc["decision"]["level"] == 3
     assert up.wait("no approval left", lambda: api.get("/api/approvals").json() == [] or None)
+
+
+def test_pausing_a_model_and_switching_its_mode_through_the_api(up: Up) -> None:
+    api = httpx.Client(base_url=up.url, timeout=scaled(60))
+    sre = {"Authorization": f"Bearer {up.token('alice', 'sre')}"}
+    auditor = {"Authorization": f"Bearer {up.token('ann', 'auditor')}"}
+    up.deploy("fraud", "s1", "v1", "known_good")
+    up.deploy("fraud", "s2", "v2", "live")
+    up.wait("fraud on the board", lambda: api.get("/api/models/fraud").status_code == 200)
+
+    paused = api.post(
+        "/api/models/fraud/pause", json={"role": "sre", "reason": "feature store migration"},
+        headers=sre,
+    )  # fmt: skip
+    assert paused.status_code == 200, paused.text
+    assert [r["code"] for r in paused.json()["decision"]["reasons"]] == ["paused"]
+
+    def shown() -> object:
+        m = api.get("/api/models/fraud").json()
+        return m if m["health"] == "paused" else None
+
+    model = up.wait("fraud paused on the board", shown)
+    assert model["status"]["paused"]["by"] == "alice"  # type: ignore[index]
+    assert model["status"]["paused"]["reason"] == "feature store migration"  # type: ignore[index]
+
+    # An auditor may read everything and change nothing: the decider refuses (409), saying so.
+    refused = api.post(
+        "/api/models/fraud/mode", json={"role": "auditor", "mode": "observe", "reason": "x"},
+        headers=auditor,
+    )  # fmt: skip
+    assert refused.status_code == 409, refused.text
+    assert any("not_permitted:" in line for line in refused.json()["lines"])
+
+    switched = api.post(
+        "/api/models/fraud/mode", json={"role": "sre", "mode": "recommend", "reason": "trial"},
+        headers=sre,
+    )  # fmt: skip
+    assert switched.status_code == 200, switched.text
+    up.wait(
+        "recommend on the board", lambda: api.get("/api/models/fraud").json()["mode"] == "recommend"
+    )
+    resumed = api.post(
+        "/api/models/fraud/resume", json={"role": "sre", "reason": "migration done"}, headers=sre
+    )
+    assert resumed.status_code == 200, resumed.text
+    up.wait("resumed", lambda: api.get("/api/models/fraud").json()["status"]["paused"] is None)
+    # Who and why, in the ledger: the CLI's status says the mode, the incident list the holds.
+    status = up.cli("status", "fraud")
+    assert "mode recommend" in status.stdout, status.stdout
+    held = api.get("/api/incidents", params={"model_id": "fraud"}).json()
+    said = {code for i in held for code in i["reasons"]}
+    assert {"paused", "mode_set", "resumed"} <= said, held

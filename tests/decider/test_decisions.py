@@ -754,3 +754,63 @@ def test_a_breach_older_than_the_version_going_live_is_not_decided_again(
     state = apply_manifest(held.state, manifest("v2", status="live", ts=T0 - timedelta(minutes=5)))
     rest, late = breaches.deployed_late(state)
     assert late is None and rest.early == {}
+
+
+# ------------------------------------------------------------------ operating a model
+
+
+def test_a_paused_model_records_its_breaches_and_decides_nothing_until_resumed(
+    signer: Signer,
+) -> None:
+    c = ctx(signer)
+    paused = approvals.request(live_v2(), req(action="pause", reason="maintenance"), ALICE, c)
+    (said,) = paused.decisions
+    assert said.action == "hold" and codes(said) == ["paused"]
+    assert "alice (ml_engineer) paused" in said.reasons[0].detail
+    assert paused.state.paused is not None and paused.state.paused.reason == "maintenance"
+    first = decide(paused.state, breach("v2"), signer)
+    assert codes(first.decision)[-1] == "paused" and first.command is None
+    again = decide(first.state, breach("v2"), signer)
+    assert again.decisions == [] and again.command is None  # once per version: ledgered only
+    resumed = approvals.request(again.state, req(action="resume", reason="done"), ALICE, c)
+    assert codes(resumed.decisions[0]) == ["resumed"] and resumed.state.paused is None
+    after = decide(resumed.state, breach("v2"), signer)
+    assert after.decision.action == "rollback" and after.command is not None
+
+
+def test_only_the_operate_roles_may_pause_or_switch_a_mode(signer: Signer) -> None:
+    auditor = Identity("ann", "auditor")
+    out = approvals.request(
+        live_v2(), req(role="auditor", action="pause", reason="x"), auditor, ctx(signer)
+    )
+    assert codes(out.decisions[0]) == ["not_permitted"] and out.state.paused is None
+
+
+def test_recommend_mode_decides_and_waits_for_one_person_to_confirm(signer: Signer) -> None:
+    c = ctx(signer)
+    switched = approvals.request(
+        live_v2(), req(action="set_mode", mode="recommend", reason="trial"), ALICE, c
+    )
+    assert codes(switched.decisions[0]) == ["mode_set"] and switched.state.mode == "recommend"
+    assert "enforce → recommend" in switched.decisions[0].reasons[0].detail
+    out = decide(switched.state, breach("v2"), signer)
+    held = out.decision
+    assert held.action == "hold" and out.command is None
+    assert codes(held)[-2:] == ["recommend_mode", "awaiting_approval"]
+    (pending,) = out.state.pending
+    assert pending.any_of and "ml_engineer" in pending.required_roles
+    # A second breach meanwhile adds nothing: one recommendation at a time.
+    assert decide(out.state, breach("v2"), signer).decisions == []
+    # One person of the operate roles confirms it: the rollback goes out.
+    confirmed = approvals.approve(out.state, approval(held.event_id, "ml_lead"), MIKE, c)
+    assert confirmed.command is not None and confirmed.decisions[0].action == "rollback"
+    assert confirmed.decisions[0].level == 1
+
+
+def test_a_mode_switched_at_run_time_wins_over_the_policy(signer: Signer) -> None:
+    c = ctx(signer)
+    observed = approvals.request(
+        live_v2(), req(action="set_mode", mode="observe", reason="watch first"), ALICE, c
+    )
+    out = decide(observed.state, breach("v2"), signer)
+    assert codes(out.decision)[-1] == "observe_mode" and out.command is None

@@ -33,3 +33,23 @@ def test_a_would_be_rollback_is_posted_never_paged(tmp_path: Path) -> None:
     # An ordinary hold is still not told unless asked.
     held = breaches.decide(out.state, breach("v9"), ctx(signer, ModelPolicy(), T0))
     assert held is not None and from_decision(held.decision, [], notify_holds=False) is None
+
+
+def test_a_recommended_rollback_is_posted_and_paged_with_how_to_confirm_it(
+    tmp_path: Path,
+) -> None:
+    """Recommend mode: a person must act, so the team hears it where the tier's route says,
+    with the command (or the dashboard) that confirms it."""
+    generate_keypair(tmp_path / "k.pem", tmp_path / "trusted")
+    signer = load_signer(tmp_path / "k.pem")
+    b = breach("v2")
+    policy = ModelPolicy(rollback=RollbackPolicy(mode="recommend"))
+    out = breaches.decide(live_v2(), b, ctx(signer, policy, T0))
+    assert out is not None and out.command is None
+    told = from_decision(out.decision, [b], notify_holds=False)
+    assert told is not None and told.kind == "recommended"
+    assert f"rollguard approve {out.decision.event_id} --as ROLE" in told.summary
+    posted = SlackChannel("http://127.0.0.1:1/hook", "http://rollguard.example/incidents", 0.0)
+    assert "Rollback recommended" in str(posted.render(told))
+    paging = PagerDutyChannel("key", "http://127.0.0.1:1/enqueue", "http://x/incidents")
+    assert paging.render(told) is not None

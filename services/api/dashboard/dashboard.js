@@ -69,6 +69,21 @@ function modelRow(m) {
     const reason = prompt(`Roll ${m.model_id} back: why?`, "");
     if (reason !== null) act(`/api/models/${encodeURIComponent(m.model_id)}/rollback`, { reason });
   } }, "roll back"));
+  const operate = (action, extra = {}) => {
+    const reason = prompt(`${action} ${m.model_id}: why? (the ledger keeps it)`, "");
+    if (reason) act(`/api/models/${encodeURIComponent(m.model_id)}/${action}`, { reason, ...extra });
+  };
+  buttons.append(" ", s.paused
+    ? el("button", { "data-action": "resume", onclick: () => operate("resume") }, "resume")
+    : el("button", { "data-action": "pause", onclick: () => operate("pause") }, "pause"));
+  const modes = el("select", { "data-action": "mode", title: "switch the mode" },
+    ...["enforce", "recommend", "observe"].map((x) => {
+      const o = el("option", { value: x }, x);
+      if (x === m.mode) o.selected = true;
+      return o;
+    }));
+  modes.addEventListener("change", () => operate("mode", { mode: modes.value }));
+  buttons.append(" ", modes);
   if (s.locked) {
     buttons.append(" ", el("button", { "data-action": "unlock", onclick: () => {
       const reason = prompt(`Unlock ${m.model_id}: why?`, "");
@@ -82,7 +97,7 @@ function modelRow(m) {
     el("td", {}, version(s.rollback_target)),
     el("td", {}, s.known_good.map((k) => k.system_version).join(", ") || "-"),
     el("td", {}, m.mode),
-    el("td", {}, s.locked || "-"),
+    el("td", {}, s.locked || (s.paused ? `paused by ${s.paused.by}: ${s.paused.reason}` : "-")),
     el("td", {}, cooling),
     el("td", {}, flight),
     buttons);

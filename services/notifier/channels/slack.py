@@ -18,6 +18,7 @@ _TITLE = {
     "verification_failed": ":warning: Rollback did not verify",
     "unverifiable": ":warning: Rollback could not be verified",
     "would_roll_back": ":eyes: Would roll back (observe mode)",
+    "recommended": ":raising_hand: Rollback recommended: confirm it",
 }
 
 

@@ -12,6 +12,9 @@ registry); `rollguard run SERVICE` serves them with its probes (rollguard_shell.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -101,6 +104,34 @@ NOTIFICATIONS = Counter(
     ["channel", "result"],
 )
 READY = Gauge("rollguard_service_ready", "1 once the service consumes and produces.", ["service"])
+
+
+class Consumption:
+    """What one service's consumer read: ``rollguard_events_consumed_total`` and
+    ``rollguard_consumer_lag_records`` per topic, from each batch ``getmany`` returned (the
+    lag from the highwater the broker sent with it, summed over the partitions held)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self._lag: dict[tuple[str, int], int] = {}
+
+    def took(self, consumer: Any, batches: Mapping[Any, Sequence[Any]]) -> None:
+        topics = set()
+        for tp, records in batches.items():
+            if not records:
+                continue
+            EVENTS_CONSUMED.labels(self.service, tp.topic).inc(len(records))
+            high = consumer.highwater(tp)
+            if high is not None:
+                self._lag[(tp.topic, tp.partition)] = max(0, high - records[-1].offset - 1)
+            topics.add(tp.topic)
+        held = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        for key in [k for k in self._lag if k not in held]:  # revoked: not ours to report
+            topics.add(key[0])
+            del self._lag[key]
+        for topic in topics:
+            lag = sum(v for (t, _), v in self._lag.items() if t == topic)
+            CONSUMER_LAG.labels(self.service, topic).set(lag)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -309,6 +309,7 @@ class Detector:
         pool = ThreadPoolExecutor(1, thread_name_prefix="rollguard-parse")
         ahead: tuple[int, Batches, asyncio.Future[Parsed]] | None = None
         try:
+            consumed = metrics.Consumption(self.name)
             while not stop():
                 self._limit.check()
                 self._maybe_reload()
@@ -316,6 +317,7 @@ class Detector:
                     timeout_ms=0 if ahead else self.svc.poll_timeout_ms,
                     max_records=self.svc.max_batch,
                 )
+                consumed.took(consumer, batches)
                 # Before any other await: a revocation seen later means this batch is stale.
                 # (getmany itself waits out a rebalance, so what it returns is current.)
                 fetched_at = self.revocations.count

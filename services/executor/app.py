@@ -137,9 +137,11 @@ class Executor:
                     detail="every command will be rejected: put the decider's public key there",
                 )
             await self._flush(sender)  # what was owed from before a crash
+            consumed = metrics.Consumption(self.name)
             while True:
                 limit.check()
                 batches = await consumer.getmany(timeout_ms=200)
+                consumed.took(consumer, batches)
                 if not self.ready.is_set() and consumer.assignment():
                     self.ready.set()
                 for tp, records in batches.items():

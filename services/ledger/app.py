@@ -145,9 +145,11 @@ class Ledger:
         retry_at = 0.0
         backoff = self.svc.retry_initial_s
         limit = OutageLimit(self.settings.broker_outage_limit_s)
+        consumed = metrics.Consumption(self.name)
         while True:
             limit.check()  # a broker away: getmany returns nothing, until the limit
             batches = await consumer.getmany(timeout_ms=200, max_records=self.svc.max_batch)
+            consumed.took(consumer, batches)
             if not self.ready.is_set() and consumer.assignment():
                 self.ready.set()
             for tp, records in batches.items():

@@ -119,9 +119,11 @@ class Notifier:
                 asyncio.create_task(self._drain(outbox, ch), name=f"notifier-{ch.name}")
                 for ch in self.channels.values()
             ]
+            consumed = metrics.Consumption(self.name)
             while True:
                 limit.check()
                 batches = await consumer.getmany(timeout_ms=200)
+                consumed.took(consumer, batches)
                 if not self.ready.is_set() and consumer.assignment():
                     self.ready.set()
                 if not batches:

@@ -88,6 +88,8 @@ def test_prometheus_scrapes_up_and_counts_the_rollback(up: Up, tmp_path: Path) -
         (series,) = counted  # type: ignore[misc]
         assert series["metric"] == {"level": "1"}  # type: ignore[index]
         assert float(series["value"][1]) == 1  # type: ignore[index]
+        ledgered = query('sum(rollguard_events_consumed_total{service="ledger"})')
+        assert ledgered and float(ledgered[0]["value"][1]) >= 4  # type: ignore[index]
         applied = query('rollguard_acks_total{status="applied"}')
         assert [float(s["value"][1]) for s in applied] == [1]  # type: ignore[index]
         seconds = query("histogram_quantile(0.5, rollguard_time_to_rollback_seconds_bucket)")

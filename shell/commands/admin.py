@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -15,9 +16,9 @@ from rollguard_shell.commands import Subparsers, group, require_broker, writing
 
 def register(sub: Subparsers) -> None:
     topics = group(sub, "topics", "topic provisioning")
-    topics.add_parser("create", help="create missing topics with explicit partitions").set_defaults(
-        handler=_topics_create
-    )
+    create = topics.add_parser("create", help="create missing topics with explicit partitions")
+    create.add_argument("--json", action="store_true", help='{"created": [topic, ...]}')
+    create.set_defaults(handler=_topics_create)
     acls = topics.add_parser(
         "acls",
         help="print the Kafka ACLs of each principal (a kafka-acls.sh script, or the table)",
@@ -49,9 +50,9 @@ def register(sub: Subparsers) -> None:
         help="the role has a key: keep it trusted, move it aside, write a new one",
     )
     gen.set_defaults(handler=_keys_generate)
-    keys.add_parser("list", help="every trusted key: role, key id, held here").set_defaults(
-        handler=_keys_list
-    )
+    listing = keys.add_parser("list", help="every trusted key: role, key id, held here")
+    listing.add_argument("--json", action="store_true", help="one object per trusted key")
+    listing.set_defaults(handler=_keys_list)
     retire = keys.add_parser(
         "retire",
         help="stop trusting a key: events it signs are refused from now on; what the ledger "
@@ -84,6 +85,9 @@ def _topics_create(args: argparse.Namespace, settings: RollguardSettings) -> int
         )
 
     created = asyncio.run(create())
+    if getattr(args, "json", False):
+        print(json.dumps({"created": created}))
+        return 0
     print(f"created {len(created)} topic(s): {', '.join(created) or 'none, all exist'}")
     return 0
 
@@ -187,6 +191,16 @@ def _keys_list(args: argparse.Namespace, settings: RollguardSettings) -> int:
         if path.exists():
             held[load_signer(path, role).key_id] = path
     rows = _trusted_files(settings)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"role": role, "key_id": kid, "private_key": str(held.get(kid) or "") or None}
+                    for role, kid, _ in rows
+                ]
+            )
+        )
+        return 0
     if not rows:
         print(f"no trusted keys under {settings.resolved_trusted_keys_dir}")
         return 0

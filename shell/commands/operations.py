@@ -44,6 +44,7 @@ def register(sub: Subparsers) -> None:
     lint = policy.add_parser("lint", help="validate policy files and print the effective policy")
     lint.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     lint.add_argument("--model-id", action="append", default=[], help="also show this model")
+    lint.add_argument("--json", action="store_true", help="the effective policy as JSON")
     lint.set_defaults(handler=_policy_lint)
     explain = policy.add_parser(
         "explain",
@@ -56,6 +57,7 @@ def register(sub: Subparsers) -> None:
     explain.add_argument(
         "--policy", type=Path, help="policy file or directory (default: ROLLGUARD_POLICY_PATH)"
     )
+    explain.add_argument("--json", action="store_true", help="the window and every detector row")
     explain.set_defaults(handler=_policy_explain)
 
     deploy = group(sub, "deploy", "deployments")
@@ -70,6 +72,7 @@ def register(sub: Subparsers) -> None:
         "--status", choices=("candidate", "live", "known_good", "rolled_back"), default="live"
     )
     record.add_argument("--note", default="")
+    record.add_argument("--json", action="store_true", help="print the manifest recorded")
     record.set_defaults(handler=_deploy_record)
     check = deploy.add_parser(
         "check", help="fail unless MODEL has a ready known-good rollback target (for CI)"
@@ -187,6 +190,22 @@ def _policy_explain(args: argparse.Namespace, settings: RollguardSettings) -> in
     model = policy.for_model(args.model_id)
     events = DetectorSettings().window_events
     seconds, n = window(model, args.rate, events)
+    rows = explain(model, args.rate, events)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "model_id": args.model_id,
+                    "rate": args.rate,
+                    "window_s": seconds,
+                    "window_events": n,
+                    "detectors": [dataclasses.asdict(r) for r in rows],
+                    "note": advice(model, args.rate, rows),
+                },
+                default=str,
+            )
+        )
+        return 0
     print(
         f"{args.model_id} at {args.rate:g} events/s: windows of {seconds:g} s, {n:.1f} events "
         f"each (window.seconds {model.window.seconds:g}"
@@ -194,7 +213,6 @@ def _policy_explain(args: argparse.Namespace, settings: RollguardSettings) -> in
         + "); a test short of events is judged on pooled windows, up to window.max_seconds "
         + f"{model.window.max_seconds:g}"
     )
-    rows = explain(model, args.rate, events)
     print(
         f"{'detector':<22} {'kind':<16} {'tier':<10} {'judged on':<10} "
         f"{'smallest change it sees':<48} delay"
@@ -224,6 +242,9 @@ def _policy_lint(args: argparse.Namespace, settings: RollguardSettings) -> int:
     shown: dict[str, Any] = {"defaults": policy.defaults.model_dump(mode="json")}
     for model_id in sorted({*policy.models, *args.model_id}):
         shown[f"model {model_id}"] = policy.for_model(model_id).model_dump(mode="json")
+    if args.json:
+        print(json.dumps({"ok": True, "sources": list(policy.sources), **shown}))
+        return 0
     print(f"# ok: {len(policy.sources)} file(s): {', '.join(policy.sources)}")
     print(yaml.safe_dump(shown, sort_keys=False), end="")
     return 0
@@ -298,6 +319,9 @@ def _deploy_record(args: argparse.Namespace, settings: RollguardSettings) -> int
         note=args.note,
     )
     _send(settings, topics.DEPLOYMENTS.name, manifest, manifest.key)
+    if args.json:
+        print(json.dumps(manifest.model_dump(mode="json")))
+        return 0
     print(f"recorded {args.model_id} {args.system_version} ({args.model}) as {args.status}")
     return 0
 

@@ -170,3 +170,19 @@ def test_version_is_one_line_and_exits_0() -> None:
     result = rollguard("--version")
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"rollguard \d+\.\d+\.\d+\S*\n", result.stdout), result.stdout
+
+
+def test_the_reporting_commands_answer_in_json_when_asked(tmp_path: Path) -> None:
+    """--json on every command that reports: one JSON document on stdout, nothing else."""
+    import json
+
+    env = {"ROLLGUARD_STATE_DIR": str(tmp_path / "state")}
+    made = rollguard("keys", "generate", "--role", "detector", env=env)
+    assert made.returncode == 0, made.stderr
+    keys = json.loads(rollguard("keys", "list", "--json", env=env).stdout)
+    assert [k["role"] for k in keys] == ["detector"] and keys[0]["private_key"]
+    lint = json.loads(rollguard("policy", "lint", "policies", "--json").stdout)
+    assert lint["ok"] is True and lint["defaults"]["rollback"]["mode"] == "enforce"
+    explained = json.loads(rollguard("policy", "explain", "m", "--rate", "200", "--json").stdout)
+    assert explained["window_s"] == 1.0
+    assert {d["instance"] for d in explained["detectors"]} >= {"error_rate", "prediction_ks"}

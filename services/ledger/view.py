@@ -176,6 +176,8 @@ def _state(first: Entry, last: Entry, ack: str | None) -> str:
             return bad
     if ack is not None:
         return ack
+    if "observe_mode" in codes:
+        return "would_roll_back"  # observe mode: what enforce would have done, not done
     if "awaiting_approval" in codes:
         return "awaiting_approval"
     if "approval_expired" in codes:

@@ -128,12 +128,6 @@ class RollbackBody(Waiting):
     level: Literal[1, 2, 3, 4] | None = None
 
 
-class UnlockBody(BaseModel):
-    role: Role
-    reason: str = Field(min_length=1, max_length=4096)
-    timeout_s: float = Field(default=30.0, gt=0, le=600)
-
-
 class OperateBody(BaseModel):
     role: Role
     reason: str = Field(min_length=1, max_length=4096, description="Why: the ledger keeps it.")
@@ -338,63 +332,51 @@ def build(
         )
         return await act(req, authorization, body, body.wait)
 
-    @app.post(
-        "/api/models/{model_id}/unlock",
-        response_model=AnswerView,
-        responses=_ACTION_ERRORS,
-        tags=["act"],
-    )
-    async def unlock(
-        model_id: ModelId, body: UnlockBody, authorization: Token = None
-    ) -> JSONResponse:
-        """Lift a verification-failure lock (who and why go to the ledger)."""
-        req = RollbackRequest(
-            model_id=model_id, action="unlock", role=body.role, reason=body.reason
-        )
-        return await act(req, authorization, body, "decided")
+    def operating(action: str, body_type: type[OperateBody], doc: str) -> None:
+        """``POST /api/models/{model_id}/<action>``: a person's request that the decider
+        answers at once (no command to wait for)."""
 
-    @app.post(
-        "/api/models/{model_id}/pause",
-        response_model=AnswerView,
-        responses=_ACTION_ERRORS,
-        tags=["act"],
-    )
-    async def pause(
-        model_id: ModelId, body: OperateBody, authorization: Token = None
-    ) -> JSONResponse:
-        """Stop automatic action on the model until resumed (breaches are still recorded)."""
-        req = RollbackRequest(model_id=model_id, action="pause", role=body.role, reason=body.reason)
-        return await act(req, authorization, body, "decided")
+        async def endpoint(
+            model_id: str, body: OperateBody, authorization: str | None = None
+        ) -> JSONResponse:
+            req = RollbackRequest(
+                model_id=model_id,
+                action="set_mode" if action == "mode" else action,
+                mode=getattr(body, "mode", None),
+                role=body.role,
+                reason=body.reason,
+            )
+            return await act(req, authorization, body, "decided")
 
-    @app.post(
-        "/api/models/{model_id}/resume",
-        response_model=AnswerView,
-        responses=_ACTION_ERRORS,
-        tags=["act"],
-    )
-    async def resume(
-        model_id: ModelId, body: OperateBody, authorization: Token = None
-    ) -> JSONResponse:
-        """Restart automatic action on a paused model."""
-        req = RollbackRequest(
-            model_id=model_id, action="resume", role=body.role, reason=body.reason
-        )
-        return await act(req, authorization, body, "decided")
+        # Real types, not the strings of this module's postponed annotations: FastAPI reads
+        # them to know the path parameter, the body and the header.
+        endpoint.__annotations__ = {
+            "model_id": ModelId,
+            "body": body_type,
+            "authorization": Token,
+            "return": JSONResponse,
+        }
+        endpoint.__doc__ = doc
+        endpoint.__name__ = action
+        app.post(
+            f"/api/models/{{model_id}}/{action}",
+            response_model=AnswerView,
+            responses=_ACTION_ERRORS,
+            tags=["act"],
+        )(endpoint)
 
-    @app.post(
-        "/api/models/{model_id}/mode",
-        response_model=AnswerView,
-        responses=_ACTION_ERRORS,
-        tags=["act"],
+    operating(
+        "unlock", OperateBody, "Lift a verification-failure lock (who and why go to the ledger)."
     )
-    async def set_mode(
-        model_id: ModelId, body: ModeBody, authorization: Token = None
-    ) -> JSONResponse:
-        """Switch the model's mode (enforce, recommend, observe) from now on."""
-        req = RollbackRequest(
-            model_id=model_id, action="set_mode", mode=body.mode, role=body.role, reason=body.reason
-        )
-        return await act(req, authorization, body, "decided")
+    operating(
+        "pause",
+        OperateBody,
+        "Stop automatic action on the model until resumed (breaches are still recorded).",
+    )
+    operating("resume", OperateBody, "Restart automatic action on a paused model.")
+    operating(
+        "mode", ModeBody, "Switch the model's mode (enforce, recommend, observe) from now on."
+    )
 
     @app.post(
         "/api/approvals/{decision_id}",

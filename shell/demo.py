@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -243,7 +242,7 @@ async def run_demo(
         router_service = RouterService(
             as_client("router", settings), RouterSettings(model_id=MODEL_ID, rate_rps=rate_rps)
         )
-        api = api_service(as_client("api", settings), _dashboard_settings())
+        api = api_service(as_client("api", settings), ApiSettings())
         services: list[Service] = [
             router_service,
             api,
@@ -403,20 +402,6 @@ def _verify(settings: RollguardSettings, report: DemoReport) -> None:
     report.ledger_verified = verdict.ok
     if not verdict.ok and not report.reason:
         report.reason = f"ledger does not verify at seq {verdict.first_bad_seq}: {verdict.reason}"
-
-
-def _dashboard_settings() -> ApiSettings:
-    """The API's settings, on any free port when its own (8080 by default) is taken: the
-    demo runs beside whatever a machine already serves."""
-    svc = ApiSettings()
-    probe = socket.socket(socket.AF_INET6 if ":" in svc.host else socket.AF_INET)
-    try:
-        probe.bind((svc.host, svc.port))
-    except OSError:
-        return svc.model_copy(update={"port": 0})
-    finally:
-        probe.close()
-    return svc
 
 
 #: The demo waits this long after the rollback for the decider's verification.

@@ -235,6 +235,7 @@ async def run_services(services: Sequence[Service]) -> None:
     for service in services:
         if isinstance(service, Api):
             service.peers = lambda: services
+            service.any_port_if_taken = len(services) > 1
     async with asyncio.TaskGroup() as tasks:
         for service in services:
             tasks.create_task(service.run(), name=service.name)

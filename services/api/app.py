@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -57,6 +58,10 @@ class Api:
         self.ready = asyncio.Event()
         #: Where it listens, once it does (the port is chosen by the system for port 0).
         self.url: str | None = None
+        #: Beside the other services (`rollguard up`): when its port is taken, listen on any
+        #: free one and say so, rather than stop the safety net over its dashboard. Alone
+        #: (`rollguard run api`), a taken port stops it, as any server.
+        self.any_port_if_taken = False
 
     def readiness(self) -> dict[str, bool]:
         parts = {p.name: p.ready.is_set() for p in self.peers() if p is not self}
@@ -79,6 +84,25 @@ class Api:
                 log.warning("ledger_verify_failed", reason=str(exc).splitlines()[0][:300])
             await asyncio.sleep(self.svc.verify_every_s)
 
+    def _listen(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.svc.host else socket.AF_INET
+        sock = socket.socket(family)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.svc.host, self.svc.port))
+        except OSError as exc:
+            if not self.any_port_if_taken or exc.errno != errno.EADDRINUSE:
+                sock.close()
+                raise
+            log.warning(
+                "api_port_taken",
+                port=self.svc.port,
+                hint="listening on another port (the listening line says which); set "
+                "ROLLGUARD_API_PORT",
+            )
+            sock.bind((self.svc.host, 0))
+        return sock
+
     async def run(self) -> None:
         app = build(
             self.settings,
@@ -90,9 +114,7 @@ class Api:
             self._exposition,
         )
         log.info("started", bootstrap=self.settings.kafka_bootstrap)
-        sock = socket.socket(socket.AF_INET6 if ":" in self.svc.host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.svc.host, self.svc.port))
+        sock = self._listen()
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{port}"

@@ -139,6 +139,7 @@ class AuthorityPolicy(_Frozen):
     notify_on_level2: tuple[Role, ...] = ("ml_lead",)
     operate_roles: tuple[Role, ...] = Field(
         default=("ml_engineer", "ml_lead", "data_engineering_lead", "sre"),
+        min_length=1,
         description="Who may pause or resume a model's automation, switch its mode, and "
         "confirm a recommended rollback (levels 1 and 2; levels 3 and 4 need their roles).",
     )

@@ -129,6 +129,7 @@ class Api:
             caught_up = asyncio.create_task(self.board.caught_up.wait())
             await asyncio.wait({caught_up, following}, return_when=asyncio.FIRST_COMPLETED)
             caught_up.cancel()
+            await asyncio.gather(caught_up, return_exceptions=True)
             if following.done():
                 following.result()  # the board could not read model-status: say why
             while not server.started:
@@ -145,7 +146,7 @@ class Api:
             following.cancel()
             auditing.cancel()
             await asyncio.gather(following, auditing, return_exceptions=True)
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(asyncio.shield(serving), timeout=3)
             serving.cancel()
             await asyncio.gather(serving, return_exceptions=True)

@@ -39,8 +39,13 @@ class Board:
         consumer = make_consumer(self.settings, group_id=None, control=True)
         await consumer.start()
         try:
-            await consumer.topics()
-            parts = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+            parts: list[TopicPartition] = []
+            while not parts:  # not made yet (the topics job runs beside the API's pod)
+                await consumer.topics()
+                parts = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+                if not parts:
+                    log.warning("status_topic_missing", topic=name, hint="rollguard topics create")
+                    await asyncio.sleep(2)
             consumer.assign(parts)
             await consumer.seek_to_beginning(*parts)
             ends = await consumer.end_offsets(parts) if parts else {}

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol, cast
 
+from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Header, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -24,7 +25,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from rollguard import metrics as metrics_of
 from rollguard.answers import Answer, Wait
-from rollguard.errors import RollguardError
+from rollguard.errors import RollguardError, UsageError
 from rollguard.events import Approval, ModelStatus, PendingApproval, RollbackRequest, utcnow
 from rollguard.operator import NotAllowed, decision_model, person, submit
 from rollguard.policy import Mode, PolicySource, Role
@@ -155,6 +156,7 @@ class AnswerView(BaseModel):
 
 
 _ACTION_ERRORS: dict[int | str, dict[str, Any]] = {
+    503: {"model": Problem, "description": "The broker or the ledger does not answer."},
     401: {"model": Problem, "description": "No role token, or one the decider does not know."},
     403: {"model": Problem, "description": "The token is another role's."},
     409: {"model": AnswerView, "description": "Refused by the decider (see its reasons)."},
@@ -197,6 +199,7 @@ def build(
         description=__doc__,
         responses={
             400: {"model": Problem, "description": "The body is not JSON, or not usable."},
+            503: {"model": Problem, "description": "The broker or the ledger does not answer."},
             422: {"description": "The request is not valid (every field named)."},
         },
     )
@@ -205,13 +208,26 @@ def build(
 
     @app.exception_handler(RollguardError)
     async def _rollguard_error(request: Request, exc: RollguardError) -> JSONResponse:
-        status = exc.status if isinstance(exc, NotAllowed) else 400
+        if isinstance(exc, NotAllowed):
+            status = exc.status
+        elif isinstance(exc, UsageError):
+            status = 400
+        else:  # the broker or the ledger is not there: theirs, not the request's
+            status = 503
         return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    @app.exception_handler(KafkaError)
+    async def _kafka_error(request: Request, exc: KafkaError) -> JSONResponse:
+        return JSONResponse({"detail": f"the broker: {exc!r}"}, status_code=503)
 
     @app.exception_handler(ValidationError)
     async def _invalid_event(request: Request, exc: ValidationError) -> JSONResponse:
         # An event the request would make that its schema refuses (an id too long...).
-        return JSONResponse({"detail": str(exc).splitlines()[0:3]}, status_code=422)
+        errors = exc.errors(include_url=False)
+        said = str(exc).splitlines()[0]
+        if errors:
+            said = f"{'.'.join(str(p) for p in errors[0]['loc'])}: {errors[0]['msg']}"
+        return JSONResponse({"detail": said}, status_code=422)
 
     def view(status: ModelStatus) -> ModelView:
         mode = status.mode or policy.for_model(status.model_id).rollback.mode

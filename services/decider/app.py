@@ -439,16 +439,14 @@ class Decider:
                 fresh = taken(before, manifest.event_id)
                 if fresh is None:
                     return replayed(manifest, manifest.model_id)
-                after, late = deployed_late(apply_manifest(fresh, manifest))
-                outcome = None
-                if late is not None:  # its breach came first: decided now
-                    ctx = self.context(manifest.model_id)
-                    outcome = decide(after, late, ctx, late=True)
+                after, late = deployed_late(fresh, apply_manifest(fresh, manifest), manifest)
+                ctx = self.context(manifest.model_id)
+                outcome = decide(after, late, ctx, late=True) if late is not None else None
+                if outcome is not None and outcome.decisions:  # its breach came first
                     self.counts["breaches_decided_late"] += 1
-                if outcome is not None and outcome.decisions:
                     await publish(before, outcome, ctx.now)
                 else:
-                    await store(before, outcome.state if outcome else after, utcnow())
+                    await store(before, outcome.state if outcome else after, ctx.now)
             arrived.pop(manifest.model_id, asyncio.Event()).set()  # wakes a waiting breach
             log.info(
                 "manifest",

@@ -129,6 +129,7 @@ def request(
         requested_by=who.name,
         required_roles=tuple(required),
         expires_at=ctx.now + timedelta(seconds=policy.authority.approval_ttl_s),
+        live_system_version=live.system_version,
     )
     held = decision(
         state,
@@ -231,6 +232,13 @@ def approve(
             "approval_rejected",
             f"decision {pending.decision_id} expired at {pending.expires_at.isoformat()}",
         )
+    live_now = state.live.system_version if state.live is not None else None
+    if pending.live_system_version is not None and live_now != pending.live_system_version:
+        return refuse(
+            "approval_rejected",
+            f"decision {pending.decision_id} was about {pending.live_system_version} live; "
+            f"{live_now} is live now",
+        )
     if who.name == pending.requested_by:
         return refuse(
             "approval_rejected", f"{who.name} requested this rollback and cannot approve it"
@@ -262,7 +270,7 @@ def approve(
             action="hold",
             level=pending.level,
             parent_decision_id=pending.decision_id,
-            approvals_needed=len(pending.required_roles),
+            approvals_needed=1 if pending.any_of else len(pending.required_roles),
             approvals_given=names,
             reasons=[
                 Reason(
@@ -283,7 +291,7 @@ def approve(
         action="rollback",
         level=pending.level,
         parent_decision_id=pending.decision_id,
-        approvals_needed=len(pending.required_roles),
+        approvals_needed=1 if pending.any_of else len(pending.required_roles),
         approvals_given=names,
         target_system_version=pending.target.system_version,
         requested_by=pending.requested_by,

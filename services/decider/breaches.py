@@ -23,7 +23,7 @@ from rollguard.events import (
 )
 from rollguard_services.decider.context import DecisionContext
 from rollguard_services.decider.outcome import Outcome, decision, launch
-from rollguard_services.decider.state import ModelState, Pending
+from rollguard_services.decider.state import RECOMMENDER, ModelState, Pending
 from rollguard_services.decider.targets import choose_level, rollback_target, target_ready
 
 #: How many handled breach ids a model remembers to drop redelivered duplicates.
@@ -188,10 +188,6 @@ def decide(
     return launch(state, rollback, target, level, ctx)
 
 
-#: Who a recommendation is from (``Pending.requested_by``): nobody may not confirm it.
-RECOMMENDER = "rollguard"
-
-
 def recommend(
     state: ModelState,
     ctx: DecisionContext,
@@ -217,6 +213,7 @@ def recommend(
         required_roles=roles,
         any_of=not by_level,
         expires_at=ctx.now + timedelta(seconds=authority.approval_ttl_s),
+        live_system_version=state.live.system_version if state.live else None,
     )
     who = f"one of {', '.join(roles)}" if not by_level else ", ".join(roles)
     held = decision(
@@ -356,21 +353,32 @@ def incident_metrics(
     return metrics
 
 
-def deployed_late(state: ModelState) -> tuple[ModelState, Breach | None]:
-    """The breach held for want of the live manifest ``state`` now has, if one was made while
-    that version was live (its time at or after the manifest's), and the state without it:
-    decide it again (``decide(..., late=True)``) on that state.
+def deployed_late(
+    before: ModelState, after: ModelState, manifest: SystemManifest
+) -> tuple[ModelState, Breach | None]:
+    """When ``manifest`` made a new system version live (``after`` its state), the breach of
+    its model version held earlier for want of it, if that breach was made since this
+    deployment (its time at or after the manifest's), and the state without it: decide it
+    again (``decide(..., late=True)``) on that state.
 
     A worker that takes over a dead one's models reads their breaches and deployments
     backlogs at once, each topic by its own agent: a bad version's breach decided before its
-    live manifest was held as ``unknown_model`` and the incident lost its rollback. An older
-    breach of the version (a canary's, before it went live) is dropped, not decided."""
-    live = state.live
-    if live is None or live.model_version not in state.early:
-        return state, None
-    early = state.early[live.model_version]
-    rest = state.model_copy(
-        update={"early": {v: b for v, b in state.early.items() if v != live.model_version}}
+    live manifest was held as ``unknown_model`` and the incident lost its rollback. A breach
+    made before this deployment (a canary's, or of an earlier time the version was live) is
+    dropped, not decided; a manifest that changes nothing live decides nothing."""
+    live = after.live
+    was = before.live.system_version if before.live is not None else None
+    if (
+        live is None
+        or not manifest.serving
+        or live.system_version != manifest.system_version
+        or live.system_version == was
+        or live.model_version not in after.early
+    ):
+        return after, None
+    early = after.early[live.model_version]
+    rest = after.model_copy(
+        update={"early": {v: b for v, b in after.early.items() if v != live.model_version}}
     )
     same_system = early.system_version in (None, live.system_version)
-    return rest, early if early.ts >= live.ts and same_system else None
+    return rest, early if early.ts >= manifest.ts and same_system else None

@@ -5,8 +5,9 @@ worker is SIGKILLed, the survivor's rebalance completes, it holds every partitio
 table is recovered, yet it never reads another breach or deployment; only its internal ticks
 topic moves, and every rollback it had issued is escalated as unacknowledged. So the timer
 looks, every ``every_s``: a partition whose position stayed below its end for ``stall_s``
-is said (``consumer_stalled``, with what faust's consumer holds of it) and handed back to the
-fetcher (resumed, unbuffered, flow resumed), which reads it again.
+is said (``consumer_stalled``, with what faust's consumer holds of it) and resumed, so that the
+fetcher reads it again. Not while faust holds the flow itself (a rebalance, a recovery), nor
+for a partition faust holds back because its stream's buffer is full.
 """
 
 from __future__ import annotations
@@ -30,21 +31,34 @@ class StallWatch:
         self.unstuck = 0
 
     async def check(self, app: Any, topics: set[str]) -> list[Any]:
-        """The partitions handed back to the fetcher this time (usually none)."""
+        """The partitions handed back to the fetcher this time (usually none). Never raises:
+        it runs on the decider's timer, whose failure would stop the app."""
         now = time.monotonic()
         if now < self._next:
             return []
         self._next = now + self.every_s
+        try:
+            return await self._check(app, topics, now)
+        except Exception as exc:  # looked at again next time
+            log.debug("stall_check_failed", error=repr(exc))
+            return []
+
+    async def _check(self, app: Any, topics: set[str], now: float) -> list[Any]:
         consumer = app.consumer
-        parts = [tp for tp in consumer.assignment() if tp.topic in topics]
+        # Not while faust itself holds the flow (a rebalance, a recovery): its pauses then
+        # are its own, and lifting them would let a revoked partition be read twice.
+        if not getattr(consumer, "flow_active", True) or not app.flow_control.is_active():
+            self._behind.clear()
+            return []
+        buffered: set[Any] = getattr(consumer, "_buffered_partitions", set())
+        parts = [
+            tp for tp in consumer.assignment() if tp.topic in topics and tp not in buffered
+        ]  # a buffered partition is faust's back-pressure, not a stall
         if not parts:
             self._behind.clear()
             return []
-        try:
-            ends = await asyncio.wait_for(consumer.highwaters(*parts), 5)
-            positions = {tp: await asyncio.wait_for(consumer.position(tp), 2) for tp in parts}
-        except Exception:  # a timeout or a broker error: looked at again next time
-            return []
+        ends = await asyncio.wait_for(consumer.highwaters(*parts), 5)
+        positions = {tp: await asyncio.wait_for(consumer.position(tp), 2) for tp in parts}
         stalled = []
         behind: dict[Any, tuple[int, float]] = {}
         for tp in parts:
@@ -80,9 +94,5 @@ class StallWatch:
             in_recovery=app.in_recovery,
             stalled_for_s=self.stall_s,
         )
-        tps = set(stalled)
-        buffered.difference_update(tps)
-        consumer.resume_partitions(tps)
-        consumer.resume_flow()
-        app.flow_control.resume()
-        self.unstuck += len(tps)
+        consumer.resume_partitions(set(stalled))  # back among those the fetcher reads
+        self.unstuck += len(stalled)

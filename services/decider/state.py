@@ -73,6 +73,12 @@ class Pending(BaseModel):
     expires_at: datetime
     #: One approval by any of ``required_roles`` launches it (a recommendation's confirmation).
     any_of: bool = False
+    #: The live system version it is about: approved once another is live, it is refused.
+    live_system_version: str | None = None
+
+
+#: Who a recommendation is from (``Pending.requested_by``; rollback.mode recommend).
+RECOMMENDER = "rollguard"
 
 
 class Owed(BaseModel):
@@ -184,11 +190,20 @@ def apply_manifest(state: ModelState, manifest: SystemManifest) -> ModelState:
     if manifest.serving:  # live again: it speaks again
         quiet = {v: d for v, d in quiet.items() if v != manifest.model_version}
     was = state.live.system_version if state.live is not None else None
+    pending = state.pending
     if manifest.serving and manifest.system_version != was:
         # deployed again (not the same live deployment recorded once more): a new incident
         observed = {v: d for v, d in observed.items() if v != manifest.model_version}
+        # a recommendation was about the version that was live: another one is now
+        pending = tuple(p for p in pending if p.requested_by != RECOMMENDER)
     return state.model_copy(
-        update={"live": live, "known_good": known, "quiet": quiet, "observed": observed}
+        update={
+            "live": live,
+            "known_good": known,
+            "quiet": quiet,
+            "observed": observed,
+            "pending": pending,
+        }
     )
 
 
@@ -244,6 +259,9 @@ def apply_ack(state: ModelState, ack: CommandAck, ctx: DecisionContext) -> Model
                 "verifying": verifying,
                 "cooldown_until": until,
                 "live": flight.target,
+                # the restored version is live by this rollback: an early breach of it is
+                # about an earlier time it was live, not this one (breaches.deployed_late)
+                "early": {v: b for v, b in state.early.items() if v != flight.target.model_version},
             }
         )
     if ack.status in ("failed", "rejected"):

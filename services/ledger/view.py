@@ -28,6 +28,10 @@ from rollguard_services.ledger.provenance import trusted_only
 from rollguard_services.ledger.settings import LedgerSettings
 from rollguard_services.ledger.store import Entry, LedgerStore
 
+#: How far a command got, by its executor's (or the decider's) acks: never undone by a later
+#: ack of lower rank.
+_RANK = {"received": 0, "verifying": 1, "applied": 2, "failed": 2, "rejected": 2, "verified": 3}
+
 #: A hold that only repeats what is under way is not an incident of its own: the breach of a
 #: model already rolling back, cooling down or locked joins nothing new.
 _REPEATS = frozenset({"breach", "rollback_in_flight", "cooldown", "locked", "not_live_version"})
@@ -120,10 +124,11 @@ def summaries(entries: Iterable[Entry]) -> list[IncidentSummary]:
         if e.event_type == "Decision":
             decisions[e.event_id] = e
         elif e.event_type == "CommandAck" and p.get("component") in (None, "", "verification"):
-            status = str(p.get("status"))
-            if status in ("received", "verifying") and p.get("command_id") in state_of_command:
-                continue  # a later step is never undone by an earlier one arriving late
-            state_of_command[str(p.get("command_id"))] = status
+            status, cid = str(p.get("status")), str(p.get("command_id"))
+            # Never backwards: the first final word counts (a replayed copy's "rejected"
+            # after "applied" is not the outcome), and only "verified" goes past "applied".
+            if _RANK.get(status, 0) > _RANK.get(state_of_command.get(cid, ""), -1):
+                state_of_command[cid] = status
 
     def root(e: Entry) -> Entry:
         seen = {e.event_id}
@@ -136,6 +141,9 @@ def summaries(entries: Iterable[Entry]) -> list[IncidentSummary]:
 
     latest: dict[str, Entry] = {}  # root id -> the newest decision of its incident
     for e in decisions.values():
+        said = {str(r.get("code")) for r in e.payload.get("reasons") or []}
+        if said == {"approval_rejected"} and root(e).event_id != e.event_id:
+            continue  # a refused approval (a second click, the wrong role) changes nothing
         latest[root(e).event_id] = e
     out = []
     for root_id, last in latest.items():

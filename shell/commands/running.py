@@ -19,7 +19,7 @@ from rollguard_shell.commands import (
     require_broker,
     writable_state_dir,
 )
-from rollguard_shell.stopping import run_stoppable
+from rollguard_shell.stopping import Stopped, run_stoppable
 
 # The runner and the demo are imported by the handlers that use them: they import every
 # service, which the other commands and --help do not need.
@@ -55,8 +55,10 @@ def _demo(args: argparse.Namespace, settings: RollguardSettings) -> int:
 
     from rollguard_shell.demo import DemoReport, run_demo
 
+    kept: list[int] = []  # the report's exit code, once shown (--keep)
+
     def shown(report: DemoReport) -> None:
-        _show_report(args, settings, report)
+        kept.append(_show_report(args, settings, report))
         url = report.dashboard_url
         print(
             f"dashboard: {url} (and its API: {url}/docs); Ctrl-C to stop",
@@ -67,17 +69,23 @@ def _demo(args: argparse.Namespace, settings: RollguardSettings) -> int:
     with open(settings.state_dir / "demo.log", "w") as logf:
         configure_logging(settings.log_level, "json", stream=logf)
         err = Console(stderr=True)
-        report = run_stoppable(
-            run_demo(
-                settings,
-                console=err,
-                live_display=err.is_terminal,
-                rate_rps=args.rate,
-                warmup_s=args.warmup,
-                timeout_s=args.timeout,
-                keep=shown if args.keep else None,
+        try:
+            report = run_stoppable(
+                run_demo(
+                    settings,
+                    console=err,
+                    live_display=err.is_terminal,
+                    rate_rps=args.rate,
+                    warmup_s=args.warmup,
+                    timeout_s=args.timeout,
+                    keep=shown if args.keep else None,
+                )
             )
-        )
+        except Stopped:
+            if kept:  # --keep, stopped after its report: the report's word, not 130
+                print("rollguard: demo stopped; everything it started has stopped", file=sys.stderr)
+                return kept[0]
+            raise
     return _show_report(args, settings, report)
 
 

@@ -92,6 +92,12 @@ def test_prometheus_scrapes_up_and_counts_the_rollback(up: Up, tmp_path: Path) -
         assert ledgered and float(ledgered[0]["value"][1]) >= 4  # type: ignore[index]
         applied = query('rollguard_acks_total{status="applied"}')
         assert [float(s["value"][1]) for s in applied] == [1]  # type: ignore[index]
+        # The decider times the rollback once it reads the applied ack (the CLI saw it first).
+        up.wait(
+            "the rollback timed",
+            lambda: query("rollguard_time_to_rollback_seconds_count > 0"),
+            30,
+        )
         seconds = query("histogram_quantile(0.5, rollguard_time_to_rollback_seconds_bucket)")
         assert seconds and float(seconds[0]["value"][1]) > 0  # type: ignore[index]
         verified = up.wait(

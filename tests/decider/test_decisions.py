@@ -727,14 +727,13 @@ def test_a_breach_read_before_its_live_manifest_is_decided_when_the_manifest_com
     held = breaches.decide(ModelState(model_id="m"), early, c)
     assert held is not None and codes(held.decisions[0])[-1] == "unknown_model"
     assert held.state.early == {"v2": early}
-    # The deployments come: v1 known good, v2 live since before the breach.
-    state = held.state
-    for m in (
-        manifest("v1", status="known_good", ts=T0 - timedelta(hours=2)),
-        manifest("v2", status="live", ts=T0 - timedelta(minutes=5)),
-    ):
-        state = apply_manifest(state, m)
-    rest, late = breaches.deployed_late(state)
+    # The deployments come: v1 known good (nothing for the v2 breach), then v2 live since
+    # before the breach.
+    good = manifest("v1", status="known_good", ts=T0 - timedelta(hours=2))
+    state = apply_manifest(held.state, good)
+    assert breaches.deployed_late(held.state, state, good) == (state, None)
+    bad = manifest("v2", status="live", ts=T0 - timedelta(minutes=5))
+    rest, late = breaches.deployed_late(state, apply_manifest(state, bad), bad)
     assert late == early and rest.early == {}
     again = breaches.decide(rest, late, c, late=True)
     assert again is not None
@@ -751,9 +750,49 @@ def test_a_breach_older_than_the_version_going_live_is_not_decided_again(
     canary = breach("v2", ts=T0 - timedelta(minutes=10))
     held = breaches.decide(ModelState(model_id="m"), canary, ctx(signer))
     assert held is not None
-    state = apply_manifest(held.state, manifest("v2", status="live", ts=T0 - timedelta(minutes=5)))
-    rest, late = breaches.deployed_late(state)
+    live = manifest("v2", status="live", ts=T0 - timedelta(minutes=5))
+    rest, late = breaches.deployed_late(held.state, apply_manifest(held.state, live), live)
     assert late is None and rest.early == {}
+
+
+def test_an_early_breach_of_a_version_restored_by_a_rollback_is_not_decided_later(
+    signer: Signer,
+) -> None:
+    """Review finding: v1's breach read while the rollback to v1 was in flight stayed in
+    ``early``; a day later an unrelated manifest decided it and rolled v1 back to v0."""
+    c = ctx(signer)
+    state = state_with(
+        manifest("v0", status="known_good", ts=T0 - timedelta(days=3)),
+        manifest("v1", status="known_good", ts=T0 - timedelta(days=2)),
+        manifest("v2", status="live", ts=T0 - timedelta(minutes=5)),
+    )
+    out = decide(state, breach("v2"), signer)
+    assert out.command is not None
+    stray = decide(out.state, breach("v1"), signer)  # v1 is not live yet: held, kept early
+    assert "v1" in stray.state.early
+    restored = apply_ack(stray.state, applied(out, T0 + timedelta(seconds=1)), c)
+    assert restored.live is not None and restored.live.model_version == "v1"
+    assert "v1" not in restored.early
+    later = manifest("v3", status="candidate", ts=T0 + timedelta(days=1))
+    assert breaches.deployed_late(restored, apply_manifest(restored, later), later)[1] is None
+
+
+def test_a_recommendation_is_dropped_when_another_version_goes_live(signer: Signer) -> None:
+    """Review finding: a recommendation about v2 outlived v3's deployment, silenced v3's
+    breaches for an hour and, confirmed, would have rolled the fix back."""
+    c = ctx(signer, ModelPolicy(rollback=RollbackPolicy(mode="recommend")))
+    out = breaches.decide(live_v2(), breach("v2"), c)
+    assert out is not None and len(out.state.pending) == 1
+    pending_id = out.decision.event_id
+    fixed = apply_manifest(out.state, manifest("v3", status="live", ts=T0))
+    assert fixed.pending == ()
+    confirmed = approvals.approve(fixed, approval(pending_id, "ml_lead"), MIKE, c)
+    assert confirmed.command is None and codes(confirmed.decisions[0]) == ["approval_rejected"]
+    # ...and a recommendation approved after a redeploy outside the decider's sight is
+    # refused by its own record of what was live.
+    moved = out.state.model_copy(update={"live": fixed.live})
+    late = approvals.approve(moved, approval(pending_id, "ml_lead"), MIKE, c)
+    assert late.command is None and "is live now" in late.decisions[0].reasons[0].detail
 
 
 # ------------------------------------------------------------------ operating a model

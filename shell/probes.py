@@ -15,6 +15,7 @@ from aiohttp import web
 
 from rollguard.logs import get_logger
 from rollguard.metrics import READY, exposition
+from rollguard.outage import OUTAGES
 from rollguard.service import Service
 
 log = get_logger("rollguard_shell.probes")
@@ -24,6 +25,7 @@ def readiness(services: Sequence[Service]) -> dict[str, bool]:
     parts = {s.name: s.ready.is_set() for s in services}
     for name, ok in parts.items():
         READY.labels(name).set(1 if ok else 0)
+    parts["broker"] = OUTAGES.down_since is None  # rollguard.outage.watch says when it is away
     return parts
 
 

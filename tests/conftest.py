@@ -143,6 +143,15 @@ def service_env(settings: RollguardSettings, **extra: str) -> dict[str, str]:
     }
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a server that cannot take port 0)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def held_partitions(said: str, key: str = "partitions") -> list[int]:
     """The partitions a service's JSON log says it holds after its last rebalance (its
     ``partitions_assigned`` lines; the detector names each topic: pass the topic as ``key``)."""

@@ -19,6 +19,7 @@ import uvicorn
 
 from rollguard.logs import get_logger
 from rollguard.metrics import READY, exposition
+from rollguard.outage import OUTAGES
 from rollguard.policy import PolicySource
 from rollguard.service import Service
 from rollguard.settings import RollguardSettings
@@ -68,6 +69,7 @@ class Api:
         parts["api"] = self.board.caught_up.is_set()
         for name, ok in parts.items():
             READY.labels(name).set(1 if ok else 0)
+        parts["broker"] = OUTAGES.down_since is None  # rollguard.outage.watch says when away
         return parts
 
     def _exposition(self) -> tuple[bytes, str]:

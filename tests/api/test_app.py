@@ -120,6 +120,7 @@ def test_an_operator_rolls_back_through_the_api_and_reads_the_incident(up: Up) -
         "executor",
         "ledger",
         "notifier",
+        "broker",
     }
     text = api.get("/metrics").text
     assert metric(text, "rollguard_commands_total", level="1") == 1

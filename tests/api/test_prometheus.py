@@ -5,7 +5,6 @@ query sees the rollback counted, and every rule loads and evaluates against real
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from tests.api.conftest import Up
-from tests.conftest import HEAVY, scaled
+from tests.conftest import HEAVY, free_port, scaled
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = shutil.which("prometheus")
@@ -30,12 +29,6 @@ pytestmark = [
         reason="no prometheus: make test installs Debian's (apt-get install prometheus)",
     ),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_prometheus_scrapes_up_and_counts_the_rollback(up: Up, tmp_path: Path) -> None:

@@ -464,9 +464,13 @@ class LedgerStore:
         *,
         since: datetime | None = None,
         event_types: Iterable[str] | None = None,
+        after_seq: int | None = None,
     ) -> Iterator[Entry]:
-        """Entries in seq order; ``since`` compares with recorded_at (when the ledger stored it)."""
+        """Entries in seq order; ``since`` compares with recorded_at (when the ledger stored
+        it); ``after_seq``: only those appended after that entry."""
         query = sa.select(entries).order_by(entries.c.seq)
+        if after_seq is not None:
+            query = query.where(entries.c.seq > after_seq)
         if model_id is not None:
             query = query.where(entries.c.model_id == model_id)
         if since is not None:

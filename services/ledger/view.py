@@ -10,6 +10,7 @@ calls.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,11 @@ class LedgerView:
         self.url = url
         self._trust = trust
         self._verify = verify
+        self._pool: list[Entry] = []
+        self._seq = 0
+        self._summaries: list[IncidentSummary] | None = None
+        #: The API calls from worker threads, two dashboards at once: one reader at a time.
+        self._lock = threading.Lock()
 
     @classmethod
     def of(cls, settings: RollguardSettings, trust: Callable[[], Trust]) -> LedgerView:
@@ -76,12 +82,26 @@ class LedgerView:
         return cls(settings.resolved_ledger_url, trust, verify)
 
     def _entries(self, model_id: str | None = None) -> list[Entry]:
+        """The trusted incident entries (of ``model_id``): those read before are kept, only
+        the ones appended since are read (the dashboard asks every few seconds)."""
+        with self._lock:
+            return self._read(model_id)
+
+    def _read(self, model_id: str | None) -> list[Entry]:
         store = LedgerStore(self.url, create=False)
         try:
-            pool = store.iter_entries(model_id, event_types=INCIDENT_TYPES)
-            return list(trusted_only(pool, self._trust()))
+            if store.head()[0] < self._seq:  # a ledger made anew under the same URL
+                self._pool, self._seq, self._summaries = [], 0, None
+            new = list(store.iter_entries(event_types=INCIDENT_TYPES, after_seq=self._seq))
         finally:
             store.close()
+        if new:
+            self._pool += trusted_only(new, self._trust())
+            self._seq = max(self._seq, new[-1].seq)
+            self._summaries = None
+        if model_id is None:
+            return self._pool
+        return [e for e in self._pool if e.model_id == model_id]
 
     def incident(self, ident: str) -> dict[str, Any] | None:
         """The incident ``ident`` names (decision, command or breach id) with its timeline."""
@@ -99,7 +119,13 @@ class LedgerView:
 
     def incidents(self, model_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The newest ``limit`` incidents (of ``model_id``), newest first."""
-        return [dataclasses.asdict(s) for s in summaries(self._entries(model_id))[:limit]]
+        with self._lock:
+            pool = self._read(None)
+            if self._summaries is None:  # made again only when the ledger grew
+                self._summaries = summaries(pool)
+            made = self._summaries
+        found = [s for s in made if model_id is None or s.model_id == model_id]
+        return [dataclasses.asdict(s) for s in found[:limit]]
 
     def head(self) -> int:
         """The newest entry's seq (0: empty): cheap, to tell whether a verification is stale."""

@@ -218,8 +218,9 @@ async function refresh() {
 async function start() {
   $("#token").value = sessionStorage.getItem("rollguard-token") || "";
   try { refreshMs = (await getJson("/api/dashboard")).refresh_s * 1000; } catch (e) { /* default */ }
-  await refresh();
-  setInterval(refresh, refreshMs);
+  // The next refresh is asked once this one is done: slow answers never pile up.
+  const loop = async () => { await refresh(); setTimeout(loop, refreshMs); };
+  await loop();
 }
 
 start();

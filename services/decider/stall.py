@@ -58,41 +58,76 @@ class StallWatch:
             self._behind.clear()
             return []
         ends = await asyncio.wait_for(consumer.highwaters(*parts), 5)
-        positions = {tp: await asyncio.wait_for(consumer.position(tp), 2) for tp in parts}
+
+        async def position(tp: Any) -> int | None:
+            # aiokafka waits for a partition's offset reset before it answers: one that
+            # never comes is itself the stall (seen: the survivor of a kill, every input
+            # partition waiting, the tick timer slowed by these waits)
+            try:
+                got: int | None = await asyncio.wait_for(consumer.position(tp), 1)
+                return got
+            except TimeoutError:
+                return None
+
+        found = await asyncio.gather(*(position(tp) for tp in parts))
+        positions = dict(zip(parts, found, strict=True))
         stalled = []
         behind: dict[Any, tuple[int, float]] = {}
         for tp in parts:
             pos, end = positions.get(tp), ends.get(tp)
-            if pos is None or end is None or pos >= end:
+            if end is None or (pos is not None and pos >= end):
                 continue
+            mark = -1 if pos is None else pos  # no position: waiting for one
             seen = self._behind.get(tp)
-            since = seen[1] if seen is not None and seen[0] == pos else now
-            behind[tp] = (pos, since)
+            since = seen[1] if seen is not None and seen[0] == mark else now
+            behind[tp] = (mark, since)
             if now - since >= self.stall_s:
                 stalled.append(tp)
         self._behind = behind
         if stalled:
-            self._unstick(app, stalled, positions, ends)
+            await self._unstick(app, stalled, positions, ends)
             for tp in stalled:
                 self._behind.pop(tp, None)
         return stalled
 
-    def _unstick(self, app: Any, stalled: list[Any], positions: Any, ends: Any) -> None:
+    async def _unstick(self, app: Any, stalled: list[Any], positions: Any, ends: Any) -> None:
         consumer = app.consumer
         active = getattr(consumer, "_active_partitions", None) or set()
         paused: set[Any] = getattr(consumer, "_paused_partitions", set())
-        buffered: set[Any] = getattr(consumer, "_buffered_partitions", set())
+        committed: dict[Any, int | None] = getattr(consumer, "_committed_offset", {})
         log.error(
             "consumer_stalled",
             partitions=[f"{tp.topic}:{tp.partition}" for tp in stalled],
-            behind=[ends[tp] - positions[tp] for tp in stalled],
+            positions=[positions.get(tp) for tp in stalled],
+            ends=[ends.get(tp) for tp in stalled],
+            committed=[committed.get(tp) for tp in stalled],
             active=[tp in active for tp in stalled],
             paused=[tp in paused for tp in stalled],
-            buffered=[tp in buffered for tp in stalled],
-            flow_active=getattr(consumer, "flow_active", None),
-            flow_control=app.flow_control.is_active(),
-            in_recovery=app.in_recovery,
             stalled_for_s=self.stall_s,
+            fetcher=_thread_tasks(consumer),
         )
         consumer.resume_partitions(set(stalled))  # back among those the fetcher reads
+        for tp in stalled:
+            offset = committed.get(tp)
+            if positions.get(tp) is None and offset is not None:
+                # no position, waiting on an offset reset that does not come: from the
+                # offset faust committed for it, as the seek after a rebalance meant to
+                await consumer.seek(tp, offset)
         self.unstuck += len(stalled)
+
+
+def _thread_tasks(consumer: Any) -> list[str]:
+    """Where the tasks of faust's consumer thread wait (its aiokafka client runs there):
+    what a stall is stuck on, for the log."""
+    loop = getattr(getattr(consumer, "_thread", None), "thread_loop", None)
+    if loop is None:
+        return []
+    out = []
+    try:
+        for task in list(asyncio.all_tasks(loop)):
+            frames = task.get_stack(limit=1)
+            where = f"{frames[0].f_code.co_name}:{frames[0].f_lineno}" if frames else "?"
+            out.append(f"{task.get_name()} {where}")
+    except RuntimeError:  # the set changed while read from this thread
+        return out
+    return out[:40]

@@ -29,6 +29,9 @@ class StallWatch:
         self._behind: dict[Any, tuple[int, float]] = {}
         self._next = 0.0
         self.unstuck = 0
+        self._failed: set[str] = set()
+        #: Since when faust has held the flow (0: it does not).
+        self._held = 0.0
 
     async def check(self, app: Any, topics: set[str]) -> list[Any]:
         """The partitions handed back to the fetcher this time (usually none). Never raises:
@@ -39,8 +42,11 @@ class StallWatch:
         self._next = now + self.every_s
         try:
             return await self._check(app, topics, now)
-        except Exception as exc:  # looked at again next time
-            log.debug("stall_check_failed", error=repr(exc))
+        except Exception as exc:  # looked at again next time; said once per kind of failure
+            said = type(exc).__name__
+            if said not in self._failed:
+                self._failed.add(said)
+                log.warning("stall_check_failed", error=repr(exc)[:300])
             return []
 
     async def _check(self, app: Any, topics: set[str], now: float) -> list[Any]:
@@ -49,7 +55,12 @@ class StallWatch:
         # are its own, and lifting them would let a revoked partition be read twice.
         if not getattr(consumer, "flow_active", True) or not app.flow_control.is_active():
             self._behind.clear()
+            self._held = self._held or now
+            if now - self._held >= 3 * self.stall_s:  # held far longer than any rebalance
+                log.warning("consumer_flow_held", for_s=round(now - self._held, 1))
+                self._held = now
             return []
+        self._held = 0.0
         buffered: set[Any] = getattr(consumer, "_buffered_partitions", set())
         parts = [
             tp for tp in consumer.assignment() if tp.topic in topics and tp not in buffered

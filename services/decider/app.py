@@ -400,11 +400,27 @@ class Decider:
             # Last, so whoever sees a command in flight in the status finds it on its topic.
             await store(before, outcome.state.model_copy(update={"owed": ()}), now)
 
+        #: (topic, partition) → records behind its highwater after the last one read
+        lag: dict[tuple[str, int], int] = {}
+
+        def lag_now() -> None:
+            """rollguard_consumer_lag_records per input topic, over the partitions held."""
+            held = {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
+            for key in [k for k in lag if k not in held]:
+                del lag[key]
+            for topic in inputs:
+                behind = sum(v for (t, _), v in lag.items() if t == topic)
+                metrics.CONSUMER_LAG.labels(self.name, topic).set(behind)
+
         async def each(
             stream: faust.StreamT[Any], cls: type[E], handle: Callable[[E], Awaitable[None]]
         ) -> None:
             async for event in stream.events():
                 msg = event.message
+                metrics.EVENTS_CONSUMED.labels(self.name, msg.topic).inc()
+                high = app.consumer.highwater(msg.tp)
+                if high is not None:
+                    lag[(msg.topic, msg.partition)] = max(0, high - msg.offset - 1)
                 try:
                     parsed = decode(cls, msg.value)
                 except (ValidationError, ValueError) as exc:
@@ -700,6 +716,7 @@ class Decider:
             await delivery.send_all(due_now)
             if not app.in_recovery:
                 self.counts["partitions_unstuck"] += len(await stall.check(app, inputs))
+            lag_now()
 
         mine = s.topic(topics.BREACHES.name)
         stall = StallWatch()

@@ -83,6 +83,10 @@ def test_prometheus_scrapes_up_and_counts_the_rollback(up: Up, tmp_path: Path) -
         assert float(series["value"][1]) == 1  # type: ignore[index]
         ledgered = query('sum(rollguard_events_consumed_total{service="ledger"})')
         assert ledgered and float(ledgered[0]["value"][1]) >= 4  # type: ignore[index]
+        decided = query(
+            'rollguard_events_consumed_total{service="decider",topic=~".*requests"}'
+        )  # the decider (faust) counts what it reads too: the rollback request
+        assert [float(s["value"][1]) for s in decided] == [1]  # type: ignore[index]
         applied = query('rollguard_acks_total{status="applied"}')
         assert [float(s["value"][1]) for s in applied] == [1]  # type: ignore[index]
         # The decider times the rollback once it reads the applied ack (the CLI saw it first).

@@ -418,6 +418,7 @@ class Decider:
             async for event in stream.events():
                 msg = event.message
                 metrics.EVENTS_CONSUMED.labels(self.name, msg.topic).inc()
+                stall.took(msg.topic, msg.partition, msg.offset)
                 high = app.consumer.highwater(msg.tp)
                 if high is not None:
                     lag[(msg.topic, msg.partition)] = max(0, high - msg.offset - 1)

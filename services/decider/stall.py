@@ -30,8 +30,14 @@ class StallWatch:
         self._next = 0.0
         self.unstuck = 0
         self._failed: set[str] = set()
+        #: (topic, partition) → the last offset an agent took (``took``).
+        self.read: dict[tuple[str, int], int] = {}
         #: Since when faust has held the flow (0: it does not).
         self._held = 0.0
+
+    def took(self, topic: str, partition: int, offset: int) -> None:
+        """An agent took the record at ``offset``."""
+        self.read[(topic, partition)] = offset
 
     async def check(self, app: Any, topics: set[str]) -> list[Any]:
         """The partitions handed back to the fetcher this time (usually none). Never raises:
@@ -84,11 +90,21 @@ class StallWatch:
         positions = dict(zip(parts, found, strict=True))
         stalled = []
         behind: dict[Any, tuple[int, float]] = {}
+        committed: dict[Any, int | None] = getattr(consumer, "_committed_offset", {})
         for tp in parts:
             pos, end = positions.get(tp), ends.get(tp)
-            if end is None or (pos is not None and pos >= end):
+            if end is None:
                 continue
-            mark = -1 if pos is None else pos  # no position: waiting for one
+            if pos is not None and pos >= end:
+                # Fetched to the end: stalled all the same if what was fetched never reaches
+                # an agent (seen: positions at the end, every agent idle).
+                done = self.read.get((tp.topic, tp.partition))
+                start = done + 1 if done is not None else committed.get(tp)
+                if start is None or start >= pos:
+                    continue
+                mark = -2 - start  # undelivered from ``start``
+            else:
+                mark = -1 if pos is None else pos  # no position: waiting for one
             seen = self._behind.get(tp)
             since = seen[1] if seen is not None and seen[0] == mark else now
             behind[tp] = (mark, since)
@@ -114,9 +130,15 @@ class StallWatch:
             committed=[committed.get(tp) for tp in stalled],
             active=[tp in active for tp in stalled],
             paused=[tp in paused for tp in stalled],
+            taken=[self.read.get((tp.topic, tp.partition)) for tp in stalled],
+            routed=[tp in getattr(app.topics, "_tp_to_callback", {}) for tp in stalled],
             stalled_for_s=self.stall_s,
             fetcher=_thread_tasks(consumer),
         )
+        if not all(tp in getattr(app.topics, "_tp_to_callback", {}) for tp in stalled):
+            # fetched records of a partition the conductor has no route for are dropped:
+            # route every assigned partition again
+            await app.topics.on_partitions_assigned(consumer.assignment())
         consumer.resume_partitions(set(stalled))  # back among those the fetcher reads
         for tp in stalled:
             offset = committed.get(tp)

@@ -83,11 +83,17 @@ def test_prometheus_scrapes_up_and_counts_the_rollback(up: Up, tmp_path: Path) -
         assert float(series["value"][1]) == 1  # type: ignore[index]
         ledgered = query('sum(rollguard_events_consumed_total{service="ledger"})')
         assert ledgered and float(ledgered[0]["value"][1]) >= 4  # type: ignore[index]
-        decided = query(
-            'rollguard_events_consumed_total{service="decider",topic=~".*requests"}'
-        )  # the decider (faust) counts what it reads too: the rollback request
+        decided = up.wait(  # the decider (faust) counts what it reads too: the request
+            "the decider's read counted",
+            lambda: query('rollguard_events_consumed_total{service="decider",topic=~".*requests"}'),
+            30,
+        )
         assert [float(s["value"][1]) for s in decided] == [1]  # type: ignore[index]
-        applied = query('rollguard_acks_total{status="applied"}')
+        applied = up.wait(  # scraped after the executor counted it (the CLI saw it first)
+            "the applied ack counted",
+            lambda: query('rollguard_acks_total{status="applied"}'),
+            30,
+        )
         assert [float(s["value"][1]) for s in applied] == [1]  # type: ignore[index]
         # The decider times the rollback once it reads the applied ack (the CLI saw it first).
         up.wait(

@@ -81,13 +81,13 @@ class LedgerView:
 
         return cls(settings.resolved_ledger_url, trust, verify)
 
-    def _entries(self, model_id: str | None = None) -> list[Entry]:
-        """The trusted incident entries (of ``model_id``): those read before are kept, only
-        the ones appended since are read (the dashboard asks every few seconds)."""
+    def _entries(self) -> list[Entry]:
+        """The trusted incident entries: those read before are kept, only the ones appended
+        since are read (the dashboard asks every few seconds)."""
         with self._lock:
-            return self._read(model_id)
+            return self._read()
 
-    def _read(self, model_id: str | None) -> list[Entry]:
+    def _read(self) -> list[Entry]:
         store = LedgerStore(self.url, create=False)
         try:
             if store.head()[0] < self._seq:  # a ledger made anew under the same URL
@@ -99,9 +99,7 @@ class LedgerView:
             self._pool += trusted_only(new, self._trust())
             self._seq = max(self._seq, new[-1].seq)
             self._summaries = None
-        if model_id is None:
-            return self._pool
-        return [e for e in self._pool if e.model_id == model_id]
+        return self._pool
 
     def incident(self, ident: str) -> dict[str, Any] | None:
         """The incident ``ident`` names (decision, command or breach id) with its timeline."""
@@ -120,7 +118,7 @@ class LedgerView:
     def incidents(self, model_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The newest ``limit`` incidents (of ``model_id``), newest first."""
         with self._lock:
-            pool = self._read(None)
+            pool = self._read()
             if self._summaries is None:  # made again only when the ledger grew
                 self._summaries = summaries(pool)
             made = self._summaries

@@ -349,6 +349,51 @@ class Breach(ModelEvent, Signed):
         return self
 
 
+AlertStatus = Literal["firing", "resolved"]
+#: What the API made of an alert: ``breach``, a firing alert with a tier in the model's policy
+#: (``alerts``), published as a Breach; ``resolved``, its end; ``unmapped``, firing under a name
+#: the policy gives no tier; ``unknown_model``, firing for a model with no live version known
+#: (and no ``model_version`` label).
+AlertOutcome = Literal["breach", "resolved", "unmapped", "unknown_model"]
+#: An alert's labels or annotations as kept: at most this many, each this long.
+MAX_ALERT_FIELDS = 64
+AlertText = Annotated[str, Field(max_length=MAX_LABEL)]
+
+
+class Alert(Event, Signed):
+    """An alert Alertmanager posted to the API (webhook payload version 4), as received and
+    what became of it, signed by the API: every firing and resolved alert about a model is
+    recorded once (its ``event_id`` is derived from Alertmanager's fingerprint, start and
+    status, so a repeated notification is the same fact)."""
+
+    SCHEMA: ClassVar[str] = "Alert/v1"
+    schema_tag: Literal["Alert/v1"] = _tag("Alert")
+    model_id: str = Field(min_length=1, max_length=256)
+    model_version: str | None = Field(
+        default=None,
+        max_length=256,
+        description="The alert's model_version label, else the version live when it arrived.",
+    )
+    status: AlertStatus
+    alertname: str = Field(min_length=1, max_length=256)
+    fingerprint: str = Field(min_length=1, max_length=128)
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime | None = None
+    labels: dict[AlertText, AlertText] = Field(default_factory=dict, max_length=MAX_ALERT_FIELDS)
+    annotations: dict[AlertText, AlertText] = Field(
+        default_factory=dict, max_length=MAX_ALERT_FIELDS
+    )
+    generator_url: str = Field(default="", max_length=4096)
+    receiver: str = Field(default="", max_length=256, description="Alertmanager's receiver.")
+    outcome: AlertOutcome
+    tier: Tier | None = Field(default=None, description="The tier the policy gives the alert.")
+    breach_id: str | None = Field(default=None, description="The Breach it became, if any.")
+
+    @property
+    def key(self) -> bytes:
+        return self.model_id.encode()
+
+
 #: Every reason a decision can give, a closed set: each one is documented, with what it means
 #: and what an operator does, in docs/policies.md ("Reason codes").
 ReasonCode = Literal[
@@ -724,6 +769,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     SystemManifest,
     BaselineSnapshot,
     Breach,
+    Alert,
     Decision,
     Approval,
     RollbackRequest,

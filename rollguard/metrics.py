@@ -103,6 +103,12 @@ NOTIFICATIONS = Counter(
     "Notification deliveries, by channel and result (sent, failed).",
     ["channel", "result"],
 )
+ALERTS = Counter(
+    "rollguard_alerts_received_total",
+    "Alertmanager alerts the API received, by status and what became of each (breach, "
+    "resolved, unmapped, unknown_model, repeat, skipped).",
+    ["status", "outcome"],
+)
 READY = Gauge("rollguard_service_ready", "1 once the service consumes and produces.", ["service"])
 
 

@@ -172,6 +172,19 @@ class NotificationPolicy(_Frozen):
     delayed: tuple[str, ...] = ("slack", "webhook")
 
 
+class AlertRule(_Frozen):
+    """What a firing Alertmanager alert of one name becomes (``alerts.<alertname>``): a breach
+    of ``tier`` for the model its ``model_id`` label names (docs/integrations.md)."""
+
+    tier: Tier = Field(description="immediate and rapid act as the policy's rollback says.")
+    signal: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="The breach's signal; default the alert's name.",
+    )
+
+
 class ModelPolicy(_Frozen):
     window: WindowPolicy = WindowPolicy()
     #: Instance name → entry; typed by each kind's config class when loaded with the kinds.
@@ -181,6 +194,9 @@ class ModelPolicy(_Frozen):
     authority: AuthorityPolicy = AuthorityPolicy()
     expected_changes: tuple[ExpectedChange, ...] = ()
     notifications: NotificationPolicy = NotificationPolicy()
+    #: Alertmanager alert name → what a firing alert of that name becomes; names not here are
+    #: recorded and not acted on.
+    alerts: dict[str, AlertRule] = Field(default_factory=dict)
 
     def expected_change(self, model_version: str, at: datetime) -> ExpectedChange | None:
         return next((c for c in self.expected_changes if c.covers(model_version, at)), None)

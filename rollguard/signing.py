@@ -4,9 +4,10 @@ Each producer signs what it publishes with the key of its role (``ROLES``): the 
 breaches and baselines, the decider its decisions, commands, model status, verified acks and
 known-good marks, the executor its acks, invalidations and pointer moves, the deployer (the CI
 that runs ``rollguard deploy record``) deployments, a person (the key their role token
-derives, rollguard.authority) requests and approvals, as an operator. A consumer holds the public keys it trusts, by role
-(``Trust``), and acts only on an event signed by a key of a role allowed to sign that event
-(``signers``): a detector key cannot sign an ack. A key's id is the first 16 hex digits of
+derives, rollguard.authority) requests and approvals, as an operator, and the API the alerts
+Alertmanager posts to it and the breaches they become. A consumer holds the public keys it
+trusts, by role (``Trust``), and acts only on an event signed by a key of a role allowed to
+sign that event (``signers``): a detector key cannot sign an ack. A key's id is the first 16 hex digits of
 SHA-256 over its raw public bytes; several keys per role are trusted at once, so keys rotate.
 """
 
@@ -30,10 +31,12 @@ from rollguard.errors import ConfigError
 from rollguard.secrets import check_private, private_dir, write_private
 from rollguard.settings import RollguardSettings
 
-Role = Literal["decider", "detector", "executor", "deployer", "operator"]
+Role = Literal["decider", "detector", "executor", "deployer", "operator", "api"]
 ROLES: tuple[Role, ...] = get_args(Role)
 
 S = TypeVar("S", bound=ev.Signed)
+#: The ``kind`` of a Breach made of an Alertmanager alert (rollguard.alerts).
+ALERT_KIND = "alertmanager"
 
 
 def signers(event: ev.Signed) -> frozenset[Role]:
@@ -41,7 +44,12 @@ def signers(event: ev.Signed) -> frozenset[Role]:
     a deployment, which the deployer records, the decider marks known good after its bake and
     the executor's pointer moves in a rollback)."""
     match event:
-        case ev.Breach() | ev.TrafficReport():
+        case ev.Breach():
+            # An alert Alertmanager posted is the API's word; a detector's measurement never.
+            return frozenset({"api" if event.kind == ALERT_KIND else "detector"})
+        case ev.Alert():
+            return frozenset({"api"})
+        case ev.TrafficReport():
             return frozenset({"detector"})
         case ev.BaselineSnapshot():
             return frozenset({"detector", "deployer"})

@@ -28,6 +28,8 @@ OUTCOMES = TopicSpec("outcomes", ev.OutcomeEvent, control=False)
 DEPLOYMENTS = TopicSpec("deployments", ev.SystemManifest, control=True, compacted=True)
 BASELINES = TopicSpec("baselines", ev.BaselineSnapshot, control=False, compacted=True)
 BREACHES = TopicSpec("breaches", ev.Breach, control=True)
+# Alerts Alertmanager posted to the API, firing and resolved, with what each became.
+ALERTS = TopicSpec("alerts", ev.Alert, control=True)
 DECISIONS = TopicSpec("decisions", ev.Decision, control=True)
 APPROVALS = TopicSpec("approvals", ev.Approval, control=True)
 REQUESTS = TopicSpec("requests", ev.RollbackRequest, control=True)
@@ -68,6 +70,7 @@ ALL: tuple[TopicSpec, ...] = (
     DEPLOYMENTS,
     BASELINES,
     BREACHES,
+    ALERTS,
     DECISIONS,
     APPROVALS,
     REQUESTS,

@@ -98,9 +98,10 @@ def grants() -> tuple[Grant, ...]:
         Grant(
             "api",
             reads=("model-status", "decisions", "acks"),
-            writes=("requests", "approvals"),
+            writes=("requests", "approvals", "alerts", "breaches"),
             note="publishes what people ask through it, signed with their token's key (as the "
-            "CLI does); reads the ledger's database, never writes it",
+            "CLI does), and the alerts Alertmanager posts and the breaches they become, signed "
+            "with its own; reads the ledger's database, never writes it",
         ),
         Grant(
             "deployer",

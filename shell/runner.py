@@ -20,12 +20,12 @@ from rollguard.errors import UsageError
 from rollguard.logs import get_logger
 from rollguard.outage import watch
 from rollguard.policy import PolicySource
-from rollguard.secrets import check_private
+from rollguard.secrets import check_private, write_private
 from rollguard.service import Service
 from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer
 from rollguard_services.api.app import Api
-from rollguard_services.api.settings import ApiSettings
+from rollguard_services.api.settings import ALERTMANAGER_TOKEN, ApiSettings
 from rollguard_services.decider.app import Decider
 from rollguard_services.decider.settings import DeciderSettings
 from rollguard_services.detector.app import Detector
@@ -128,6 +128,7 @@ SIGNING_ROLES: dict[str, signing.Role] = {
     "decider": "decider",
     "detector": "detector",
     "executor": "executor",
+    "api": "api",
 }
 
 
@@ -143,6 +144,18 @@ def ensure_keys(
         path = settings.key_file(role)
         if path.exists():
             check_private(path, f"{role} signing key")
+
+
+def ensure_alertmanager_secret(settings: RollguardSettings) -> None:
+    """`rollguard up` makes the Alertmanager receiver's secret once (0600 under the state
+    directory) unless ROLLGUARD_API_ALERTMANAGER_TOKEN_FILE names one: the receiver is on
+    in the all-in-one installation, and its secret is never logged."""
+    import secrets
+
+    path = settings.state_dir / ALERTMANAGER_TOKEN
+    if ApiSettings().alertmanager_token_file is None and not path.exists():
+        write_private(path, (secrets.token_urlsafe(32) + "\n").encode())
+        log.info("generated_alertmanager_secret", path=str(path))
 
 
 def _retention(settings: RollguardSettings) -> tuple[dict[str, int], set[str]]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import uvicorn
 
+from rollguard.events import SystemManifest
 from rollguard.logs import get_logger
 from rollguard.metrics import READY, exposition
 from rollguard.outage import OUTAGES
@@ -24,6 +25,7 @@ from rollguard.policy import PolicySource
 from rollguard.service import Service
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Trust, TrustSource
+from rollguard_services.api.alerts import AlertReceiver, read_secret
 from rollguard_services.api.board import Board
 from rollguard_services.api.routes import Records, build
 from rollguard_services.api.settings import ApiSettings
@@ -63,6 +65,16 @@ class Api:
         #: free one and say so, rather than stop the safety net over its dashboard. Alone
         #: (`rollguard run api`), a taken port stops it, as any server.
         self.any_port_if_taken = False
+        #: The Alertmanager receiver, when a secret is set (ApiSettings.alertmanager_token_file).
+        self.alerts: AlertReceiver | None = None
+        secret_file = svc.alertmanager_secret_path(settings.state_dir)
+        if secret_file is not None:
+            self.alerts = AlertReceiver(settings, read_secret(secret_file), policy, self._live_of)
+            self._secret_file = secret_file
+
+    def _live_of(self, model_id: str) -> SystemManifest | None:
+        status = self.board.statuses.get(model_id)
+        return status.live if status is not None else None
 
     def readiness(self) -> dict[str, bool]:
         parts = {p.name: p.ready.is_set() for p in self.peers() if p is not self}
@@ -114,6 +126,7 @@ class Api:
             self.policy,
             self.readiness,
             self._exposition,
+            alerts=self.alerts,
         )
         log.info("started", bootstrap=self.settings.kafka_bootstrap)
         sock = self._listen()
@@ -139,6 +152,13 @@ class Api:
                     serving.result()  # the server failed to start: say why
                 await asyncio.sleep(0.02)
             log.info("listening", url=self.url, models=len(self.board.statuses))
+            if self.alerts is not None:
+                log.info(
+                    "alertmanager_receiver",
+                    url=f"{self.url}/api/alerts/alertmanager",
+                    secret_file=str(self._secret_file),
+                    key_id=self.alerts.signer.key_id,
+                )
             self.ready.set()
             done, _ = await asyncio.wait({following, serving}, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -148,6 +168,8 @@ class Api:
             following.cancel()
             auditing.cancel()
             await asyncio.gather(following, auditing, return_exceptions=True)
+            if self.alerts is not None:
+                await self.alerts.stop()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(asyncio.shield(serving), timeout=3)
             serving.cancel()

@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, ValidationError
 
 from rollguard import metrics as metrics_of
+from rollguard.alerts import WebhookPayload
 from rollguard.answers import Answer, Wait
 from rollguard.errors import RollguardError, UsageError
 from rollguard.events import Approval, ModelStatus, PendingApproval, RollbackRequest, utcnow
@@ -31,6 +32,7 @@ from rollguard.operator import NotAllowed, decision_model, person, submit
 from rollguard.policy import Mode, PolicySource, Role
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Trust
+from rollguard_services.api.alerts import AlertReceiver, AlertsAnswer
 from rollguard_services.api.board import Board
 from rollguard_services.api.settings import ApiSettings
 
@@ -51,6 +53,9 @@ class Records(Protocol):
 
 
 Token = Annotated[str | None, Header(alias="Authorization", description="Bearer <role token>")]
+ReceiverToken = Annotated[
+    str | None, Header(alias="Authorization", description="Bearer <the receiver's secret>")
+]
 ModelId = Annotated[str, PathParam(min_length=1, max_length=256)]
 EventId = Annotated[str, PathParam(min_length=1, max_length=128)]
 
@@ -191,6 +196,7 @@ def build(
     ready: Callable[[], dict[str, bool]],
     metrics: Callable[[], tuple[bytes, str]],
     send: Callable[..., Awaitable[Answer]] = submit,
+    alerts: AlertReceiver | None = None,
 ) -> FastAPI:
     """The API over the given parts; ``ready`` names each part and whether it is ready."""
     app = FastAPI(
@@ -415,6 +421,30 @@ def build(
         )
         return await act(approval, authorization, body, body.wait)
 
+    @app.post(
+        "/api/alerts/alertmanager",
+        response_model=AlertsAnswer,
+        responses={
+            401: {"model": Problem, "description": "No secret, or not the receiver's."},
+            403: {"model": Problem, "description": "The receiver is off (no secret set)."},
+            503: {"model": Problem, "description": "The broker did not take the alerts."},
+        },
+        tags=["alerts"],
+    )
+    async def alertmanager(payload: WebhookPayload, authorization: ReceiverToken = None) -> Any:
+        """Alertmanager's webhook (payload version 4): each alert about a model (its
+        ``model_id`` label) is recorded, and a firing one whose name the model's policy maps
+        (``alerts.<alertname>``) becomes a breach of that tier; a repeated notification is
+        answered without acting again (docs/integrations.md)."""
+        if alerts is None:
+            raise HTTPException(
+                403,
+                "the Alertmanager receiver is off: set ROLLGUARD_API_ALERTMANAGER_TOKEN_FILE",
+            )
+        if not alerts.authentic(_bearer(authorization, "the receiver's secret")):
+            raise NotAllowed("Authorization must be 'Bearer <the receiver's secret>'", 401)
+        return await alerts.take(payload, utcnow())
+
     @app.get("/healthz", tags=["probes"], responses={200: {"model": Problem}})
     async def healthz() -> dict[str, str]:
         """Alive: the process answers (a liveness probe)."""
@@ -453,12 +483,12 @@ def build(
     return app
 
 
-def _bearer(header: str | None) -> str | None:
+def _bearer(header: str | None, what: str = "role token") -> str | None:
     if header is None:
         return None
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise NotAllowed("Authorization must be 'Bearer <role token>'", 401)
+        raise NotAllowed(f"Authorization must be 'Bearer <{what}>'", 401)
     return token.strip()
 
 

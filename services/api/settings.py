@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -20,3 +22,19 @@ class ApiSettings(BaseSettings):
     refresh_s: float = Field(
         default=2.0, gt=0, description="How often the dashboard asks for what changed."
     )
+    alertmanager_token_file: Path | None = Field(
+        default=None,
+        description="The bearer secret Alertmanager posts alerts with (one line, mode 0600); "
+        "unset: state_dir/alertmanager.token when it exists (rollguard up makes it), else the "
+        "receiver is off.",
+    )
+
+    def alertmanager_secret_path(self, state_dir: Path) -> Path | None:
+        if self.alertmanager_token_file is not None:
+            return self.alertmanager_token_file
+        default = state_dir / ALERTMANAGER_TOKEN
+        return default if default.exists() else None
+
+
+#: Where `rollguard up` keeps the Alertmanager receiver's secret, under the state directory.
+ALERTMANAGER_TOKEN = "alertmanager.token"

@@ -25,6 +25,7 @@ from rollguard_services.ledger.store import Entry
 #: Event types an incident is made of.
 INCIDENT_TYPES = (
     "Breach",
+    "Alert",
     "Decision",
     "Approval",
     "RollbackCommand",
@@ -95,11 +96,18 @@ def find_incident(entries: Iterable[Entry], ident: str) -> Incident | None:
                     command_ids.append(cid)
                     grew = True
     breach_ids = set(root.payload.get("breach_ids") or [])
+    # The Alertmanager alerts its breaches were made of, firing and resolved.
+    alerts = {
+        e.payload.get("fingerprint")
+        for e in pool
+        if e.event_type == "Alert" and e.payload.get("breach_id") in breach_ids
+    }
     members: list[Entry] = []
     for e in pool:
         p = e.payload
         if (
             (e.event_type == "Breach" and e.event_id in breach_ids)
+            or (e.event_type == "Alert" and p.get("fingerprint") in alerts)
             or (e.event_type == "Decision" and e.event_id in decision_ids)
             or (e.event_type == "Approval" and p.get("decision_id") in decision_ids)
             or (e.event_type == "RollbackCommand" and p.get("command_id") in command_ids)
@@ -211,6 +219,12 @@ def describe(entry: Entry) -> str:
         return (
             f"breach {p.get('detector')}: {p.get('statistic')}={p.get('value')} > "
             f"{p.get('threshold')} n={p.get('n')} [{p.get('tier')}] on {p.get('model_version')}"
+        )
+    if t == "Alert":
+        became = f" → breach [{p.get('tier')}]" if p.get("breach_id") else f" ({p.get('outcome')})"
+        return (
+            f"alert {p.get('alertname')} {p.get('status')} from Alertmanager on "
+            f"{p.get('model_version') or '-'}{became}"
         )
     if t == "Decision":
         codes = ", ".join(str(r.get("code")) for r in p.get("reasons") or [])

@@ -165,6 +165,7 @@ async def _serve(settings: RollguardSettings, names: list[str], *, record: bool 
     from rollguard_shell.runner import (
         SIGNING_ROLES,
         build_service,
+        ensure_alertmanager_secret,
         ensure_keys,
         kafka,
         run_services,
@@ -180,6 +181,8 @@ async def _serve(settings: RollguardSettings, names: list[str], *, record: bool 
             else tuple(SIGNING_ROLES[n] for n in names if n in SIGNING_ROLES)
         )
         ensure_keys(live_settings, roles)
+        if record and "api" in names:
+            ensure_alertmanager_secret(live_settings)
         services = [build_service(n, live_settings) for n in names]
         log.info("running", services=names, bootstrap=live_settings.kafka_bootstrap)
         # The API serves the probes of its process itself; any other process on request.

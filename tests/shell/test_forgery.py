@@ -21,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,12 +30,20 @@ from rollguard import events as ev
 from rollguard import topics
 from rollguard.authority import person_signer
 from rollguard.settings import RollguardSettings
-from rollguard.signing import Role, Signer, key_id, signer_of, signers, trust_of
+from rollguard.signing import ALERT_KIND, Role, Signer, key_id, signer_of, signers, trust_of
 from rollguard_services.ledger.provenance import provenance
 from rollguard_shell.commands.ledger import recorded_trust
 from tests.conftest import HEAVY, scaled
 from tests.shell.test_lifecycle import _cli, _until
-from tests.shell.test_restart import MODEL, Ledger, Up, _deploy, _on_topics, _policy
+from tests.shell.test_restart import (
+    ALERT_NAME,
+    MODEL,
+    Ledger,
+    Up,
+    _deploy,
+    _on_topics,
+    _policy,
+)
 
 confluent_kafka = pytest.importorskip("confluent_kafka", reason="the independent client")
 
@@ -45,6 +54,7 @@ pytestmark = pytest.mark.skipif(
 #: Which services consume each control topic, and so must refuse a forgery on it.
 CONSUMERS = {
     "breaches": {"decider", "notifier"},
+    "alerts": set(),  # the ledger records them; the API made them of what Alertmanager posted
     "decisions": {"notifier"},
     "commands": {"executor"},
     "acks": {"decider", "notifier"},
@@ -85,6 +95,8 @@ def _samples(on_topics: dict[str, list[bytes]]) -> dict[str, tuple[str, ev.Signe
         for value in values:
             event = cls.model_validate_json(value)
             name = type(event).__name__
+            if isinstance(event, ev.Breach) and event.kind == ALERT_KIND:
+                name = "Breach:alertmanager"  # the API's, not a detector's
             if isinstance(event, ev.CommandAck):
                 name = f"CommandAck:{event.status}"
                 if event.status not in ("applied", "verified") or event.component:
@@ -123,6 +135,31 @@ def _effects(
     ]
     counts["router pointer moves"] = len(moves)
     return counts
+
+
+def _post_alert(state: Path) -> str:
+    """Post one firing alert of ALERT_NAME about MODEL to the running up's API, with the
+    receiver's secret, as Alertmanager would; the id of the breach it became."""
+    logged = map(_json, (state / "stderr.txt").read_text().splitlines())
+    url = next(doc["url"] for doc in logged if doc.get("event") == "alertmanager_receiver")
+    secret = (state / "alertmanager.token").read_text().strip()
+    alert = {
+        "status": "firing",
+        "labels": {"alertname": ALERT_NAME, "model_id": MODEL, "severity": "page"},
+        "annotations": {"summary": "drill"},
+        "startsAt": ev.utcnow().isoformat(),
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://prometheus.invalid/graph",
+        "fingerprint": ev.new_id()[:16],
+    }
+    body = {"version": "4", "status": "firing", "receiver": "rollguard", "alerts": [alert]}
+    answer = httpx.post(
+        url, json=body, headers={"Authorization": f"Bearer {secret}"}, timeout=scaled(30)
+    )
+    assert answer.status_code == 200, answer.text
+    (taken,) = answer.json()["alerts"]
+    assert taken["outcome"] == "breach", taken
+    return str(taken["breach_id"])
 
 
 def _json(line: str) -> dict[str, Any]:
@@ -173,6 +210,16 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
         assert imported.returncode == 0, imported.stderr
         bootstrap = json.loads((state / "broker.json").read_text())["bootstrap"]
         settings = RollguardSettings(state_dir=state, kafka_bootstrap=bootstrap)
+        # A real alert, posted to the API as Alertmanager posts one: the Alert and the
+        # Breach the API signs (a delayed one: a page, no rollback).
+        alert_breach = _post_alert(state)
+        _until(
+            lambda: any(
+                e.event_type == "Decision" and alert_breach in e.payload.get("breach_ids", [])
+                for e in ledger.entries()
+            ),
+            "the decider never answered the alert's breach",
+        )
         samples = _samples(_on_topics(state, tuple(t for t in CONSUMERS if t != "requests")))
         # Requests and approvals: as the CLI makes them for ada (a role she does not hold,
         # and a decision that awaits nobody: each is answered with a hold).
@@ -185,6 +232,8 @@ def test_every_forged_control_event_is_refused_kept_apart_and_without_effect(
         decided = sum(e.event_type == "Decision" for e in ledger.entries())
         missing = {
             "Breach",
+            "Breach:alertmanager",
+            "Alert",
             "Decision",
             "RollbackCommand",
             "CommandAck:applied",

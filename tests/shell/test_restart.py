@@ -81,6 +81,9 @@ class Ledger:
         return [Entry(r[0], r[1], r[2], r[3], orjson.loads(r[4]), r[5]) for r in rows]
 
 
+ALERT_NAME = "DrillAlert"
+
+
 def _policy(directory: Path) -> Path:
     directory.mkdir()
     (directory / "00-default.yaml").write_bytes((ROOT / "policies" / "default.yaml").read_bytes())
@@ -90,8 +93,13 @@ def _policy(directory: Path) -> Path:
     # seconds after each start, failing verification: a detection matter (noted for issue
     # 14), not what this drill measures.
     detectors = {"feature_quality": {"enabled": False}}
+    # An Alertmanager alert the forgery drill posts (tests/shell/test_forgery.py): a delayed
+    # breach, a page, no rollback.
+    alerts = {ALERT_NAME: {"tier": "delayed"}}
     (directory / "99-drill.yaml").write_text(
-        yaml.safe_dump({"models": {MODEL: {"rollback": rollback, "detectors": detectors}}})
+        yaml.safe_dump(
+            {"models": {MODEL: {"rollback": rollback, "detectors": detectors, "alerts": alerts}}}
+        )
     )
     return directory
 

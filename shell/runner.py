@@ -41,7 +41,7 @@ from rollguard_services.notifier.settings import NotifierSettings
 from rollguard_services.router.app import RouterService
 from rollguard_services.router.settings import RouterSettings
 from rollguard_shell.access import internal_topics
-from rollguard_shell.discovery import BrokerRecord
+from rollguard.discovery import BrokerRecord
 from rollguard_shell.stopping import on_abandon
 
 log = get_logger("rollguard_shell.runner")

@@ -34,6 +34,7 @@ class StallWatch:
         self.read: dict[tuple[str, int], int] = {}
         #: Since when faust has held the flow (0: it does not).
         self._held = 0.0
+        self._said_at = 0.0
 
     def took(self, topic: str, partition: int, offset: int) -> None:
         """An agent took the record at ``offset``."""
@@ -68,9 +69,9 @@ class StallWatch:
             return []
         self._held = 0.0
         buffered: set[Any] = getattr(consumer, "_buffered_partitions", set())
-        parts = [
-            tp for tp in consumer.assignment() if tp.topic in topics and tp not in buffered
-        ]  # a buffered partition is faust's back-pressure, not a stall
+        assigned = [tp for tp in consumer.assignment() if tp.topic in topics]
+        parts = [tp for tp in assigned if tp not in buffered]
+        # a buffered partition is faust's back-pressure, not a stall
         if not parts:
             self._behind.clear()
             return []
@@ -93,9 +94,11 @@ class StallWatch:
         committed: dict[Any, int | None] = getattr(consumer, "_committed_offset", {})
         for tp in parts:
             pos, end = positions.get(tp), ends.get(tp)
-            if end is None:
+            if pos is None:
+                mark = -1  # no position: waiting for one (its end may be unknown too)
+            elif end is None:
                 continue
-            if pos is not None and pos >= end:
+            elif pos >= end:
                 # Fetched to the end: stalled all the same if what was fetched never reaches
                 # an agent (seen: positions at the end, every agent idle).
                 done = self.read.get((tp.topic, tp.partition))
@@ -104,13 +107,31 @@ class StallWatch:
                     continue
                 mark = -2 - start  # undelivered from ``start``
             else:
-                mark = -1 if pos is None else pos  # no position: waiting for one
+                mark = pos
             seen = self._behind.get(tp)
             since = seen[1] if seen is not None and seen[0] == mark else now
             behind[tp] = (mark, since)
             if now - since >= self.stall_s:
                 stalled.append(tp)
         self._behind = behind
+        if behind and now >= self._said_at + self.stall_s:
+            # What the watch sees while input partitions wait: said every stall_s at most.
+            self._said_at = now
+            log.info(
+                "consumer_behind",
+                partitions={
+                    f"{tp.topic.rsplit('.', 1)[-1]}:{tp.partition}": [
+                        positions.get(tp),
+                        ends.get(tp),
+                        self.read.get((tp.topic, tp.partition)),
+                        committed.get(tp),
+                        round(now - since, 1),
+                    ]
+                    for tp, (_, since) in behind.items()
+                },
+                buffered=len([tp for tp in assigned if tp in buffered]),
+                says="position, end, last taken, committed, seconds so",
+            )
         if stalled:
             await self._unstick(app, stalled, positions, ends)
             for tp in stalled:

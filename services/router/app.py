@@ -12,15 +12,15 @@ import asyncio
 from collections import Counter
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import ValidationError
 
 from rollguard import topics
 from rollguard.bus import Admission, DeadLetterSink, make_consumer, make_producer
 from rollguard.events import SystemManifest, decode
 from rollguard.logs import get_logger
-from rollguard.outage import OUTAGES, OutageLimit, Sender
+from rollguard.outage import OutageLimit, Sender
+from rollguard.sdk import Monitor
 from rollguard.settings import RollguardSettings
 from rollguard.signing import Trust, TrustSource
 from rollguard_services.router.serving import Router, switch_report
@@ -57,6 +57,8 @@ class RouterService:
             input_shift=self.svc.input_shift,
         )
         self.counts: Counter[str] = Counter()
+        #: The telemetry path, the SDK's: the router names each event's version itself.
+        self.monitor = Monitor(self.svc.model_id, settings=settings, follow_live=False)
         #: Traffic can be paused (rate 0) without stopping the pointer follower.
         self.rate_rps = self.svc.rate_rps
         self._switches_logged = 0
@@ -87,17 +89,20 @@ class RouterService:
                 versions=sorted(self.svc.versions),
             )
             self.ready.set()
+            await self.monitor.start()
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._follow(consumer, admission, self.dead_letters))
-                tasks.create_task(self._serve(producer))
+                tasks.create_task(self._serve())
         finally:
+            await self.monitor.stop(flush_s=1.0)
             await consumer.stop()
             await producer.stop()
             log.info(
                 "stopped",
                 served=dict(self.router.served),
                 shadowed=dict(self.router.shadowed),
-                telemetry_dropped=self.counts["telemetry_dropped"],
+                telemetry_dropped=self.monitor.dropped(),
+                telemetry_sent=self.monitor.stats["sent"],
             )
 
     async def _follow(
@@ -130,9 +135,10 @@ class RouterService:
                             offset=record.offset,
                         )
 
-    async def _serve(self, producer: AIOKafkaProducer) -> None:
-        latency_topic = self.settings.topic(topics.LATENCY.name)
-        predictions_topic = self.settings.topic(topics.PREDICTIONS.name)
+    async def _serve(self) -> None:
+        """Serve ``rate_rps`` requests a second; their telemetry goes out through the SDK
+        (rollguard.sdk.Monitor), as a model server's would: it never waits for it, and what it
+        could not hand over (the broker away, no room) is dropped and counted."""
         loop = asyncio.get_running_loop()
         last, owed = loop.time(), 0.0
         while True:
@@ -142,31 +148,9 @@ class RouterService:
             last = now
             n = int(owed)
             owed -= n
-            # A model server never waits for its telemetry: while the broker is away (said by
-            # rollguard.outage, or a send that found no room within a tick) it keeps serving
-            # and counts what it could not hand over.
-            away = OUTAGES.down_since is not None
             for event in self.router.serve(n):
-                if away:
-                    self.counts["telemetry_dropped"] += 1
-                    continue
-                topic = latency_topic if event.SCHEMA.startswith("Latency") else predictions_topic
-                try:
-                    # asyncio.timeout, not wait_for: wait_for loses a cancel that arrives as the
-                    # send completes (3.11), and the router then never stopped.
-                    async with asyncio.timeout(self.svc.tick_s):
-                        sent = await producer.send(topic, event.encode(), key=event.key)
-                except (KafkaError, TimeoutError):
-                    self.counts["telemetry_dropped"] += 1
-                    away = True  # the rest of this tick would wait as long
-                    continue
-                sent.add_done_callback(self._delivered)
-                self.counts[topic] += 1
+                self.monitor.emit(event)
             self._log_switches()
-
-    def _delivered(self, sent: asyncio.Future[object]) -> None:
-        if not sent.cancelled() and sent.exception() is not None:
-            self.counts["telemetry_dropped"] += 1
 
     def _log_switches(self) -> None:
         """Log each switch once, when the new version has served its first request."""

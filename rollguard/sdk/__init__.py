@@ -1,0 +1,507 @@
+"""Instrument a model server: what rollguard measures, sent without ever slowing a request.
+
+``Monitor`` (asyncio) and ``SyncMonitor`` (a thread of its own, for sync servers) take the
+facts of each request — ``record_prediction``, ``record_latency``, or ``record`` for both,
+``record_outcome`` when the ground truth arrives, ``record_business`` and ``health`` — and send
+them as rollguard's events (``schemas/``) to the telemetry topics. A record call only appends to
+a bounded queue and returns: the events are built, validated and sent by a background task. It
+never blocks, never raises into the request path and never grows without bound: when the
+queue is full, the broker is away or an event is invalid, the record is dropped and counted
+(``stats``; an invalid one is said once per reason in the log).
+
+The model version is the one given, or else the live one, followed on the deployments topic
+(signed manifests, checked against the trusted keys when this process has them). ``sample``
+keeps a share of requests, chosen by request id, so that a request's prediction, latency and
+outcome are kept or dropped together. ``rollguard.sdk.asgi`` has a middleware and a
+decorator; docs/instrumenting.md the ten lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+import zlib
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import Any
+
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from rollguard import topics
+from rollguard.bus import make_consumer, make_producer
+from rollguard.discovery import with_running_broker
+from rollguard.errors import ConfigError
+from rollguard.events import (
+    BusinessMetricEvent,
+    HealthCheckEvent,
+    LatencyEvent,
+    ModelEvent,
+    OutcomeEvent,
+    PredictionEvent,
+    SystemManifest,
+    decode,
+    new_id,
+    utcnow,
+)
+from rollguard.logs import get_logger
+from rollguard.outage import OUTAGES
+from rollguard.settings import RollguardSettings
+from rollguard.signing import Trust, trust_of
+
+log = get_logger("rollguard.sdk")
+
+#: Records waiting to be sent, at most; past it a record is dropped (``dropped_queue_full``).
+MAX_QUEUE = 10_000
+#: Events sent per turn of the background task before it lets the loop run others.
+BATCH = 500
+#: How long one send may wait for room in the producer (or for the loop, busy serving) before
+#: the record is dropped; the background task's wait, never a request's.
+SEND_WAIT_S = 1.0
+
+# What a queued record is: the event class and its fields (built off the request path).
+Record = tuple[type[ModelEvent], dict[str, Any]]
+
+
+class Monitor:
+    """rollguard's telemetry for one model, from an asyncio server (``async with Monitor(...)``
+    or ``await start()`` / ``await stop()``)."""
+
+    def __init__(
+        self,
+        model_id: str,
+        *,
+        settings: RollguardSettings | None = None,
+        model_version: str | None = None,
+        system_version: str | None = None,
+        sample: float = 1.0,
+        max_queue: int = MAX_QUEUE,
+        follow_live: bool = True,
+    ) -> None:
+        """``model_version`` None: the live version, read off the deployments topic (unless
+        ``follow_live`` is off: every record then names its version, or ``emit`` is used)."""
+        if not 0.0 <= sample <= 1.0:
+            raise ConfigError(f"sample must be between 0 and 1 (got {sample})")
+        self.model_id = model_id
+        # Beside `rollguard up` with no bootstrap set: its broker, as every command finds it.
+        self.settings = with_running_broker(settings or RollguardSettings())
+        self.model_version = model_version
+        self.system_version = system_version
+        self.sample = sample
+        self._follow_live_on = follow_live
+        self._keep_below = int(sample * 0xFFFFFFFF)
+        self._queue: deque[Record] = deque()
+        self._max_queue = max_queue
+        #: queued, sent, sampled_out and dropped_<why>: what became of every record.
+        self.stats: Counter[str] = Counter()
+        self._said: set[str] = set()
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._producer: AIOKafkaProducer | None = None
+        sent = (PredictionEvent, LatencyEvent, OutcomeEvent, BusinessMetricEvent, HealthCheckEvent)
+        self._names = {t.event: t.name for t in topics.ALL if t.event in sent}
+        self._topics: dict[type[ModelEvent], str] = {
+            c: self.settings.topic(t) for c, t in self._names.items()
+        }
+        #: Set once the live version is known (given, or read off the deployments topic).
+        self.live = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start sending in the background. A broker that is not there is no error: records
+        are dropped (counted) until it is."""
+        self._loop = asyncio.get_running_loop()
+        self._tasks.append(asyncio.create_task(self._send_forever(), name="rollguard-sdk-send"))
+        if self.model_version is None and self._follow_live_on:
+            self._tasks.append(asyncio.create_task(self._follow_live(), name="rollguard-sdk-live"))
+        else:
+            self.live.set()
+
+    async def stop(self, flush_s: float = 5.0) -> None:
+        """Send what is queued (for at most ``flush_s``), then stop."""
+        deadline = time.monotonic() + flush_s
+        while self._queue and self._producer is not None and time.monotonic() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.01)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._producer is not None:
+            with contextlib.suppress(KafkaError, TimeoutError):
+                await asyncio.wait_for(self._producer.stop(), flush_s)
+            self._producer = None
+        if self._queue:
+            self.stats["dropped_at_stop"] += len(self._queue)
+            self._queue.clear()
+
+    async def __aenter__(self) -> Monitor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """An ASGI lifespan: ``FastAPI(lifespan=monitor.lifespan)`` starts it with the server
+        and flushes it at shutdown."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    # --- the request path: append and return --------------------------------------------------
+
+    def record_prediction(
+        self,
+        request_id: str,
+        prediction: float | str,
+        *,
+        features: dict[str, float | str | None] | None = None,
+        score: float | None = None,
+        model_version: str | None = None,
+        ts: datetime | None = None,
+    ) -> bool:
+        """The prediction served for ``request_id``, with the inputs it was made from."""
+        if not self._sampled(request_id):
+            return False
+        fields = {"request_id": request_id, "prediction": prediction, "features": features}
+        if score is not None:
+            fields["score"] = score
+        return self._put(PredictionEvent, fields, model_version, ts)
+
+    def record_latency(
+        self,
+        request_id: str,
+        latency_ms: float,
+        *,
+        error: str | None = None,
+        model_version: str | None = None,
+        ts: datetime | None = None,
+    ) -> bool:
+        """How long ``request_id`` took; ``error`` names what failed, if it did."""
+        if not self._sampled(request_id):
+            return False
+        fields = {
+            "request_id": request_id,
+            "latency_ms": latency_ms,
+            "status": "ok" if error is None else "error",
+            "error_kind": error,
+        }
+        return self._put(LatencyEvent, fields, model_version, ts)
+
+    def record(
+        self,
+        request_id: str,
+        latency_ms: float,
+        prediction: float | str | None = None,
+        *,
+        features: dict[str, float | str | None] | None = None,
+        error: str | None = None,
+        model_version: str | None = None,
+    ) -> bool:
+        """One request: its latency and, unless it failed, its prediction."""
+        ts = utcnow()
+        kept = self.record_latency(
+            request_id, latency_ms, error=error, model_version=model_version, ts=ts
+        )
+        if kept and error is None and prediction is not None:
+            self.record_prediction(
+                request_id, prediction, features=features, model_version=model_version, ts=ts
+            )
+        return kept
+
+    def record_outcome(
+        self, request_id: str, outcome: float | str, *, model_version: str | None = None
+    ) -> bool:
+        """The ground truth of ``request_id``, when it is known (hours later is fine)."""
+        if not self._sampled(request_id):
+            return False
+        return self._put(
+            OutcomeEvent, {"request_id": request_id, "outcome": outcome}, model_version, None
+        )
+
+    def record_business(
+        self,
+        metric: str,
+        value: float | None = None,
+        *,
+        numerator: float | None = None,
+        denominator: float | None = None,
+        model_version: str | None = None,
+    ) -> bool:
+        """A business metric of the model (``ctr``: a click per impression as numerator 1 or
+        0 over denominator 1, or a rate as ``value``)."""
+        fields = {
+            "metric": metric,
+            "value": value,
+            "numerator": numerator,
+            "denominator": denominator,
+        }
+        return self._put(BusinessMetricEvent, fields, model_version, None)
+
+    def health(self, ok: bool, detail: str = "", *, model_version: str | None = None) -> bool:
+        """A health check of the serving model version."""
+        return self._put(HealthCheckEvent, {"ok": ok, "detail": detail}, model_version, None)
+
+    def emit(self, event: ModelEvent) -> bool:
+        """Send an event made elsewhere (the reference router's), on the same path."""
+        if not self._room():
+            return False
+        self._queue.append((type(event), {"_event": event}))
+        self.stats["queued"] += 1
+        self._nudge()
+        return True
+
+    def dropped(self) -> int:
+        """Records dropped so far, for every reason."""
+        return sum(n for why, n in self.stats.items() if why.startswith("dropped_"))
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _sampled(self, request_id: str) -> bool:
+        if self.sample >= 1.0 or zlib.crc32(request_id.encode()) <= self._keep_below:
+            return True
+        self.stats["sampled_out"] += 1
+        return False
+
+    def _room(self) -> bool:
+        if OUTAGES.down_since is not None:  # said by rollguard.outage where it is watched
+            self.stats["dropped_broker_away"] += 1
+            return False
+        if len(self._queue) >= self._max_queue:
+            self.stats["dropped_queue_full"] += 1
+            return False
+        return True
+
+    def _put(
+        self,
+        cls: type[ModelEvent],
+        fields: dict[str, Any],
+        model_version: str | None,
+        ts: datetime | None,
+    ) -> bool:
+        if not self._room():
+            return False
+        fields["model_version"] = model_version
+        fields["ts"] = ts or utcnow()
+        self._queue.append((cls, fields))
+        self.stats["queued"] += 1
+        self._nudge()
+        return True
+
+    def _nudge(self) -> None:
+        loop = self._loop
+        if loop is None or self._wake.is_set():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake.set()
+        else:  # another thread (SyncMonitor): wake the loop that sends
+            with contextlib.suppress(RuntimeError):  # a loop closed meanwhile
+                loop.call_soon_threadsafe(self._wake.set)
+
+    def _build(self, cls: type[ModelEvent], fields: dict[str, Any]) -> ModelEvent | None:
+        event = fields.get("_event")
+        if isinstance(event, ModelEvent):
+            return event
+        version = fields.pop("model_version") or self.model_version
+        if version is None:
+            self.stats["dropped_no_version"] += 1
+            self._say("no_live_version", "no version given and none live yet")
+            return None
+        try:
+            return cls(
+                model_id=self.model_id,
+                model_version=version,
+                system_version=self.system_version if version == self.model_version else None,
+                **{k: v for k, v in fields.items() if v is not None},
+            )
+        except ValidationError as exc:
+            self.stats["dropped_invalid"] += 1
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            self._say(f"{cls.__name__}.{where}", f"{where}: {first['msg']}")
+            return None
+
+    def _say(self, key: str, reason: str) -> None:
+        if key not in self._said:  # once per reason: a bad field is not a log line per request
+            self._said.add(key)
+            log.warning("telemetry_dropped", model_id=self.model_id, reason=reason)
+
+    async def _connected(self) -> AIOKafkaProducer:
+        backoff = 0.2
+        while self._producer is None:
+            if self.settings.kafka_bootstrap is None:  # no broker set, no `up` running yet
+                self.settings = with_running_broker(self.settings)
+                if self.settings.kafka_bootstrap is None:
+                    self._say("no_broker", "no ROLLGUARD_KAFKA_BOOTSTRAP and no rollguard up")
+                    self._drop_queued("dropped_broker_away")
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
+                self._topics = {c: self.settings.topic(t) for c, t in self._names.items()}
+            producer = make_producer(self.settings, control=False)
+            try:
+                await producer.start()
+                for topic in self._topics.values():  # metadata now, not on the first send
+                    await producer.partitions_for(topic)
+                self._producer = producer
+            except KafkaError:
+                await producer.stop()
+                self._drop_queued("dropped_broker_away")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        return self._producer
+
+    def _drop_queued(self, why: str) -> None:
+        self.stats[why] += len(self._queue)
+        self._queue.clear()
+
+    async def _send_forever(self) -> None:
+        producer = await self._connected()
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            for _ in range(min(BATCH, len(self._queue))):
+                cls, fields = self._queue.popleft()
+                event = self._build(cls, fields)
+                if event is None:
+                    continue
+                try:
+                    async with asyncio.timeout(SEND_WAIT_S):
+                        sent = await producer.send(self._topics[cls], event.encode(), key=event.key)
+                except TimeoutError:  # no room in the producer: the broker is slow or away
+                    self.stats["dropped_no_room"] += 1
+                    continue
+                except KafkaError as exc:
+                    self.stats["dropped_broker_error"] += 1
+                    self._say(type(exc).__name__, f"the broker: {exc!r}"[:300])
+                    continue
+                sent.add_done_callback(self._delivered)
+            await asyncio.sleep(0)
+
+    def _delivered(self, sent: asyncio.Future[Any]) -> None:
+        if sent.cancelled():
+            self.stats["dropped_at_stop"] += 1
+        elif (exc := sent.exception()) is not None:
+            self.stats["dropped_broker_error"] += 1
+            self._say(type(exc).__name__, f"the broker: {exc!r}"[:300])
+        else:
+            self.stats["sent"] += 1
+
+    async def _follow_live(self) -> None:
+        """The model's live version, as the deployments topic says (signed manifests: checked
+        when this process has trusted keys, ROLLGUARD_TRUSTED_KEYS_DIR)."""
+        try:
+            trust: Trust | None = trust_of(self.settings)
+        except ConfigError:
+            trust = None
+        newest: datetime | None = None
+        while True:
+            if self.settings.kafka_bootstrap is None:  # found by the sender, when it is
+                await asyncio.sleep(1.0)
+                continue
+            consumer = make_consumer(self.settings, group_id=None, control=True)
+            try:
+                await consumer.start()
+                topic = self.settings.topic(topics.DEPLOYMENTS.name)
+                await consumer.topics()
+                parts = consumer.partitions_for_topic(topic) or set()
+                consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
+                await consumer.seek_to_beginning()
+                while True:
+                    for records in (await consumer.getmany(timeout_ms=1000)).values():
+                        for record in records:
+                            newest = self._follow(record.value, trust, newest)
+            except KafkaError:
+                await asyncio.sleep(1.0)
+            finally:
+                await consumer.stop()
+
+    def _follow(self, value: bytes | None, trust: Trust | None, newest: datetime | None) -> Any:
+        try:
+            manifest = decode(SystemManifest, value)
+        except (ValidationError, ValueError):
+            return newest
+        if manifest.model_id != self.model_id or manifest.status != "live":
+            return newest
+        if trust is not None and not trust.check(manifest).ok:
+            self.stats["manifests_untrusted"] += 1
+            return newest
+        if newest is not None and manifest.ts < newest:
+            return newest  # an older fact, replayed: not the live one
+        if (manifest.model_version, manifest.system_version) != (
+            self.model_version,
+            self.system_version,
+        ):
+            log.info(
+                "live_version",
+                model_id=self.model_id,
+                model_version=manifest.model_version,
+                system_version=manifest.system_version,
+            )
+        self.model_version, self.system_version = manifest.model_version, manifest.system_version
+        self.live.set()
+        return manifest.ts
+
+
+class SyncMonitor:
+    """``Monitor`` for a sync server (Flask, a worker loop): it runs on a thread of its own;
+    the record calls are the same and as cheap. ``with SyncMonitor(...) as monitor:``."""
+
+    def __init__(self, model_id: str, **options: Any) -> None:
+        self._options = options
+        self._model_id = model_id
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.monitor: Monitor | None = None
+
+    def start(self) -> SyncMonitor:
+        self._thread.start()
+
+        async def started() -> Monitor:
+            monitor = Monitor(self._model_id, **self._options)
+            await monitor.start()
+            return monitor
+
+        self.monitor = asyncio.run_coroutine_threadsafe(started(), self._loop).result(30)
+        return self
+
+    def close(self, flush_s: float = 5.0) -> None:
+        if self.monitor is not None:
+            stopping = asyncio.run_coroutine_threadsafe(self.monitor.stop(flush_s), self._loop)
+            stopping.result(flush_s + 10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> SyncMonitor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        # record_prediction, record_latency, record, record_outcome, record_business, health,
+        # emit, stats, live: the monitor's own, called from this thread (they only append).
+        if self.monitor is None:
+            raise RuntimeError("SyncMonitor not started: use `with SyncMonitor(...)`")
+        return getattr(self.monitor, name)  # type: ignore[no-any-return]
+
+
+def request_id() -> str:
+    """A new request id, for servers that have none of their own."""
+    return new_id()

@@ -20,6 +20,7 @@ from benchmarks import (
     idle,
     ledger,
     scaleout,
+    sdk,
     signing,
     statistics,
     storm,
@@ -57,6 +58,7 @@ def main() -> None:
     )
     print(f"correctness: {s['correctness']}")
     print(signing.report(signing.main()))
+    print(sdk.report(sdk.main()))  # about 2 minutes
     print(ledger.report(ledger.main()))  # about 1 minute
     print(storm.report(storm.main()))  # about 2 minutes
     print(idle.report(idle.main()))  # about 3 minutes

@@ -75,7 +75,9 @@ class StallWatch:
         if not parts:
             self._behind.clear()
             return []
-        ends = await asyncio.wait_for(consumer.highwaters(*parts), 5)
+        # The ends the fetcher last saw (no request: asking the broker with ListOffsets took a
+        # second of the timer each time on the embedded broker); None, never fetched.
+        ends = {tp: consumer.highwater(tp) for tp in parts}
 
         async def position(tp: Any) -> int | None:
             # aiokafka waits for a partition's offset reset before it answers: one that
@@ -97,7 +99,7 @@ class StallWatch:
             if pos is None:
                 mark = -1  # no position: waiting for one (its end may be unknown too)
             elif end is None:
-                continue
+                mark = -3  # assigned, positioned, and never fetched
             elif pos >= end:
                 # Fetched to the end: stalled all the same if what was fetched never reaches
                 # an agent (seen: positions at the end, every agent idle).

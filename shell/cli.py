@@ -12,12 +12,12 @@ from typing import TypeVar
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from rollguard.discovery import BrokerRecord, with_running_broker
 from rollguard.errors import ExitCode, RollguardError, UsageError
 from rollguard.logs import configure_logging
 from rollguard.settings import RollguardSettings
 from rollguard_shell.commands import Parser, admin, baseline, incident, ledger, operations, running
 from rollguard_shell.commands import invalidations as invalidations_cmd
-from rollguard.discovery import BrokerRecord, with_running_broker
 from rollguard_shell.environment import SETTINGS, check_environment
 from rollguard_shell.stopping import Stopped, ignore_further_signals
 

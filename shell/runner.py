@@ -16,6 +16,7 @@ from pathlib import Path
 from rollguard import signing, topics
 from rollguard.broker import EmbeddedBroker
 from rollguard.bus import negotiate_idempotence, provision_topics, wait_for_broker
+from rollguard.discovery import BrokerRecord
 from rollguard.errors import UsageError
 from rollguard.logs import get_logger
 from rollguard.outage import watch
@@ -41,7 +42,6 @@ from rollguard_services.notifier.settings import NotifierSettings
 from rollguard_services.router.app import RouterService
 from rollguard_services.router.settings import RouterSettings
 from rollguard_shell.access import internal_topics
-from rollguard.discovery import BrokerRecord
 from rollguard_shell.stopping import on_abandon
 
 log = get_logger("rollguard_shell.runner")

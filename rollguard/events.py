@@ -191,6 +191,14 @@ class Components(BaseModel):
     feature_pipeline: str = Field(min_length=1)
     config: str = Field(min_length=1)
     infra: str = Field(min_length=1)
+    data: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="The version of the data the model was trained on: a Delta table version "
+        "(a number) or a time (ISO 8601). A level-4 rollback restores it; levels 1-3 never "
+        "touch data.",
+    )
 
 
 class SystemManifest(ModelEvent, Signed):

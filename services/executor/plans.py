@@ -11,11 +11,16 @@ from rollguard.policy import PolicyView
 from rollguard_services.executor.appliers.base import Step
 from rollguard_services.executor.settings import ExecutorSettings
 
-#: Levels and the components they restore; level 2 uses the model's policy order.
-LEVEL_COMPONENTS: dict[int, tuple[str, ...]] = {1: ("model",), 3: ("feature_pipeline",)}
+#: Levels and the components they restore; level 2 uses the model's policy order; level 4
+#: restores the data, then retrains on it where an applier is configured for ``retrain``.
+LEVEL_COMPONENTS: dict[int, tuple[str, ...]] = {
+    1: ("model",),
+    3: ("feature_pipeline",),
+    4: ("data",),
+}
 
-#: Why a verified command cannot be planned: a level no applier can do (4, data), or a
-#: component of the model with no applier configured.
+#: Why a verified command cannot be planned: a level no applier can do (4 when the target
+#: manifest names no data version), or a component of the model with no applier configured.
 RefusalReason = Literal["unsupported_level", "unknown_model"]
 
 
@@ -47,10 +52,36 @@ def plan_for(
     elif command.level in LEVEL_COMPONENTS:
         components = LEVEL_COMPONENTS[command.level]
     else:
-        return Refusal("unsupported_level", f"level {command.level} (data) has no applier")
+        return Refusal("unsupported_level", f"level {command.level} has no applier")
     before, after = command.from_manifest.components, command.to_manifest.components
+    if command.level == 4:
+        if after.data is None:
+            return Refusal(
+                "unsupported_level",
+                f"level 4 (data): the target {command.to_manifest.system_version} names no "
+                "data version (rollguard deploy record --data)",
+            )
+        if settings.applier_for(command.model_id, "data") in (None, "registry"):
+            # the registry applier changes nothing outside: it would call the data restored
+            return Refusal(
+                "unknown_model",
+                f"no data applier configured for {command.model_id} "
+                f'(ROLLGUARD_EXECUTOR_APPLIERS_BY_MODEL=\'{{"{command.model_id}": '
+                '{"data": "delta"}}\')',
+            )
+        chosen = settings.appliers_by_model.get(command.model_id)
+        if isinstance(chosen, dict) and "retrain" in chosen:
+            components = ("data", "retrain")
+    versions = {
+        "data": (before.data or "unknown", after.data or ""),
+        "retrain": (before.model, after.model),  # retrain as the target's model was trained
+    }
     steps = []
     for component in components:
+        frm, to = versions.get(component) or (
+            getattr(before, component),
+            getattr(after, component),
+        )
         if settings.applier_for(command.model_id, component) is None:
             return Refusal(
                 "unknown_model",
@@ -61,8 +92,8 @@ def plan_for(
             Step(
                 command,
                 component,
-                from_version=getattr(before, component),
-                to_version=getattr(after, component),
+                from_version=frm,
+                to_version=to,
                 single=len(components) == 1,
             )
         )

@@ -14,8 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rollguard.errors import ConfigError
 
-#: The components a system version is made of (rollguard.events.Components).
-COMPONENTS = ("feature_pipeline", "config", "model", "infra")
+#: The components a system version is made of (rollguard.events.Components), and the steps a
+#: level-4 rollback may add after restoring the data: retraining on it.
+COMPONENTS = ("feature_pipeline", "config", "model", "infra", "data", "retrain")
 
 #: Named places where a crash test may kill the executor (ROLLGUARD_EXECUTOR_CRASH_AT).
 CrashPoint = Literal["after_receive", "after_effect", "after_ack", "before_commit"]
@@ -56,6 +57,21 @@ class MlflowSettings(BaseModel):
     )
 
 
+class DeltaSettings(BaseModel):
+    """Level 4 on Delta Lake: the table of each model's training data, restored to the data
+    version of the target manifest (services/executor/appliers/delta.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tables: dict[str, str] = Field(
+        default_factory=dict,
+        description="JSON: model_id → table URI (a path, s3://..., gs://..., abfss://...).",
+    )
+    storage_options: dict[str, str] = Field(
+        default_factory=dict, description="deltalake storage options (credentials, endpoint)."
+    )
+
+
 class CommandSettings(BaseModel):
     """Runs ``argv`` with the step document as JSON on stdin."""
 
@@ -92,6 +108,7 @@ class ExecutorSettings(BaseSettings):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     command: CommandSettings = Field(default_factory=CommandSettings)
+    delta: DeltaSettings = Field(default_factory=DeltaSettings)
     crash_at: CrashPoint | None = Field(
         default=None, description="Crash tests only: SIGKILL the process at this step."
     )

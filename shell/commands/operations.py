@@ -69,6 +69,11 @@ def register(sub: Subparsers) -> None:
     record.add_argument("--config", required=True)
     record.add_argument("--infra", required=True)
     record.add_argument(
+        "--data",
+        help="the version of the data it was trained on (a Delta table version or an ISO time): "
+        "what a level-4 rollback restores",
+    )
+    record.add_argument(
         "--status", choices=("candidate", "live", "known_good", "rolled_back"), default="live"
     )
     record.add_argument("--note", default="")
@@ -314,6 +319,7 @@ def _deploy_record(args: argparse.Namespace, settings: RollguardSettings) -> int
             feature_pipeline=args.feature_pipeline,
             config=args.config,
             infra=args.infra,
+            data=args.data,
         ),
         status=args.status,
         note=args.note,

@@ -254,7 +254,17 @@ def test_a_command_that_cannot_be_planned_is_refused_with_its_reason(
 ) -> None:
     ex = Executor(settings, ExecutorSettings(applier=None, appliers_by_model={"m": "registry"}))
     data = ex.plan(command(level=4))
-    assert data == Refusal("unsupported_level", "level 4 (data) has no applier")
+    assert data == Refusal(
+        "unsupported_level",
+        "level 4 (data): the target sys-v1 names no data version (rollguard deploy record --data)",
+    )
+    with_data = manifest("v1", status="known_good").model_copy(
+        update={"components": manifest("v1").components.model_copy(update={"data": "3"})}
+    )
+    # A data version, but only the registry applier, which would change nothing outside.
+    refused = ex.plan(command(level=4, to_manifest=with_data))
+    assert isinstance(refused, Refusal) and refused.reason == "unknown_model"
+    assert '{"data": "delta"}' in refused.detail
     stranger = ex.plan(
         command(
             model_id="stranger",

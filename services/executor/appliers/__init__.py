@@ -36,11 +36,18 @@ def _command(settings: ExecutorSettings) -> Applier:
     return CommandApplier(settings.command)
 
 
+def _delta(settings: ExecutorSettings) -> Applier:
+    from rollguard_services.executor.appliers.delta import DeltaApplier
+
+    return DeltaApplier(settings.delta)
+
+
 APPLIERS: dict[str, Callable[[ExecutorSettings], Applier]] = {
     "registry": _registry,
     "mlflow": _mlflow,
     "webhook": _webhook,
     "command": _command,
+    "delta": _delta,
 }
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rollguard import events as ev
 from rollguard.policy import ModelPolicy
@@ -26,7 +26,6 @@ from rollguard.signing import ALERT_KIND
 _NO_END_BEFORE = datetime(1971, 1, 1, tzinfo=UTC)
 #: How much of an alert's text a breach's evidence keeps.
 _EVIDENCE_CHARS = 512
-Text = Annotated[str, Field(max_length=ev.MAX_LABEL)]
 
 
 class _Lenient(BaseModel):
@@ -34,14 +33,37 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+def _bounded(texts: dict[str, str]) -> dict[str, str]:
+    """At most MAX_ALERT_FIELDS of them, each name and value cut to MAX_LABEL characters: a
+    long runbook annotation is kept in part, never a reason to refuse the whole group."""
+    kept = list(texts.items())[: ev.MAX_ALERT_FIELDS]
+    return {k[: ev.MAX_LABEL]: str(v)[: ev.MAX_LABEL] for k, v in kept}
+
+
 class WebhookAlert(_Lenient):
     status: ev.AlertStatus
-    labels: dict[Text, Text] = Field(default_factory=dict, max_length=ev.MAX_ALERT_FIELDS)
-    annotations: dict[Text, Text] = Field(default_factory=dict, max_length=ev.MAX_ALERT_FIELDS)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
     startsAt: AwareDatetime
     endsAt: AwareDatetime | None = None
-    generatorURL: str = Field(default="", max_length=4096)
+    generatorURL: str = ""
     fingerprint: str = Field(min_length=1, max_length=128)
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _cut(cls, value: dict[str, str]) -> dict[str, str]:
+        return _bounded(value)
+
+    @field_validator("generatorURL")
+    @classmethod
+    def _cut_url(cls, value: str) -> str:
+        return value[:4096]
+
+    @field_validator("startsAt", "endsAt")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # UTC, so that one instant written with two offsets is one alert (its ids)
+        return None if value is None else value.astimezone(UTC)
 
     @field_validator("endsAt")
     @classmethod
@@ -70,8 +92,10 @@ class Received:
     skipped: str = ""
 
 
-def alert_id(fingerprint: str, starts_at: datetime, status: str) -> str:
-    return ev.derived_id("alert", fingerprint, starts_at.isoformat(), status)
+def alert_id(fingerprint: str, starts_at: datetime, status: str, outcome: str) -> str:
+    """One fact per alert episode, status and outcome: a firing alert first answered
+    ``unknown_model`` and later made a breach is two facts, a repeat of either the same one."""
+    return ev.derived_id("alert", fingerprint, starts_at.isoformat(), status, outcome)
 
 
 def breach_id(fingerprint: str, starts_at: datetime) -> str:
@@ -81,33 +105,62 @@ def breach_id(fingerprint: str, starts_at: datetime) -> str:
 def receive(
     payload: WebhookPayload,
     policy_for: Callable[[str], ModelPolicy],
-    live_of: Callable[[str], ev.SystemManifest | None],
+    status_of: Callable[[str], ev.ModelStatus | None],
     now: datetime,
 ) -> list[Received]:
-    """What each alert of ``payload`` becomes, unsigned; ``live_of`` is the live deployment
-    of a model as the decider last said (None: none known)."""
-    return [_one(a, payload.receiver, policy_for, live_of, now) for a in payload.alerts]
+    """What each alert of ``payload`` becomes, unsigned; ``status_of`` is a model's status as
+    the decider last published it (None: it knows no deployment of the model)."""
+    out = []
+    for alert in payload.alerts:
+        try:
+            out.append(_one(alert, payload.receiver, policy_for, status_of, now))
+        except ValidationError as exc:  # one alert's labels an event cannot carry, not all
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            out.append(Received(None, skipped=f"invalid: {where}: {first['msg']}"))
+    return out
+
+
+def _just_rolled_back(status: ev.ModelStatus | None, now: datetime) -> bool:
+    """A rollback in flight, being verified, or done within the cooldown: the live version
+    is new and an alert with no version of its own may be about the one it replaced."""
+    if status is None:
+        return False
+    cooling = status.cooldown_until is not None and status.cooldown_until > now
+    return status.in_flight is not None or status.verifying is not None or cooling
 
 
 def _one(
     alert: WebhookAlert,
     receiver: str,
     policy_for: Callable[[str], ModelPolicy],
-    live_of: Callable[[str], ev.SystemManifest | None],
+    status_of: Callable[[str], ev.ModelStatus | None],
     now: datetime,
 ) -> Received:
     model_id = alert.labels.get("model_id", "")
     name = alert.labels.get("alertname", "")
     if not model_id or not name:
         return Received(None, skipped="no model_id label" if name else "no alertname label")
-    live = live_of(model_id)
-    version = alert.labels.get("model_version") or (live.model_version if live else None)
+    status = status_of(model_id)
+    live = status.live if status is not None else None
+    labelled = alert.labels.get("model_version")
+    version = labelled or (live.model_version if live else None)
     rule = policy_for(model_id).alerts.get(name)
     outcome: ev.AlertOutcome = "resolved"
     if alert.status == "firing":
-        outcome = "unmapped" if rule is None else "breach" if version else "unknown_model"
+        if rule is None:
+            outcome = "unmapped"
+        elif version is None:
+            outcome = "unknown_model"
+        elif labelled is None and _just_rolled_back(status, now):
+            # Its condition may have held on the version just rolled back (a rule's `for:`
+            # outlasts a rollback in seconds): blamed on the restored one, it would lock a
+            # good rollback. Recorded; a model_version label makes it unambiguous.
+            outcome = "ambiguous_version"
+        else:
+            outcome = "breach"
     fact = ev.Alert(
-        event_id=alert_id(alert.fingerprint, alert.startsAt, alert.status),
+        event_id=alert_id(alert.fingerprint, alert.startsAt, alert.status, outcome),
         ts=now,
         model_id=model_id,
         model_version=version,

@@ -361,8 +361,10 @@ AlertStatus = Literal["firing", "resolved"]
 #: What the API made of an alert: ``breach``, a firing alert with a tier in the model's policy
 #: (``alerts``), published as a Breach; ``resolved``, its end; ``unmapped``, firing under a name
 #: the policy gives no tier; ``unknown_model``, firing for a model with no live version known
-#: (and no ``model_version`` label).
-AlertOutcome = Literal["breach", "resolved", "unmapped", "unknown_model"]
+#: (and no ``model_version`` label); ``ambiguous_version``, firing with no ``model_version``
+#: label while the model has just been rolled back (in flight, verifying or in its cooldown):
+#: it may be about the version rolled back, not the one live now, so it is not acted on.
+AlertOutcome = Literal["breach", "resolved", "unmapped", "unknown_model", "ambiguous_version"]
 #: An alert's labels or annotations as kept: at most this many, each this long.
 MAX_ALERT_FIELDS = 64
 AlertText = Annotated[str, Field(max_length=MAX_LABEL)]

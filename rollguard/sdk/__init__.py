@@ -25,12 +25,12 @@ import threading
 import time
 import zlib
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from pydantic import ValidationError
 
 from rollguard import topics
@@ -99,6 +99,7 @@ class Monitor:
         self._max_queue = max_queue
         #: queued, sent, sampled_out and dropped_<why>: what became of every record.
         self.stats: Counter[str] = Counter()
+        self._counting = threading.Lock()
         self._said: set[str] = set()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -139,7 +140,7 @@ class Monitor:
                 await asyncio.wait_for(self._producer.stop(), flush_s)
             self._producer = None
         if self._queue:
-            self.stats["dropped_at_stop"] += len(self._queue)
+            self._count("dropped_at_stop", len(self._queue))
             self._queue.clear()
 
     async def __aenter__(self) -> Monitor:
@@ -254,32 +255,43 @@ class Monitor:
         return self._put(HealthCheckEvent, {"ok": ok, "detail": detail}, model_version, None)
 
     def emit(self, event: ModelEvent) -> bool:
-        """Send an event made elsewhere (the reference router's), on the same path."""
+        """Send an event made elsewhere (the reference router's), on the same path: one of the
+        telemetry events (predictions, latency, outcomes, business metrics, health)."""
+        if type(event) not in self._topics:
+            self._count("dropped_invalid")
+            self._say(f"emit.{type(event).__name__}", f"{type(event).__name__} is no telemetry")
+            return False
         if not self._room():
             return False
         self._queue.append((type(event), {"_event": event}))
-        self.stats["queued"] += 1
+        self._count("queued")
         self._nudge()
         return True
 
     def dropped(self) -> int:
         """Records dropped so far, for every reason."""
-        return sum(n for why, n in self.stats.items() if why.startswith("dropped_"))
+        with self._counting:
+            return sum(n for why, n in self.stats.items() if why.startswith("dropped_"))
+
+    def _count(self, what: str, n: int = 1) -> None:
+        # A lock: SyncMonitor's callers count from their own threads, the sender from its own.
+        with self._counting:
+            self.stats[what] += n
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _sampled(self, request_id: str) -> bool:
-        if self.sample >= 1.0 or zlib.crc32(request_id.encode()) <= self._keep_below:
+    def _sampled(self, request_id: object) -> bool:
+        if self.sample >= 1.0 or zlib.crc32(str(request_id).encode()) <= self._keep_below:
             return True
-        self.stats["sampled_out"] += 1
+        self._count("sampled_out")
         return False
 
     def _room(self) -> bool:
         if OUTAGES.down_since is not None:  # said by rollguard.outage where it is watched
-            self.stats["dropped_broker_away"] += 1
+            self._count("dropped_broker_away")
             return False
         if len(self._queue) >= self._max_queue:
-            self.stats["dropped_queue_full"] += 1
+            self._count("dropped_queue_full")
             return False
         return True
 
@@ -292,10 +304,20 @@ class Monitor:
     ) -> bool:
         if not self._room():
             return False
-        fields["model_version"] = model_version
+        # the version serving when the request was made, not when the event is sent (a
+        # backlog around a rollback would book the bad version's requests to the restored one)
+        if model_version is None:
+            fields["model_version"], fields["system_version"] = (
+                self.model_version,
+                self.system_version,
+            )
+        else:
+            fields["model_version"] = model_version
         fields["ts"] = ts or utcnow()
+        if "request_id" in fields:  # an int or a UUID is an id too
+            fields["request_id"] = str(fields["request_id"])
         self._queue.append((cls, fields))
-        self.stats["queued"] += 1
+        self._count("queued")
         self._nudge()
         return True
 
@@ -317,27 +339,29 @@ class Monitor:
         event = fields.get("_event")
         if isinstance(event, ModelEvent):
             return event
-        version = fields.pop("model_version") or self.model_version
+        version = fields.pop("model_version")
         if version is None:
-            self.stats["dropped_no_version"] += 1
+            self._count("dropped_no_version")
             self._say("no_live_version", "no version given and none live yet")
             return None
         try:
             return cls(
                 model_id=self.model_id,
                 model_version=version,
-                system_version=self.system_version if version == self.model_version else None,
                 **{k: v for k, v in fields.items() if v is not None},
             )
         except ValidationError as exc:
-            self.stats["dropped_invalid"] += 1
+            self._count("dropped_invalid")
             first = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in first["loc"])
-            self._say(f"{cls.__name__}.{where}", f"{where}: {first['msg']}")
+            # said once per event type and kind of error: a feature name is the caller's,
+            # and a line (or a remembered key) per distinct name would grow without bound
+            self._say(f"{cls.__name__}:{first['type']}", f"{where}: {first['msg']}")
             return None
 
     def _say(self, key: str, reason: str) -> None:
-        if key not in self._said:  # once per reason: a bad field is not a log line per request
+        # once per reason: a bad field is not a log line per request
+        if key not in self._said and len(self._said) < 1_000:
             self._said.add(key)
             log.warning("telemetry_dropped", model_id=self.model_id, reason=reason)
 
@@ -356,6 +380,13 @@ class Monitor:
             producer = make_producer(self.settings, control=False)
             try:
                 await producer.start()
+                # Never a first send to a topic not there: the broker would create it with its
+                # own partition count (and `rollguard topics create` then refuses it).
+                cluster = await producer.client.fetch_all_metadata()
+                missing = sorted(set(self._topics.values()) - set(cluster.topics()))
+                if missing:
+                    self._say("no_topics", f"topics not created yet: {', '.join(missing)}")
+                    raise KafkaConnectionError("topics missing")
                 for topic in self._topics.values():  # metadata now, not on the first send
                     await producer.partitions_for(topic)
                 self._producer = producer
@@ -367,10 +398,21 @@ class Monitor:
         return self._producer
 
     def _drop_queued(self, why: str) -> None:
-        self.stats[why] += len(self._queue)
+        self._count(why, len(self._queue))
         self._queue.clear()
 
     async def _send_forever(self) -> None:
+        """``_sending``, started again after anything it did not expect (said once per kind):
+        telemetry that stops for good without a word is what the SDK must never do."""
+        while True:
+            try:
+                await self._sending()
+            except Exception as exc:  # said, counted, and started again
+                self._say(f"sender:{type(exc).__name__}", f"the sender failed: {exc!r}"[:300])
+                self._drop_queued("dropped_sender_failed")
+                await asyncio.sleep(1.0)
+
+    async def _sending(self) -> None:
         producer = await self._connected()
         # Record batches built here, per partition: producer.send costs a future, a
         # partitioner call and an accumulator lookup per event (rollguard.bus).
@@ -378,7 +420,8 @@ class Monitor:
         while True:
             if not self._queue:
                 self._wake.clear()
-                await self._wake.wait()
+                if not self._queue:  # a record put from another thread before the clear
+                    await self._wake.wait()
             by_topic: dict[str, list[Item]] = {}
             for _ in range(min(BATCH, len(self._queue))):
                 cls, fields = self._queue.popleft()
@@ -390,10 +433,10 @@ class Monitor:
                     async with asyncio.timeout(SEND_WAIT_S):
                         batches = await send_many(topic, items)
                 except TimeoutError:  # no room in the producer: the broker is slow or away
-                    self.stats["dropped_no_room"] += len(items)
+                    self._count("dropped_no_room", len(items))
                     continue
                 except KafkaError as exc:
-                    self.stats["dropped_broker_error"] += len(items)
+                    self._count("dropped_broker_error", len(items))
                     self._say(type(exc).__name__, f"the broker: {exc!r}"[:300])
                     continue
                 for sent, held in batches:
@@ -403,12 +446,12 @@ class Monitor:
 
     def _delivered(self, sent: asyncio.Future[Any], n: int = 1) -> None:
         if sent.cancelled():
-            self.stats["dropped_at_stop"] += n
+            self._count("dropped_at_stop", n)
         elif (exc := sent.exception()) is not None:
-            self.stats["dropped_broker_error"] += n
+            self._count("dropped_broker_error", n)
             self._say(type(exc).__name__, f"the broker: {exc!r}"[:300])
         else:
-            self.stats["sent"] += n
+            self._count("sent", n)
 
     async def _follow_live(self) -> None:
         """The model's live version, as the deployments topic says (signed manifests: checked
@@ -428,16 +471,24 @@ class Monitor:
                 topic = self.settings.topic(topics.DEPLOYMENTS.name)
                 await consumer.topics()
                 parts = consumer.partitions_for_topic(topic) or set()
+                if not parts:
+                    self._say("no_deployments", f"no {topic} topic yet: no live version known")
+                    await asyncio.sleep(2.0)
+                    continue
                 consumer.assign([TopicPartition(topic, p) for p in sorted(parts)])
                 await consumer.seek_to_beginning()
                 while True:
                     for records in (await consumer.getmany(timeout_ms=1000)).values():
                         for record in records:
                             newest = self._follow(record.value, trust, newest)
-            except KafkaError:
+            except Exception as exc:  # the topic not there yet, the broker away
+                self._say(
+                    f"live:{type(exc).__name__}", f"following the live version: {exc!r}"[:300]
+                )
                 await asyncio.sleep(1.0)
             finally:
-                await consumer.stop()
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
 
     def _follow(self, value: bytes | None, trust: Trust | None, newest: datetime | None) -> Any:
         try:
@@ -447,7 +498,7 @@ class Monitor:
         if manifest.model_id != self.model_id or manifest.status != "live":
             return newest
         if trust is not None and not trust.check(manifest).ok:
-            self.stats["manifests_untrusted"] += 1
+            self._count("manifests_untrusted")
             return newest
         if newest is not None and manifest.ts < newest:
             return newest  # an older fact, replayed: not the live one
@@ -476,6 +527,8 @@ class SyncMonitor:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self.monitor: Monitor | None = None
+        #: What was recorded before start() or after close(): dropped, counted here.
+        self._early: Counter[str] = Counter()
 
     def start(self) -> SyncMonitor:
         self._thread.start()
@@ -489,9 +542,11 @@ class SyncMonitor:
         return self
 
     def close(self, flush_s: float = 5.0) -> None:
-        if self.monitor is not None:
-            stopping = asyncio.run_coroutine_threadsafe(self.monitor.stop(flush_s), self._loop)
+        monitor, self.monitor = self.monitor, None  # records from now on: counted, dropped
+        if monitor is not None:
+            stopping = asyncio.run_coroutine_threadsafe(monitor.stop(flush_s), self._loop)
             stopping.result(flush_s + 10)
+            self._early.update(monitor.stats)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
@@ -502,12 +557,36 @@ class SyncMonitor:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        # record_prediction, record_latency, record, record_outcome, record_business, health,
-        # emit, stats, live: the monitor's own, called from this thread (they only append).
-        if self.monitor is None:
-            raise RuntimeError("SyncMonitor not started: use `with SyncMonitor(...)`")
-        return getattr(self.monitor, name)  # type: ignore[no-any-return]
+    #: What the request path calls: before start() (or after close()) a no-op that counts.
+    _RECORDS = frozenset(
+        {
+            "record_prediction",
+            "record_latency",
+            "record",
+            "record_outcome",
+            "record_business",
+            "health",
+            "emit",
+        }
+    )
+
+    def __getattr__(self, name: str) -> Any:
+        # record_*, health, emit, stats, live, dropped: the monitor's own, called from any
+        # thread (the record calls only append to its queue)
+        monitor = self.monitor
+        if monitor is None:
+            if name in self._RECORDS:
+                return self._not_started
+            if name == "stats":
+                return self._early
+            if name == "dropped":
+                return lambda: sum(self._early.values())
+            raise AttributeError(name)
+        return getattr(monitor, name)
+
+    def _not_started(self, *args: Any, **kwargs: Any) -> bool:
+        self._early["dropped_not_started"] += 1
+        return False
 
 
 def request_id() -> str:

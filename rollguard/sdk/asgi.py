@@ -10,9 +10,11 @@ and raised again, as it was.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
+import numbers
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, cast
@@ -89,16 +91,26 @@ def monitored(
             return features(*args, **kwargs)
         return next((a for a in (*args, *kwargs.values()) if isinstance(a, Mapping)), None)
 
-    def done(rid: str, timed: bool, started: float, result: Any, inp: Any) -> None:
-        if timed:  # no middleware timed this request: the call is the request
-            monitor.record_latency(rid, (time.perf_counter() - started) * 1000)
-        if isinstance(result, int | float | str) and not isinstance(result, bool):
-            monitor.record_prediction(rid, result, features=dict(inp) if inp else None)
+    def done(rid: str, timed: bool, started: float, result: Any, args: Any, kwargs: Any) -> None:
+        # the prediction is served whatever happens here: a features function that fails,
+        # features that are no mapping, are the telemetry's loss, counted, never the caller's
+        try:
+            if timed:  # no middleware timed this request: the call is the request
+                monitor.record_latency(rid, (time.perf_counter() - started) * 1000)
+            value = _prediction(result)
+            if value is not None:
+                inp = inputs(args, kwargs)
+                monitor.record_prediction(rid, value, features=dict(inp) if inp else None)
+        except Exception as exc:  # counted below; the request goes on
+            _unrecorded(monitor, exc)
 
     def failed(rid: str, timed: bool, started: float, exc: BaseException) -> None:
-        if timed:
-            ms = (time.perf_counter() - started) * 1000
-            monitor.record_latency(rid, ms, error=type(exc).__name__)
+        try:
+            if timed:
+                ms = (time.perf_counter() - started) * 1000
+                monitor.record_latency(rid, ms, error=type(exc).__name__)
+        except Exception as unexpected:
+            _unrecorded(monitor, unexpected)
 
     def wrap(fn: F) -> F:
         if inspect.iscoroutinefunction(fn):
@@ -112,7 +124,7 @@ def monitored(
                 except Exception as exc:
                     failed(rid, timed, started, exc)
                     raise
-                done(rid, timed, started, result, inputs(args, kwargs))
+                done(rid, timed, started, result, args, kwargs)
                 return result
 
             return cast(F, async_wrapper)
@@ -126,9 +138,27 @@ def monitored(
             except Exception as exc:
                 failed(rid, timed, started, exc)
                 raise
-            done(rid, timed, started, result, inputs(args, kwargs))
+            done(rid, timed, started, result, args, kwargs)
             return result
 
         return cast(F, wrapper)
 
     return wrap
+
+
+def _prediction(result: Any) -> float | str | None:
+    """What of a predict function's result is the prediction: a number (numpy's too) or a
+    label; anything else (a dict, a list) is not recorded."""
+    if isinstance(result, bool):
+        return None
+    if isinstance(result, str):
+        return result
+    if isinstance(result, numbers.Real):  # int, float, numpy.float32, numpy.int64...
+        return float(result)
+    return None
+
+
+def _unrecorded(monitor: Monitor | SyncMonitor, exc: Exception) -> None:
+    """Counted (``dropped_unrecordable``): the caller's request is not the telemetry's to fail."""
+    with contextlib.suppress(Exception):
+        monitor.stats[f"dropped_unrecordable_{type(exc).__name__}"] += 1

@@ -22,10 +22,10 @@ from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel, Field
 
 from rollguard import metrics, topics
-from rollguard.alerts import Received, WebhookPayload, receive
+from rollguard.alerts import Received, WebhookPayload, breach_id, receive
 from rollguard.bus import start_control_producer
 from rollguard.errors import ConfigError
-from rollguard.events import Alert, Breach, SystemManifest
+from rollguard.events import Alert, Breach, ModelStatus
 from rollguard.logs import get_logger
 from rollguard.policy import PolicySource
 from rollguard.secrets import check_private
@@ -34,8 +34,8 @@ from rollguard.signing import Signer, signer_of
 
 log = get_logger("rollguard.api")
 
-#: The live deployment of a model as the decider last said it (None: none known).
-LiveOf = Callable[[str], SystemManifest | None]
+#: A model's status as the decider last published it (None: no deployment known).
+StatusOf = Callable[[str], ModelStatus | None]
 
 #: How many alerts' facts the receiver remembers having published (a repeat is not sent again).
 REMEMBERED = 50_000
@@ -48,8 +48,8 @@ class AlertTaken(BaseModel):
     alertname: str = ""
     model_id: str | None = None
     outcome: str = Field(
-        description="breach, resolved, unmapped, unknown_model; repeat (published before); "
-        "skipped (not about a model)."
+        description="breach, resolved, unmapped, unknown_model, ambiguous_version; repeat "
+        "(published before); skipped (not about a model, or labels no event can carry)."
     )
     detail: str = ""
     alert_event_id: str | None = None
@@ -84,13 +84,13 @@ class AlertReceiver:
         settings: RollguardSettings,
         secret: str,
         policy: PolicySource,
-        live_of: LiveOf,
+        status_of: StatusOf,
         signer: Signer | None = None,
     ) -> None:
         self.settings = settings
         self._secret = secret.encode()
         self.policy = policy
-        self.live_of = live_of
+        self.status_of = status_of
         self.signer = signer or signer_of(settings, "api")
         self._producer: AIOKafkaProducer | None = None
         self._starting = asyncio.Lock()
@@ -114,26 +114,39 @@ class AlertReceiver:
         """Publish every alert of ``payload`` not published before; the answer says what
         became of each. A broker that does not take them raises (the caller answers 503,
         and Alertmanager sends the notification again)."""
-        received = receive(payload, self.policy.for_model, self.live_of, now)
+        received = receive(payload, self.policy.for_model, self.status_of, now)
         answers: list[AlertTaken] = []
         sends = []
+        claimed: list[str] = []
         producer = await self._started()
         for got, raw in zip(received, payload.alerts, strict=True):
             answer = _answer(got, raw.fingerprint, raw.labels.get("alertname", ""))
-            if got.alert is not None and got.alert.event_id in self._published:
+            # an episode that made its breach is done: its repeats say nothing new, whatever
+            # they would be answered now (ambiguous right after the rollback it caused)
+            episode = breach_id(raw.fingerprint, raw.startsAt)
+            made = raw.status == "firing" and episode in self._published
+            if got.alert is not None and (made or got.alert.event_id in self._published):
                 answer.outcome, answer.detail = "repeat", "published before"
             elif got.alert is not None:
+                # claimed before the sends: a notification posted twice at once (Alertmanager
+                # run highly available), or an alert twice in one, is published once
+                self._remember(got.alert.event_id)
+                claimed.append(got.alert.event_id)
                 if got.breach is not None:  # the breach first: the fact then names a breach
+                    self._remember(episode)
+                    claimed.append(episode)
                     sends.append(self._send(producer, topics.BREACHES.name, got.breach))
                 sends.append(self._send(producer, topics.ALERTS.name, got.alert))
-            metrics.ALERTS.labels(raw.status, answer.outcome).inc()
             answers.append(answer)
-        await asyncio.gather(*sends)
-        published = 0
-        for got, answer in zip(received, answers, strict=True):
+        try:
+            await asyncio.gather(*sends)
+        except BaseException:
+            for event_id in claimed:  # not published: the next notification tries again
+                self._published.pop(event_id, None)
+            raise
+        for got, answer, raw in zip(received, answers, payload.alerts, strict=True):
+            metrics.ALERTS.labels(raw.status, answer.outcome).inc()
             if got.alert is not None and answer.outcome != "repeat":
-                self._remember(got.alert.event_id)
-                published += 1
                 log.info(
                     "alert_received",
                     model_id=got.alert.model_id,
@@ -142,6 +155,7 @@ class AlertReceiver:
                     outcome=got.alert.outcome,
                     breach_id=got.alert.breach_id,
                 )
+        published = sum(1 for a in answers if a.alert_event_id and a.outcome != "repeat")
         return AlertsAnswer(received=len(answers), published=published, alerts=answers)
 
     async def _send(self, producer: AIOKafkaProducer, topic: str, event: Alert | Breach) -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 import uvicorn
 
-from rollguard.events import SystemManifest
 from rollguard.logs import get_logger
 from rollguard.metrics import READY, exposition
 from rollguard.outage import OUTAGES
@@ -69,12 +68,10 @@ class Api:
         self.alerts: AlertReceiver | None = None
         secret_file = svc.alertmanager_secret_path(settings.state_dir)
         if secret_file is not None:
-            self.alerts = AlertReceiver(settings, read_secret(secret_file), policy, self._live_of)
+            self.alerts = AlertReceiver(
+                settings, read_secret(secret_file), policy, self.board.statuses.get
+            )
             self._secret_file = secret_file
-
-    def _live_of(self, model_id: str) -> SystemManifest | None:
-        status = self.board.statuses.get(model_id)
-        return status.live if status is not None else None
 
     def readiness(self) -> dict[str, bool]:
         parts = {p.name: p.ready.is_set() for p in self.peers() if p is not self}
@@ -168,11 +165,11 @@ class Api:
             following.cancel()
             auditing.cancel()
             await asyncio.gather(following, auditing, return_exceptions=True)
-            if self.alerts is not None:
-                await self.alerts.stop()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(asyncio.shield(serving), timeout=3)
             serving.cancel()
             await asyncio.gather(serving, return_exceptions=True)
+            if self.alerts is not None:  # no request can start it again now
+                await self.alerts.stop()
             sock.close()
             log.info("stopped", url=self.url)

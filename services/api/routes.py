@@ -40,6 +40,9 @@ DASHBOARD = Path(__file__).with_name("dashboard")
 #: How long a ledger verification result is served before the chain is read again, and how
 #: soon it is read again when the ledger has grown since.
 VERIFY_EVERY_S = 15.0
+#: The largest Alertmanager notification taken (its default groups hold far less).
+MAX_ALERTS_BODY = 1 << 20
+
 REVERIFY_GROWN_S = 2.0
 
 
@@ -427,15 +430,25 @@ def build(
         responses={
             401: {"model": Problem, "description": "No secret, or not the receiver's."},
             403: {"model": Problem, "description": "The receiver is off (no secret set)."},
-            503: {"model": Problem, "description": "The broker did not take the alerts."},
+            413: {"model": Problem, "description": "A body over 1 MiB."},
+            503: {"model": Problem, "description": "Not caught up yet, or the broker away."},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _inlined(WebhookPayload.model_json_schema())}
+                },
+            }
         },
         tags=["alerts"],
     )
-    async def alertmanager(payload: WebhookPayload, authorization: ReceiverToken = None) -> Any:
+    async def alertmanager(request: Request, authorization: ReceiverToken = None) -> Any:
         """Alertmanager's webhook (payload version 4): each alert about a model (its
         ``model_id`` label) is recorded, and a firing one whose name the model's policy maps
         (``alerts.<alertname>``) becomes a breach of that tier; a repeated notification is
-        answered without acting again (docs/integrations.md)."""
+        answered without acting again (docs/integrations.md). The secret is checked before
+        the body is read."""
         if alerts is None:
             raise HTTPException(
                 403,
@@ -443,6 +456,19 @@ def build(
             )
         if not alerts.authentic(_bearer(authorization, "the receiver's secret")):
             raise NotAllowed("Authorization must be 'Bearer <the receiver's secret>'", 401)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_ALERTS_BODY:
+                raise HTTPException(413, f"the body is over {MAX_ALERTS_BODY} bytes")
+        if not board.caught_up.is_set():  # an empty board would call every model unknown
+            raise HTTPException(503, "the API has not read the models' status yet; try again")
+        try:
+            payload = WebhookPayload.model_validate_json(bytes(body))
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise HTTPException(422, f"{where}: {first['msg']}") from None
         return await alerts.take(payload, utcnow())
 
     @app.get("/healthz", tags=["probes"], responses={200: {"model": Problem}})
@@ -481,6 +507,25 @@ def build(
         return FileResponse(DASHBOARD / "index.html")
 
     return app
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``$defs`` put where they are referred to: a request body declared
+    by hand (read after the secret is checked) has no place of its own for them."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(dict(defs[ref.removeprefix("#/$defs/")]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    result: dict[str, Any] = walk(schema)
+    return result
 
 
 def _bearer(header: str | None, what: str = "role token") -> str | None:

@@ -96,9 +96,10 @@ def find_incident(entries: Iterable[Entry], ident: str) -> Incident | None:
                     command_ids.append(cid)
                     grew = True
     breach_ids = set(root.payload.get("breach_ids") or [])
-    # The Alertmanager alerts its breaches were made of, firing and resolved.
+    # The Alertmanager alerts its breaches were made of, firing and resolved: that episode
+    # (fingerprint and start), not the same alert's other episodes.
     alerts = {
-        e.payload.get("fingerprint")
+        (e.payload.get("fingerprint"), e.payload.get("starts_at"))
         for e in pool
         if e.event_type == "Alert" and e.payload.get("breach_id") in breach_ids
     }
@@ -107,7 +108,7 @@ def find_incident(entries: Iterable[Entry], ident: str) -> Incident | None:
         p = e.payload
         if (
             (e.event_type == "Breach" and e.event_id in breach_ids)
-            or (e.event_type == "Alert" and p.get("fingerprint") in alerts)
+            or (e.event_type == "Alert" and (p.get("fingerprint"), p.get("starts_at")) in alerts)
             or (e.event_type == "Decision" and e.event_id in decision_ids)
             or (e.event_type == "Approval" and p.get("decision_id") in decision_ids)
             or (e.event_type == "RollbackCommand" and p.get("command_id") in command_ids)

@@ -1,8 +1,9 @@
 """Alertmanager as a trigger, with the real parts: Debian's Prometheus evaluates a rule on a
 metric this test exposes, Debian's Alertmanager posts the alert to a running `rollguard up`
 with the receiver's secret, and the model is rolled back; the repeats Alertmanager sends make
-no second decision, the resolved alert is recorded in the incident, and a wrong secret or a
-forged alert breach changes nothing."""
+no second decision, the resolved alert is recorded in the incident, and a wrong secret is
+refused before the body is read. (Forged Alert and alert-Breach events on the topics:
+tests/shell/test_forgery.py.)"""
 
 from __future__ import annotations
 
@@ -253,6 +254,8 @@ def test_a_prometheus_alert_through_alertmanager_rolls_the_model_back(
         # Nobody else may post: no secret, a wrong one, a role token.
         body = {"version": "4", "status": "firing", "alerts": []}
         assert api.post("/api/alerts/alertmanager", json=body).status_code == 401
+        # the secret first: no body is read, parsed or judged for who has none
+        assert api.post("/api/alerts/alertmanager", content=b"{not json").status_code == 401
         wrong = {"Authorization": "Bearer " + "x" * 43}
         assert api.post("/api/alerts/alertmanager", json=body, headers=wrong).status_code == 401
         right = {"Authorization": f"Bearer {secret}"}

@@ -4,7 +4,7 @@ with the real Alertmanager is tests/api/test_alerts.py."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import timedelta, timezone
 from typing import Any
 
 import pytest
@@ -58,8 +58,11 @@ def _payload(*alerts: dict[str, Any]) -> WebhookPayload:
     )
 
 
-def _receive(*alerts: dict[str, Any], live: ev.SystemManifest | None = LIVE) -> list[Any]:
-    return receive(_payload(*alerts), lambda _: POLICY, lambda _: live, NOW)
+def _receive(
+    *alerts: dict[str, Any], live: ev.SystemManifest | None = LIVE, **status: Any
+) -> list[Any]:
+    known = ev.ModelStatus(model_id="fraud", live=live, **status) if live else None
+    return receive(_payload(*alerts), lambda _: POLICY, lambda _: known, NOW)
 
 
 def test_a_mapped_firing_alert_becomes_a_breach_of_its_tier_on_the_live_version() -> None:
@@ -120,3 +123,35 @@ def test_only_the_api_key_signs_an_alert_breach_and_never_a_detectors() -> None:
     assert trust.check(signers["detector"].sign(got.alert)).reason == "wrong_role"
     assert trust.check(signers["api"].sign(measured)).reason == "wrong_role"
     assert trust.check(signers["detector"].sign(measured)).ok
+
+
+def test_an_unlabelled_alert_right_after_a_rollback_is_not_blamed_on_the_restored_version() -> None:
+    # A rule's `for:` outlasts a rollback made in seconds: its alert may be about v2, gone.
+    cooling = {"cooldown_until": NOW + timedelta(minutes=5)}
+    (got,) = _receive(_alert(), **cooling)
+    assert (got.alert.outcome, got.breach) == ("ambiguous_version", None)
+    (labelled,) = _receive(_alert(model_version="v2"), **cooling)  # unambiguous
+    assert labelled.alert.outcome == "breach" and labelled.breach.model_version == "v2"
+    (later,) = _receive(_alert(), cooldown_until=NOW - timedelta(seconds=1))
+    assert later.alert.outcome == "breach"
+    # a different outcome is a different fact: acting later is not answered as a repeat
+    assert got.alert.event_id != later.alert.event_id
+
+
+def test_long_texts_are_cut_and_one_bad_alert_spoils_nothing_else() -> None:
+    long = {**_alert(), "annotations": {"description": "x" * 5_000}}
+    bad_version = _alert("Burn", model_version="v" * 300)
+    kept, refused = _receive(long, {**bad_version, "fingerprint": "other"})
+    assert kept.alert.outcome == "breach"
+    assert len(kept.alert.annotations["description"]) == ev.MAX_LABEL
+    assert refused.alert is None and refused.skipped.startswith("invalid: model_version")
+
+
+def test_one_instant_written_with_two_offsets_is_one_alert() -> None:
+    there = {
+        **_alert(),
+        "startsAt": (NOW - timedelta(minutes=1))
+        .astimezone(timezone(timedelta(hours=5)))
+        .isoformat(),
+    }
+    assert _receive(there)[0].alert.event_id == _receive(_alert())[0].alert.event_id

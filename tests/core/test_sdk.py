@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 from fastapi import FastAPI, HTTPException
@@ -23,6 +24,7 @@ from rollguard import topics
 from rollguard.events import Breach, LatencyEvent, PredictionEvent
 from rollguard.policy import PolicySet
 from rollguard.sdk import Monitor, SyncMonitor
+from rollguard.sdk.asgi import monitored
 from rollguard.settings import RollguardSettings
 from rollguard_services.detector.app import Detector
 from rollguard_services.detector.settings import DetectorSettings
@@ -148,7 +150,7 @@ async def test_no_broker_a_bad_value_and_a_full_queue_never_block_or_raise() -> 
 
 
 async def test_a_value_the_schema_refuses_is_dropped_counted_and_said_once(
-    topics_ready: RollguardSettings, caplog: pytest.LogCaptureFixture
+    topics_ready: RollguardSettings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monitor = Monitor("m", settings=topics_ready, model_version="v1")
     async with monitor:
@@ -157,6 +159,8 @@ async def test_a_value_the_schema_refuses_is_dropped_counted_and_said_once(
         monitor.record_latency("fine", 4.0)
         await until(lambda: monitor.stats["sent"] == 1 and monitor.stats["dropped_invalid"] == 3)
     assert monitor.stats["dropped_invalid"] == 3
+    said = [line for line in capsys.readouterr().out.splitlines() if "telemetry_dropped" in line]
+    assert len(said) == 1 and "latency_ms" in said[0], said
 
 
 async def test_sampling_keeps_or_drops_a_request_whole(topics_ready: RollguardSettings) -> None:
@@ -191,3 +195,61 @@ def test_a_sync_server_records_from_its_threads(
     assert stats["sent"] == 800, stats
     got = asyncio.run(reader.read(topics.PREDICTIONS.name, until=lambda r: len(r) >= 400))
     assert len({PredictionEvent.model_validate_json(r.value).request_id for r in got}) == 400
+
+
+async def test_what_the_caller_gets_wrong_never_stops_or_fails_it(
+    topics_ready: RollguardSettings, reader: TopicReader
+) -> None:
+    monitor = Monitor("m", settings=topics_ready, model_version="v1")
+    async with monitor:
+        assert monitor.emit(manifest("v9")) is False  # no telemetry: refused, sender alive
+        monitor.record(12345, 2.0, 0.3)  # type: ignore[arg-type]  # an int request id
+
+        def broken(*args: Any, **kwargs: Any) -> dict[str, float]:
+            raise KeyError("x")
+
+        @monitored(monitor, features=broken)
+        def predict(features: dict[str, float]) -> Any:
+            return np.float32(0.25)  # numpy's numbers are predictions too
+
+        assert predict({"x": 1.0}) == np.float32(0.25)  # served, whatever the telemetry
+
+        @monitored(monitor)
+        def scored(features: dict[str, float]) -> Any:
+            return np.float64(0.5)
+
+        scored({"x": 2.0})
+        await until(lambda: monitor.stats["sent"] >= 5)
+    # the int id's latency and prediction, predict's latency (its features could not be
+    # read: no prediction), scored's latency and prediction; the manifest refused
+    assert monitor.stats["dropped_invalid"] == 1 and monitor.stats["sent"] == 5
+    assert any(k.startswith("dropped_unrecordable") for k in monitor.stats)
+    got = [
+        PredictionEvent.model_validate_json(r.value)
+        for r in await reader.read(topics.PREDICTIONS.name, until=lambda r: len(r) >= 2)
+    ]
+    assert sorted(p.prediction for p in got) == [0.3, 0.5]
+
+
+def test_a_sync_monitor_not_started_or_closed_drops_and_counts() -> None:
+    monitor = SyncMonitor("m", model_version="v1")
+    assert monitor.record("r1", 1.0, 0.1) is False  # before start: no RuntimeError
+    assert monitor.dropped() == 1
+
+
+async def test_a_record_keeps_the_version_live_when_it_was_made(
+    topics_ready: RollguardSettings, reader: TopicReader
+) -> None:
+    monitor = Monitor("m", settings=topics_ready, follow_live=False)
+    monitor.model_version, monitor.system_version = "v2", "sys-v2"
+    monitor.record_latency("before", 1.0)  # queued while v2 serves, before the sender runs
+    monitor.model_version, monitor.system_version = "v1", "sys-v1"  # then rolled back
+    monitor.record_latency("after", 1.0)
+    async with monitor:
+        await until(lambda: monitor.stats["sent"] == 2)
+    got = {
+        e.request_id: (e.model_version, e.system_version)
+        for r in await reader.read(topics.LATENCY.name, until=lambda r: len(r) >= 2)
+        if (e := LatencyEvent.model_validate_json(r.value))
+    }
+    assert got == {"before": ("v2", "sys-v2"), "after": ("v1", "sys-v1")}

@@ -35,6 +35,11 @@ class StallWatch:
         #: Since when faust has held the flow (0: it does not).
         self._held = 0.0
         self._said_at = 0.0
+        #: partition → its end as the broker said it, asked every ``ask_every_s`` off the timer
+        self._told: dict[Any, int] = {}
+        self._asking: asyncio.Task[None] | None = None
+        self._asked_at = 0.0
+        self.ask_every_s = 15.0
 
     def took(self, topic: str, partition: int, offset: int) -> None:
         """An agent took the record at ``offset``."""
@@ -75,9 +80,15 @@ class StallWatch:
         if not parts:
             self._behind.clear()
             return []
-        # The ends the fetcher last saw (no request: asking the broker with ListOffsets took a
-        # second of the timer each time on the embedded broker); None, never fetched.
-        ends = {tp: consumer.highwater(tp) for tp in parts}
+        # The ends the fetcher last saw (no request on the timer: ListOffsets took a second of
+        # it each time on the embedded broker; None, never fetched), raised to what the broker
+        # said when last asked off the timer: a partition the fetcher stopped fetching keeps
+        # an old end, and would look caught up while breaches pile up behind it.
+        self._ask_broker(consumer, parts, now)
+        ends: dict[Any, int | None] = {}
+        for tp in parts:
+            seen, told = consumer.highwater(tp), self._told.get(tp)
+            ends[tp] = told if seen is None else max(seen, told or seen)
 
         async def position(tp: Any) -> int | None:
             # aiokafka waits for a partition's offset reset before it answers: one that
@@ -139,6 +150,26 @@ class StallWatch:
             for tp in stalled:
                 self._behind.pop(tp, None)
         return stalled
+
+    def _ask_broker(self, consumer: Any, parts: list[Any], now: float) -> None:
+        if self._asking is not None and not self._asking.done():
+            return
+        if now - self._asked_at < self.ask_every_s:
+            return
+        self._asked_at = now
+
+        async def ask() -> None:
+            try:
+                told = await asyncio.wait_for(consumer.highwaters(*parts), 10)
+            except Exception as exc:  # asked again next time; said once per kind
+                said = f"ask:{type(exc).__name__}"
+                if said not in self._failed:
+                    self._failed.add(said)
+                    log.warning("stall_check_failed", error=repr(exc)[:300])
+                return
+            self._told = {tp: end for tp, end in told.items() if end is not None}
+
+        self._asking = asyncio.create_task(ask(), name="decider-stall-ends")
 
     async def _unstick(self, app: Any, stalled: list[Any], positions: Any, ends: Any) -> None:
         consumer = app.consumer

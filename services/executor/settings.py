@@ -72,6 +72,57 @@ class DeltaSettings(BaseModel):
     )
 
 
+class KubernetesTarget(BaseModel):
+    """Where one model is served on Kubernetes, and how its version shows there."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["deployment", "rollout", "inferenceservice"] = Field(
+        description="A Deployment, an Argo Rollouts Rollout, or a KServe InferenceService."
+    )
+    namespace: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    container: str | None = Field(
+        default=None,
+        description="Deployment / Rollout: the container serving the model (default: the first).",
+    )
+    image: str | None = Field(
+        default=None,
+        description="Deployment / Rollout: the image of a model version, {version} filled in "
+        "(registry.example.com/fraud:{version}).",
+    )
+    storage_uri: str | None = Field(
+        default=None,
+        description="InferenceService: the predictor's storageUri of a version "
+        "(s3://models/fraud/{version}).",
+    )
+
+    @field_validator("image", "storage_uri")
+    @classmethod
+    def _has_version(cls, value: str | None) -> str | None:
+        if value is not None and "{version}" not in value:
+            raise ValueError("must contain {version}")
+        return value
+
+
+class KubernetesSettings(BaseModel):
+    """The kubernetes applier: patches what serves each model through the Kubernetes API."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    targets: dict[str, KubernetesTarget] = Field(
+        default_factory=dict, description="JSON: model_id → where it is served."
+    )
+    in_cluster: bool = Field(
+        default=False, description="Use the pod's service account (the executor runs in-cluster)."
+    )
+    kubeconfig: str | None = Field(default=None, description="Else this kubeconfig (or ~/.kube).")
+    host: str | None = Field(
+        default=None, description="An API server URL taken as is (a proxy, `kubectl proxy`)."
+    )
+    timeout_s: float = Field(default=10.0, gt=0, description="Per request.")
+
+
 class CommandSettings(BaseModel):
     """Runs ``argv`` with the step document as JSON on stdin."""
 
@@ -109,6 +160,7 @@ class ExecutorSettings(BaseSettings):
     mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
     command: CommandSettings = Field(default_factory=CommandSettings)
     delta: DeltaSettings = Field(default_factory=DeltaSettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     crash_at: CrashPoint | None = Field(
         default=None, description="Crash tests only: SIGKILL the process at this step."
     )

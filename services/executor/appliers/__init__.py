@@ -42,12 +42,20 @@ def _delta(settings: ExecutorSettings) -> Applier:
     return DeltaApplier(settings.delta)
 
 
+def _kubernetes(settings: ExecutorSettings) -> Applier:
+    from rollguard_services.executor.appliers.kubernetes import KubernetesApplier, check
+
+    check(settings.kubernetes)
+    return KubernetesApplier(settings.kubernetes)
+
+
 APPLIERS: dict[str, Callable[[ExecutorSettings], Applier]] = {
     "registry": _registry,
     "mlflow": _mlflow,
     "webhook": _webhook,
     "command": _command,
     "delta": _delta,
+    "kubernetes": _kubernetes,
 }
 
 

@@ -72,9 +72,21 @@ def plan_for(
         chosen = settings.appliers_by_model.get(command.model_id)
         if isinstance(chosen, dict) and "retrain" in chosen:
             components = ("data", "retrain")
+    if command.level == 3:
+        # The pipeline, then its features recomputed and waited for (where configured), then
+        # the model trained on them, when the manifests name another.
+        chosen = settings.appliers_by_model.get(command.model_id)
+        extra = [
+            c for c in ("recompute", "features_ready") if isinstance(chosen, dict) and c in chosen
+        ]
+        model = ["model"] if before.model != after.model else []
+        components = ("feature_pipeline", *extra, *model)
+    pipeline = (before.feature_pipeline, after.feature_pipeline)
     versions = {
         "data": (before.data or "unknown", after.data or ""),
         "retrain": (before.model, after.model),  # retrain as the target's model was trained
+        "recompute": pipeline,
+        "features_ready": pipeline,
     }
     steps = []
     for component in components:

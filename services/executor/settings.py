@@ -15,8 +15,18 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rollguard.errors import ConfigError
 
 #: The components a system version is made of (rollguard.events.Components), and the steps a
-#: level-4 rollback may add after restoring the data: retraining on it.
-COMPONENTS = ("feature_pipeline", "config", "model", "infra", "data", "retrain")
+#: level-3 rollback may add after restoring the feature pipeline (recomputing the features,
+#: waiting until they are ready) and a level-4 one after restoring the data (retraining).
+COMPONENTS = (
+    "feature_pipeline",
+    "config",
+    "model",
+    "infra",
+    "data",
+    "retrain",
+    "recompute",
+    "features_ready",
+)
 
 #: Named places where a crash test may kill the executor (ROLLGUARD_EXECUTOR_CRASH_AT).
 CrashPoint = Literal["after_receive", "after_effect", "after_ack", "before_commit"]
@@ -123,6 +133,23 @@ class KubernetesSettings(BaseModel):
     timeout_s: float = Field(default=10.0, gt=0, description="Per request.")
 
 
+class ReadySettings(BaseModel):
+    """The ``ready`` applier: waits until ``url`` answers 200 with ``{"ready": true}``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(
+        default="",
+        description="http(s) URL; {model_id} and {version} (the restored feature pipeline's) "
+        "filled in.",
+    )
+    timeout_s: float = Field(
+        default=600.0, gt=0, description="Not ready after this long: the step fails."
+    )
+    interval_s: float = Field(default=5.0, gt=0, description="How often it asks.")
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
 class CommandSettings(BaseModel):
     """Runs ``argv`` with the step document as JSON on stdin."""
 
@@ -161,6 +188,7 @@ class ExecutorSettings(BaseSettings):
     command: CommandSettings = Field(default_factory=CommandSettings)
     delta: DeltaSettings = Field(default_factory=DeltaSettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    ready: ReadySettings = Field(default_factory=ReadySettings)
     crash_at: CrashPoint | None = Field(
         default=None, description="Crash tests only: SIGKILL the process at this step."
     )

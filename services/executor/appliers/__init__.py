@@ -49,6 +49,12 @@ def _kubernetes(settings: ExecutorSettings) -> Applier:
     return KubernetesApplier(settings.kubernetes)
 
 
+def _ready(settings: ExecutorSettings) -> Applier:
+    from rollguard_services.executor.appliers.ready import ReadyApplier
+
+    return ReadyApplier(settings.ready)
+
+
 APPLIERS: dict[str, Callable[[ExecutorSettings], Applier]] = {
     "registry": _registry,
     "mlflow": _mlflow,
@@ -56,6 +62,7 @@ APPLIERS: dict[str, Callable[[ExecutorSettings], Applier]] = {
     "command": _command,
     "delta": _delta,
     "kubernetes": _kubernetes,
+    "ready": _ready,
 }
 
 

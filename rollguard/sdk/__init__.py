@@ -363,6 +363,7 @@ class Monitor:
         # once per reason: a bad field is not a log line per request
         if key not in self._said and len(self._said) < 1_000:
             self._said.add(key)
+            self._count("warnings")
             log.warning("telemetry_dropped", model_id=self.model_id, reason=reason)
 
     async def _connected(self) -> AIOKafkaProducer:

@@ -150,7 +150,7 @@ async def test_no_broker_a_bad_value_and_a_full_queue_never_block_or_raise() -> 
 
 
 async def test_a_value_the_schema_refuses_is_dropped_counted_and_said_once(
-    topics_ready: RollguardSettings, capsys: pytest.CaptureFixture[str]
+    topics_ready: RollguardSettings,
 ) -> None:
     monitor = Monitor("m", settings=topics_ready, model_version="v1")
     async with monitor:
@@ -159,8 +159,7 @@ async def test_a_value_the_schema_refuses_is_dropped_counted_and_said_once(
         monitor.record_latency("fine", 4.0)
         await until(lambda: monitor.stats["sent"] == 1 and monitor.stats["dropped_invalid"] == 3)
     assert monitor.stats["dropped_invalid"] == 3
-    said = [line for line in capsys.readouterr().out.splitlines() if "telemetry_dropped" in line]
-    assert len(said) == 1 and "latency_ms" in said[0], said
+    assert monitor.stats["warnings"] == 1  # one telemetry_dropped line for the three
 
 
 async def test_sampling_keeps_or_drops_a_request_whole(topics_ready: RollguardSettings) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from rollguard import baselines as bl
 from rollguard import topics
@@ -112,7 +113,28 @@ async def test_health_ctr_quality_fairness_and_cost_breach_through_the_broker(
     wanted = {"health", "ctr", "feature_quality", "fairness", "cost"}
 
     found: dict[str, Breach] = {}
-    await run_until(detector, lambda: detector.counts["breaches"] >= len(wanted), timeout_s=40)
+
+    before = {
+        (name, tier): REGISTRY.get_sample_value(
+            "rollguard_breaches_total", {"detector": name, "tier": tier}
+        )
+        or 0.0
+        for name in wanted
+        for tier in ("immediate", "rapid", "delayed")
+    }
+
+    def all_breached() -> bool:  # by detector: one of them breaching twice is not all five
+        now = {
+            (name, tier): REGISTRY.get_sample_value(
+                "rollguard_breaches_total", {"detector": name, "tier": tier}
+            )
+            or 0.0
+            for name in wanted
+            for tier in ("immediate", "rapid", "delayed")
+        }
+        return {n for (n, t), v in now.items() if v > before[(n, t)]} == wanted
+
+    await run_until(detector, all_breached, timeout_s=40)
     for record in await reader.read(
         topics.BREACHES.name,
         until=lambda r: wanted <= {Breach.model_validate_json(x.value).detector for x in r},

@@ -10,6 +10,7 @@ import pytest
 
 from rollguard import topics
 from rollguard.events import (
+    Alert,
     Approval,
     CommandAck,
     DeadLetter,
@@ -56,6 +57,14 @@ def one_of_each() -> dict[str, Event]:
             executor_id="x",
         ),
         topics.INVALIDATIONS.name: invalidation_for(cmd, utcnow()),
+        topics.ALERTS.name: Alert(
+            model_id="m",
+            status="firing",
+            alertname="ModelErrorBudgetBurn",
+            fingerprint="f",
+            starts_at=utcnow(),
+            outcome="unmapped",
+        ),
     }
 
 

@@ -404,6 +404,35 @@ class Alert(Event, Signed):
         return self.model_id.encode()
 
 
+class DrillRun(Event, Signed):
+    """One rollback drill (``rollguard drill``, rollguard.drills): the fault injected on a drill
+    model, what the chain did and how long each step took; signed by the deployer key that ran
+    it. Never a real incident: drill models are not paged for."""
+
+    SCHEMA: ClassVar[str] = "DrillRun/v1"
+    schema_tag: Literal["DrillRun/v1"] = _tag("DrillRun")
+    drill_id: str = Field(min_length=1, max_length=128)
+    scenario: str = Field(min_length=1, max_length=64)
+    model_id: str = Field(min_length=1, max_length=256)
+    bad_version: str = Field(min_length=1, max_length=256)
+    good_version: str = Field(min_length=1, max_length=256)
+    passed: StrictBool
+    reason: str = Field(default="", max_length=4096, description="Why it failed; empty if not.")
+    started_at: AwareDatetime
+    ended_at: AwareDatetime
+    figures: dict[str, float] = Field(
+        default_factory=dict,
+        description="mttd_s, time_to_decision_s, time_to_rollback_s, time_to_verified_s "
+        "(from the bad deployment), blast_radius (the bad version's requests).",
+    )
+    decision_id: str | None = None
+    command_id: str | None = None
+
+    @property
+    def key(self) -> bytes:
+        return self.model_id.encode()
+
+
 #: Every reason a decision can give, a closed set: each one is documented, with what it means
 #: and what an operator does, in docs/policies.md ("Reason codes").
 ReasonCode = Literal[
@@ -780,6 +809,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     BaselineSnapshot,
     Breach,
     Alert,
+    DrillRun,
     Decision,
     Approval,
     RollbackRequest,

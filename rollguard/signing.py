@@ -65,6 +65,8 @@ def signers(event: ev.Signed) -> frozenset[Role]:
             return frozenset({"deployer", extra} if extra else {"deployer"})  # type: ignore[arg-type]
         case ev.RollbackRequest() | ev.Approval():
             return frozenset({"operator"})
+        case ev.DrillRun():
+            return frozenset({"deployer"})
     raise TypeError(f"{type(event).__name__} is not a control event")
 
 

@@ -30,6 +30,8 @@ BASELINES = TopicSpec("baselines", ev.BaselineSnapshot, control=False, compacted
 BREACHES = TopicSpec("breaches", ev.Breach, control=True)
 # Alerts Alertmanager posted to the API, firing and resolved, with what each became.
 ALERTS = TopicSpec("alerts", ev.Alert, control=True)
+# Rollback drills run (rollguard drill): what was injected and what the chain did.
+DRILLS = TopicSpec("drills", ev.DrillRun, control=True)
 DECISIONS = TopicSpec("decisions", ev.Decision, control=True)
 APPROVALS = TopicSpec("approvals", ev.Approval, control=True)
 REQUESTS = TopicSpec("requests", ev.RollbackRequest, control=True)
@@ -71,6 +73,7 @@ ALL: tuple[TopicSpec, ...] = (
     BASELINES,
     BREACHES,
     ALERTS,
+    DRILLS,
     DECISIONS,
     APPROVALS,
     REQUESTS,

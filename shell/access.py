@@ -110,6 +110,14 @@ def grants() -> tuple[Grant, ...]:
             note="CI: rollguard deploy record, baseline import",
         ),
         Grant(
+            "drill",
+            reads=("deployments", "breaches", "decisions", "commands", "acks"),
+            writes=(*DATA, "deployments", "baselines", topics.DRILLS.name),
+            note="rollguard drill: deploys drill models, serves their traffic (as a model "
+            "server), imports their baselines, watches the chain, records each run (the "
+            "deployer's key signs)",
+        ),
+        Grant(
             "operator",
             reads=("decisions", "acks", "model-status"),
             writes=("requests", "approvals"),

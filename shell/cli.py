@@ -17,12 +17,13 @@ from rollguard.errors import ExitCode, RollguardError, UsageError
 from rollguard.logs import configure_logging
 from rollguard.settings import RollguardSettings
 from rollguard_shell.commands import Parser, admin, baseline, incident, ledger, operations, running
+from rollguard_shell.commands import drill as drill_cmd
 from rollguard_shell.commands import invalidations as invalidations_cmd
 from rollguard_shell.environment import SETTINGS, check_environment
 from rollguard_shell.stopping import Stopped, ignore_further_signals
 
 #: Every command group, in --help order. A new group is a module with register(sub).
-GROUPS = (running, operations, admin, ledger, incident, baseline, invalidations_cmd)
+GROUPS = (running, operations, admin, ledger, incident, baseline, invalidations_cmd, drill_cmd)
 
 
 def _version() -> str:

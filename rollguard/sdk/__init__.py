@@ -496,7 +496,7 @@ class Monitor:
             manifest = decode(SystemManifest, value)
         except (ValidationError, ValueError):
             return newest
-        if manifest.model_id != self.model_id or manifest.status != "live":
+        if manifest.model_id != self.model_id or not manifest.serving:  # live or known good
             return newest
         if trust is not None and not trust.check(manifest).ok:
             self._count("manifests_untrusted")

@@ -245,6 +245,9 @@ def describe(entry: Entry) -> str:
         return f"ack {p.get('status')}{comp} by {p.get('executor_id')}{detail}"
     if t == "OutputInvalidation":
         return f"invalidation of {', '.join(p.get('bad_versions') or [])} from {p.get('valid_from')} to {p.get('valid_to')}"
+    if t == "DrillRun":
+        said = "passed" if p.get("passed") else f"FAILED: {p.get('reason')}"
+        return f"drill {p.get('scenario')} on {p.get('model_id')}: {said}"
     if t == "unparsed":
         return "unparsed message (kept as base64)"
     return t

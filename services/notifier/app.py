@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from rollguard import metrics, topics
 from rollguard.bus import Admission, DeadLetterSink, make_consumer, make_producer, refusal
+from rollguard.drills import is_drill
 from rollguard.events import Breach, CommandAck, Decision, decode
 from rollguard.logs import get_logger
 from rollguard.outage import OutageLimit, Sender
@@ -231,6 +232,9 @@ class Notifier:
         # Routing is policy: the model's `notifications` section, reloaded with the policy.
         if isinstance(self.policy, PolicySource):
             self.policy.refresh()
+        if is_drill(n.model_id) and not self.svc.page_drills:
+            self.counts["drill_quiet"] += 1  # a drill is no incident: nobody is paged for it
+            return []
         routes = self.policy.for_model(n.model_id).notifications.model_dump()
         return channels_for(n, routes, self.svc.unknown_tier_channels, paged, self.channels)
 

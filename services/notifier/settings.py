@@ -17,6 +17,10 @@ class NotifierSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ROLLGUARD_NOTIFIER_", frozen=True, extra="ignore")
 
     group_id: str = "rollguard-notifier"
+    page_drills: bool = Field(
+        default=False,
+        description="Notify for drill models (rollguard drill) as for real ones; off: never.",
+    )
     slack_webhook_url: SecretStr | None = Field(
         default=None, description="Slack incoming webhook URL; unset: no Slack channel."
     )

@@ -412,7 +412,9 @@ def test_appliers_are_chosen_per_model_and_component() -> None:
 
 
 def test_an_unknown_applier_or_component_is_a_config_error_naming_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="known: command, delta, kubernetes, mlflow, ready, registry, webhook"):
+    with pytest.raises(
+        ConfigError, match="known: command, delta, kubernetes, mlflow, ready, registry, webhook"
+    ):
         build_appliers(ExecutorSettings(appliers_by_model={"m": "argo"}))
     with pytest.raises(ValueError, match="unknown component"):
         ExecutorSettings(appliers_by_model={"m": {"features": "webhook"}})

@@ -11,6 +11,7 @@ not page for it (``is_drill``) unless ``ROLLGUARD_NOTIFIER_PAGE_DRILLS`` says so
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 #: Every drill model's id starts so.
 DRILL_PREFIX = "rollguard-drill-"
@@ -28,6 +29,8 @@ class Behaviour:
     latency_ms: float = 20.0
     healthy: bool = True
     prediction_shift: float = 0.0
+    #: Share of requests whose feature comes missing (a broken feature pipeline).
+    null_rate: float = 0.0
 
 
 GOOD = Behaviour()
@@ -44,6 +47,15 @@ class Scenario:
     #: The drift scenario needs the good version's baseline (imported, as CI would).
     baseline: bool = False
     description: str = ""
+    #: What the decider must do: roll back (at ``level``), or escalate to a person without a
+    #: rollback, for ``escalation_reason``.
+    expect: Literal["rollback", "escalation"] = "rollback"
+    level: int = 1
+    escalation_reason: str = ""
+    #: The bad version runs on another feature pipeline than the good one.
+    bad_pipeline: str | None = None
+    #: The rollback target fails its health check before the bad version is deployed.
+    target_unhealthy: bool = False
 
     @property
     def model_id(self) -> str:
@@ -77,6 +89,30 @@ SCENARIOS: dict[str, Scenario] = {
             ("prediction_ks", "prediction_psi"),
             baseline=True,
             description="predictions shifted by 2 standard deviations",
+        ),
+        Scenario(
+            "feature_quality",
+            Behaviour(null_rate=0.5),
+            ("feature_quality",),
+            description="half of the requests come without their feature",
+        ),
+        Scenario(
+            "pipeline_mismatch",
+            Behaviour(error_rate=0.4),
+            ("error_rate",),
+            description="40 % of requests fail on a new feature pipeline: the old model cannot "
+            "go back alone",
+            level=2,
+            bad_pipeline="drill-next",
+        ),
+        Scenario(
+            "target_not_ready",
+            Behaviour(error_rate=0.4),
+            ("error_rate",),
+            description="40 % of requests fail while the rollback target is unhealthy",
+            expect="escalation",
+            escalation_reason="target_not_ready",
+            target_unhealthy=True,
         ),
     )
 }

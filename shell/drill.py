@@ -112,6 +112,8 @@ class SyntheticModel:
         self.behaviours = behaviours
         self.rng = np.random.default_rng(seed)
         self.served: dict[str, int] = {}
+        #: Versions whose health checks fail whatever their behaviour (a target not ready).
+        self.unhealthy: set[str] = set()
 
     def serve(self, n: int) -> None:
         version = self.monitor.model_version
@@ -122,13 +124,15 @@ class SyntheticModel:
         latency = b.latency_ms * np.exp(self.rng.normal(0, 0.25, n))
         x = self.rng.normal(0, 1, n)
         predictions = 0.5 * x + self.rng.normal(0, 0.5, n) + b.prediction_shift
+        nulls = self.rng.random(n) < b.null_rate
         for i in range(n):
             rid = new_id()
+            feature = None if nulls[i] else float(x[i])
             self.monitor.record(
                 rid,
                 float(latency[i]),
                 float(predictions[i]),
-                features={"x": float(x[i])},
+                features={"x": feature},
                 error="drill_fault" if failed[i] else None,
             )
         self.served[version] = self.served.get(version, 0) + n
@@ -136,17 +140,17 @@ class SyntheticModel:
     def health(self) -> None:
         version = self.monitor.model_version
         if version is not None:
-            ok = self.behaviours.get(version, GOOD).healthy
+            ok = self.behaviours.get(version, GOOD).healthy and version not in self.unhealthy
             self.monitor.health(ok, "drill" if ok else "drill fault: unhealthy")
 
 
-def _manifest(model_id: str, version: str, status: str) -> SystemManifest:
+def _manifest(model_id: str, version: str, status: str, pipeline: str = "drill") -> SystemManifest:
     return SystemManifest(
         model_id=model_id,
         model_version=version,
         system_version=f"sys-{version}",
         components=Components(
-            model=version, feature_pipeline="drill", config="drill", infra="drill"
+            model=version, feature_pipeline=pipeline, config="drill", infra="drill"
         ),
         status=status,
         note="rollguard drill",
@@ -192,6 +196,22 @@ async def _watch(settings: RollguardSettings, watches: list[Watch], stop: asynci
 def _verdict(w: Watch, verify: bool, scenario: Scenario) -> tuple[bool, str]:
     if w.breach is None:
         return False, f"no breach of {w.bad_version} (expected {' or '.join(scenario.caught_by)})"
+    if scenario.expect == "escalation":
+        if w.decision is not None:
+            hint = (
+                f" (does {scenario.model_id}'s policy set rollback.target_ready_within_s?)"
+                if scenario.target_unhealthy
+                else ""
+            )
+            return (
+                False,
+                f"rolled back (level {w.decision.level}) where a person was to decide{hint}",
+            )
+        codes = {r.code for d in w.holds for r in d.reasons}
+        if scenario.escalation_reason not in codes:
+            said = ", ".join(sorted(codes)) or "no decision at all"
+            return False, f"no {scenario.escalation_reason} escalation ({said})"
+        return True, ""
     if w.decision is None:
         said = "; ".join(
             f"{d.action}: {', '.join(r.code for r in d.reasons)}" for d in w.holds[-2:]
@@ -203,6 +223,8 @@ def _verdict(w: Watch, verify: bool, scenario: Scenario) -> tuple[bool, str]:
         return False, "the rollback was never applied (is an executor running?)"
     if verify and w.verified is None:
         return False, "the rollback was applied but not verified in time"
+    if w.decision.level != scenario.level:
+        return False, f"rolled back at level {w.decision.level}, level {scenario.level} expected"
     if w.breach.detector not in scenario.caught_by:
         return True, f"caught by {w.breach.detector}, not {' or '.join(scenario.caught_by)}"
     return True, ""
@@ -289,12 +311,23 @@ async def _one(
         await asyncio.wait_for(monitor.live.wait(), 30)
         say(f"{scenario.name}: {good} live on {model_id}, warming up {warmup_s:g} s")
         await asyncio.sleep(warmup_s)
+        if scenario.target_unhealthy:  # the target's last word: unhealthy
+            model.unhealthy.add(good)
+            await asyncio.sleep(2 * HEALTH_EVERY_S)
         deployed = utcnow()
-        await publish(topics.DEPLOYMENTS.name, _manifest(model_id, bad, "live"))
+        pipeline = scenario.bad_pipeline or "drill"
+        await publish(topics.DEPLOYMENTS.name, _manifest(model_id, bad, "live", pipeline))
         say(f"{scenario.name}: bad version {bad} deployed ({scenario.description})")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        steps = ("breach", "decision", "applied", *(("verified",) if verify else ()))
+        steps: tuple[str, ...] = (
+            "breach",
+            "decision",
+            "applied",
+            *(("verified",) if verify else ()),
+        )
+        if scenario.expect == "escalation":
+            steps = ("breach",)
         said: set[str] = set()
         while loop.time() < deadline:
             for step in steps:
@@ -303,7 +336,9 @@ async def _one(
                     say(
                         f"{scenario.name}: {step} after {(getattr(watch, step).ts - deployed).total_seconds():.2f} s"
                     )
-            if watch.final is not None or said == set(steps):
+            escalated = scenario.expect == "escalation" and bool(watch.holds or watch.decision)
+            done = said == set(steps) and (scenario.expect != "escalation" or escalated)
+            if watch.final is not None or done:
                 break
             await asyncio.sleep(0.1)
         passed, reason = _verdict(watch, verify, scenario)

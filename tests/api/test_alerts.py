@@ -186,10 +186,12 @@ def test_a_prometheus_alert_through_alertmanager_rolls_the_model_back(
 
     def scraped() -> bool:
         try:
-            doc = prometheus.get("/api/v1/query", params={"query": "model_error_ratio"}).json()
+            answer = prometheus.get("/api/v1/query", params={"query": "model_error_ratio"})
         except httpx.HTTPError:
             return False
-        return bool(doc.get("data", {}).get("result"))
+        if answer.status_code != 200:  # 503 "Service Unavailable" while Prometheus starts
+            return False
+        return bool(answer.json().get("data", {}).get("result"))
 
     try:
         up.wait("prometheus scraping the model server", scraped, 60)

@@ -56,9 +56,12 @@ def test_prometheus_scrapes_up_and_counts_the_rollback(up: Up, tmp_path: Path) -
 
     def query(promql: str) -> list[dict[str, object]]:
         try:
-            doc = api.get("/api/v1/query", params={"query": promql}).json()
+            answer = api.get("/api/v1/query", params={"query": promql})
         except httpx.HTTPError:
             return []
+        if answer.status_code != 200:  # 503 "Service Unavailable" while Prometheus starts
+            return []
+        doc = answer.json()
         assert doc["status"] == "success", doc
         return list(doc["data"]["result"])
 

@@ -203,6 +203,10 @@ async def test_a_deployment_a_rollout_and_an_inference_service_rolled_back(
         for r in await reader.read(topics.ACKS.name, until=lambda r: len(r) >= 6)
     ]
     applied = {a.model_id: a.detail for a in acks if a.status == "applied"}
+    ledgered = await ledgered_acks(
+        topics_ready, {c.command_id for c in commands.values()}, len(acks)
+    )
+    assert sorted(p["status"] for p in ledgered) == sorted(a.status for a in acks)
     assert "registry/fraud:v2 → registry/fraud:v1" in applied["fraud"]
     assert "storageUri s3://models/churn/v2 → s3://models/churn/v1" in applied["churn"]
 
@@ -215,3 +219,23 @@ async def test_a_deployment_a_rollout_and_an_inference_service_rolled_back(
         assert ghost.status == "failed" and not ghost.retriable and "404" in ghost.detail
     finally:
         await applier.close()
+
+
+async def ledgered_acks(
+    settings: RollguardSettings, command_ids: set[str], n: int
+) -> list[dict[str, Any]]:
+    """The acks of ``command_ids`` as the real ledger records them, once it has ``n``."""
+    from rollguard_services.ledger.app import Ledger
+    from rollguard_services.ledger.settings import LedgerSettings
+    from rollguard_services.ledger.store import LedgerStore
+
+    def recorded() -> list[dict[str, Any]]:
+        return [
+            e.payload
+            for e in LedgerStore(settings.resolved_ledger_url).entries()
+            if e.event_type == "CommandAck" and e.payload["command_id"] in command_ids
+        ]
+
+    ledger = Ledger(settings, LedgerSettings(group_id=f"ledger-{next(iter(command_ids))[:8]}"))
+    await run_until(ledger, lambda: len(recorded()) >= n)
+    return recorded()

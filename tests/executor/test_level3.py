@@ -135,6 +135,8 @@ async def test_level_3_restores_recomputes_waits_for_the_features_then_the_model
     assert done == ["feature_pipeline", "recompute", "features_ready", "model"]
     ready = next(a for a in acks if a.component == "features_ready" and a.status == "applied")
     assert ready.detail.startswith("features of fp-1 ready after")
+    ledgered = await ledgered_acks(topics_ready, {cmd.command_id}, len(acks))
+    assert [p.get("component") for p in ledgered if p["status"] == "applied"][:4] == done
 
 
 async def test_features_never_ready_fail_the_step_and_the_pipeline_is_set_back(
@@ -174,3 +176,23 @@ async def test_features_never_ready_fail_the_step_and_the_pipeline_is_set_back(
         ["feature_pipeline", "fp-1", False],
         ["feature_pipeline", "fp-2", True],
     ]
+
+
+async def ledgered_acks(
+    settings: RollguardSettings, command_ids: set[str], n: int
+) -> list[dict[str, Any]]:
+    """The acks of ``command_ids`` as the real ledger records them, once it has ``n``."""
+    from rollguard_services.ledger.app import Ledger
+    from rollguard_services.ledger.settings import LedgerSettings
+    from rollguard_services.ledger.store import LedgerStore
+
+    def recorded() -> list[dict[str, Any]]:
+        return [
+            e.payload
+            for e in LedgerStore(settings.resolved_ledger_url).entries()
+            if e.event_type == "CommandAck" and e.payload["command_id"] in command_ids
+        ]
+
+    ledger = Ledger(settings, LedgerSettings(group_id=f"ledger-{next(iter(command_ids))[:8]}"))
+    await run_until(ledger, lambda: len(recorded()) >= n)
+    return recorded()

@@ -350,3 +350,24 @@ def library_lines(said: str, logger: str, level: str = "error") -> list[str]:
         if said_at == level and (name == logger or name.startswith(logger + ".")):
             found.append(line)
     return found
+
+
+async def ledgered_acks(
+    settings: RollguardSettings, command_ids: set[str], n: int
+) -> list[dict[str, Any]]:
+    """The acks of ``command_ids`` as the real ledger records them, once it has ``n``: an
+    applier's test goes command → applier → acks → ledger."""
+    from rollguard_services.ledger.app import Ledger
+    from rollguard_services.ledger.settings import LedgerSettings
+    from rollguard_services.ledger.store import LedgerStore
+
+    def recorded() -> list[dict[str, Any]]:
+        return [
+            e.payload
+            for e in LedgerStore(settings.resolved_ledger_url).entries()
+            if e.event_type == "CommandAck" and e.payload["command_id"] in command_ids
+        ]
+
+    ledger = Ledger(settings, LedgerSettings(group_id=f"ledger-{next(iter(command_ids))[:8]}"))
+    await run_until(ledger, lambda: len(recorded()) >= n)
+    return recorded()

@@ -21,10 +21,7 @@ from rollguard.settings import RollguardSettings
 from rollguard.signing import load_signer
 from rollguard_services.executor.app import Executor
 from rollguard_services.executor.settings import CommandSettings, DeltaSettings, ExecutorSettings
-from rollguard_services.ledger.app import Ledger
-from rollguard_services.ledger.settings import LedgerSettings
-from rollguard_services.ledger.store import LedgerStore
-from tests.conftest import TopicReader, run_until
+from tests.conftest import TopicReader, ledgered_acks, run_until
 from tests.factories import command, manifest
 
 deltalake = pytest.importorskip("deltalake", reason="pip install deltalake (make test does)")
@@ -127,22 +124,7 @@ async def test_level_4_restores_the_delta_table_retrains_and_is_ledgered(
     )
     assert missing.status == "failed" and not missing.retriable, missing
 
-    ledger = Ledger(topics_ready, LedgerSettings(group_id="ledger-delta"))
-    await run_until(
-        ledger,
-        lambda: (
-            sum(
-                e.event_type == "CommandAck"
-                for e in LedgerStore(topics_ready.resolved_ledger_url).entries()
-            )
-            >= len(acks)
-        ),
-    )
-    recorded = [
-        e.payload
-        for e in LedgerStore(topics_ready.resolved_ledger_url).entries()
-        if e.event_type == "CommandAck" and e.payload["command_id"] == cmd.command_id
-    ]
+    recorded = await ledgered_acks(topics_ready, {cmd.command_id}, 4)
     assert {(p.get("component"), p["status"]) for p in recorded} >= {
         ("data", "applied"),
         ("retrain", "applied"),

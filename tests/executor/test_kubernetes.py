@@ -25,7 +25,7 @@ from rollguard_services.executor.app import Executor
 from rollguard_services.executor.appliers.base import Step
 from rollguard_services.executor.appliers.kubernetes import ANNOTATION, KubernetesApplier
 from rollguard_services.executor.settings import ExecutorSettings, KubernetesSettings
-from tests.conftest import TopicReader, free_port, run_until
+from tests.conftest import TopicReader, free_port, ledgered_acks, run_until
 from tests.factories import command, manifest
 
 pytest.importorskip("kubernetes", reason="pip install kubernetes (make test does)")
@@ -219,23 +219,3 @@ async def test_a_deployment_a_rollout_and_an_inference_service_rolled_back(
         assert ghost.status == "failed" and not ghost.retriable and "404" in ghost.detail
     finally:
         await applier.close()
-
-
-async def ledgered_acks(
-    settings: RollguardSettings, command_ids: set[str], n: int
-) -> list[dict[str, Any]]:
-    """The acks of ``command_ids`` as the real ledger records them, once it has ``n``."""
-    from rollguard_services.ledger.app import Ledger
-    from rollguard_services.ledger.settings import LedgerSettings
-    from rollguard_services.ledger.store import LedgerStore
-
-    def recorded() -> list[dict[str, Any]]:
-        return [
-            e.payload
-            for e in LedgerStore(settings.resolved_ledger_url).entries()
-            if e.event_type == "CommandAck" and e.payload["command_id"] in command_ids
-        ]
-
-    ledger = Ledger(settings, LedgerSettings(group_id=f"ledger-{next(iter(command_ids))[:8]}"))
-    await run_until(ledger, lambda: len(recorded()) >= n)
-    return recorded()

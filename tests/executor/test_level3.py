@@ -26,7 +26,7 @@ from rollguard_services.executor.settings import (
     ReadySettings,
     WebhookSettings,
 )
-from tests.conftest import TopicReader, free_port, run_until
+from tests.conftest import TopicReader, free_port, ledgered_acks, run_until
 from tests.factories import command, manifest
 
 pytestmark = pytest.mark.broker
@@ -176,23 +176,3 @@ async def test_features_never_ready_fail_the_step_and_the_pipeline_is_set_back(
         ["feature_pipeline", "fp-1", False],
         ["feature_pipeline", "fp-2", True],
     ]
-
-
-async def ledgered_acks(
-    settings: RollguardSettings, command_ids: set[str], n: int
-) -> list[dict[str, Any]]:
-    """The acks of ``command_ids`` as the real ledger records them, once it has ``n``."""
-    from rollguard_services.ledger.app import Ledger
-    from rollguard_services.ledger.settings import LedgerSettings
-    from rollguard_services.ledger.store import LedgerStore
-
-    def recorded() -> list[dict[str, Any]]:
-        return [
-            e.payload
-            for e in LedgerStore(settings.resolved_ledger_url).entries()
-            if e.event_type == "CommandAck" and e.payload["command_id"] in command_ids
-        ]
-
-    ledger = Ledger(settings, LedgerSettings(group_id=f"ledger-{next(iter(command_ids))[:8]}"))
-    await run_until(ledger, lambda: len(recorded()) >= n)
-    return recorded()

@@ -95,6 +95,15 @@ def _settings(url: str, script: Path, timeout_s: float = 60) -> ExecutorSettings
     )
 
 
+def _pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """The pipeline controller's script, and where it notes each call."""
+    script = tmp_path / "pipeline.py"
+    script.write_text(PIPELINE)
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("PIPELINE_CALLS", str(calls))
+    return script, calls
+
+
 def _level3() -> Any:
     return command(
         level=3,
@@ -113,10 +122,7 @@ async def test_level_3_restores_recomputes_waits_for_the_features_then_the_model
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     fs, url = store
-    script = tmp_path / "pipeline.py"
-    script.write_text(PIPELINE)
-    calls = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("PIPELINE_CALLS", str(calls))
+    script, calls = _pipeline(tmp_path, monkeypatch)
     cmd = load_signer(topics_ready.resolved_signing_key_file).sign(_level3())
     await publish(topics.COMMANDS.name, cmd)
     ex = Executor(topics_ready, _settings(url, script))
@@ -150,10 +156,7 @@ async def test_features_never_ready_fail_the_step_and_the_pipeline_is_set_back(
 ) -> None:
     fs, url = store
     fs.not_ready = 10_000
-    script = tmp_path / "pipeline.py"
-    script.write_text(PIPELINE)
-    calls = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("PIPELINE_CALLS", str(calls))
+    script, calls = _pipeline(tmp_path, monkeypatch)
     cmd = load_signer(topics_ready.resolved_signing_key_file).sign(_level3())
     await publish(topics.COMMANDS.name, cmd)
     ex = Executor(topics_ready, _settings(url, script, timeout_s=1.0))

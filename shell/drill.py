@@ -336,7 +336,12 @@ async def _one(
                     say(
                         f"{scenario.name}: {step} after {(getattr(watch, step).ts - deployed).total_seconds():.2f} s"
                     )
-            escalated = scenario.expect == "escalation" and bool(watch.holds or watch.decision)
+            # escalated: a hold for the expected reason (an earlier hold, not_live_version for
+            # a breach read before its deployment, is not the answer), or a wrong rollback
+            escalated = scenario.expect == "escalation" and (
+                watch.decision is not None
+                or any(r.code == scenario.escalation_reason for d in watch.holds for r in d.reasons)
+            )
             done = said == set(steps) and (scenario.expect != "escalation" or escalated)
             if watch.final is not None or done:
                 break

@@ -70,6 +70,17 @@ def test_prometheus_scrapes_up_and_counts_the_rollback(up: Up, tmp_path: Path) -
         token = up.token("alice", "sre")
         up.deploy("fraud", "s1", "v1", "known_good")
         up.deploy("fraud", "s2", "v2", "live")
+        # the decider reads deployments and requests on separate partitions and agents: ask
+        # once it has both deployments (else: no known-good target other than the live one)
+        board = httpx.Client(base_url=up.url, timeout=10)
+
+        def target() -> bool:
+            got = board.get("/api/models/fraud")
+            status = got.json()["status"] if got.status_code == 200 else {}
+            live, target = status.get("live") or {}, status.get("rollback_target") or {}
+            return (live.get("system_version"), target.get("system_version")) == ("s2", "s1")
+
+        up.wait("the decider knowing s2 live and s1 as its target", target, 60)
         done = up.cli(
             "rollback", "fraud", "--as", "sre", "--wait", "applied", "--timeout", "60",
             ROLLGUARD_TOKEN=token,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -396,7 +395,3 @@ async def _serve(model: SyntheticModel) -> None:
         if now - health_at >= HEALTH_EVERY_S:
             health_at = now
             model.health()
-
-
-def elapsed(start: float) -> float:
-    return round(time.monotonic() - start, 1)

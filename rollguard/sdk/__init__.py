@@ -106,9 +106,8 @@ class Monitor:
         self._tasks: list[asyncio.Task[None]] = []
         self._producer: AIOKafkaProducer | None = None
         sent = (PredictionEvent, LatencyEvent, OutcomeEvent, BusinessMetricEvent, HealthCheckEvent)
-        self._names = {t.event: t.name for t in topics.ALL if t.event in sent}
         self._topics: dict[type[ModelEvent], str] = {
-            c: self.settings.topic(t) for c, t in self._names.items()
+            t.event: self.settings.topic(t.name) for t in topics.ALL if t.event in sent
         }
         #: Set once the live version is known (given, or read off the deployments topic).
         self.live = asyncio.Event()
@@ -369,33 +368,30 @@ class Monitor:
     async def _connected(self) -> AIOKafkaProducer:
         backoff = 0.2
         while self._producer is None:
-            if self.settings.kafka_bootstrap is None:  # no broker set, no `up` running yet
-                self.settings = with_running_broker(self.settings)
-                if self.settings.kafka_bootstrap is None:
-                    self._say("no_broker", "no ROLLGUARD_KAFKA_BOOTSTRAP and no rollguard up")
-                    self._drop_queued("dropped_broker_away")
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
+            if self.settings.kafka_bootstrap is None:  # no broker set: a `rollguard up`, once
+                self.settings = with_running_broker(self.settings)  # one runs
+            if self.settings.kafka_bootstrap is None:
+                self._say("no_broker", "no ROLLGUARD_KAFKA_BOOTSTRAP and no rollguard up")
+            else:
+                producer = make_producer(self.settings, control=False)
+                try:
+                    await producer.start()
+                    # Never a first send to a topic not there: the broker would create it with
+                    # its own partition count (and `rollguard topics create` then refuses it).
+                    cluster = await producer.client.fetch_all_metadata()
+                    missing = sorted(set(self._topics.values()) - set(cluster.topics()))
+                    if missing:
+                        self._say("no_topics", f"topics not created yet: {', '.join(missing)}")
+                        raise KafkaConnectionError("topics missing")
+                    for topic in self._topics.values():  # metadata now, not on the first send
+                        await producer.partitions_for(topic)
+                    self._producer = producer
                     continue
-                self._topics = {c: self.settings.topic(t) for c, t in self._names.items()}
-            producer = make_producer(self.settings, control=False)
-            try:
-                await producer.start()
-                # Never a first send to a topic not there: the broker would create it with its
-                # own partition count (and `rollguard topics create` then refuses it).
-                cluster = await producer.client.fetch_all_metadata()
-                missing = sorted(set(self._topics.values()) - set(cluster.topics()))
-                if missing:
-                    self._say("no_topics", f"topics not created yet: {', '.join(missing)}")
-                    raise KafkaConnectionError("topics missing")
-                for topic in self._topics.values():  # metadata now, not on the first send
-                    await producer.partitions_for(topic)
-                self._producer = producer
-            except KafkaError:
-                await producer.stop()
-                self._drop_queued("dropped_broker_away")
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                except KafkaError:
+                    await producer.stop()
+            self._drop_queued("dropped_broker_away")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
         return self._producer
 
     def _drop_queued(self, why: str) -> None:

@@ -132,7 +132,7 @@ class AlertReceiver:
                 # run highly available), or an alert twice in one, is published once
                 self._remember(got.alert.event_id)
                 claimed.append(got.alert.event_id)
-                if got.breach is not None:  # the breach first: the fact then names a breach
+                if got.breach is not None:
                     self._remember(episode)
                     claimed.append(episode)
                     sends.append(self._send(producer, topics.BREACHES.name, got.breach))
